@@ -1,0 +1,164 @@
+// Log sinks and line formatting.
+// Lines are built whole in a buffer and written with one write(2) so workers never interleave.
+#include "common/log.hh"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <systemd/sd-journal.h>
+#include <unistd.h>
+
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+
+namespace pgw::log {
+namespace {
+
+// Per-process logging state. It is written once at start-up (or once per
+// session in a worker) and only read afterwards.
+struct State {
+    Level level = Level::Info;
+    Sink sink = Sink::Stderr;
+    int fd = STDERR_FILENO;
+    std::string prefix;
+    std::string process = "pgwicket";
+};
+
+State& state()
+{
+    static State s;
+    return s;
+}
+
+bool stderr_is_journal()
+{
+    const char* js = std::getenv("JOURNAL_STREAM");
+    if (!js)
+        return false;
+    unsigned long dev = 0, ino = 0;
+    if (std::sscanf(js, "%lu:%lu", &dev, &ino) != 2)
+        return false;
+    struct stat st {};
+    if (fstat(STDERR_FILENO, &st) != 0)
+        return false;
+    return st.st_dev == dev && st.st_ino == ino;
+}
+
+const char* level_name(Level l)
+{
+    switch (l) {
+    case Level::Error:
+        return "ERROR";
+    case Level::Warning:
+        return "WARNING";
+    case Level::Info:
+        return "LOG";
+    case Level::Debug:
+        return "DEBUG";
+    }
+    return "LOG";
+}
+
+int syslog_priority(Level l)
+{
+    switch (l) {
+    case Level::Error:
+        return LOG_ERR;
+    case Level::Warning:
+        return LOG_WARNING;
+    case Level::Info:
+        return LOG_INFO;
+    case Level::Debug:
+        return LOG_DEBUG;
+    }
+    return LOG_INFO;
+}
+
+} // namespace
+
+void setup(Level lvl, const std::string& logfile)
+{
+    State& s = state();
+    s.level = lvl;
+    if (!logfile.empty()) {
+        int fd = ::open(logfile.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+        if (fd >= 0) {
+            if (s.sink == Sink::File && s.fd != STDERR_FILENO)
+                ::close(s.fd);
+            s.fd = fd;
+            s.sink = Sink::File;
+            return;
+        }
+        write(Level::Warning, "could not open logfile \"%s\": %s; logging to stderr",
+              logfile.c_str(), std::strerror(errno));
+    }
+    s.sink = stderr_is_journal() ? Sink::Journal : Sink::Stderr;
+    s.fd = STDERR_FILENO;
+}
+
+void set_level(Level lvl) { state().level = lvl; }
+Level level() { return state().level; }
+
+bool parse_level(const std::string& text, Level& out)
+{
+    static const struct {
+        const char* name;
+        Level level;
+    } names[] = {{"error", Level::Error}, {"warning", Level::Warning},
+                 {"info", Level::Info}, {"debug", Level::Debug}};
+    for (const auto& n : names)
+        if (text == n.name) {
+            out = n.level;
+            return true;
+        }
+    return false;
+}
+
+void set_prefix(std::string prefix) { state().prefix = std::move(prefix); }
+void set_process_name(std::string name) { state().process = std::move(name); }
+
+void write(Level lvl, const char* fmt, ...)
+{
+    const int saved_errno = errno;
+    State& s = state();
+    char body[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    std::vsnprintf(body, sizeof body, fmt, ap);
+    va_end(ap);
+
+    if (s.sink == Sink::Journal) {
+        sd_journal_send("MESSAGE=%s%s%s", s.prefix.c_str(), s.prefix.empty() ? "" : " ", body,
+                        "PRIORITY=%d", syslog_priority(lvl), "SYSLOG_IDENTIFIER=pgwicket",
+                        "PGWICKET_PROCESS=%s", s.process.c_str(), nullptr);
+        errno = saved_errno;
+        return;
+    }
+
+    char stamp[64];
+    struct timespec ts {};
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm {};
+    gmtime_r(&ts.tv_sec, &tm);
+    size_t n = std::strftime(stamp, sizeof stamp, "%Y-%m-%d %H:%M:%S", &tm);
+    std::snprintf(stamp + n, sizeof stamp - n, ".%03ld UTC", ts.tv_nsec / 1000000);
+
+    char line[2400];
+    int len = std::snprintf(line, sizeof line, "%s [%d] %s %s: %s%s%s\n", stamp, (int)getpid(),
+                            s.process.c_str(), level_name(lvl), s.prefix.c_str(),
+                            s.prefix.empty() ? "" : " ", body);
+    if (len < 0)
+        return;
+    if ((size_t)len >= sizeof line) {
+        len = sizeof line - 1;
+        line[len - 1] = '\n';
+    }
+    ssize_t rc = ::write(s.fd, line, (size_t)len);
+    (void)rc;
+    errno = saved_errno;
+}
+
+} // namespace pgw::log

@@ -1,0 +1,35 @@
+// Small socket helpers shared by the supervisor and the worker:
+// non-blocking mode, peer names, and deadline-bounded blocking reads and writes.
+#pragma once
+
+#include "common/result.hh"
+
+#include <sys/socket.h>
+
+#include <chrono>
+#include <cstddef>
+#include <string>
+
+namespace pgw::net {
+
+using Clock = std::chrono::steady_clock;
+
+Status set_nonblocking(int fd);
+
+// "10.0.0.5:41234", "[::1]:41234", or "[local]" for a Unix socket.
+std::string describe_peer(const sockaddr_storage& addr, socklen_t len);
+// The address alone (no port), for places with little room such as application_name.
+std::string peer_host(const sockaddr_storage& addr, socklen_t len);
+
+// Milliseconds left until `deadline` (0 when passed), for poll().
+int ms_until(Clock::time_point deadline);
+
+enum class ReadStatus { Ok, Eof, Timeout, Error };
+// Reads exactly n bytes from a non-blocking fd before the deadline.
+// Eof means the peer closed before sending anything of this read or part of it.
+ReadStatus read_exact(int fd, void* buf, size_t n, Clock::time_point deadline);
+
+// Writes all of buf to a non-blocking fd before the deadline; false on error or timeout.
+bool write_all(int fd, const void* buf, size_t n, Clock::time_point deadline);
+
+} // namespace pgw::net

@@ -1,0 +1,285 @@
+// INI parsing (inih) into an immutable Config, with file:line errors.
+// inih has no line numbers in its callback here, so the reader counts lines.
+#include "config/config.hh"
+
+#include "config/options.hh"
+
+#include <ini.h>
+#include <libpq-fe.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <set>
+#include <sstream>
+
+namespace pgw::config {
+namespace {
+
+struct ParseState {
+    std::string name;      // file name for messages
+    const char* text = nullptr;  // load_string: remaining text
+    FILE* file = nullptr;        // load_file
+    int line = 0;
+    bool continuation = false;  // the current physical line starts with blanks
+    bool line_too_long = false;
+    Config cfg;
+    std::vector<std::string> errors;
+    std::map<std::string, int> seen_options;
+    std::string last_section, last_name;
+};
+
+std::string where(const ParseState& st) { return st.name + ":" + std::to_string(st.line); }
+
+// Reads one physical line into buf, counting lines so the handler can cite them.
+char* read_line(char* buf, int size, void* stream)
+{
+    auto* st = static_cast<ParseState*>(stream);
+    std::string line;
+    bool got = false;
+    if (st->file) {
+        int c;
+        while ((c = std::fgetc(st->file)) != EOF) {
+            got = true;
+            line.push_back(static_cast<char>(c));
+            if (c == '\n')
+                break;
+        }
+    } else if (st->text && *st->text) {
+        got = true;
+        const char* nl = std::strchr(st->text, '\n');
+        size_t n = nl ? (size_t)(nl - st->text + 1) : std::strlen(st->text);
+        line.assign(st->text, n);
+        st->text += n;
+    }
+    if (!got)
+        return nullptr;
+    ++st->line;
+    st->continuation = !line.empty() && (line[0] == ' ' || line[0] == '\t');
+    if (line.size() >= (size_t)size) {
+        // inih would split it and misparse the rest; refuse with a clear message.
+        st->errors.push_back(where(*st) + ": line is longer than " + std::to_string(size - 2) +
+                             " characters; split a long connection string over indented "
+                             "continuation lines");
+        line = "\n";
+    }
+    std::memcpy(buf, line.c_str(), line.size() + 1);
+    return buf;
+}
+
+bool parse_integer(const std::string& v, int base, long& out)
+{
+    if (v.empty())
+        return false;
+    errno = 0;
+    char* end = nullptr;
+    long n = std::strtol(v.c_str(), &end, base);
+    if (errno != 0 || *end != '\0')
+        return false;
+    out = n;
+    return true;
+}
+
+void set_option(ParseState& st, const OptionSpec& spec, const std::string& value)
+{
+    std::string err;
+    switch (spec.type) {
+    case OptionType::String:
+        st.cfg.*(spec.str_field) = value;
+        return;
+    case OptionType::Enum: {
+        std::string allowed(spec.enum_values);
+        std::stringstream ss(allowed);
+        std::string item;
+        while (std::getline(ss, item, '|'))
+            if (item == value) {
+                st.cfg.*(spec.str_field) = value;
+                return;
+            }
+        for (char& c : allowed)
+            if (c == '|')
+                c = ',';
+        err = "invalid value \"" + value + "\" (expected one of: " + allowed + ")";
+        break;
+    }
+    case OptionType::Integer:
+    case OptionType::Seconds: {
+        long n = 0;
+        int base = spec.name == "unix_socket_mode" ? 8 : 10;
+        if (!parse_integer(value, base, n)) {
+            err = "invalid value \"" + value + "\" (expected " +
+                  (base == 8 ? "an octal number" : "a whole number") +
+                  (spec.type == OptionType::Seconds ? " of seconds" : "") + ")";
+        } else if (n < spec.min || n > spec.max) {
+            err = "value " + value + " is out of range (" + std::to_string(spec.min) + " to " +
+                  std::to_string(spec.max) + ")";
+        } else {
+            st.cfg.*(spec.int_field) = n;
+            return;
+        }
+        break;
+    }
+    }
+    st.errors.push_back(where(st) + ": option \"" + std::string(spec.name) + "\": " + err);
+}
+
+void add_database(ParseState& st, const std::string& name, const std::string& value)
+{
+    auto& dbs = st.cfg.databases;
+    if (st.continuation && !dbs.empty() && st.last_section == "databases" &&
+        st.last_name == name) {
+        dbs.back().conninfo += " " + value;
+        return;
+    }
+    for (const auto& d : dbs)
+        if (d.name == name) {
+            st.errors.push_back(where(st) + ": database \"" + name + "\" is already defined at line " +
+                                std::to_string(d.line));
+            return;
+        }
+    dbs.push_back(DatabaseEntry{name, value, st.line});
+}
+
+int on_entry(void* user, const char* section, const char* name, const char* value)
+{
+    auto* st = static_cast<ParseState*>(user);
+    std::string sec(section), key(name), val(value);
+    if (sec == "pgwicket") {
+        const OptionSpec* spec = find_option(key);
+        if (!spec) {
+            st->errors.push_back(where(*st) + ": unknown option \"" + key +
+                                 "\" in section [pgwicket]");
+        } else {
+            if (st->continuation && st->last_name == key && spec->type == OptionType::String)
+                val = st->cfg.*(spec->str_field) + " " + val;
+            set_option(*st, *spec, val);
+        }
+    } else if (sec == "databases") {
+        add_database(*st, key, val);
+    } else if (sec.empty()) {
+        st->errors.push_back(where(*st) + ": option \"" + key +
+                             "\" appears before any [section] header");
+    } else {
+        st->errors.push_back(where(*st) + ": unknown section [" + sec + "] (option \"" + key +
+                             "\")");
+    }
+    st->last_section = sec;
+    st->last_name = key;
+    return 1;
+}
+
+Status validate(ParseState& st)
+{
+    Config& c = st.cfg;
+    for (const auto& d : c.databases) {
+        char* errmsg = nullptr;
+        PQconninfoOption* opts = PQconninfoParse(d.conninfo.c_str(), &errmsg);
+        if (!opts) {
+            std::string msg = errmsg ? errmsg : "out of memory";
+            while (!msg.empty() && msg.back() == '\n')
+                msg.pop_back();
+            st.errors.push_back(st.name + ":" + std::to_string(d.line) + ": database \"" + d.name +
+                                "\": invalid connection string: " + msg);
+        }
+        PQfreemem(errmsg);
+        PQconninfoFree(opts);
+    }
+    if (c.databases.empty())
+        st.errors.push_back(st.name + ": no [databases] entries: add one, for example \"* = "
+                                      "host=127.0.0.1 port=5432\"");
+    if (c.listen_addresses().empty() && c.unix_socket_dir.empty())
+        st.errors.push_back(st.name +
+                            ": listen_addr and unix_socket_dir are both empty: nothing to listen on");
+    if (st.errors.empty())
+        return ok_status();
+    std::string all;
+    for (const auto& e : st.errors) {
+        if (!all.empty())
+            all += "\n";
+        all += e;
+    }
+    return Error{all};
+}
+
+Result<Config> parse(ParseState& st)
+{
+    st.cfg = defaults();
+    st.cfg.path = st.name;
+    int rc = ini_parse_stream(read_line, &st, on_entry, &st);
+    if (rc > 0)
+        st.errors.push_back(st.name + ":" + std::to_string(rc) +
+                            ": syntax error (expected [section], name = value, or a comment)");
+    else if (rc < 0)
+        st.errors.push_back(st.name + ": could not parse (out of memory)");
+    Status s = validate(st);
+    if (!s)
+        return Error{s.error()};
+    return std::move(st.cfg);
+}
+
+} // namespace
+
+Config defaults()
+{
+    Config c;
+    for (const auto& spec : options()) {
+        std::string v(spec.default_value);
+        if (spec.str_field)
+            c.*(spec.str_field) = v;
+        else
+            c.*(spec.int_field) = std::strtol(v.c_str(), nullptr, spec.name == "unix_socket_mode" ? 8 : 10);
+    }
+    return c;
+}
+
+Result<Config> load_file(const std::string& path)
+{
+    std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "re"), &std::fclose);
+    if (!f)
+        return Error{path + ": could not open configuration file: " + std::strerror(errno)};
+    ParseState st;
+    st.name = path;
+    st.file = f.get();
+    return parse(st);
+}
+
+Result<Config> load_string(const std::string& text, const std::string& name)
+{
+    ParseState st;
+    st.name = name;
+    st.text = text.c_str();
+    return parse(st);
+}
+
+const DatabaseEntry* Config::find_database(const std::string& name) const
+{
+    const DatabaseEntry* fallback = nullptr;
+    for (const auto& d : databases) {
+        if (d.name == name)
+            return &d;
+        if (d.name == "*")
+            fallback = &d;
+    }
+    return fallback;
+}
+
+std::vector<std::string> Config::listen_addresses() const
+{
+    std::vector<std::string> out;
+    std::string cur;
+    for (char ch : listen_addr + ",") {
+        if (ch == ',' || ch == ' ' || ch == '\t') {
+            if (!cur.empty())
+                out.push_back(cur);
+            cur.clear();
+        } else {
+            cur.push_back(ch);
+        }
+    }
+    return out;
+}
+
+} // namespace pgw::config

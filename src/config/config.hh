@@ -1,0 +1,52 @@
+// The immutable configuration value built from an INI file, and its parser.
+// Errors carry the file, line and option so an operator can fix them at once.
+#pragma once
+
+#include "common/result.hh"
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace pgw::config {
+
+struct DatabaseEntry {
+    std::string name;      // client-visible database name, or "*"
+    std::string conninfo;  // libpq connection string
+    int line = 0;
+};
+
+struct Config {
+    std::string path;  // the file it came from
+
+    // [pgwicket]; defaults come from the options table.
+    std::string listen_addr;
+    long listen_port = 0;
+    std::string unix_socket_dir;
+    long unix_socket_mode = 0;
+    long max_client_conn = 0;
+    long spare_workers = 0;
+    long client_login_timeout = 0;
+    long server_connect_timeout = 0;
+    std::string log_level;
+    std::string logfile;
+    std::string pidfile;
+    std::string application_name_prefix;
+
+    // [databases]
+    std::vector<DatabaseEntry> databases;
+
+    // The entry for a client database name: the exact name, else "*", else null.
+    const DatabaseEntry* find_database(const std::string& name) const;
+    // listen_addr split on commas and blanks; "*" stays "*".
+    std::vector<std::string> listen_addresses() const;
+};
+
+// Defaults only (what an empty file yields).
+Config defaults();
+
+Result<Config> load_file(const std::string& path);
+// For tests: parse text as if it came from a file named `name`.
+Result<Config> load_string(const std::string& text, const std::string& name = "<string>");
+
+} // namespace pgw::config

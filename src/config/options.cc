@@ -1,0 +1,65 @@
+// Definitions of every [pgwicket] option. Adding an option here is the whole
+// change for the parser; make check then asks for its man page and sample entry.
+#include "config/options.hh"
+
+#include "config/config.hh"
+
+#include <array>
+
+namespace pgw::config {
+namespace {
+
+using T = OptionType;
+using R = ReloadClass;
+
+const std::array<OptionSpec, 12> kOptions = {{
+    {"listen_addr", T::String, "127.0.0.1", 0, 0, "", R::Restart,
+     "TCP addresses to listen on, comma-separated; * for all, empty for none",
+     nullptr, &Config::listen_addr},
+    {"listen_port", T::Integer, "6432", 1, 65535, "", R::Restart,
+     "TCP port, also used in the Unix socket name", &Config::listen_port, nullptr},
+    {"unix_socket_dir", T::String, "/tmp", 0, 0, "", R::Restart,
+     "directory for the Unix socket .s.PGSQL.<port>; empty disables it", nullptr,
+     &Config::unix_socket_dir},
+    {"unix_socket_mode", T::Integer, "0777", 0, 0777, "", R::Restart,
+     "permissions of the Unix socket (octal)", &Config::unix_socket_mode, nullptr},
+    {"max_client_conn", T::Integer, "100", 1, 100000, "", R::Reload,
+     "most client sessions at once; more get SQLSTATE 53300", &Config::max_client_conn,
+     nullptr},
+    {"spare_workers", T::Integer, "4", 0, 256, "", R::Reload,
+     "pre-forked idle workers kept ready so fork is off the connect path",
+     &Config::spare_workers, nullptr},
+    {"client_login_timeout", T::Seconds, "60", 1, 86400, "", R::Reload,
+     "seconds a client has to send its startup packet", &Config::client_login_timeout,
+     nullptr},
+    {"server_connect_timeout", T::Seconds, "15", 1, 3600, "", R::Reload,
+     "seconds to connect and log in to the upstream server", &Config::server_connect_timeout,
+     nullptr},
+    {"log_level", T::Enum, "info", 0, 0, "error|warning|info|debug", R::Reload,
+     "least severe level written to the log", nullptr, &Config::log_level},
+    {"logfile", T::String, "", 0, 0, "", R::Restart,
+     "append the log to this file instead of stderr or journald", nullptr, &Config::logfile},
+    {"pidfile", T::String, "", 0, 0, "", R::Restart,
+     "write the supervisor's pid to this file", nullptr, &Config::pidfile},
+    {"application_name_prefix", T::String, "pgwicket", 0, 0, "", R::Reload,
+     "prefix of the upstream application_name that names the client", nullptr,
+     &Config::application_name_prefix},
+}};
+
+const std::array<std::string_view, 2> kSections = {"pgwicket", "databases"};
+
+} // namespace
+
+std::span<const OptionSpec> options() { return kOptions; }
+
+const OptionSpec* find_option(std::string_view name)
+{
+    for (const auto& o : kOptions)
+        if (o.name == name)
+            return &o;
+    return nullptr;
+}
+
+std::span<const std::string_view> sections() { return kSections; }
+
+} // namespace pgw::config

@@ -1,0 +1,74 @@
+// Incremental framing of a typed-message stream (1 type byte + 4 length bytes + body)
+// without copying: reports boundaries, hands whole bodies only for the types asked for.
+#pragma once
+
+#include "protocol/bytes.hh"
+
+#include <algorithm>
+#include <cstdint>
+
+namespace pgw::protocol {
+
+enum class ScanStatus {
+    NeedMore,   // scanned what could be; the rest is an incomplete header or inspected message
+    Stopped,    // the callback asked to stop after a message
+    Violation,  // a length below 4: the stream cannot be framed any further
+};
+
+struct ScanResult {
+    size_t scanned = 0;  // bytes from the start of the span that may now be forwarded
+    ScanStatus status = ScanStatus::NeedMore;
+};
+
+class Framer {
+public:
+    // inspect(type) says whether a type's whole body must be seen; max_inspect caps the
+    // size of such a message (larger ones are passed on uninspected).
+    explicit Framer(size_t max_inspect) : max_inspect_(max_inspect) {}
+
+    // Scans `data`, which starts where the previous call's `scanned` ended.
+    // Inspect: bool(char type). OnMessage: bool(char type, ByteSpan body) -> false to stop.
+    template <typename Inspect, typename OnMessage>
+    ScanResult scan(ByteSpan data, Inspect&& inspect, OnMessage&& on_message)
+    {
+        size_t pos = 0;
+        while (pos < data.size()) {
+            if (skip_ > 0) {
+                size_t take = std::min<std::uint64_t>(skip_, data.size() - pos);
+                pos += take;
+                skip_ -= take;
+                continue;
+            }
+            if (data.size() - pos < 5)
+                return {pos, ScanStatus::NeedMore};
+            char type = char(data[pos]);
+            std::uint32_t len = load_be32(data.data() + pos + 1);
+            if (len < 4)
+                return {pos, ScanStatus::Violation};
+            ++messages_;
+            if (inspect(type) && size_t(len) + 1 <= max_inspect_) {
+                if (data.size() - pos < size_t(len) + 1)
+                    return {pos, ScanStatus::NeedMore};
+                ByteSpan body = data.subspan(pos + 5, len - 4);
+                pos += size_t(len) + 1;
+                if (!on_message(type, body))
+                    return {pos, ScanStatus::Stopped};
+            } else {
+                pos += 5;
+                skip_ = len - 4;
+            }
+        }
+        return {pos, ScanStatus::NeedMore};
+    }
+
+    // True between messages (no partial message outstanding in the stream).
+    bool at_boundary() const { return skip_ == 0; }
+    std::uint64_t messages() const { return messages_; }
+
+private:
+    size_t max_inspect_;
+    std::uint64_t skip_ = 0;
+    std::uint64_t messages_ = 0;
+};
+
+} // namespace pgw::protocol

@@ -1,0 +1,82 @@
+// First-packet decoding, following PostgreSQL's ProcessStartupPacket checks
+// so clients get the same SQLSTATEs (08P01 malformed, 0A000 unsupported) as from a server.
+#include "protocol/startup.hh"
+
+#include <cstdio>
+
+namespace pgw::protocol {
+
+const std::string* StartupMessage::get(std::string_view name) const
+{
+    for (const auto& [k, v] : params)
+        if (k == name)
+            return &v;
+    return nullptr;
+}
+
+std::optional<StartupError> check_startup_length(std::uint32_t length)
+{
+    if (length < 8 || length > kMaxStartupPacket)
+        return StartupError{"08P01", "invalid length of startup packet"};
+    return std::nullopt;
+}
+
+std::variant<FirstPacket, StartupError> decode_first_packet(ByteSpan body)
+{
+    Reader r(body);
+    auto code = r.u32();
+    if (!code)
+        return StartupError{"08P01", "invalid length of startup packet"};
+
+    FirstPacket fp;
+    if (*code == kSslRequestCode || *code == kGssEncRequestCode) {
+        if (!r.empty())
+            return StartupError{"08P01", "invalid length of encryption request packet"};
+        fp.kind = *code == kSslRequestCode ? FirstPacketKind::SslRequest
+                                           : FirstPacketKind::GssEncRequest;
+        return fp;
+    }
+    if (*code == kCancelRequestCode) {
+        auto pid = r.u32();
+        auto secret = r.u32();
+        if (!pid || !secret || !r.empty())
+            return StartupError{"08P01", "invalid length of cancel request packet"};
+        fp.kind = FirstPacketKind::Cancel;
+        fp.cancel = {*pid, *secret};
+        return fp;
+    }
+
+    std::uint16_t major = std::uint16_t(*code >> 16), minor = std::uint16_t(*code & 0xffff);
+    if (major != 3) {
+        char msg[160];
+        std::snprintf(msg, sizeof msg,
+                      "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0", major,
+                      minor);
+        return StartupError{"0A000", msg};
+    }
+    fp.kind = FirstPacketKind::Startup;
+    fp.startup.major = major;
+    fp.startup.minor = minor;
+    for (;;) {
+        auto name = r.cstring();
+        if (!name)
+            return StartupError{"08P01", "invalid startup packet layout: expected terminator as last byte"};
+        if (name->empty())
+            break;
+        auto value = r.cstring();
+        if (!value)
+            return StartupError{"08P01", "invalid startup packet layout: expected terminator as last byte"};
+        std::string key(*name);
+        if (key.rfind("_pq_.", 0) == 0)
+            fp.startup.unknown_protocol_options.push_back(key);
+        else
+            fp.startup.params.emplace_back(std::move(key), std::string(*value));
+    }
+    if (!r.empty())
+        return StartupError{"08P01", "invalid startup packet layout: expected terminator as last byte"};
+    if (!fp.startup.get("user") || fp.startup.get("user")->empty())
+        return StartupError{"28000", "no PostgreSQL user name specified in startup packet"};
+    return fp;
+}
+
+} // namespace pgw::protocol

@@ -1,0 +1,64 @@
+// Decoding of the first packet a client sends (no type byte): SSLRequest,
+// GSSENCRequest, CancelRequest or StartupMessage, and the rules PostgreSQL applies to it.
+#pragma once
+
+#include "common/result.hh"
+#include "protocol/bytes.hh"
+
+#include <cstdint>
+#include <optional>
+#include <variant>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace pgw::protocol {
+
+// PostgreSQL's own cap on a startup packet (MAX_STARTUP_PACKET_LENGTH).
+inline constexpr std::uint32_t kMaxStartupPacket = 10000;
+
+inline constexpr std::uint32_t kSslRequestCode = 80877103;
+inline constexpr std::uint32_t kGssEncRequestCode = 80877104;
+inline constexpr std::uint32_t kCancelRequestCode = 80877102;
+
+inline constexpr std::uint32_t protocol_version(std::uint16_t major, std::uint16_t minor)
+{
+    return (std::uint32_t(major) << 16) | minor;
+}
+
+struct StartupMessage {
+    std::uint16_t major = 0, minor = 0;
+    std::vector<std::pair<std::string, std::string>> params;  // in the client's order
+    std::vector<std::string> unknown_protocol_options;        // _pq_.* names
+
+    const std::string* get(std::string_view name) const;
+};
+
+struct CancelRequest {
+    std::uint32_t pid = 0;
+    std::uint32_t secret = 0;
+};
+
+enum class FirstPacketKind { SslRequest, GssEncRequest, Cancel, Startup };
+
+struct FirstPacket {
+    FirstPacketKind kind{};
+    StartupMessage startup;  // kind == Startup
+    CancelRequest cancel;    // kind == Cancel
+};
+
+// A startup-phase failure: the SQLSTATE and message to send before closing.
+struct StartupError {
+    const char* sqlstate;
+    std::string message;
+};
+
+// Checks the 4-byte length prefix before the body is read.
+// Returns an error message for an impossible length, else empty.
+std::optional<StartupError> check_startup_length(std::uint32_t length);
+
+// Decodes a whole packet body (the bytes after the length word).
+// On failure returns the error the client should get.
+std::variant<FirstPacket, StartupError> decode_first_packet(ByteSpan body);
+
+} // namespace pgw::protocol

@@ -1,0 +1,335 @@
+// Relay loop: read while there is room, frame what was read, write what is framed;
+// poll only when every side would block. Memory is two fixed buffers, whatever the result size.
+#include "session/relay.hh"
+
+#include "common/log.hh"
+#include "common/net.hh"
+#include "protocol/framer.hh"
+#include "protocol/messages.hh"
+
+#include <poll.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+
+namespace pgw::session {
+namespace {
+
+using upstream::Io;
+using upstream::IoResult;
+using upstream::Transport;
+
+// A fixed buffer with three cursors: [read, scanned) may be forwarded,
+// [scanned, write) waits for the framer (an incomplete header or inspected message).
+class Pipe {
+public:
+    explicit Pipe(size_t cap) : data_(new std::byte[cap]), cap_(cap) {}
+
+    size_t space()
+    {
+        // Compact when the tail is short so a whole inspected message always fits.
+        if (rpos_ > 0 && cap_ - wpos_ < cap_ / 4) {
+            std::memmove(data_.get(), data_.get() + rpos_, wpos_ - rpos_);
+            spos_ -= rpos_;
+            wpos_ -= rpos_;
+            rpos_ = 0;
+        }
+        return cap_ - wpos_;
+    }
+    std::byte* tail() { return data_.get() + wpos_; }
+    void produced(size_t n) { wpos_ += n; }
+
+    protocol::ByteSpan unscanned() const { return {data_.get() + spos_, wpos_ - spos_}; }
+    void scanned(size_t n) { spos_ += n; }
+
+    protocol::ByteSpan forwardable() const { return {data_.get() + rpos_, spos_ - rpos_}; }
+    void consumed(size_t n)
+    {
+        rpos_ += n;
+        if (rpos_ == wpos_)
+            rpos_ = spos_ = wpos_ = 0;
+    }
+
+private:
+    std::unique_ptr<std::byte[]> data_;
+    size_t cap_;
+    size_t rpos_ = 0, spos_ = 0, wpos_ = 0;
+};
+
+struct Direction {
+    Direction(Transport& s, Transport& d) : src(s), dst(d), pipe(kRelayBufferSize), framer(kRelayBufferSize) {}
+    Transport& src;
+    Transport& dst;
+    Pipe pipe;
+    protocol::Framer framer;
+    Io read_wait = Io::WantRead;
+    Io write_wait = Io::WantWrite;
+    bool read_blocked = false;
+    bool src_done = false;     // EOF or error reading
+    bool src_error = false;    // the read ended with an error, not an orderly close
+    bool dst_failed = false;   // writing failed
+    bool stopped = false;      // the framer was asked to stop (Terminate)
+    bool violation = false;
+    std::uint64_t bytes = 0;
+
+    // The destination has seen only whole messages.
+    bool dst_at_boundary() const { return framer.at_boundary() && pipe.forwardable().empty(); }
+};
+
+short poll_bit(Io wait) { return wait == Io::WantWrite ? POLLOUT : POLLIN; }
+
+class Relay {
+public:
+    Relay(Transport& client, Transport& server, char status, const volatile std::sig_atomic_t* stop)
+        : c2s_(client, server), s2c_(server, client), stop_(stop)
+    {
+        out_.transaction_status = status;
+    }
+
+    RelayOutcome run();
+
+private:
+    bool pump(Direction& d, bool from_client);
+    bool finished(RelayOutcome& out);
+    void wait();
+    // Best-effort: deliver what is framed, then our own message, if the stream allows.
+    void finish_to_client(const protocol::Bytes* message);
+
+    Direction c2s_, s2c_;
+    const volatile std::sig_atomic_t* stop_;
+    RelayOutcome out_;
+    bool last_server_error_fatal_ = false;
+};
+
+// One round for one direction: read, frame, write. Returns whether anything moved.
+bool Relay::pump(Direction& d, bool from_client)
+{
+    bool progress = false;
+    if (!d.src_done && !d.stopped) {
+        size_t room = d.pipe.space();
+        if (room > 0) {
+            IoResult r = d.src.read(d.pipe.tail(), room);
+            d.read_blocked = false;
+            if (r.status == Io::Ok) {
+                d.pipe.produced(r.n);
+                d.bytes += r.n;
+                progress = true;
+            } else if (r.status == Io::WantRead || r.status == Io::WantWrite) {
+                d.read_wait = r.status;
+                d.read_blocked = true;
+            } else {
+                d.src_done = true;
+                d.src_error = r.status == Io::Error;
+                progress = true;
+            }
+        }
+    }
+    if (!d.stopped && !d.violation && !d.pipe.unscanned().empty()) {
+        auto res = d.framer.scan(
+            d.pipe.unscanned(),
+            [from_client](char type) {
+                return from_client ? type == 'X' : (type == 'Z' || type == 'E');
+            },
+            [this, from_client](char type, protocol::ByteSpan body) {
+                if (from_client)
+                    return type != 'X';  // stop after Terminate: nothing follows it
+                if (type == 'Z' && body.size() == 1) {
+                    out_.transaction_status = char(body[0]);
+                    last_server_error_fatal_ = false;
+                } else if (type == 'E') {
+                    auto e = protocol::decode_error_fields(body);
+                    last_server_error_fatal_ = e && (e->severity == "FATAL" || e->severity == "PANIC");
+                }
+                return true;
+            });
+        if (res.scanned > 0)
+            progress = true;
+        d.pipe.scanned(res.scanned);
+        if (res.status == protocol::ScanStatus::Stopped)
+            d.stopped = true;
+        else if (res.status == protocol::ScanStatus::Violation)
+            d.violation = true;
+    }
+    if (!d.dst_failed && !d.pipe.forwardable().empty()) {
+        auto span = d.pipe.forwardable();
+        IoResult w = d.dst.write(span.data(), span.size());
+        if (w.status == Io::Ok) {
+            d.pipe.consumed(w.n);
+            progress = progress || w.n > 0;
+        } else if (w.status == Io::WantRead || w.status == Io::WantWrite) {
+            d.write_wait = w.status;
+        } else {
+            d.dst_failed = true;
+            progress = true;
+        }
+    }
+    return progress;
+}
+
+bool Relay::finished(RelayOutcome& out)
+{
+    if (c2s_.dst_failed || s2c_.src_done) {
+        out.end = RelayEnd::UpstreamClosed;
+        out.detail = c2s_.dst_failed ? c2s_.dst.error() : s2c_.src.error();
+        return true;
+    }
+    if (s2c_.dst_failed || (c2s_.src_done && !c2s_.stopped)) {
+        out.end = RelayEnd::ClientClosed;
+        out.detail = s2c_.dst_failed ? s2c_.dst.error() : c2s_.src.error();
+        return true;
+    }
+    if (c2s_.stopped && c2s_.pipe.forwardable().empty()) {
+        out.end = RelayEnd::ClientTerminate;
+        return true;
+    }
+    if (c2s_.violation) {
+        out.end = RelayEnd::ClientViolation;
+        return true;
+    }
+    if (s2c_.violation && s2c_.pipe.forwardable().empty()) {
+        out.end = RelayEnd::UpstreamViolation;
+        return true;
+    }
+    if (stop_ && *stop_) {
+        out.end = RelayEnd::Shutdown;
+        return true;
+    }
+    return false;
+}
+
+void Relay::wait()
+{
+    pollfd fds[2] = {{c2s_.src.fd(), 0, 0}, {s2c_.src.fd(), 0, 0}};
+    // fds[0] is the client, fds[1] the upstream.
+    if (!c2s_.src_done && !c2s_.stopped && c2s_.read_blocked)
+        fds[0].events |= poll_bit(c2s_.read_wait);
+    if (!c2s_.pipe.forwardable().empty())
+        fds[1].events |= poll_bit(c2s_.write_wait);
+    if (!s2c_.src_done && s2c_.read_blocked)
+        fds[1].events |= poll_bit(s2c_.read_wait);
+    if (!s2c_.pipe.forwardable().empty())
+        fds[0].events |= poll_bit(s2c_.write_wait);
+    int rc = ::poll(fds, 2, -1);
+    if (rc < 0 && errno != EINTR)
+        log_warning("relay: poll failed: %s", std::strerror(errno));
+    // After a wake-up every blocked operation is simply retried by pump().
+    c2s_.read_blocked = s2c_.read_blocked = false;
+}
+
+void Relay::finish_to_client(const protocol::Bytes* message)
+{
+    auto deadline = net::Clock::now() + std::chrono::seconds(5);
+    // Deliver what the upstream sent before it went away: it may hold its own FATAL.
+    while (!s2c_.dst_failed && !s2c_.pipe.forwardable().empty() && net::Clock::now() < deadline) {
+        auto span = s2c_.pipe.forwardable();
+        IoResult w = s2c_.dst.write(span.data(), span.size());
+        if (w.status == Io::Ok) {
+            s2c_.pipe.consumed(w.n);
+        } else if (w.status == Io::WantRead || w.status == Io::WantWrite) {
+            pollfd p{s2c_.dst.fd(), poll_bit(w.status), 0};
+            ::poll(&p, 1, net::ms_until(deadline));
+        } else {
+            s2c_.dst_failed = true;
+        }
+    }
+    if (!message || s2c_.dst_failed || !s2c_.dst_at_boundary())
+        return;
+    size_t done = 0;
+    while (done < message->size() && net::Clock::now() < deadline) {
+        IoResult w = s2c_.dst.write(message->data() + done, message->size() - done);
+        if (w.status == Io::Ok) {
+            done += w.n;
+        } else if (w.status == Io::WantRead || w.status == Io::WantWrite) {
+            pollfd p{s2c_.dst.fd(), poll_bit(w.status), 0};
+            ::poll(&p, 1, net::ms_until(deadline));
+        } else {
+            return;
+        }
+    }
+}
+
+RelayOutcome Relay::run()
+{
+    RelayOutcome out;
+    for (;;) {
+        bool progress = true;
+        while (progress) {
+            progress = pump(c2s_, true);
+            progress = pump(s2c_, false) || progress;
+            if (finished(out))
+                goto done;
+        }
+        wait();
+        if (finished(out))
+            break;
+    }
+done:
+    switch (out.end) {
+    case RelayEnd::UpstreamClosed: {
+        // Scan whatever the upstream sent last so its own FATAL is recognised.
+        pump(s2c_, false);
+        auto msg = protocol::fatal("08006", "server closed the connection unexpectedly",
+                                   "The upstream PostgreSQL server ended the session; pgwicket "
+                                   "closed the client connection too.");
+        finish_to_client(last_server_error_fatal_ ? nullptr : &msg);
+        break;
+    }
+    case RelayEnd::ClientViolation: {
+        auto msg = protocol::fatal("08P01", "invalid message length from client");
+        finish_to_client(&msg);
+        break;
+    }
+    case RelayEnd::UpstreamViolation: {
+        auto msg = protocol::fatal("08P01", "invalid message length from upstream server");
+        finish_to_client(&msg);
+        break;
+    }
+    case RelayEnd::Shutdown: {
+        auto msg = protocol::fatal("57P01", "terminating connection due to administrator command",
+                                   "pgwicket is shutting down.");
+        finish_to_client(&msg);
+        break;
+    }
+    case RelayEnd::ClientTerminate:
+    case RelayEnd::ClientClosed:
+        break;
+    }
+    out.upstream_at_boundary = c2s_.dst_at_boundary();
+    out.bytes_from_client = c2s_.bytes;
+    out.bytes_from_server = s2c_.bytes;
+    out.messages_from_client = c2s_.framer.messages();
+    out.messages_from_server = s2c_.framer.messages();
+    out.transaction_status = out_.transaction_status;
+    return out;
+}
+
+} // namespace
+
+const char* relay_end_name(RelayEnd e)
+{
+    switch (e) {
+    case RelayEnd::ClientTerminate:
+        return "client terminated";
+    case RelayEnd::ClientClosed:
+        return "client closed the connection";
+    case RelayEnd::ClientViolation:
+        return "protocol violation by client";
+    case RelayEnd::UpstreamClosed:
+        return "upstream closed the connection";
+    case RelayEnd::UpstreamViolation:
+        return "protocol violation by upstream";
+    case RelayEnd::Shutdown:
+        return "shutdown";
+    }
+    return "?";
+}
+
+RelayOutcome relay(upstream::Transport& client, upstream::Transport& server, char initial_status,
+                   const volatile std::sig_atomic_t* stop)
+{
+    Relay r(client, server, initial_status, stop);
+    return r.run();
+}
+
+} // namespace pgw::session

@@ -1,0 +1,18 @@
+// One client session in a worker: the state machine of DESIGN.md from the first
+// packet to the end of the relay. Returns the worker's exit code; never exits itself.
+#pragma once
+
+#include "config/config.hh"
+#include "ipc/fdpass.hh"
+#include "session/exit_codes.hh"
+
+#include <csignal>
+
+namespace pgw::session {
+
+// Set by the worker's SIGTERM/SIGINT handler; the session polls it.
+extern volatile std::sig_atomic_t g_stop_requested;
+
+ExitCode run_session(const config::Config& cfg, ipc::Received&& work);
+
+} // namespace pgw::session

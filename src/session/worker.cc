@@ -1,0 +1,79 @@
+// Worker entry point. Everything a child inherits from the supervisor is closed or
+// reset here; no exception leaves this function, and the process ends with _exit().
+#include "session/worker.hh"
+
+#include "common/log.hh"
+#include "ipc/fdpass.hh"
+#include "session/exit_codes.hh"
+#include "session/session.hh"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <exception>
+
+namespace pgw::session {
+namespace {
+
+void on_stop_signal(int) { g_stop_requested = 1; }
+
+void reset_signals()
+{
+    struct sigaction sa {};
+    sigemptyset(&sa.sa_mask);
+    // No SA_RESTART: a blocking poll() must return EINTR so the session sees the flag.
+    sa.sa_handler = on_stop_signal;
+    sigaction(SIGTERM, &sa, nullptr);
+    sigaction(SIGINT, &sa, nullptr);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, nullptr);
+    sigaction(SIGHUP, &sa, nullptr);
+    sa.sa_handler = SIG_DFL;
+    sigaction(SIGCHLD, &sa, nullptr);
+    sigaction(SIGQUIT, &sa, nullptr);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+}
+
+} // namespace
+
+void worker_main(const config::Config& cfg, int channel, const std::vector<int>& close_fds)
+{
+    int code = kExitInternal;
+    try {
+        reset_signals();
+        // Listeners, epoll, signalfd and other workers' channels are the supervisor's.
+        // (Closed by number rather than by range: libraries such as sd-journal keep
+        // descriptors of their own that must stay valid.)
+        for (int fd : close_fds)
+            ::close(fd);
+        log::set_process_name("worker");
+        log::set_prefix("");
+
+        auto work = ipc::receive_handoff(channel);
+        if (!work) {
+            // The supervisor closes an idle spare's channel to retire it.
+            if (work.error() == "channel closed")
+                _exit(kExitOk);
+            log_error("handoff failed: %s", work.error().c_str());
+            _exit(kExitChannelError);
+        }
+        ::close(channel);
+        if (g_stop_requested)
+            _exit(kExitShutdown);
+        code = run_session(cfg, std::move(*work));
+    } catch (const std::exception& e) {
+        log_error("internal error: %s", e.what());
+        code = kExitInternal;
+    } catch (...) {
+        log_error("internal error: unknown exception");
+        code = kExitInternal;
+    }
+    // _exit, not exit: no atexit handlers or static destructors of the supervisor's
+    // state may run in a child.
+    _exit(code);
+}
+
+} // namespace pgw::session

@@ -1,0 +1,14 @@
+// A worker process's life: after fork, close what belongs to the supervisor,
+// wait for one handoff, run that session, and _exit() with a named code.
+#pragma once
+
+#include "config/config.hh"
+
+#include <vector>
+
+namespace pgw::session {
+
+// Never returns. `close_fds` are the supervisor's descriptors the child inherited.
+[[noreturn]] void worker_main(const config::Config& cfg, int channel, const std::vector<int>& close_fds);
+
+} // namespace pgw::session

@@ -1,0 +1,124 @@
+// Opening listeners with clear errors (address in use, permission denied) naming
+// the address, so a failed start says what to fix.
+#include "supervisor/listeners.hh"
+
+#include "common/log.hh"
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+
+namespace pgw::supervisor {
+namespace {
+
+constexpr int kBacklog = 1024;
+
+std::string sockaddr_name(const sockaddr* sa, socklen_t len)
+{
+    char host[NI_MAXHOST], serv[NI_MAXSERV];
+    if (getnameinfo(sa, len, host, sizeof host, serv, sizeof serv, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+        return "?";
+    return sa->sa_family == AF_INET6 ? "[" + std::string(host) + "]:" + serv
+                                     : std::string(host) + ":" + serv;
+}
+
+Status open_tcp(const std::string& addr, long port, std::vector<Listener>& out)
+{
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    addrinfo* res = nullptr;
+    std::string service = std::to_string(port);
+    int rc = getaddrinfo(addr == "*" ? nullptr : addr.c_str(), service.c_str(), &hints, &res);
+    if (rc != 0)
+        return Error{"listen_addr \"" + addr + "\": " + gai_strerror(rc)};
+    std::unique_ptr<addrinfo, void (*)(addrinfo*)> guard(res, freeaddrinfo);
+    for (addrinfo* ai = res; ai; ai = ai->ai_next) {
+        std::string name = sockaddr_name(ai->ai_addr, ai->ai_addrlen);
+        UniqueFd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol));
+        if (!fd.valid()) {
+            if (errno == EAFNOSUPPORT && addr == "*")
+                continue;  // no IPv6 on this host: "*" still means every family there is
+            return Error{"could not create socket for " + name + ": " + std::strerror(errno)};
+        }
+        int one = 1;
+        setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (ai->ai_family == AF_INET6)
+            setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+        if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0)
+            return Error{"could not bind to " + name + ": " + std::strerror(errno) +
+                         (errno == EADDRINUSE ? " (is another pgwicket or PostgreSQL running on this port?)" : "")};
+        if (::listen(fd.get(), kBacklog) != 0)
+            return Error{"could not listen on " + name + ": " + std::strerror(errno)};
+        out.push_back(Listener{std::move(fd), ListenerKind::Tcp, name, ""});
+    }
+    return ok_status();
+}
+
+Status open_unix(const config::Config& cfg, std::vector<Listener>& out)
+{
+    std::string path = unix_socket_path(cfg.unix_socket_dir, cfg.listen_port);
+    sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    if (path.size() >= sizeof sun.sun_path)
+        return Error{"Unix socket path \"" + path + "\" is too long"};
+    std::memcpy(sun.sun_path, path.c_str(), path.size() + 1);
+
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (!fd.valid())
+        return Error{"could not create Unix socket: " + std::string(std::strerror(errno))};
+
+    // A socket file left by a crash is removed; one that still answers is in use.
+    struct stat st {};
+    if (lstat(path.c_str(), &st) == 0) {
+        if (!S_ISSOCK(st.st_mode))
+            return Error{"\"" + path + "\" exists and is not a socket"};
+        UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        if (probe.valid() && ::connect(probe.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun) == 0)
+            return Error{"Unix socket \"" + path + "\" is in use by another server"};
+        ::unlink(path.c_str());
+    }
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun) != 0)
+        return Error{"could not bind Unix socket \"" + path + "\": " + std::strerror(errno)};
+    if (::chmod(path.c_str(), mode_t(cfg.unix_socket_mode)) != 0)
+        log_warning("could not set mode of \"%s\": %s", path.c_str(), std::strerror(errno));
+    if (::listen(fd.get(), kBacklog) != 0) {
+        ::unlink(path.c_str());
+        return Error{"could not listen on Unix socket \"" + path + "\": " + std::strerror(errno)};
+    }
+    out.push_back(Listener{std::move(fd), ListenerKind::Unix, path, path});
+    return ok_status();
+}
+
+} // namespace
+
+std::string unix_socket_path(const std::string& dir, long port)
+{
+    return dir + "/.s.PGSQL." + std::to_string(port);
+}
+
+Result<std::vector<Listener>> open_listeners(const config::Config& cfg)
+{
+    std::vector<Listener> out;
+    for (const auto& addr : cfg.listen_addresses())
+        if (auto st = open_tcp(addr, cfg.listen_port, out); !st) {
+            for (auto& l : out)
+                if (!l.unix_path.empty())
+                    ::unlink(l.unix_path.c_str());
+            return Error{st.error()};
+        }
+    if (!cfg.unix_socket_dir.empty())
+        if (auto st = open_unix(cfg, out); !st)
+            return Error{st.error()};
+    return out;
+}
+
+} // namespace pgw::supervisor

@@ -1,0 +1,213 @@
+// Building libpq parameters from the [databases] entry and the client's startup
+// packet, and a non-blocking connect bounded by server_connect_timeout.
+#include "upstream/connect.hh"
+
+#include <poll.h>
+
+#include <cerrno>
+#include <cstring>
+#include <set>
+
+namespace pgw::upstream {
+namespace {
+
+void put(Params& p, const std::string& key, const std::string& value)
+{
+    for (auto& [k, v] : p)
+        if (k == key) {
+            v = value;
+            return;
+        }
+    p.emplace_back(key, value);
+}
+
+const std::string* get(const Params& p, const std::string& key)
+{
+    for (const auto& [k, v] : p)
+        if (k == key)
+            return &v;
+    return nullptr;
+}
+
+std::string first_line(std::string s)
+{
+    while (!s.empty() && (s.back() == '\n' || s.back() == ' '))
+        s.pop_back();
+    for (auto& ch : s)
+        if (ch == '\n' || ch == '\t')
+            ch = ' ';
+    return s;
+}
+
+} // namespace
+
+std::string escape_option_value(const std::string& v)
+{
+    std::string out;
+    for (char ch : v) {
+        if (ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\\')
+            out.push_back('\\');
+        out.push_back(ch);
+    }
+    return out;
+}
+
+Result<Params> build_params(const config::DatabaseEntry& entry, const ClientInfo& client,
+                            const std::string& app_prefix)
+{
+    char* err = nullptr;
+    PQconninfoOption* opts = PQconninfoParse(entry.conninfo.c_str(), &err);
+    if (!opts) {
+        std::string msg = err ? first_line(err) : "out of memory";
+        PQfreemem(err);
+        return Error{"invalid connection string for database \"" + entry.name + "\": " + msg};
+    }
+    Params p;
+    for (PQconninfoOption* o = opts; o->keyword; ++o)
+        if (o->val && *o->val)
+            p.emplace_back(o->keyword, o->val);
+    PQconninfoFree(opts);
+
+    if (!get(p, "dbname"))
+        put(p, "dbname", client.database);
+    if (!get(p, "user"))
+        put(p, "user", client.user);
+
+    std::string app = app_prefix;
+    if (!app.empty())
+        app += " ";
+    app += client.host;
+    std::string options = get(p, "options") ? *get(p, "options") : std::string();
+
+    // Startup parameters that libpq has a keyword for go there; every other one is
+    // a GUC the server accepts as -c name=value in `options`, exactly as if sent.
+    static const std::set<std::string> handled = {"user", "database", "replication"};
+    if (client.startup) {
+        for (const auto& [name, value] : client.startup->params) {
+            if (handled.count(name))
+                continue;
+            if (name == "application_name") {
+                if (!value.empty())
+                    app += " " + value;
+            } else if (name == "client_encoding") {
+                put(p, "client_encoding", value);
+            } else if (name == "options") {
+                if (!value.empty())
+                    options += (options.empty() ? "" : " ") + value;
+            } else {
+                options += (options.empty() ? "" : " ") + std::string("-c ") +
+                           escape_option_value(name + "=" + value);
+            }
+        }
+    }
+    put(p, "application_name", app);
+    if (!options.empty())
+        put(p, "options", options);
+    // The relay reads and writes libpq's socket itself, which it can only do on a
+    // plain or TLS stream: GSSAPI encryption must stay off.
+    put(p, "gssencmode", "disable");
+    return p;
+}
+
+std::string describe(const Params& params)
+{
+    std::string out;
+    for (const char* key : {"service", "host", "hostaddr", "port", "dbname", "user"}) {
+        const std::string* v = get(params, key);
+        if (!v)
+            continue;
+        if (!out.empty())
+            out += " ";
+        out += std::string(key) + "=" + *v;
+    }
+    return out;
+}
+
+bool parse_server_error(const std::string& text, std::string& sqlstate, std::string& message)
+{
+    // libpq writes "<severity>:  <SQLSTATE>: <message>" per server error when the
+    // verbosity is VERBOSE; the last such line is the one that ended the attempt.
+    bool found = false;
+    size_t pos = 0;
+    while (pos < text.size()) {
+        size_t eol = text.find('\n', pos);
+        std::string line = text.substr(pos, eol == std::string::npos ? std::string::npos : eol - pos);
+        pos = eol == std::string::npos ? text.size() : eol + 1;
+        for (const char* sev : {"FATAL:  ", "ERROR:  ", "PANIC:  "}) {
+            size_t at = line.find(sev);
+            if (at == std::string::npos)
+                continue;
+            std::string rest = line.substr(at + std::strlen(sev));
+            if (rest.size() > 7 && rest[5] == ':' && rest[6] == ' ') {
+                sqlstate = rest.substr(0, 5);
+                message = rest.substr(7);
+                found = true;
+            }
+            break;
+        }
+    }
+    return found;
+}
+
+Result<PgConnPtr> connect(const Params& params, net::Clock::time_point deadline,
+                          ConnectFailure* failure)
+{
+    auto fail = [failure](PGconn* c, std::string text) -> Result<PgConnPtr> {
+        std::string raw = c ? std::string(PQerrorMessage(c)) : text;
+        if (c)
+            text = first_line(raw);
+        failure->server_sqlstate.clear();
+        failure->message = text;
+        std::string code, msg;
+        if (c && parse_server_error(raw, code, msg)) {
+            failure->server_sqlstate = code;
+            failure->message = msg;
+        }
+        return Error{failure->message};
+    };
+    std::vector<const char*> keys, values;
+    for (const auto& [k, v] : params) {
+        keys.push_back(k.c_str());
+        values.push_back(v.c_str());
+    }
+    keys.push_back(nullptr);
+    values.push_back(nullptr);
+
+    PgConnPtr conn(PQconnectStartParams(keys.data(), values.data(), 0));
+    if (!conn)
+        return fail(nullptr, "out of memory");
+    if (PQstatus(conn.get()) == CONNECTION_BAD)
+        return fail(conn.get(), "");
+    // VERBOSE makes libpq keep the server's SQLSTATE in a failed login's message.
+    PQsetErrorVerbosity(conn.get(), PQERRORS_VERBOSE);
+
+    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+    for (;;) {
+        if (st == PGRES_POLLING_OK)
+            return conn;
+        if (st == PGRES_POLLING_FAILED)
+            return fail(conn.get(), "");
+        int ms = net::ms_until(deadline);
+        if (ms == 0)
+            return fail(nullptr, "timed out (server_connect_timeout)");
+        pollfd pfd{PQsocket(conn.get()), short(st == PGRES_POLLING_READING ? POLLIN : POLLOUT), 0};
+        int pr = ::poll(&pfd, 1, ms);
+        if (pr < 0 && errno != EINTR)
+            return fail(nullptr, std::string("poll: ") + std::strerror(errno));
+        if (pr == 0)
+            continue;  // the deadline check above reports it
+        st = PQconnectPoll(conn.get());
+    }
+}
+
+const std::vector<const char*>& reported_parameters()
+{
+    static const std::vector<const char*> names = {
+        "application_name", "client_encoding", "DateStyle", "default_transaction_read_only",
+        "in_hot_standby", "integer_datetimes", "IntervalStyle", "is_superuser",
+        "scram_iterations", "search_path", "server_encoding", "server_version",
+        "session_authorization", "standard_conforming_strings", "TimeZone"};
+    return names;
+}
+
+} // namespace pgw::upstream

@@ -1,0 +1,64 @@
+// Terminated mode: opening the upstream connection through libpq with the
+// proxy's connection string, the client's startup parameters, under a deadline.
+#pragma once
+
+#include "common/net.hh"
+#include "common/result.hh"
+#include "config/config.hh"
+#include "protocol/startup.hh"
+
+#include <libpq-fe.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace pgw::upstream {
+
+struct PgConnDeleter {
+    void operator()(PGconn* c) const { PQfinish(c); }
+};
+using PgConnPtr = std::unique_ptr<PGconn, PgConnDeleter>;
+
+using Params = std::vector<std::pair<std::string, std::string>>;
+
+struct ClientInfo {
+    std::string user;
+    std::string database;
+    std::string host;  // client address without port, or [local]
+    const protocol::StartupMessage* startup = nullptr;
+};
+
+// The libpq keywords for this client on this database entry. Pure, for tests.
+Result<Params> build_params(const config::DatabaseEntry& entry, const ClientInfo& client,
+                            const std::string& app_prefix);
+
+// "host=... port=... dbname=... user=..." without secrets, for messages and logs.
+std::string describe(const Params& params);
+
+// Escapes a value for the server's `options` (-c name=value): blanks and backslashes.
+std::string escape_option_value(const std::string& v);
+
+// Why a connect failed. When the server itself refused the login (wrong database,
+// password, too many connections) its SQLSTATE and message are kept so the client
+// gets the same error it would get directly.
+struct ConnectFailure {
+    std::string server_sqlstate;  // empty for network failures and timeouts
+    std::string message;
+};
+
+// Connects without blocking past the deadline (PQconnectStartParams + PQconnectPoll).
+// On failure returns an Error and fills *failure.
+Result<PgConnPtr> connect(const Params& params, net::Clock::time_point deadline,
+                          ConnectFailure* failure);
+
+// Splits libpq's verbose connection error ("... failed: FATAL:  3D000: message") into
+// SQLSTATE and message. Returns false when no server error is in the text.
+bool parse_server_error(const std::string& libpq_message, std::string& sqlstate,
+                        std::string& message);
+
+// The ParameterStatus names a PostgreSQL server reports (GUC_REPORT), newest included.
+const std::vector<const char*>& reported_parameters();
+
+} // namespace pgw::upstream
