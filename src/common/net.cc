@@ -108,4 +108,26 @@ bool write_all(int fd, const void* buf, size_t n, Clock::time_point deadline)
     return true;
 }
 
+void linger_close(int fd, Clock::time_point deadline, size_t limit)
+{
+    ::shutdown(fd, SHUT_WR);
+    char sink[4096];
+    size_t seen = 0;
+    while (seen < limit) {
+        ssize_t r = ::read(fd, sink, sizeof sink);
+        if (r > 0) {
+            seen += size_t(r);
+            continue;
+        }
+        if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+            return;
+        int ms = ms_until(deadline);
+        if (ms == 0)
+            return;
+        pollfd pfd{fd, POLLIN, 0};
+        if (::poll(&pfd, 1, ms) <= 0)
+            return;
+    }
+}
+
 } // namespace pgw::net

@@ -32,4 +32,9 @@ ReadStatus read_exact(int fd, void* buf, size_t n, Clock::time_point deadline);
 // Writes all of buf to a non-blocking fd before the deadline; false on error or timeout.
 bool write_all(int fd, const void* buf, size_t n, Clock::time_point deadline);
 
+// Ends our side of a connection gently after an error message: half-close, then
+// discard what the peer still sends (at most `limit` bytes or until the deadline).
+// Closing with unread input would send a RST, and the peer could lose our message.
+void linger_close(int fd, Clock::time_point deadline, size_t limit = 256 * 1024);
+
 } // namespace pgw::net

@@ -43,11 +43,21 @@ private:
     {
         return net::write_all(client_.get(), b.data(), b.size(), net::Clock::now() + 10s);
     }
+    // Ends the session with an error the client can read before the close.
+    ExitCode fail(const protocol::ErrorFields& e, ExitCode code)
+    {
+        send(protocol::error_response(e));
+        net::linger_close(client_.get(), net::Clock::now() + 1s);
+        return code;
+    }
     ExitCode fail(const char* sqlstate, const std::string& message, ExitCode code,
                   const std::string& hint = {})
     {
-        send(protocol::fatal(sqlstate, message, hint));
-        return code;
+        protocol::ErrorFields e;
+        e.sqlstate = sqlstate;
+        e.message = message;
+        e.hint = hint;
+        return fail(e, code);
     }
     // Reads packets until a StartupMessage; answers SSL/GSS requests with 'N'.
     std::variant<protocol::StartupMessage, ExitCode> read_startup();
@@ -172,8 +182,7 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
             e.message = why.message;
             e.detail = "Reported by the upstream server for database \"" + database + "\" (" +
                        where + ").";
-            send(protocol::error_response(e));
-            return kExitUpstreamFailure;
+            return fail(e, kExitUpstreamFailure);
         }
         return fail("08006",
                     "could not connect to upstream server for database \"" + database + "\" (" +
