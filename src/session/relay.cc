@@ -65,7 +65,10 @@ struct Direction {
     protocol::Framer framer;
     Io read_wait = Io::WantRead;
     Io write_wait = Io::WantWrite;
-    bool read_blocked = false;
+    // Whether a read may find data: set by poll() or by a read that filled all the
+    // room it had; cleared by a short read. Saves a read() per message that would
+    // only return EAGAIN.
+    bool may_read = true;
     bool src_done = false;     // EOF or error reading
     bool src_error = false;    // the read ended with an error, not an orderly close
     bool dst_failed = false;   // writing failed
@@ -106,18 +109,22 @@ private:
 bool Relay::pump(Direction& d, bool from_client)
 {
     bool progress = false;
-    if (!d.src_done && !d.stopped) {
+    if (!d.src_done && !d.stopped && d.may_read) {
         size_t room = d.pipe.space();
         if (room > 0) {
             IoResult r = d.src.read(d.pipe.tail(), room);
-            d.read_blocked = false;
             if (r.status == Io::Ok) {
                 d.pipe.produced(r.n);
                 d.bytes += r.n;
                 progress = true;
+                if (r.n < room && !d.src.has_buffered()) {
+                    // A short read drained the socket; wait for poll to say more came.
+                    d.may_read = false;
+                    d.read_wait = Io::WantRead;
+                }
             } else if (r.status == Io::WantRead || r.status == Io::WantWrite) {
                 d.read_wait = r.status;
-                d.read_blocked = true;
+                d.may_read = false;
             } else {
                 d.src_done = true;
                 d.src_error = r.status == Io::Error;
@@ -202,19 +209,27 @@ void Relay::wait()
 {
     pollfd fds[2] = {{c2s_.src.fd(), 0, 0}, {s2c_.src.fd(), 0, 0}};
     // fds[0] is the client, fds[1] the upstream.
-    if (!c2s_.src_done && !c2s_.stopped && c2s_.read_blocked)
+    // A full buffer asks for no read readiness: that is the back-pressure.
+    if (!c2s_.src_done && !c2s_.stopped && !c2s_.may_read && c2s_.pipe.space() > 0)
         fds[0].events |= poll_bit(c2s_.read_wait);
     if (!c2s_.pipe.forwardable().empty())
         fds[1].events |= poll_bit(c2s_.write_wait);
-    if (!s2c_.src_done && s2c_.read_blocked)
+    if (!s2c_.src_done && !s2c_.may_read && s2c_.pipe.space() > 0)
         fds[1].events |= poll_bit(s2c_.read_wait);
     if (!s2c_.pipe.forwardable().empty())
         fds[0].events |= poll_bit(s2c_.write_wait);
     int rc = ::poll(fds, 2, -1);
     if (rc < 0 && errno != EINTR)
         log_warning("relay: poll failed: %s", std::strerror(errno));
-    // After a wake-up every blocked operation is simply retried by pump().
-    c2s_.read_blocked = s2c_.read_blocked = false;
+    // A read is retried when its fd reported what it waited for, or trouble
+    // (a hang-up or error is then seen by the read itself). Writes are simply retried.
+    auto woke = [](const pollfd& p, Io wait) {
+        return (p.revents & (poll_bit(wait) | POLLHUP | POLLERR | POLLNVAL)) != 0;
+    };
+    if (rc > 0) {
+        c2s_.may_read = c2s_.may_read || woke(fds[0], c2s_.read_wait);
+        s2c_.may_read = s2c_.may_read || woke(fds[1], s2c_.read_wait);
+    }
 }
 
 void Relay::finish_to_client(const protocol::Bytes* message)

@@ -29,6 +29,9 @@ public:
     virtual IoResult write(const std::byte* buf, size_t len) = 0;
     virtual int fd() const = 0;
     virtual bool is_tls() const = 0;
+    // Bytes already read from the socket but not yet returned (TLS records, read-ahead):
+    // poll() cannot see them, so the caller must read again without waiting.
+    virtual bool has_buffered() const { return false; }
     const std::string& error() const { return error_; }
 
 protected:
@@ -56,6 +59,7 @@ public:
     IoResult write(const std::byte* buf, size_t len) override;
     int fd() const override { return fd_; }
     bool is_tls() const override { return true; }
+    bool has_buffered() const override { return SSL_has_pending(ssl_) == 1; }
 
 private:
     IoResult result_of(int rc);
