@@ -21,15 +21,28 @@ Result<CommandLine> parse_command_line(const std::vector<std::string>& args)
 {
     CommandLine cl;
     cl.config_path = std::string(kDefaultConfigPath);
+    bool options_done = false;
     for (size_t i = 0; i < args.size(); ++i) {
         const std::string& a = args[i];
         const FlagSpec* spec = nullptr;
         std::string inline_value;
         bool has_inline = false;
-        if (a.size() == 2 && a[0] == '-' && a[1] != '-') {
+        if (a == "--" && !options_done) {
+            options_done = true;  // as getopt: what follows is not an option
+            continue;
+        }
+        if (options_done) {
+            return Error{"unexpected argument \"" + a + "\""};
+        } else if (a.size() >= 2 && a[0] == '-' && a[1] != '-') {
             for (const auto& f : kFlags)
                 if (f.short_name == a[1])
                     spec = &f;
+            if (spec && a.size() > 2) {
+                if (spec->argument.empty())
+                    return Error{"option \"-" + std::string(1, a[1]) + "\" takes no argument"};
+                inline_value = a.substr(2);  // -cFILE, as getopt allows
+                has_inline = true;
+            }
         } else if (a.rfind("--", 0) == 0) {
             std::string name = a.substr(2);
             size_t eq = name.find('=');
@@ -48,6 +61,9 @@ Result<CommandLine> parse_command_line(const std::vector<std::string>& args)
             return Error{"unknown option \"" + a + "\""};
         std::string value;
         if (!spec->argument.empty()) {
+            if (has_inline && inline_value.empty())
+                return Error{"option \"--" + std::string(spec->long_name) + "\" requires a non-empty " +
+                             std::string(spec->argument)};
             if (has_inline)
                 value = inline_value;
             else if (i + 1 < args.size())

@@ -58,14 +58,26 @@ char* read_line(char* buf, int size, void* stream)
     if (!got)
         return nullptr;
     ++st->line;
-    st->continuation = !line.empty() && (line[0] == ' ' || line[0] == '\t');
-    if (line.size() >= (size_t)size) {
+    // One limit whatever the line ending: the text without "\n" or "\r\n" must leave
+    // room in inih's buffer for a newline and the NUL.
+    while (!line.empty() && (line.back() == '\n' || line.back() == '\r'))
+        line.pop_back();
+    const size_t max_text = size_t(size) - 2;
+    if (line.size() > max_text) {
         // inih would split it and misparse the rest; refuse with a clear message.
-        st->errors.push_back(where(*st) + ": line is longer than " + std::to_string(size - 2) +
+        st->errors.push_back(where(*st) + ": line is longer than " + std::to_string(max_text) +
                              " characters; split a long connection string over indented "
                              "continuation lines");
-        line = "\n";
+        line.clear();
     }
+    size_t first = line.find_first_not_of(" \t");
+    st->continuation = first != std::string::npos && first > 0;
+    if (first != std::string::npos && line[first] == '[') {
+        // inih forgets the previous name at a section header; so do we.
+        st->last_section.clear();
+        st->last_name.clear();
+    }
+    line.push_back('\n');
     std::memcpy(buf, line.c_str(), line.size() + 1);
     return buf;
 }
@@ -126,11 +138,10 @@ void set_option(ParseState& st, const OptionSpec& spec, const std::string& value
     st.errors.push_back(where(st) + ": option \"" + std::string(spec.name) + "\": " + err);
 }
 
-void add_database(ParseState& st, const std::string& name, const std::string& value)
+void add_database(ParseState& st, const std::string& name, const std::string& value, bool continues)
 {
     auto& dbs = st.cfg.databases;
-    if (st.continuation && !dbs.empty() && st.last_section == "databases" &&
-        st.last_name == name) {
+    if (continues && !dbs.empty() && dbs.back().name == name) {
         dbs.back().conninfo += " " + value;
         return;
     }
@@ -147,18 +158,29 @@ int on_entry(void* user, const char* section, const char* name, const char* valu
 {
     auto* st = static_cast<ParseState*>(user);
     std::string sec(section), key(name), val(value);
+    // inih passes an indented line as more of the previous name's value.
+    const bool continues = st->continuation && st->last_section == sec && st->last_name == key;
     if (sec == "pgwicket") {
         const OptionSpec* spec = find_option(key);
         if (!spec) {
-            st->errors.push_back(where(*st) + ": unknown option \"" + key +
-                                 "\" in section [pgwicket]");
+            if (!continues)  // reported once, on the line that named it
+                st->errors.push_back(where(*st) + ": unknown option \"" + key +
+                                     "\" in section [pgwicket]");
+        } else if (continues) {
+            if (spec->type == OptionType::String)
+                set_option(*st, *spec, st->cfg.*(spec->str_field) + " " + val);
+            else
+                st->errors.push_back(where(*st) + ": option \"" + key +
+                                     "\": only text values may continue on an indented line");
+        } else if (auto seen = st->seen_options.find(key); seen != st->seen_options.end()) {
+            st->errors.push_back(where(*st) + ": option \"" + key + "\" is already set at line " +
+                                 std::to_string(seen->second));
         } else {
-            if (st->continuation && st->last_name == key && spec->type == OptionType::String)
-                val = st->cfg.*(spec->str_field) + " " + val;
+            st->seen_options.emplace(key, st->line);
             set_option(*st, *spec, val);
         }
     } else if (sec == "databases") {
-        add_database(*st, key, val);
+        add_database(*st, key, val, continues);
     } else if (sec.empty()) {
         st->errors.push_back(where(*st) + ": option \"" + key +
                              "\" appears before any [section] header");

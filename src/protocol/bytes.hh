@@ -66,6 +66,8 @@ public:
     // A NUL-terminated string; fails when no NUL is left.
     std::optional<std::string_view> cstring()
     {
+        if (remaining() == 0)
+            return std::nullopt;  // also keeps memchr away from an empty span's null pointer
         const std::byte* start = data_.data() + pos_;
         const void* nul = std::memchr(start, 0, remaining());
         if (!nul)

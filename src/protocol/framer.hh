@@ -45,17 +45,18 @@ public:
             std::uint32_t len = load_be32(data.data() + pos + 1);
             if (len < 4)
                 return {pos, ScanStatus::Violation};
-            ++messages_;
             if (inspect(type) && size_t(len) + 1 <= max_inspect_) {
                 if (data.size() - pos < size_t(len) + 1)
                     return {pos, ScanStatus::NeedMore};
                 ByteSpan body = data.subspan(pos + 5, len - 4);
                 pos += size_t(len) + 1;
+                ++messages_;
                 if (!on_message(type, body))
                     return {pos, ScanStatus::Stopped};
             } else {
                 pos += 5;
                 skip_ = len - 4;
+                ++messages_;
             }
         }
         return {pos, ScanStatus::NeedMore};

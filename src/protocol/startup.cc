@@ -16,7 +16,7 @@ const std::string* StartupMessage::get(std::string_view name) const
 
 std::optional<StartupError> check_startup_length(std::uint32_t length)
 {
-    if (length < 8 || length > kMaxStartupPacket)
+    if (length < 8 || length - 4 > kMaxStartupPacket)
         return StartupError{"08P01", "invalid length of startup packet"};
     return std::nullopt;
 }

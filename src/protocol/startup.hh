@@ -14,7 +14,8 @@
 
 namespace pgw::protocol {
 
-// PostgreSQL's own cap on a startup packet (MAX_STARTUP_PACKET_LENGTH).
+// PostgreSQL's own cap on a startup packet's body (MAX_STARTUP_PACKET_LENGTH); the
+// 4 length bytes come on top, so the largest whole packet is 10004 bytes.
 inline constexpr std::uint32_t kMaxStartupPacket = 10000;
 
 inline constexpr std::uint32_t kSslRequestCode = 80877103;
@@ -53,7 +54,7 @@ struct StartupError {
     std::string message;
 };
 
-// Checks the 4-byte length prefix before the body is read.
+// Checks the 4-byte length prefix (which counts itself) before the body is read.
 // Returns an error message for an impossible length, else empty.
 std::optional<StartupError> check_startup_length(std::uint32_t length);
 

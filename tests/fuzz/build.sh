@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Builds each libFuzzer target against only the sources it needs and runs it for
+# FUZZ_SECONDS (default 20; 0 builds only). Exits non-zero if any target crashes.
+#
+#   tests/fuzz/build.sh                  build and run every target
+#   tests/fuzz/build.sh framer config    only these (names without fuzz_)
+#   FUZZ_OUT=dir   build/corpus/artifact directory (default: build-fuzz at the top)
+#   CXX_FUZZ=...   compiler (default clang++; needs clang and libclang-rt-<ver>-dev)
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")/../.." && pwd)
+here="$top/tests/fuzz"
+out=${FUZZ_OUT:-$top/build-fuzz}
+seconds=${FUZZ_SECONDS:-20}
+cxx=${CXX_FUZZ:-clang++}
+all_targets=(startup framer error_fields config)
+targets=("${@:-${all_targets[@]}}")
+
+# shellcheck disable=SC2054 # the commas belong to -fsanitize=
+cxxflags=(-std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+          -Wall -Wextra -Wformat=2 -Wshadow -I"$top/src" -I"$here")
+
+sources_for() {
+    case $1 in
+    startup) echo "$top/src/protocol/startup.cc" ;;
+    framer) echo "" ;;
+    error_fields) echo "$top/src/protocol/messages.cc" ;;
+    config) echo "$top/src/config/config.cc $top/src/config/options.cc" ;;
+    *) echo "unknown fuzz target: $1 (known: ${all_targets[*]})" >&2; return 1 ;;
+    esac
+}
+
+libs_for() {
+    case $1 in
+    config) pkg-config --cflags --libs libpq inih ;;
+    *) echo "" ;;
+    esac
+}
+
+# A few valid inputs so the fuzzer starts from the interesting shapes (octal escapes:
+# printf's \x is not POSIX).
+seed() {
+    local dir="$out/corpus/$1"
+    mkdir -p "$dir"
+    case $1 in
+    startup)
+        printf '\000\003\000\000user\000alice\000database\000db\000\000' >"$dir/startup30"
+        printf '\000\003\000\002user\000u\000_pq_.x\000y\000\000' >"$dir/startup32"
+        printf '\004\322\026\057' >"$dir/ssl"
+        printf '\004\322\026\060' >"$dir/gssenc"
+        printf '\004\322\026\056\000\000\000\001\000\000\000\002' >"$dir/cancel"
+        ;;
+    framer)
+        # 5 control bytes (cap, inspect salt, stop type, chunk seed), then the stream.
+        printf '\100\000\121\007\000Q\000\000\000\015select 1\000D\000\000\000\010abcdP\000\000\000\004' \
+            >"$dir/mixed"
+        printf '\020\001\000\003\000Q\000\000\000\077aaaa' >"$dir/over_cap"
+        printf '\377\002\000\001\000C\000\000\000\002' >"$dir/violation"
+        ;;
+    error_fields)
+        printf 'SERROR\000VERROR\000C42P01\000Mrelation\000Ddetail\000Hhint\000\000' >"$dir/full"
+        printf 'SFATAL\000C28000\000Mno\000\000' >"$dir/fatal"
+        ;;
+    config)
+        printf '[pgwicket]\nlisten_addr = 127.0.0.1, ::1\nlisten_port = 6432\nunix_socket_mode = 0700\nlog_level = debug\n[databases]\n* = host=a port=5432\nsales = host=b\n    dbname=s\n' \
+            >"$dir/good"
+        printf '[databases]\nx = host=a port\n' >"$dir/bad_conninfo"
+        ;;
+    esac
+}
+
+mkdir -p "$out/artifacts"
+failed=()
+for t in "${targets[@]}"; do
+    srcs=$(sources_for "$t")
+    bin="$out/fuzz_$t"
+    echo "== building fuzz_$t"
+    # shellcheck disable=SC2046,SC2086 # the source and library lists are meant to split
+    "$cxx" "${cxxflags[@]}" "$here/fuzz_$t.cc" $srcs $(libs_for "$t") -o "$bin"
+    [ "$seconds" -gt 0 ] || continue
+
+    seed "$t"
+    extra=()
+    [ -f "$here/$t.dict" ] && extra+=(-dict="$here/$t.dict")
+    echo "== running fuzz_$t for ${seconds}s"
+    if "$bin" "${extra[@]}" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+        -print_final_stats=1 -artifact_prefix="$out/artifacts/$t-" "$out/corpus/$t" \
+        >"$out/fuzz_$t.log" 2>&1; then
+        grep -E '^(stat::number_of_executed_units|stat::new_units_added|Done )' "$out/fuzz_$t.log" || true
+    else
+        echo "!! fuzz_$t failed; see $out/fuzz_$t.log and $out/artifacts/$t-*" >&2
+        grep -E 'ERROR|property failed|runtime error|SUMMARY' "$out/fuzz_$t.log" | head -5 >&2 || true
+        failed+=("$t")
+    fi
+done
+
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "fuzz targets that crashed: ${failed[*]}" >&2
+    exit 1
+fi
+echo "fuzz: all targets clean"
