@@ -209,7 +209,9 @@ Status validate(ParseState& st)
         PQfreemem(errmsg);
         PQconninfoFree(opts);
     }
-    if (c.databases.empty())
+    // Only when nothing else is wrong: an entry refused above would otherwise be
+    // reported a second time as "no entries".
+    if (c.databases.empty() && st.errors.empty())
         st.errors.push_back(st.name + ": no [databases] entries: add one, for example \"* = "
                                       "host=127.0.0.1 port=5432\"");
     if (c.listen_addresses().empty() && c.unix_socket_dir.empty())

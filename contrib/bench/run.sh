@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Read-only pgbench through pgwicket, against PostgreSQL directly and through PgBouncer
+# (session mode), on a fresh throwaway cluster. Prints a table of TPS and ratios.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=contrib/lib.sh
+source "$root/contrib/lib.sh"
+
+secs=${BENCH_SECONDS:-10}
+scale=${BENCH_SCALE:-10}
+pgbench=$PG_BINDIR/pgbench
+
+bin=${PGWICKET_BIN:-}
+if [ -z "$bin" ]; then
+    for candidate in "$root/pgwicket" "$root/build/pgwicket"; do
+        if [ -x "$candidate" ]; then
+            bin=$candidate
+            break
+        fi
+    done
+fi
+if [ -z "$bin" ] || [ ! -x "$bin" ]; then
+    echo "bench: no pgwicket binary; build first (make, or contrib/demo.sh), or set PGWICKET_BIN" >&2
+    exit 1
+fi
+for tool in "$PG_BINDIR/initdb" "$PG_BINDIR/pg_ctl" "$pgbench"; do
+    if [ ! -x "$tool" ]; then
+        echo "bench: $tool not found; run contrib/install-deps.sh" >&2
+        exit 1
+    fi
+done
+have_pgbouncer=0
+if command -v pgbouncer >/dev/null 2>&1; then
+    have_pgbouncer=1
+fi
+
+work=$(mktemp -d /tmp/pgwicket-bench.XXXXXX)
+chmod 755 "$work"
+if [ "$(id -u)" -eq 0 ]; then
+    chown postgres:postgres "$work"
+fi
+pgdata=$work/pg
+pgw_pid=
+
+# shellcheck disable=SC2317  # run by the EXIT trap
+cleanup()
+{
+    trap - EXIT INT TERM
+    if [ -n "$pgw_pid" ] && kill -0 "$pgw_pid" 2>/dev/null; then
+        kill -TERM "$pgw_pid" 2>/dev/null || true
+        wait "$pgw_pid" 2>/dev/null || true
+    fi
+    if [ -f "$work/pgbouncer.pid" ]; then
+        kill -TERM "$(cat "$work/pgbouncer.pid")" 2>/dev/null || true
+        for _ in $(seq 50); do
+            [ -f "$work/pgbouncer.pid" ] || break
+            sleep 0.1
+        done
+    fi
+    pg_stop "$pgdata"
+    if [ "${BENCH_KEEP:-0}" = 1 ]; then
+        echo "bench: logs and data kept in $work"
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+echo "bench: PostgreSQL 15 cluster in $work"
+pg_init "$pgdata"
+pgport=$(free_port 55432)
+pg_start "$pgdata" "$pgport" "-c max_connections=200 -c fsync=off -c synchronous_commit=off"
+
+pgwport=$(free_port 56432)
+cat >"$work/pgwicket.ini" <<EOF
+[pgwicket]
+listen_addr = 127.0.0.1
+listen_port = $pgwport
+unix_socket_dir = $work
+logfile = $work/pgwicket.log
+
+[databases]
+* = host=127.0.0.1 port=$pgport
+EOF
+"$bin" -c "$work/pgwicket.ini" 2>>"$work/pgwicket.log" &
+pgw_pid=$!
+if ! wait_listening "$pgwport" 10; then
+    echo "bench: pgwicket did not start; its log:" >&2
+    cat "$work/pgwicket.log" >&2
+    exit 1
+fi
+
+if [ "$have_pgbouncer" = 1 ]; then
+    pgbport=$(free_port 57432)
+    echo '"postgres" ""' >"$work/userlist.txt"
+    cat >"$work/pgbouncer.ini" <<EOF
+[databases]
+* = host=127.0.0.1 port=$pgport
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $pgbport
+unix_socket_dir = $work
+auth_type = trust
+auth_file = $work/userlist.txt
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 20
+logfile = $work/pgbouncer.log
+pidfile = $work/pgbouncer.pid
+EOF
+    if [ "$(id -u)" -eq 0 ]; then
+        chown postgres:postgres "$work/pgbouncer.ini" "$work/userlist.txt"
+    fi
+    as_pg pgbouncer -d "$work/pgbouncer.ini"
+    if ! wait_listening "$pgbport" 10; then
+        echo "bench: pgbouncer did not start; its log:" >&2
+        cat "$work/pgbouncer.log" >&2 || true
+        exit 1
+    fi
+fi
+
+echo "bench: pgbench -i -s $scale"
+"$pgbench" -i -q -s "$scale" -h 127.0.0.1 -p "$pgport" -U postgres postgres >"$work/init.log" 2>&1 || {
+    cat "$work/init.log" >&2
+    exit 1
+}
+
+# tps PORT ARGS...: runs pgbench against PORT and prints its TPS, or "fail".
+tps()
+{
+    local port=$1 out
+    shift
+    out=$work/pgbench-$port-$RANDOM.log
+    if "$pgbench" -n -S -T "$secs" "$@" -h 127.0.0.1 -p "$port" -U postgres postgres >"$out" 2>&1; then
+        sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | head -n 1 | awk '{ printf "%.0f\n", $1 }'
+    else
+        echo "bench: pgbench $* on port $port failed:" >&2
+        tail -n 5 "$out" >&2
+        echo fail
+    fi
+}
+
+ratio()
+{
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else printf "-" }'
+}
+
+echo "bench: warm-up (not counted)"
+secs=2 tps "$pgport" -c 2 -j 2 >/dev/null
+
+rows=()
+run_case()
+{
+    local label=$1 direct pgw pgb="-"
+    shift
+    echo "bench: $label ($secs s each)"
+    direct=$(tps "$pgport" "$@")
+    pgw=$(tps "$pgwport" "$@")
+    if [ "$have_pgbouncer" = 1 ]; then
+        pgb=$(tps "$pgbport" "$@")
+    fi
+    rows+=("$(printf '%-26s %10s %10s %10s %12s %14s' "$label" "$direct" "$pgw" "$pgb" \
+        "$(ratio "$pgw" "$direct")" "$(ratio "$pgw" "$pgb")")")
+}
+
+for mode in simple prepared; do
+    for clients in 1 8; do
+        jobs=$((clients < 2 ? clients : 2))
+        run_case "-S -M $mode -c $clients" -M "$mode" -c "$clients" -j "$jobs"
+    done
+done
+# -C: a new connection per transaction, where forking a session costs most.
+run_case "-S -C -M simple -c 8" -C -M simple -c 8 -j 2
+
+echo
+echo "pgbench -S (select only), scale $scale, $secs s per run, $(nproc) CPUs, all on one host; TPS:"
+printf '%-26s %10s %10s %10s %12s %14s\n' "case" "direct" "pgwicket" "pgbouncer" "pgw/direct" "pgw/pgbouncer"
+for row in "${rows[@]}"; do
+    echo "$row"
+done

@@ -1,0 +1,121 @@
+# shellcheck shell=bash
+# Shared helpers for contrib/demo.sh and contrib/bench/run.sh (sourced, not run).
+# They start throwaway PostgreSQL 15 clusters on free ports, as the postgres user when root.
+
+PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
+
+# Prints the ports that a TCP socket is bound to, in decimal, from /proc (no ss
+# needed). TIME_WAIT leftovers do not count: servers bind with SO_REUSEADDR.
+bound_ports()
+{
+    local f _ addr state
+    for f in /proc/net/tcp /proc/net/tcp6; do
+        [ -r "$f" ] || continue
+        while read -r _ addr _ state _; do
+            if [[ "$addr" == *:* ]] && [ "$state" != 06 ]; then
+                echo $((16#${addr##*:}))
+            fi
+        done <"$f"
+    done
+}
+
+# free_port START: the first port from START up that nothing is bound to.
+free_port()
+{
+    local port=$1 used
+    used=" $(bound_ports | sort -un | tr '\n' ' ') "
+    while [[ "$used" == *" $port "* ]]; do
+        port=$((port + 1))
+    done
+    echo "$port"
+}
+
+# port_listening PORT: whether something listens on PORT.
+port_listening()
+{
+    local f hex
+    hex=$(printf '%04X' "$1")
+    for f in /proc/net/tcp /proc/net/tcp6; do
+        [ -r "$f" ] || continue
+        if awk -v p="$hex" 'NR > 1 { split($2, a, ":"); if (a[2] == p && $4 == "0A") found = 1 }
+                           END { exit !found }' "$f"; then
+            return 0
+        fi
+    done
+    return 1
+}
+
+# wait_listening PORT SECONDS: waits until PORT listens; fails after SECONDS.
+wait_listening()
+{
+    local i
+    for ((i = 0; i < $2 * 10; i++)); do
+        port_listening "$1" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# PostgreSQL and PgBouncer refuse to run as root: run them as postgres then.
+as_pg()
+{
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# pg_data_dir WANTED: WANTED if the user running PostgreSQL can reach it, else a
+# folder under /var/tmp (a checkout under /root is out of reach of postgres).
+pg_data_dir()
+{
+    local wanted=$1
+    mkdir -p "$(dirname "$wanted")"
+    if [ "$(id -u)" -ne 0 ] || runuser -u postgres -- test -x "$(dirname "$wanted")"; then
+        echo "$wanted"
+    else
+        echo "/var/tmp/pgwicket-$(basename "$(dirname "$wanted")")-$(id -u)/$(basename "$wanted")"
+    fi
+}
+
+# pg_init DIR: creates a cluster in DIR (superuser postgres, trust auth) unless one is there.
+pg_init()
+{
+    local dir=$1
+    if [ -f "$dir/PG_VERSION" ]; then
+        return 0
+    fi
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    if [ "$(id -u)" -eq 0 ]; then
+        chown postgres:postgres "$dir"
+    fi
+    chmod 700 "$dir"
+    as_pg "$PG_BINDIR/initdb" -D "$dir" -U postgres --auth=trust --no-sync -E UTF8 \
+        --locale=C >"$dir.initdb.log" 2>&1 || {
+        cat "$dir.initdb.log" >&2
+        return 1
+    }
+}
+
+# pg_start DIR PORT [EXTRA_OPTIONS]: starts the cluster on 127.0.0.1:PORT, TCP only.
+pg_start()
+{
+    local dir=$1 port=$2 extra=${3:-}
+    pg_stop "$dir"
+    as_pg "$PG_BINDIR/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 \
+        -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories='' $extra" \
+        start >/dev/null || {
+        tail -n 20 "$dir/server.log" >&2
+        return 1
+    }
+}
+
+# pg_stop DIR: stops the cluster in DIR if it runs (quietly).
+pg_stop()
+{
+    local dir=$1
+    [ -f "$dir/postmaster.pid" ] || return 0
+    as_pg "$PG_BINDIR/pg_ctl" -D "$dir" -m fast -w stop >/dev/null 2>&1 || true
+}
