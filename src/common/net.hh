@@ -16,6 +16,11 @@ using Clock = std::chrono::steady_clock;
 
 Status set_nonblocking(int fd);
 
+// What PostgreSQL sets on its client sockets: no Nagle delay (a reply written in
+// two pieces would otherwise wait for the client's delayed ACK) and keepalives.
+// A no-op for Unix sockets.
+void tune_client_socket(int fd);
+
 // "10.0.0.5:41234", "[::1]:41234", or "[local]" for a Unix socket.
 std::string describe_peer(const sockaddr_storage& addr, socklen_t len);
 // The address alone (no port), for places with little room such as application_name.

@@ -265,6 +265,7 @@ ExitCode Session::run()
         log_error("client socket: %s", st.error().c_str());
         return kExitChannelError;
     }
+    net::tune_client_socket(client_.get());
     auto startup = read_startup();
     if (auto* code = std::get_if<ExitCode>(&startup))
         return *code;
