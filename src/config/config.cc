@@ -154,6 +154,48 @@ void add_database(ParseState& st, const std::string& name, const std::string& va
     dbs.push_back(DatabaseEntry{name, value, st.line});
 }
 
+void add_peer(ParseState& st, const std::string& name, const std::string& value)
+{
+    long id = 0;
+    if (!parse_integer(name, 10, id) || id < 1 || id > 63) {
+        st.errors.push_back(where(st) + ": peer \"" + name + "\": the name must be a peer_id from 1 to 63");
+        return;
+    }
+    for (const auto& p : st.cfg.peers)
+        if (p.id == id) {
+            st.errors.push_back(where(st) + ": peer " + name + " is already defined at line " +
+                                std::to_string(p.line));
+            return;
+        }
+    char* errmsg = nullptr;
+    PQconninfoOption* opts = PQconninfoParse(value.c_str(), &errmsg);
+    if (!opts) {
+        std::string msg = errmsg ? errmsg : "out of memory";
+        while (!msg.empty() && msg.back() == '\n')
+            msg.pop_back();
+        PQfreemem(errmsg);
+        st.errors.push_back(where(st) + ": peer " + name + ": " + msg);
+        return;
+    }
+    PeerEntry peer{id, "", "6432", st.line};
+    for (PQconninfoOption* o = opts; o->keyword; ++o) {
+        if (!o->val || !*o->val)
+            continue;
+        std::string k = o->keyword;
+        if (k == "host" || k == "hostaddr")
+            peer.host = o->val;
+        else if (k == "port")
+            peer.port = o->val;
+        else
+            st.errors.push_back(where(st) + ": peer " + name + ": only host and port may be given (not \"" +
+                                k + "\")");
+    }
+    PQconninfoFree(opts);
+    if (peer.host.empty())
+        st.errors.push_back(where(st) + ": peer " + name + ": host= is missing");
+    st.cfg.peers.push_back(peer);
+}
+
 int on_entry(void* user, const char* section, const char* name, const char* value)
 {
     auto* st = static_cast<ParseState*>(user);
@@ -181,6 +223,8 @@ int on_entry(void* user, const char* section, const char* name, const char* valu
         }
     } else if (sec == "databases") {
         add_database(*st, key, val, continues);
+    } else if (sec == "peers") {
+        add_peer(*st, key, val);
     } else if (sec.empty()) {
         st->errors.push_back(where(*st) + ": option \"" + key +
                              "\" appears before any [section] header");
@@ -214,6 +258,13 @@ Status validate(ParseState& st)
     if (c.databases.empty() && st.errors.empty())
         st.errors.push_back(st.name + ": no [databases] entries: add one, for example \"* = "
                                       "host=127.0.0.1 port=5432\"");
+    for (const auto& p : c.peers)
+        if (p.id == c.peer_id)
+            st.errors.push_back(st.name + ":" + std::to_string(p.line) + ": peer " +
+                                std::to_string(p.id) + " is this instance's own peer_id");
+    if (!c.peers.empty() && c.peer_id == 0)
+        st.errors.push_back(st.name + ": [peers] is set but peer_id is 0: give this instance its own "
+                                      "peer_id (1 to 63)");
     if (c.listen_addresses().empty() && c.unix_socket_dir.empty())
         st.errors.push_back(st.name +
                             ": listen_addr and unix_socket_dir are both empty: nothing to listen on");
@@ -288,6 +339,14 @@ const DatabaseEntry* Config::find_database(const std::string& name) const
             fallback = &d;
     }
     return fallback;
+}
+
+const PeerEntry* Config::find_peer(long id) const
+{
+    for (const auto& p : peers)
+        if (p.id == id)
+            return &p;
+    return nullptr;
 }
 
 std::vector<std::string> Config::listen_addresses() const

@@ -16,6 +16,14 @@ struct DatabaseEntry {
     int line = 0;
 };
 
+// Another pgwicket instance behind the same load balancer, for cancel forwarding.
+struct PeerEntry {
+    long id = 0;
+    std::string host;  // a host name, an address, or a Unix socket directory
+    std::string port;
+    int line = 0;
+};
+
 struct Config {
     std::string path;  // the file it came from
 
@@ -32,12 +40,17 @@ struct Config {
     std::string logfile;
     std::string pidfile;
     std::string application_name_prefix;
+    long query_timeout = 0;
+    long peer_id = 0;
 
     // [databases]
     std::vector<DatabaseEntry> databases;
+    // [peers]
+    std::vector<PeerEntry> peers;
 
     // The entry for a client database name: the exact name, else "*", else null.
     const DatabaseEntry* find_database(const std::string& name) const;
+    const PeerEntry* find_peer(long id) const;
     // listen_addr split on commas and blanks; "*" stays "*".
     std::vector<std::string> listen_addresses() const;
 };

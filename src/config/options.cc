@@ -12,7 +12,7 @@ namespace {
 using T = OptionType;
 using R = ReloadClass;
 
-const std::array<OptionSpec, 12> kOptions = {{
+const std::array<OptionSpec, 14> kOptions = {{
     {"listen_addr", T::String, "127.0.0.1", 0, 0, "", R::Restart,
      "TCP addresses to listen on, comma-separated; * for all, empty for none",
      nullptr, &Config::listen_addr},
@@ -23,7 +23,7 @@ const std::array<OptionSpec, 12> kOptions = {{
      &Config::unix_socket_dir},
     {"unix_socket_mode", T::Integer, "0777", 0, 0777, "", R::Restart,
      "permissions of the Unix socket (octal)", &Config::unix_socket_mode, nullptr},
-    {"max_client_conn", T::Integer, "100", 1, 100000, "", R::Reload,
+    {"max_client_conn", T::Integer, "100", 1, 100000, "", R::Restart,
      "most client sessions at once; more get SQLSTATE 53300", &Config::max_client_conn,
      nullptr},
     {"spare_workers", T::Integer, "4", 0, 256, "", R::Reload,
@@ -41,12 +41,18 @@ const std::array<OptionSpec, 12> kOptions = {{
      "append the log to this file instead of stderr or journald", nullptr, &Config::logfile},
     {"pidfile", T::String, "", 0, 0, "", R::Restart,
      "write the supervisor's pid to this file", nullptr, &Config::pidfile},
+    {"query_timeout", T::Seconds, "0", 0, 604800, "", R::Reload,
+     "cancel a query that runs longer than this many seconds; 0 disables",
+     &Config::query_timeout, nullptr},
+    {"peer_id", T::Integer, "0", 0, 63, "", R::Restart,
+     "this instance's id in the cancel keys it hands out, for [peers] forwarding",
+     &Config::peer_id, nullptr},
     {"application_name_prefix", T::String, "pgwicket", 0, 0, "", R::Reload,
      "prefix of the upstream application_name that names the client", nullptr,
      &Config::application_name_prefix},
 }};
 
-const std::array<std::string_view, 2> kSections = {"pgwicket", "databases"};
+const std::array<std::string_view, 3> kSections = {"pgwicket", "databases", "peers"};
 
 } // namespace
 

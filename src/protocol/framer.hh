@@ -27,7 +27,9 @@ public:
     explicit Framer(size_t max_inspect) : max_inspect_(max_inspect) {}
 
     // Scans `data`, which starts where the previous call's `scanned` ended.
-    // Inspect: bool(char type). OnMessage: bool(char type, ByteSpan body) -> false to stop.
+    // Inspect: bool(char type), called exactly once per message, when its header is
+    // first seen; true asks for the whole body. OnMessage: bool(char type, ByteSpan
+    // body) for those messages -> false to stop right after this one.
     template <typename Inspect, typename OnMessage>
     ScanResult scan(ByteSpan data, Inspect&& inspect, OnMessage&& on_message)
     {
@@ -45,24 +47,29 @@ public:
             std::uint32_t len = load_be32(data.data() + pos + 1);
             if (len < 4)
                 return {pos, ScanStatus::Violation};
-            if (inspect(type) && size_t(len) + 1 <= max_inspect_) {
-                if (data.size() - pos < size_t(len) + 1)
-                    return {pos, ScanStatus::NeedMore};
-                ByteSpan body = data.subspan(pos + 5, len - 4);
-                pos += size_t(len) + 1;
+            if (!waiting_for_body_) {
                 ++messages_;
-                if (!on_message(type, body))
-                    return {pos, ScanStatus::Stopped};
-            } else {
-                pos += 5;
-                skip_ = len - 4;
-                ++messages_;
+                if (!(inspect(type) && size_t(len) + 1 <= max_inspect_)) {
+                    pos += 5;
+                    skip_ = len - 4;
+                    continue;
+                }
             }
+            if (data.size() - pos < size_t(len) + 1) {
+                waiting_for_body_ = true;
+                return {pos, ScanStatus::NeedMore};
+            }
+            waiting_for_body_ = false;
+            ByteSpan body = data.subspan(pos + 5, len - 4);
+            pos += size_t(len) + 1;
+            if (!on_message(type, body))
+                return {pos, ScanStatus::Stopped};
         }
         return {pos, ScanStatus::NeedMore};
     }
 
-    // True between messages (no partial message outstanding in the stream).
+    // True when the bytes scanned so far end between two messages (what may be
+    // forwarded holds no partial message).
     bool at_boundary() const { return skip_ == 0; }
     std::uint64_t messages() const { return messages_; }
 
@@ -70,6 +77,7 @@ private:
     size_t max_inspect_;
     std::uint64_t skip_ = 0;
     std::uint64_t messages_ = 0;
+    bool waiting_for_body_ = false;  // the header at the scan position was inspected already
 };
 
 } // namespace pgw::protocol

@@ -36,6 +36,17 @@ std::variant<FirstPacket, StartupError> decode_first_packet(ByteSpan body)
                                            : FirstPacketKind::GssEncRequest;
         return fp;
     }
+    if (*code == kForwardedCancelCode) {
+        auto pid = r.u32();
+        auto secret = r.u32();
+        auto hops = r.u32();
+        if (!pid || !secret || !hops || !r.empty())
+            return StartupError{"08P01", "invalid length of forwarded cancel request packet"};
+        fp.kind = FirstPacketKind::Cancel;
+        fp.cancel = {*pid, *secret};
+        fp.hops = *hops;
+        return fp;
+    }
     if (*code == kCancelRequestCode) {
         auto pid = r.u32();
         auto secret = r.u32();
@@ -77,6 +88,17 @@ std::variant<FirstPacket, StartupError> decode_first_packet(ByteSpan body)
     if (!fp.startup.get("user") || fp.startup.get("user")->empty())
         return StartupError{"28000", "no PostgreSQL user name specified in startup packet"};
     return fp;
+}
+
+Bytes forwarded_cancel_packet(const CancelRequest& c, std::uint32_t hops)
+{
+    Writer w;
+    w.u32(20);
+    w.u32(kForwardedCancelCode);
+    w.u32(c.pid);
+    w.u32(c.secret);
+    w.u32(hops);
+    return w.take();
 }
 
 } // namespace pgw::protocol

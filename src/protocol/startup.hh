@@ -21,6 +21,10 @@ inline constexpr std::uint32_t kMaxStartupPacket = 10000;
 inline constexpr std::uint32_t kSslRequestCode = 80877103;
 inline constexpr std::uint32_t kGssEncRequestCode = 80877104;
 inline constexpr std::uint32_t kCancelRequestCode = 80877102;
+// pgwicket's own: a CancelRequest forwarded by a peer instance, with a hop count
+// (1234.5696, a code PostgreSQL does not use).
+inline constexpr std::uint32_t kForwardedCancelCode = (1234u << 16) | 5696u;
+inline constexpr std::uint32_t kMaxCancelHops = 2;
 
 inline constexpr std::uint32_t protocol_version(std::uint16_t major, std::uint16_t minor)
 {
@@ -44,9 +48,13 @@ enum class FirstPacketKind { SslRequest, GssEncRequest, Cancel, Startup };
 
 struct FirstPacket {
     FirstPacketKind kind{};
-    StartupMessage startup;  // kind == Startup
-    CancelRequest cancel;    // kind == Cancel
+    StartupMessage startup;    // kind == Startup
+    CancelRequest cancel;      // kind == Cancel
+    std::uint32_t hops = 0;    // kind == Cancel: how often peers have forwarded it
 };
+
+// The packet a peer sends to forward a cancel request (length word included).
+Bytes forwarded_cancel_packet(const CancelRequest& c, std::uint32_t hops);
 
 // A startup-phase failure: the SQLSTATE and message to send before closing.
 struct StartupError {

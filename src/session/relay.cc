@@ -8,6 +8,7 @@
 #include "protocol/messages.hh"
 
 #include <poll.h>
+#include <signal.h>
 
 #include <cerrno>
 #include <cstring>
@@ -33,6 +34,8 @@ public:
             std::memmove(data_.get(), data_.get() + rpos_, wpos_ - rpos_);
             spos_ -= rpos_;
             wpos_ -= rpos_;
+            if (cut_len_)
+                cut_at_ -= rpos_;
             rpos_ = 0;
         }
         return cap_ - wpos_;
@@ -43,7 +46,12 @@ public:
     protocol::ByteSpan unscanned() const { return {data_.get() + spos_, wpos_ - spos_}; }
     void scanned(size_t n) { spos_ += n; }
 
-    protocol::ByteSpan forwardable() const { return {data_.get() + rpos_, spos_ - rpos_}; }
+    // Forwarding stops at a cut: a scanned message that is replaced by other bytes.
+    protocol::ByteSpan forwardable() const
+    {
+        size_t end = cut_len_ ? cut_at_ : spos_;
+        return {data_.get() + rpos_, end - rpos_};
+    }
     void consumed(size_t n)
     {
         rpos_ += n;
@@ -51,10 +59,26 @@ public:
             rpos_ = spos_ = wpos_ = 0;
     }
 
+    // Marks the `len` bytes ending at the scan position as a message to drop.
+    void cut_last(size_t len)
+    {
+        cut_at_ = spos_ - len;
+        cut_len_ = len;
+    }
+    bool has_cut() const { return cut_len_ != 0; }
+    bool at_cut() const { return cut_len_ != 0 && rpos_ == cut_at_; }
+    void drop_cut()
+    {
+        size_t n = cut_len_;
+        cut_len_ = 0;
+        consumed(n);
+    }
+
 private:
     std::unique_ptr<std::byte[]> data_;
     size_t cap_;
     size_t rpos_ = 0, spos_ = 0, wpos_ = 0;
+    size_t cut_at_ = 0, cut_len_ = 0;
 };
 
 struct Direction {
@@ -73,22 +97,37 @@ struct Direction {
     bool src_error = false;    // the read ended with an error, not an orderly close
     bool dst_failed = false;   // writing failed
     bool stopped = false;      // the framer was asked to stop (Terminate)
+    bool paused = false;       // scanning waits until a replacement has been written
+    protocol::Bytes replacement;  // written in place of the cut message
+    size_t replacement_written = 0;
     bool violation = false;
     std::uint64_t bytes = 0;
 
     // The destination has seen only whole messages.
-    bool dst_at_boundary() const { return framer.at_boundary() && pipe.forwardable().empty(); }
+    bool dst_at_boundary() const
+    {
+        return framer.at_boundary() && pipe.forwardable().empty() && replacement_written == 0;
+    }
 };
 
 short poll_bit(Io wait) { return wait == Io::WantWrite ? POLLOUT : POLLIN; }
 
 class Relay {
 public:
-    Relay(Transport& client, Transport& server, char status, const volatile std::sig_atomic_t* stop)
-        : c2s_(client, server), s2c_(server, client), stop_(stop)
+    Relay(Transport& client, Transport& server, char status, const volatile std::sig_atomic_t* stop,
+          RelayObserver* observer)
+        : c2s_(client, server), s2c_(server, client), stop_(stop), observer_(observer)
     {
         out_.transaction_status = status;
+        sigset_t session_signals;
+        sigemptyset(&session_signals);
+        for (int sig : {SIGTERM, SIGINT, SIGUSR1})
+            sigaddset(&session_signals, sig);
+        sigprocmask(SIG_BLOCK, &session_signals, &wait_mask_);
     }
+    ~Relay() { sigprocmask(SIG_SETMASK, &wait_mask_, nullptr); }
+    Relay(const Relay&) = delete;
+    Relay& operator=(const Relay&) = delete;
 
     RelayOutcome run();
 
@@ -101,6 +140,8 @@ private:
 
     Direction c2s_, s2c_;
     const volatile std::sig_atomic_t* stop_;
+    RelayObserver* observer_;
+    sigset_t wait_mask_;  // the mask before the relay: what ppoll() waits with
     RelayOutcome out_;
     bool last_server_error_fatal_ = false;
 };
@@ -132,31 +173,73 @@ bool Relay::pump(Direction& d, bool from_client)
             }
         }
     }
-    if (!d.stopped && !d.violation && !d.pipe.unscanned().empty()) {
+    if (!d.stopped && !d.paused && !d.violation && !d.pipe.unscanned().empty()) {
+        size_t cut = 0;
         auto res = d.framer.scan(
             d.pipe.unscanned(),
-            [from_client](char type) {
-                return from_client ? type == 'X' : (type == 'Z' || type == 'E');
+            [this, from_client](char type) {
+                if (from_client) {
+                    if (observer_)
+                        observer_->on_client_message(type);
+                    return type == 'X';
+                }
+                return type == 'Z' || type == 'E';
             },
-            [this, from_client](char type, protocol::ByteSpan body) {
+            [this, from_client, &d, &cut](char type, protocol::ByteSpan body) {
                 if (from_client)
                     return type != 'X';  // stop after Terminate: nothing follows it
                 if (type == 'Z' && body.size() == 1) {
                     out_.transaction_status = char(body[0]);
                     last_server_error_fatal_ = false;
+                    if (observer_)
+                        observer_->on_ready_for_query(char(body[0]));
                 } else if (type == 'E') {
                     auto e = protocol::decode_error_fields(body);
                     last_server_error_fatal_ = e && (e->severity == "FATAL" || e->severity == "PANIC");
+                    if (e && observer_) {
+                        if (auto replacement = observer_->on_server_error(*e)) {
+                            d.replacement = std::move(*replacement);
+                            d.replacement_written = 0;
+                            cut = body.size() + 5;
+                            return false;  // pause here until the replacement is out
+                        }
+                    }
                 }
                 return true;
             });
         if (res.scanned > 0)
             progress = true;
         d.pipe.scanned(res.scanned);
-        if (res.status == protocol::ScanStatus::Stopped)
-            d.stopped = true;
-        else if (res.status == protocol::ScanStatus::Violation)
+        if (res.status == protocol::ScanStatus::Stopped) {
+            if (cut) {
+                d.pipe.cut_last(cut);
+                d.paused = true;
+            } else {
+                d.stopped = true;
+            }
+        } else if (res.status == protocol::ScanStatus::Violation) {
             d.violation = true;
+        }
+    }
+    if (!d.dst_failed && d.pipe.at_cut()) {
+        // Our message goes out where the replaced one stood, then the original is dropped.
+        IoResult w = d.dst.write(d.replacement.data() + d.replacement_written,
+                                 d.replacement.size() - d.replacement_written);
+        if (w.status == Io::Ok) {
+            d.replacement_written += w.n;
+            progress = true;
+            if (d.replacement_written == d.replacement.size()) {
+                d.pipe.drop_cut();
+                d.replacement.clear();
+                d.replacement_written = 0;
+                d.paused = false;
+            }
+        } else if (w.status == Io::WantRead || w.status == Io::WantWrite) {
+            d.write_wait = w.status;
+        } else {
+            d.dst_failed = true;
+            progress = true;
+        }
     }
     if (!d.dst_failed && !d.pipe.forwardable().empty()) {
         auto span = d.pipe.forwardable();
@@ -212,13 +295,18 @@ void Relay::wait()
     // A full buffer asks for no read readiness: that is the back-pressure.
     if (!c2s_.src_done && !c2s_.stopped && !c2s_.may_read && c2s_.pipe.space() > 0)
         fds[0].events |= poll_bit(c2s_.read_wait);
-    if (!c2s_.pipe.forwardable().empty())
+    if (!c2s_.pipe.forwardable().empty() || c2s_.pipe.at_cut())
         fds[1].events |= poll_bit(c2s_.write_wait);
     if (!s2c_.src_done && !s2c_.may_read && s2c_.pipe.space() > 0)
         fds[1].events |= poll_bit(s2c_.read_wait);
-    if (!s2c_.pipe.forwardable().empty())
+    if (!s2c_.pipe.forwardable().empty() || s2c_.pipe.at_cut())
         fds[0].events |= poll_bit(s2c_.write_wait);
-    int rc = ::poll(fds, 2, -1);
+    // The session's signals (stop, routed cancel) are blocked while the relay runs and
+    // unblocked only inside ppoll(): one that arrives between our last look at the
+    // flags and this wait is delivered here and ends the wait at once, never lost.
+    const int timeout_ms = observer_ ? observer_->poll_timeout_ms() : -1;
+    timespec ts{timeout_ms / 1000, long(timeout_ms % 1000) * 1000000};
+    int rc = ::ppoll(fds, 2, timeout_ms < 0 ? nullptr : &ts, &wait_mask_);
     if (rc < 0 && errno != EINTR)
         log_warning("relay: poll failed: %s", std::strerror(errno));
     // A read is retried when its fd reported what it waited for, or trouble
@@ -230,6 +318,8 @@ void Relay::wait()
         c2s_.may_read = c2s_.may_read || woke(fds[0], c2s_.read_wait);
         s2c_.may_read = s2c_.may_read || woke(fds[1], s2c_.read_wait);
     }
+    if (observer_)
+        observer_->on_wake();
 }
 
 void Relay::finish_to_client(const protocol::Bytes* message)
@@ -341,9 +431,9 @@ const char* relay_end_name(RelayEnd e)
 }
 
 RelayOutcome relay(upstream::Transport& client, upstream::Transport& server, char initial_status,
-                   const volatile std::sig_atomic_t* stop)
+                   const volatile std::sig_atomic_t* stop, RelayObserver* observer)
 {
-    Relay r(client, server, initial_status, stop);
+    Relay r(client, server, initial_status, stop, observer);
     return r.run();
 }
 

@@ -2,10 +2,12 @@
 // bytes untouched through bounded buffers, inspecting only what state needs.
 #pragma once
 
+#include "protocol/messages.hh"
 #include "upstream/transport.hh"
 
 #include <csignal>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 namespace pgw::session {
@@ -32,12 +34,28 @@ struct RelayOutcome {
     char transaction_status = 'I';  // from the last ReadyForQuery
 };
 
+// What the session learns from the relay, and how it steers it (timeouts, cancels).
+class RelayObserver {
+public:
+    virtual ~RelayObserver() = default;
+    // Every message header from the client, once per message.
+    virtual void on_client_message(char type) = 0;
+    virtual void on_ready_for_query(char status) = 0;
+    // An ErrorResponse from the server; a returned message replaces it for the client.
+    virtual std::optional<protocol::Bytes> on_server_error(const protocol::ErrorFields& e) = 0;
+    // How long poll() may sleep (-1: until I/O), and what to do after every wake-up
+    // (I/O, a signal, or that timeout).
+    virtual int poll_timeout_ms() = 0;
+    virtual void on_wake() = 0;
+};
+
 // Buffer capacity per direction; also the largest message inspected whole.
 inline constexpr size_t kRelayBufferSize = 128 * 1024;
 
 // Runs until the session ends. `stop` is polled after every wake-up (a signal
 // handler sets it; poll returns EINTR). Both transports must be non-blocking.
 RelayOutcome relay(upstream::Transport& client, upstream::Transport& server,
-                   char initial_status, const volatile std::sig_atomic_t* stop);
+                   char initial_status, const volatile std::sig_atomic_t* stop,
+                   RelayObserver* observer = nullptr);
 
 } // namespace pgw::session

@@ -6,11 +6,15 @@
 #include "common/net.hh"
 #include "protocol/messages.hh"
 #include "protocol/startup.hh"
+#include "session/cancel.hh"
 #include "session/relay.hh"
 #include "upstream/connect.hh"
 #include "upstream/transport.hh"
 
 #include <openssl/rand.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstring>
@@ -19,16 +23,180 @@
 namespace pgw::session {
 
 volatile std::sig_atomic_t g_stop_requested = 0;
+volatile std::sig_atomic_t g_cancel_signal = 0;
 
 namespace {
 
 using namespace std::chrono_literals;
 using protocol::Bytes;
 
+std::int64_t wall_ms()
+{
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+struct PgCancelDeleter {
+    void operator()(PGcancel* c) const { PQfreeCancel(c); }
+};
+
+// Keeps the session's slot true (state, since when), and turns a routed cancel
+// or an expired query_timeout into a cancel of the upstream query.
+class SessionControl final : public RelayObserver {
+public:
+    SessionControl(const config::Config& cfg, ipc::Slot* slot, PGconn* pg, int client_fd)
+        : cfg_(cfg), slot_(slot), cancel_(PQgetCancel(pg)), client_fd_(client_fd), upstream_fd_(PQsocket(pg))
+    {
+        if (slot_)
+            seen_seq_ = ipc::cancel_seq_of(slot_->gen_cancel.load(std::memory_order_acquire));
+    }
+
+    void on_client_message(char type) override
+    {
+        if (active_ || type == 'X')
+            return;
+        active_ = true;
+        timeout_fired_ = false;
+        started_ = net::Clock::now();
+        publish(ipc::SlotState::Active);
+    }
+
+    void on_ready_for_query(char status) override
+    {
+        active_ = false;
+        timeout_fired_ = false;
+        publish(status == 'T'   ? ipc::SlotState::IdleInTransaction
+                : status == 'E' ? ipc::SlotState::IdleInFailedTransaction
+                                : ipc::SlotState::Idle);
+    }
+
+    std::optional<Bytes> on_server_error(const protocol::ErrorFields& e) override
+    {
+        if (!timeout_fired_ || e.sqlstate != "57014")
+            return std::nullopt;
+        // The upstream says "due to user request"; the user did not ask: say why.
+        timeout_fired_ = false;
+        protocol::ErrorFields ours = e;
+        ours.message = "canceling statement due to query_timeout";
+        ours.detail = "pgwicket cancelled the statement after it ran for " +
+                      std::to_string(cfg_.query_timeout) + " s (query_timeout).";
+        ours.hint = "Ask the pgwicket operator to raise query_timeout if the statement needs longer.";
+        return protocol::error_response(ours);
+    }
+
+    int poll_timeout_ms() override
+    {
+        if (!active_ || cfg_.query_timeout <= 0 || timeout_fired_)
+            return -1;
+        return net::ms_until(started_ + std::chrono::seconds(cfg_.query_timeout));
+    }
+
+    ~SessionControl() override { reap_cancellers(); }
+
+    void on_wake() override
+    {
+        reap_cancellers();
+        if (g_cancel_signal) {
+            g_cancel_signal = 0;
+            std::uint32_t seq =
+                slot_ ? ipc::cancel_seq_of(slot_->gen_cancel.load(std::memory_order_acquire)) : seen_seq_;
+            if (seq != seen_seq_) {
+                seen_seq_ = seq;
+                if (active_)
+                    cancel_upstream("a cancel request");
+            }
+        }
+        if (active_ && !timeout_fired_ && cfg_.query_timeout > 0 &&
+            net::Clock::now() >= started_ + std::chrono::seconds(cfg_.query_timeout)) {
+            timeout_fired_ = true;
+            log_info("query ran longer than query_timeout (%ld s); cancelling it", cfg_.query_timeout);
+            cancel_upstream("query_timeout");
+        }
+    }
+
+private:
+    void publish(ipc::SlotState st)
+    {
+        if (!slot_)
+            return;
+        slot_->state_since_ms.store(wall_ms(), std::memory_order_relaxed);
+        slot_->state.store(std::uint32_t(st), std::memory_order_release);
+    }
+
+    // PQcancel opens a connection of its own to the server and waits for it to
+    // close, with no timeout: a server (or a middlebox) that takes the connection and
+    // never answers would freeze the session, the query's own result included. So a
+    // short-lived child sends it, bounded by alarm(), and the relay never waits.
+    void cancel_upstream(const char* why)
+    {
+        if (!cancel_) {
+            log_warning("could not cancel the upstream query after %s: no cancel handle", why);
+            return;
+        }
+        pid_t pid = fork();
+        if (pid < 0) {
+            log_warning("could not cancel the upstream query after %s: fork: %s", why,
+                        std::strerror(errno));
+            return;
+        }
+        if (pid == 0) {
+            // The child must not keep the session's sockets open: the client would
+            // not see its connection close while the child waits.
+            ::close(client_fd_);
+            ::close(upstream_fd_);
+            signal(SIGTERM, SIG_DFL);
+            signal(SIGINT, SIG_DFL);
+            signal(SIGUSR1, SIG_IGN);
+            signal(SIGALRM, SIG_DFL);
+            sigset_t none;
+            sigemptyset(&none);
+            sigprocmask(SIG_SETMASK, &none, nullptr);  // the relay blocks some; not here
+            alarm(kUpstreamCancelSeconds);
+            char err[256] = "";
+            if (!PQcancel(cancel_.get(), err, sizeof err)) {
+                log_warning("could not cancel the upstream query after %s: %s", why, err);
+                _exit(1);
+            }
+            _exit(0);
+        }
+        ++cancellers_;
+        log_info("cancelling the upstream query after %s", why);
+    }
+
+    // Collects finished cancel children; the session never waits for one.
+    void reap_cancellers()
+    {
+        while (cancellers_ > 0) {
+            int status = 0;
+            pid_t pid = waitpid(-1, &status, WNOHANG);
+            if (pid <= 0)
+                return;
+            --cancellers_;
+            if (WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM)
+                log_warning("the upstream did not answer a cancel request within %u s",
+                            kUpstreamCancelSeconds);
+        }
+    }
+
+    static constexpr unsigned kUpstreamCancelSeconds = 10;
+
+    const config::Config& cfg_;
+    ipc::Slot* slot_;
+    std::unique_ptr<PGcancel, PgCancelDeleter> cancel_;
+    int client_fd_;
+    int upstream_fd_;
+    int cancellers_ = 0;
+    std::uint32_t seen_seq_ = 0;
+    bool active_ = false;
+    bool timeout_fired_ = false;
+    net::Clock::time_point started_{};
+};
+
 class Session {
 public:
-    Session(const config::Config& cfg, ipc::Received&& work)
-        : cfg_(cfg), handoff_(work.handoff), client_(std::move(work.client))
+    Session(const config::Config& cfg, const ipc::SessionTable& table, ipc::Received&& work)
+        : cfg_(cfg), table_(table), handoff_(work.handoff), client_(std::move(work.client))
     {
         peer_ = net::describe_peer(handoff_.peer, handoff_.peer_len);
         peer_host_ = net::peer_host(handoff_.peer, handoff_.peer_len);
@@ -63,7 +231,13 @@ private:
     std::variant<protocol::StartupMessage, ExitCode> read_startup();
     ExitCode start_session(const protocol::StartupMessage& startup);
 
+    ipc::Slot* slot() const
+    {
+        return handoff_.slot < table_.capacity() ? &table_.slot(handoff_.slot) : nullptr;
+    }
+
     const config::Config& cfg_;
+    const ipc::SessionTable& table_;
     ipc::Handoff handoff_;
     UniqueFd client_;
     std::string peer_, peer_host_;
@@ -123,10 +297,8 @@ std::variant<protocol::StartupMessage, ExitCode> Session::read_startup()
             continue;
         }
         case protocol::FirstPacketKind::Cancel:
-            // Not built yet: routing cancel keys through the shared-memory table is
-            // the cancel issue's work. The request is acknowledged by closing, as
-            // PostgreSQL does, and has no effect.
-            log_info("cancel request ignored: cancel routing is not implemented yet");
+            // Answered, as by PostgreSQL, only by closing the connection.
+            handle_cancel_request(cfg_, table_, fp.cancel, fp.hops, peer_);
             return kExitOk;
         case protocol::FirstPacketKind::Startup:
             return std::move(fp.startup);
@@ -199,10 +371,23 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
     for (const char* name : upstream::reported_parameters())
         if (const char* value = PQparameterStatus(pg, name))
             greeting.raw(protocol::parameter_status(name, value));
-    std::uint32_t key[2] = {0, 0};
-    if (RAND_bytes(reinterpret_cast<unsigned char*>(key), sizeof key) != 1)
-        return fail("XX000", "could not generate a cancel key", kExitInternal);
-    greeting.raw(protocol::backend_key_data(key[0] & 0x7fffffff, key[1]));
+    // Our own cancel key: where the session lives (peer, slot, generation) and a
+    // random secret, published in the slot before the client can know the key.
+    std::uint32_t secret = 0;
+    while (secret == 0)
+        if (RAND_bytes(reinterpret_cast<unsigned char*>(&secret), sizeof secret) != 1)
+            return fail("XX000", "could not generate a cancel key", kExitInternal);
+    ipc::Slot* my_slot = slot();
+    if (my_slot) {
+        my_slot->client_addr.set(peer_);
+        my_slot->user.set(user);
+        my_slot->database.set(database);
+        const std::string* app = startup.get("application_name");
+        my_slot->application_name.set(app ? *app : "");
+        my_slot->secret.store(secret, std::memory_order_release);
+    }
+    greeting.raw(protocol::backend_key_data(
+        ipc::encode_key_pid(table_.peer_id(), handoff_.slot, handoff_.generation), secret));
     char status = 'I';
     switch (PQtransactionStatus(pg)) {
     case PQTRANS_INTRANS:
@@ -229,8 +414,10 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
         server = std::make_unique<upstream::PlainTransport>(upstream_fd);
     upstream::PlainTransport client(client_.get());
 
+    SessionControl control(cfg_, my_slot, pg, client_.get());
+    control.on_ready_for_query(status);
     const auto started = net::Clock::now();
-    RelayOutcome out = relay(client, *server, status, &g_stop_requested);
+    RelayOutcome out = relay(client, *server, status, &g_stop_requested, &control);
     const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(net::Clock::now() - started);
 
     if (!out.upstream_at_boundary) {
@@ -278,9 +465,9 @@ ExitCode Session::run()
 
 } // namespace
 
-ExitCode run_session(const config::Config& cfg, ipc::Received&& work)
+ExitCode run_session(const config::Config& cfg, const ipc::SessionTable& table, ipc::Received&& work)
 {
-    Session s(cfg, std::move(work));
+    Session s(cfg, table, std::move(work));
     return s.run();
 }
 

@@ -4,6 +4,7 @@
 
 #include "config/config.hh"
 #include "ipc/fdpass.hh"
+#include "ipc/session_table.hh"
 #include "session/exit_codes.hh"
 
 #include <csignal>
@@ -12,7 +13,9 @@ namespace pgw::session {
 
 // Set by the worker's SIGTERM/SIGINT handler; the session polls it.
 extern volatile std::sig_atomic_t g_stop_requested;
+// Set by the worker's SIGUSR1 handler: someone bumped our slot's cancel sequence.
+extern volatile std::sig_atomic_t g_cancel_signal;
 
-ExitCode run_session(const config::Config& cfg, ipc::Received&& work);
+ExitCode run_session(const config::Config& cfg, const ipc::SessionTable& table, ipc::Received&& work);
 
 } // namespace pgw::session

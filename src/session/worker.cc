@@ -17,6 +17,7 @@ namespace pgw::session {
 namespace {
 
 void on_stop_signal(int) { g_stop_requested = 1; }
+void on_cancel_signal(int) { g_cancel_signal = 1; }
 
 void reset_signals()
 {
@@ -26,6 +27,8 @@ void reset_signals()
     sa.sa_handler = on_stop_signal;
     sigaction(SIGTERM, &sa, nullptr);
     sigaction(SIGINT, &sa, nullptr);
+    sa.sa_handler = on_cancel_signal;
+    sigaction(SIGUSR1, &sa, nullptr);
     sa.sa_handler = SIG_IGN;
     sigaction(SIGPIPE, &sa, nullptr);
     sigaction(SIGHUP, &sa, nullptr);
@@ -39,7 +42,8 @@ void reset_signals()
 
 } // namespace
 
-void worker_main(const config::Config& cfg, int channel, const std::vector<int>& close_fds)
+void worker_main(const config::Config& cfg, const ipc::SessionTable& table, int channel,
+                 const std::vector<int>& close_fds)
 {
     int code = kExitInternal;
     try {
@@ -63,7 +67,7 @@ void worker_main(const config::Config& cfg, int channel, const std::vector<int>&
         ::close(channel);
         if (g_stop_requested)
             _exit(kExitShutdown);
-        code = run_session(cfg, std::move(*work));
+        code = run_session(cfg, table, std::move(*work));
     } catch (const std::exception& e) {
         log_error("internal error: %s", e.what());
         code = kExitInternal;

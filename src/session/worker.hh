@@ -3,12 +3,14 @@
 #pragma once
 
 #include "config/config.hh"
+#include "ipc/session_table.hh"
 
 #include <vector>
 
 namespace pgw::session {
 
 // Never returns. `close_fds` are the supervisor's descriptors the child inherited.
-[[noreturn]] void worker_main(const config::Config& cfg, int channel, const std::vector<int>& close_fds);
+[[noreturn]] void worker_main(const config::Config& cfg, const ipc::SessionTable& table, int channel,
+                              const std::vector<int>& close_fds);
 
 } // namespace pgw::session

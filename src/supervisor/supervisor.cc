@@ -5,6 +5,7 @@
 #include "common/log.hh"
 #include "common/net.hh"
 #include "ipc/fdpass.hh"
+#include "ipc/session_table.hh"
 #include "session/exit_codes.hh"
 #include "session/worker.hh"
 #include "supervisor/listeners.hh"
@@ -43,8 +44,10 @@ constexpr std::uint64_t kSignalTag = ~std::uint64_t(0);
 struct Worker {
     pid_t pid = 0;
     UniqueFd channel;  // valid while the worker is a spare waiting for work
-    enum class State { Spare, Busy, Refusing } state = State::Spare;
+    // Retired: the handoff to it failed; it is killed and waits to be reaped.
+    enum class State { Spare, Busy, Refusing, Retired } state = State::Spare;
     std::uint64_t session_id = 0;
+    std::uint32_t slot = ipc::kNoSlot;
     Clock::time_point since = Clock::now();
 };
 
@@ -67,6 +70,8 @@ private:
     size_t count(Worker::State s) const;
 
     const config::Config& cfg_;
+    ipc::SessionTable table_;
+    std::vector<std::uint32_t> free_slots_;  // a stack; the table's slots not in use
     std::vector<Listener> listeners_;
     UniqueFd epoll_, sigfd_;
     std::map<pid_t, Worker> workers_;
@@ -89,7 +94,8 @@ Status Supervisor::setup()
 {
     sigset_t mask;
     sigemptyset(&mask);
-    for (int s : {SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGQUIT})
+    // SIGUSR1 is for workers (routed cancels); the supervisor reads and ignores it.
+    for (int s : {SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1})
         sigaddset(&mask, s);
     if (sigprocmask(SIG_BLOCK, &mask, nullptr) != 0)
         return Error{std::string("sigprocmask: ") + std::strerror(errno)};
@@ -97,6 +103,14 @@ Status Supervisor::setup()
     sigfd_.reset(signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC));
     if (!sigfd_.valid())
         return Error{std::string("signalfd: ") + std::strerror(errno)};
+
+    // Before the first fork, so every worker maps the same table.
+    auto table = ipc::SessionTable::create(std::uint32_t(cfg_.max_client_conn), std::uint32_t(cfg_.peer_id));
+    if (!table)
+        return Error{table.error()};
+    table_ = std::move(*table);
+    for (std::uint32_t i = table_.capacity(); i-- > 0;)
+        free_slots_.push_back(i);
 
     auto ls = open_listeners(cfg_);
     if (!ls)
@@ -147,7 +161,7 @@ bool Supervisor::spawn_spare()
         return false;
     }
     if (pid == 0)
-        session::worker_main(cfg_, child_end.release(), to_close);
+        session::worker_main(cfg_, table_, child_end.release(), to_close);
     Worker w;
     w.pid = pid;
     w.channel = std::move(parent_end);
@@ -170,7 +184,7 @@ void Supervisor::dispatch(UniqueFd client, const sockaddr_storage& peer, socklen
     h.listener_kind = std::uint32_t(kind);
     h.peer = peer;
     h.peer_len = peer_len;
-    const bool refuse = count(Worker::State::Busy) >= size_t(cfg_.max_client_conn);
+    const bool refuse = count(Worker::State::Busy) >= size_t(cfg_.max_client_conn) || free_slots_.empty();
     if (refuse) {
         if (count(Worker::State::Refusing) >= kMaxRefusers) {
             log_warning("max_client_conn (%ld) reached and %zu refusals in progress: closing "
@@ -189,10 +203,22 @@ void Supervisor::dispatch(UniqueFd client, const sockaddr_storage& peer, socklen
         pid_t pid = spares_.front();
         spares_.pop_front();
         Worker& w = workers_.at(pid);
+        if (!refuse) {
+            // The slot is the worker's from now until it is reaped.
+            h.slot = free_slots_.back();
+            free_slots_.pop_back();
+            table_.claim(h.slot, pid, h.session_id);
+            h.generation = ipc::generation_of(table_.slot(h.slot).gen_cancel.load());
+            w.slot = h.slot;
+        }
         auto st = ipc::send_handoff(w.channel.get(), h, client.get());
         w.channel.reset();
         if (!st) {
             log_warning("handoff to worker %d failed: %s", int(pid), st.error().c_str());
+            // Its slot is freed when it is reaped.
+            w.state = Worker::State::Retired;
+            ::kill(pid, SIGKILL);
+            h.slot = ipc::kNoSlot;
             continue;
         }
         w.state = refuse ? Worker::State::Refusing : Worker::State::Busy;
@@ -236,7 +262,10 @@ void Supervisor::reap()
             continue;
         Worker& w = it->second;
         double secs = std::chrono::duration<double>(Clock::now() - w.since).count();
-        const char* role = w.state == Worker::State::Busy ? "session" : w.state == Worker::State::Refusing ? "refusal" : "spare";
+        const char* role = w.state == Worker::State::Busy       ? "session"
+                           : w.state == Worker::State::Refusing ? "refusal"
+                           : w.state == Worker::State::Retired  ? "failed handoff"
+                                                                : "spare";
         if (WIFSIGNALED(status)) {
             log_warning("worker %d (%s C-%llu) was killed by signal %d (%s) after %.1f s", int(pid),
                         role, (unsigned long long)w.session_id, WTERMSIG(status),
@@ -256,6 +285,10 @@ void Supervisor::reap()
         }
         if (w.state == Worker::State::Spare)
             std::erase(spares_, pid);
+        if (w.slot != ipc::kNoSlot) {
+            table_.release(w.slot);
+            free_slots_.push_back(w.slot);
+        }
         workers_.erase(it);
     }
 }

@@ -32,7 +32,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         FUZZ_CHECK(size == 4);
         break;
     case p::FirstPacketKind::Cancel:
-        FUZZ_CHECK(size == 12);
+        // A client's CancelRequest (12 bytes, no hops) or a peer's forwarded one
+        // (16 bytes, the last four its hop count).
+        if (p::load_be32(in.data()) == p::kForwardedCancelCode) {
+            FUZZ_CHECK(size == 16);
+            FUZZ_CHECK(fp.hops == p::load_be32(in.data() + 12));
+        } else {
+            FUZZ_CHECK(size == 12);
+            FUZZ_CHECK(fp.hops == 0);
+        }
         FUZZ_CHECK(fp.cancel.pid == p::load_be32(in.data() + 4));
         FUZZ_CHECK(fp.cancel.secret == p::load_be32(in.data() + 8));
         break;

@@ -722,7 +722,7 @@ long vm_hwm_kib(pid_t pid)
 Proxy::Proxy(const std::string& name, const ProxyOptions& opts) : name_(name)
 {
     Env& e = env();
-    port_ = free_port();
+    port_ = opts.port > 0 ? opts.port : free_port();
     unix_dir_ = e.tmpdir;
     config_path_ = e.tmpdir + "/" + name + ".ini";
     log_path_ = e.tmpdir + "/" + name + ".log";
@@ -741,7 +741,7 @@ Proxy::Proxy(const std::string& name, const ProxyOptions& opts) : name_(name)
         << "[databases]\n";
     if (opts.wildcard)
         ini << "* = host=127.0.0.1 port=" << e.pg_port << " sslmode=disable\n";
-    ini << e.standard_databases() << opts.extra_databases << "\n";
+    ini << e.standard_databases() << opts.extra_databases << "\n" << opts.extra_sections;
     write_file(config_path_, ini.str());
 
     int logfd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);

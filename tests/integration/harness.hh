@@ -63,6 +63,8 @@ struct ProxyOptions {
     bool wildcard = true;         // include the '*' fallback entry
     std::string extra_databases;  // more lines for [databases]
     std::string extra_settings;   // more lines for [pgwicket]
+    std::string extra_sections;   // appended after [databases]: more sections, e.g. [peers]
+    int port = 0;                 // listen_port; 0 picks a free one (set it to know it early)
     EnvOverrides env;             // for the pgwicket process
 };
 

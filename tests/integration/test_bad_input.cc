@@ -341,36 +341,7 @@ BOOST_AUTO_TEST_CASE(ssl_and_gssenc_requests_then_startup)
     BOOST_TEST(s.wait_closed(10000));
 }
 
-BOOST_AUTO_TEST_CASE(cancel_request)
-{
-    // The foundation closes every CancelRequest without effect (routing keys to the
-    // owning worker is the cancel issue's work). What must hold already: the request
-    // is answered by a close, and no session is disturbed by it, right key or wrong.
-    Conn c = connect_ok(env().proxied());
-    {
-        RawSocket s(env().proxy->port());
-        int be_pid = PQbackendPID(c.get());
-        s.send(be32(16) + be32(80877102) + be32(static_cast<uint32_t>(be_pid)) + be32(12345));
-        BOOST_TEST(s.wait_closed(10000));
-    }
-    BOOST_TEST(scalar(c.get(), "SELECT 'alive'") == "alive");
-    BOOST_TEST_REQUIRE(PQsendQuery(c.get(), "SELECT pg_sleep(1), 'finished'") == 1);
-    sleep_ms(200);
-    std::unique_ptr<PGcancel, void (*)(PGcancel*)> cancel(PQgetCancel(c.get()), PQfreeCancel);
-    char err[256] = "";
-    BOOST_TEST(PQcancel(cancel.get(), err, sizeof err) == 1, err);
-    std::string value, sqlstate;
-    while (PGresult* r = PQgetResult(c.get())) {
-        if (const char* st = PQresultErrorField(r, PG_DIAG_SQLSTATE))
-            sqlstate = st;
-        if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
-            value = PQgetvalue(r, 0, 1);
-        PQclear(r);
-    }
-    BOOST_TEST(sqlstate.empty(), "unexpected error " << sqlstate << ": " << PQerrorMessage(c.get()));
-    BOOST_TEST(value == "finished");
-    BOOST_TEST(scalar(c.get(), "SELECT 'after cancel'") == "after cancel");
-}
+// Cancel requests (routing, bad keys, malformed packets) are covered in test_cancel.cc.
 
 BOOST_AUTO_TEST_SUITE_END()
 

@@ -35,6 +35,8 @@ log_level = debug
 logfile = /var/log/pgwicket.log
 pidfile = /run/pgwicket/pgwicket.pid
 application_name_prefix = gate
+query_timeout = 30
+peer_id = 4
 
 [databases]
 * = host=10.0.0.1 port=5432
@@ -42,6 +44,10 @@ sales = host=10.0.0.2
     port=5433
 	dbname=sales_prod
 hr = host=/var/run/postgresql dbname=hr
+
+[peers]
+1 = host=10.0.0.11
+2 = host=/run/pgwicket port=7432
 )";
 
 // The value of an option in a Config, as text, so options of any type compare alike.
@@ -103,14 +109,14 @@ BOOST_AUTO_TEST_CASE(databases_with_wildcard_named_entries_and_continuations)
     BOOST_TEST_REQUIRE(dbs.size() == 3u);
     BOOST_TEST(dbs[0].name == "*");
     BOOST_TEST(dbs[0].conninfo == "host=10.0.0.1 port=5432");
-    BOOST_TEST(dbs[0].line == 18);
+    BOOST_TEST(dbs[0].line == 20);
     // Indented lines (blank or tab) continue the connection string above them.
     BOOST_TEST(dbs[1].name == "sales");
     BOOST_TEST(dbs[1].conninfo == "host=10.0.0.2 port=5433 dbname=sales_prod");
-    BOOST_TEST(dbs[1].line == 19);
+    BOOST_TEST(dbs[1].line == 21);
     BOOST_TEST(dbs[2].name == "hr");
     BOOST_TEST(dbs[2].conninfo == "host=/var/run/postgresql dbname=hr");
-    BOOST_TEST(dbs[2].line == 22);
+    BOOST_TEST(dbs[2].line == 24);
 }
 
 BOOST_AUTO_TEST_CASE(defaults_match_the_options_table)
@@ -347,6 +353,40 @@ BOOST_AUTO_TEST_CASE(unknown_option_is_reported_once_with_its_continuation)
     std::string err = error_of("[pgwicket]\nlisten_prot = 1\n  more\n[databases]\n* = host=a\n");
     BOOST_TEST(err.find("unknown option \"listen_prot\"") != std::string::npos, err);
     BOOST_TEST(err.find("unknown option", err.find("listen_prot") + 1) == std::string::npos, err);
+}
+
+BOOST_AUTO_TEST_CASE(peers_section_is_parsed_and_checked)
+{
+    auto r = cfg::load_string(kGoodConfig);
+    BOOST_TEST_REQUIRE(r.ok(), why(r));
+    const auto& c = r.value();
+    BOOST_TEST_REQUIRE(c.peers.size() == 2u);
+    BOOST_TEST(c.find_peer(1)->host == "10.0.0.11");
+    BOOST_TEST(c.find_peer(1)->port == "6432");
+    BOOST_TEST(c.find_peer(2)->host == "/run/pgwicket");
+    BOOST_TEST(c.find_peer(2)->port == "7432");
+    BOOST_TEST(c.find_peer(3) == nullptr);
+
+    const std::string db = "[databases]\n* = host=a\n";
+    struct Case {
+        std::string text, expected;
+    };
+    const Case cases[] = {
+        {"[pgwicket]\npeer_id = 1\n[peers]\n64 = host=x\n" + db, "test.ini:4: peer \"64\": the name must be a peer_id from 1 to 63"},
+        {"[pgwicket]\npeer_id = 1\n[peers]\nabc = host=x\n" + db, "test.ini:4: peer \"abc\""},
+        {"[pgwicket]\npeer_id = 1\n[peers]\n2 = port=1\n" + db, "test.ini:4: peer 2: host= is missing"},
+        {"[pgwicket]\npeer_id = 1\n[peers]\n2 = host=x dbname=y\n" + db, "only host and port may be given (not \"dbname\")"},
+        {"[pgwicket]\npeer_id = 2\n[peers]\n2 = host=x\n" + db, "test.ini:4: peer 2 is this instance's own peer_id"},
+        {"[peers]\n2 = host=x\n" + db, "[peers] is set but peer_id is 0"},
+        {"[pgwicket]\npeer_id = 1\n[peers]\n2 = host=x\n2 = host=y\n" + db, "test.ini:5: peer 2 is already defined at line 4"},
+    };
+    for (const auto& c2 : cases) {
+        BOOST_TEST_CONTEXT(c2.text)
+        {
+            std::string err = error_of(c2.text);
+            BOOST_TEST(err.find(c2.expected) != std::string::npos, err);
+        }
+    }
 }
 
 BOOST_AUTO_TEST_CASE(long_connection_string_over_continuation_lines)

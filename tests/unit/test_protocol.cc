@@ -178,6 +178,25 @@ BOOST_AUTO_TEST_CASE(cancel_request_carries_pid_and_secret)
     BOOST_TEST(fp.cancel.secret == 0xF1E2D3C4u);
 }
 
+BOOST_AUTO_TEST_CASE(forwarded_cancel_round_trips_with_its_hop_count)
+{
+    const p::Bytes packet = p::forwarded_cancel_packet({0x0a0b0c0d, 0xdeadbeef}, 1);
+    const std::string bytes(reinterpret_cast<const char*>(packet.data()), packet.size());
+    BOOST_TEST(bytes == be32(20) + be32(p::kForwardedCancelCode) + be32(0x0a0b0c0d) +
+                            be32(0xdeadbeef) + be32(1));
+    auto r = p::decode_first_packet(span_of(bytes.substr(4)));
+    BOOST_TEST_REQUIRE(std::holds_alternative<p::FirstPacket>(r));
+    const auto& fp = std::get<p::FirstPacket>(r);
+    BOOST_TEST((fp.kind == p::FirstPacketKind::Cancel));
+    BOOST_TEST(fp.cancel.pid == 0x0a0b0c0du);
+    BOOST_TEST(fp.cancel.secret == 0xdeadbeefu);
+    BOOST_TEST(fp.hops == 1u);
+    // Without its hop count it is malformed, not a plain cancel.
+    auto bad = p::decode_first_packet(span_of(bytes.substr(4, 12)));
+    BOOST_TEST_REQUIRE(std::holds_alternative<p::StartupError>(bad));
+    BOOST_TEST(std::string(std::get<p::StartupError>(bad).sqlstate) == "08P01");
+}
+
 BOOST_AUTO_TEST_CASE(startup_3_0_keeps_parameters_in_client_order)
 {
     const std::string body = startup_body(

@@ -1,0 +1,211 @@
+// Session table mapping, slot life cycle, cancel keys and cancel routing.
+// Memory orders: owners publish with release, readers acquire; the CAS on
+// gen_cancel is the only place two processes race on one field.
+#include "ipc/session_table.hh"
+
+#include <openssl/crypto.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include <cerrno>
+#include <cstring>
+#include <new>
+#include <utility>
+
+namespace pgw::ipc {
+namespace {
+
+std::int64_t now_ms()
+{
+    timespec ts{};
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return std::int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+size_t header_size() { return (sizeof(TableHeader) + 63) & ~size_t(63); }
+
+} // namespace
+
+const char* slot_state_name(SlotState s)
+{
+    switch (s) {
+    case SlotState::Free:
+        return "free";
+    case SlotState::Startup:
+        return "startup";
+    case SlotState::Idle:
+        return "idle";
+    case SlotState::Active:
+        return "active";
+    case SlotState::IdleInTransaction:
+        return "idle in transaction";
+    case SlotState::IdleInFailedTransaction:
+        return "idle in transaction (aborted)";
+    }
+    return "?";
+}
+
+void SlotText::set(std::string_view v)
+{
+    size_t n = std::min(v.size(), sizeof text - 1);
+    std::memcpy(text, v.data(), n);
+    text[n] = '\0';
+}
+
+std::string SlotText::get() const { return std::string(text, strnlen(text, sizeof text)); }
+
+Result<SessionTable> SessionTable::create(std::uint32_t capacity, std::uint32_t peer_id)
+{
+    if (capacity == 0 || capacity > kMaxSlots)
+        return Error{"session table capacity " + std::to_string(capacity) + " is out of range"};
+    SessionTable t;
+    t.length_ = header_size() + size_t(capacity) * sizeof(Slot);
+    void* p = mmap(nullptr, t.length_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return Error{std::string("could not map the session table: ") + std::strerror(errno)};
+    t.base_ = p;
+    // Fresh anonymous memory is zero; construct the objects in it explicitly.
+    auto* h = new (p) TableHeader{};
+    h->magic = kTableMagic;
+    h->version = kTableVersion;
+    h->capacity = capacity;
+    h->peer_id = peer_id;
+    h->slot_size = sizeof(Slot);
+    for (std::uint32_t i = 0; i < capacity; ++i) {
+        auto* slot = new (static_cast<char*>(p) + header_size() + size_t(i) * sizeof(Slot)) Slot{};
+        slot->gen_cancel.store(std::uint64_t(1) << 32, std::memory_order_relaxed);
+    }
+    return t;
+}
+
+SessionTable::SessionTable(SessionTable&& o) noexcept
+    : base_(std::exchange(o.base_, nullptr)), length_(std::exchange(o.length_, 0))
+{
+}
+
+SessionTable& SessionTable::operator=(SessionTable&& o) noexcept
+{
+    if (this != &o) {
+        if (base_)
+            munmap(base_, length_);
+        base_ = std::exchange(o.base_, nullptr);
+        length_ = std::exchange(o.length_, 0);
+    }
+    return *this;
+}
+
+SessionTable::~SessionTable()
+{
+    if (base_)
+        munmap(base_, length_);
+}
+
+Slot& SessionTable::slot(std::uint32_t index) const
+{
+    return *reinterpret_cast<Slot*>(static_cast<char*>(base_) + header_size() +
+                                    size_t(index) * sizeof(Slot));
+}
+
+void SessionTable::claim(std::uint32_t index, pid_t owner, std::uint64_t session_id) const
+{
+    Slot& s = slot(index);
+    s.session_id.store(session_id, std::memory_order_relaxed);
+    s.secret.store(0, std::memory_order_relaxed);
+    s.state_since_ms.store(now_ms(), std::memory_order_relaxed);
+    s.owner_pid.store(owner, std::memory_order_relaxed);
+    s.state.store(std::uint32_t(SlotState::Startup), std::memory_order_release);
+}
+
+void SessionTable::release(std::uint32_t index) const
+{
+    Slot& s = slot(index);
+    s.state.store(std::uint32_t(SlotState::Free), std::memory_order_relaxed);
+    s.owner_pid.store(0, std::memory_order_relaxed);
+    s.secret.store(0, std::memory_order_relaxed);
+    // New generation, cancel sequence back to 0: every key of the old session is void,
+    // and a cancel racing with this store fails its compare-and-swap.
+    std::uint64_t old = s.gen_cancel.load(std::memory_order_relaxed);
+    std::uint32_t gen = generation_of(old) + 1;
+    if ((gen & 0xff) == 0)
+        ++gen;  // keeps the key's pid field nonzero: some drivers read 0 as "no key"
+    s.gen_cancel.store(std::uint64_t(gen) << 32, std::memory_order_release);
+}
+
+bool SessionTable::may_log_bad_cancel() const
+{
+    constexpr std::uint32_t kPerSecond = 5;
+    TableHeader* h = header();
+    std::int64_t sec = now_ms() / 1000;
+    std::int64_t seen = h->bad_cancel_second.load(std::memory_order_relaxed);
+    if (seen != sec && h->bad_cancel_second.compare_exchange_strong(seen, sec))
+        h->bad_cancel_count.store(0, std::memory_order_relaxed);
+    return h->bad_cancel_count.fetch_add(1, std::memory_order_relaxed) < kPerSecond;
+}
+
+std::uint32_t encode_key_pid(std::uint32_t peer_id, std::uint32_t slot, std::uint32_t generation)
+{
+    return ((peer_id & 0x3f) << 25) | ((slot & (kMaxSlots - 1)) << 8) | (generation & 0xff);
+}
+
+CancelKey decode_key(std::uint32_t pid_field, std::uint32_t secret)
+{
+    CancelKey k;
+    k.peer_id = (pid_field >> 25) & 0x3f;
+    k.slot = (pid_field >> 8) & (kMaxSlots - 1);
+    k.generation_low = pid_field & 0xff;
+    k.secret = secret;
+    return k;
+}
+
+const char* cancel_verdict_name(CancelVerdict v)
+{
+    switch (v) {
+    case CancelVerdict::Routed:
+        return "routed to the session's worker";
+    case CancelVerdict::NoSuchSlot:
+        return "no such session slot";
+    case CancelVerdict::Stale:
+        return "the key's session has ended";
+    case CancelVerdict::WrongSecret:
+        return "wrong secret";
+    case CancelVerdict::NotActive:
+        return "the session is not running a query";
+    case CancelVerdict::Raced:
+        return "the session ended while the request was checked";
+    case CancelVerdict::OwnerGone:
+        return "the session's worker is gone";
+    }
+    return "?";
+}
+
+CancelVerdict route_cancel(const SessionTable& table, const CancelKey& key)
+{
+    if (key.slot >= table.capacity())
+        return CancelVerdict::NoSuchSlot;
+    Slot& s = table.slot(key.slot);
+    std::uint64_t word = s.gen_cancel.load(std::memory_order_acquire);
+    if ((generation_of(word) & 0xff) != key.generation_low ||
+        s.state.load(std::memory_order_acquire) == std::uint32_t(SlotState::Free))
+        return CancelVerdict::Stale;
+    std::uint32_t secret = s.secret.load(std::memory_order_acquire);
+    // A zero secret means the owner has not published its key yet: nothing matches.
+    if (secret == 0 || CRYPTO_memcmp(&secret, &key.secret, sizeof secret) != 0)
+        return CancelVerdict::WrongSecret;
+    auto state = SlotState(s.state.load(std::memory_order_acquire));
+    if (state != SlotState::Active)
+        return CancelVerdict::NotActive;
+    pid_t owner = s.owner_pid.load(std::memory_order_acquire);
+    // Bump the sequence without letting it carry into the generation.
+    std::uint64_t bumped = (word & 0xffffffff00000000ull) | std::uint32_t(cancel_seq_of(word) + 1);
+    if (!s.gen_cancel.compare_exchange_strong(word, bumped, std::memory_order_acq_rel))
+        return CancelVerdict::Raced;
+    // The kernel does not reuse a pid before it is reaped, and the supervisor
+    // clears owner_pid right after reaping; what remains is the few instructions
+    // between its waitpid() and release().
+    if (owner <= 0 || kill(owner, SIGUSR1) != 0)
+        return CancelVerdict::OwnerGone;
+    return CancelVerdict::Routed;
+}
+
+} // namespace pgw::ipc

@@ -1,0 +1,140 @@
+// The shared-memory session table: one slot per session, created by the supervisor
+// before the first fork. Workers write only their own slot; cancel keys point into it.
+#pragma once
+
+#include "common/result.hh"
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+namespace pgw::ipc {
+
+inline constexpr std::uint32_t kTableMagic = 0x50475754;  // "PGWT"
+inline constexpr std::uint32_t kTableVersion = 1;
+
+enum class SlotState : std::uint32_t {
+    Free = 0,
+    Startup = 1,                  // handed to a worker; no session yet
+    Idle = 2,                     // ReadyForQuery 'I'
+    Active = 3,                   // a query or extended-protocol exchange in progress
+    IdleInTransaction = 4,        // ReadyForQuery 'T'
+    IdleInFailedTransaction = 5,  // ReadyForQuery 'E'
+};
+
+const char* slot_state_name(SlotState s);
+
+// Fixed-size text, NUL-terminated, truncated on write.
+struct SlotText {
+    char text[64];
+    void set(std::string_view v);
+    std::string get() const;
+};
+
+// One session. Alignment keeps two slots off one cache line (two writers).
+struct alignas(64) Slot {
+    // High 32 bits: the slot's generation, bumped by the supervisor when it frees
+    // the slot. Low 32 bits: a cancel sequence, bumped by whoever routes a cancel.
+    // One word, so a cancel can never land on the slot's next owner (CAS on both).
+    std::atomic<std::uint64_t> gen_cancel;
+    std::atomic<std::int32_t> owner_pid;  // 0 when free
+    std::atomic<std::uint32_t> state;     // SlotState
+    std::atomic<std::uint32_t> secret;    // the cancel key's random part, set by the owner
+    std::atomic<std::int64_t> state_since_ms;  // CLOCK_REALTIME
+    std::atomic<std::uint64_t> session_id;
+    // Written by the owner once, before the state leaves Startup (release); read
+    // by others only after they see a later state (acquire).
+    SlotText client_addr, user, database, application_name;
+};
+
+struct TableHeader {
+    std::uint32_t magic;
+    std::uint32_t version;
+    std::uint32_t capacity;
+    std::uint32_t peer_id;
+    std::uint64_t slot_size;
+    // Rate limit for logging bad cancel requests, shared by all workers.
+    std::atomic<std::int64_t> bad_cancel_second;
+    std::atomic<std::uint32_t> bad_cancel_count;
+};
+
+// The segment's layout is a checked contract between processes of one binary.
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
+static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
+static_assert(std::atomic<std::int64_t>::is_always_lock_free);
+static_assert(std::is_standard_layout_v<Slot> && std::is_standard_layout_v<TableHeader>);
+static_assert(std::is_trivially_copyable_v<SlotText>);
+
+inline std::uint32_t generation_of(std::uint64_t gen_cancel) { return std::uint32_t(gen_cancel >> 32); }
+inline std::uint32_t cancel_seq_of(std::uint64_t gen_cancel) { return std::uint32_t(gen_cancel); }
+
+// An anonymous MAP_SHARED mapping, unmapped on destruction; move-only.
+class SessionTable {
+public:
+    static Result<SessionTable> create(std::uint32_t capacity, std::uint32_t peer_id);
+    SessionTable() = default;
+    SessionTable(SessionTable&& o) noexcept;
+    SessionTable& operator=(SessionTable&& o) noexcept;
+    SessionTable(const SessionTable&) = delete;
+    SessionTable& operator=(const SessionTable&) = delete;
+    ~SessionTable();
+
+    bool valid() const { return base_ != nullptr; }
+    std::uint32_t capacity() const { return header()->capacity; }
+    std::uint32_t peer_id() const { return header()->peer_id; }
+    TableHeader* header() const { return static_cast<TableHeader*>(base_); }
+    Slot& slot(std::uint32_t index) const;
+
+    // Supervisor side: claim a slot for a new session's worker, and free it again
+    // when the worker is reaped (bumping the generation, which voids old keys).
+    void claim(std::uint32_t index, pid_t owner, std::uint64_t session_id) const;
+    void release(std::uint32_t index) const;
+
+    // Shared rate limit: true when a bad-cancel log line may be written now.
+    bool may_log_bad_cancel() const;
+
+private:
+    void* base_ = nullptr;
+    size_t length_ = 0;
+};
+
+// --- Cancel keys ---------------------------------------------------------------
+// BackendKeyData's process id field (kept positive, 31 bits, never 0):
+//   peer id (6 bits) | slot index (17 bits) | generation (low 8 bits, never 0)
+// and its secret field is 32 random bits from OpenSSL's RNG.
+inline constexpr std::uint32_t kMaxPeerId = 63;
+inline constexpr std::uint32_t kMaxSlots = 1u << 17;
+
+struct CancelKey {
+    std::uint32_t peer_id = 0;
+    std::uint32_t slot = 0;
+    std::uint32_t generation_low = 0;  // generation & 0xff
+    std::uint32_t secret = 0;
+};
+
+std::uint32_t encode_key_pid(std::uint32_t peer_id, std::uint32_t slot, std::uint32_t generation);
+CancelKey decode_key(std::uint32_t pid_field, std::uint32_t secret);
+
+enum class CancelVerdict {
+    Routed,         // the owner was asked to cancel
+    NoSuchSlot,     // slot index outside the table
+    Stale,          // generation mismatch: the key's session is gone
+    WrongSecret,
+    NotActive,      // the session is idle: nothing to cancel
+    Raced,          // the slot changed owner while we looked
+    OwnerGone,      // the owner could not be signalled
+};
+
+const char* cancel_verdict_name(CancelVerdict v);
+
+// Checks the key against the table and, if it is good, bumps the slot's cancel
+// sequence and signals the owner (SIGUSR1). The secret is compared in constant time.
+CancelVerdict route_cancel(const SessionTable& table, const CancelKey& key);
+
+} // namespace pgw::ipc

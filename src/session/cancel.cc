@@ -1,0 +1,127 @@
+// Cancel routing. Bad keys are logged at a shared, rate-limited pace so a flood of
+// bogus requests cannot flood the log either; nothing here ever touches another session.
+#include "session/cancel.hh"
+
+#include "common/log.hh"
+#include "common/net.hh"
+#include "common/unique_fd.hh"
+
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <memory>
+
+namespace pgw::session {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Connects to a peer (TCP, or a Unix socket directory as libpq understands it)
+// within the deadline and sends the forwarded request.
+Status forward_to_peer(const config::PeerEntry& peer, const protocol::Bytes& packet,
+                       net::Clock::time_point deadline)
+{
+    std::vector<std::pair<sockaddr_storage, socklen_t>> targets;
+    if (!peer.host.empty() && peer.host[0] == '/') {
+        sockaddr_storage ss{};
+        auto* sun = reinterpret_cast<sockaddr_un*>(&ss);
+        sun->sun_family = AF_UNIX;
+        std::string path = peer.host + "/.s.PGSQL." + peer.port;
+        if (path.size() >= sizeof sun->sun_path)
+            return Error{"socket path too long"};
+        std::memcpy(sun->sun_path, path.c_str(), path.size() + 1);
+        targets.emplace_back(ss, socklen_t(sizeof(sockaddr_un)));
+    } else {
+        addrinfo hints{};
+        hints.ai_socktype = SOCK_STREAM;
+        addrinfo* res = nullptr;
+        int rc = getaddrinfo(peer.host.c_str(), peer.port.c_str(), &hints, &res);
+        if (rc != 0)
+            return Error{std::string(gai_strerror(rc))};
+        for (addrinfo* ai = res; ai; ai = ai->ai_next) {
+            sockaddr_storage ss{};
+            std::memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+            targets.emplace_back(ss, ai->ai_addrlen);
+        }
+        freeaddrinfo(res);
+    }
+    std::string last = "no address";
+    for (const auto& [addr, len] : targets) {
+        UniqueFd fd(::socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+        if (!fd.valid())
+            continue;
+        if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), len) != 0) {
+            if (errno != EINPROGRESS) {
+                last = std::strerror(errno);
+                continue;
+            }
+            pollfd p{fd.get(), POLLOUT, 0};
+            int err = 0;
+            socklen_t elen = sizeof err;
+            if (::poll(&p, 1, net::ms_until(deadline)) <= 0 ||
+                getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &elen) != 0 || err != 0) {
+                last = err ? std::strerror(err) : "timed out";
+                continue;
+            }
+        }
+        if (!net::write_all(fd.get(), packet.data(), packet.size(), deadline)) {
+            last = "write failed";
+            continue;
+        }
+        // Wait for the peer to close, as libpq does, so the request is surely read.
+        char b;
+        net::read_exact(fd.get(), &b, 1, deadline);
+        return ok_status();
+    }
+    return Error{last};
+}
+
+} // namespace
+
+void handle_cancel_request(const config::Config& cfg, const ipc::SessionTable& table,
+                           const protocol::CancelRequest& req, std::uint32_t hops,
+                           const std::string& from)
+{
+    const ipc::CancelKey key = ipc::decode_key(req.pid, req.secret);
+    if (key.peer_id != table.peer_id()) {
+        const config::PeerEntry* peer = cfg.find_peer(long(key.peer_id));
+        if (!peer) {
+            if (table.may_log_bad_cancel())
+                log_info("ignored cancel request from %s: its key belongs to peer %u, which is not in [peers]",
+                         from.c_str(), key.peer_id);
+            return;
+        }
+        if (hops + 1 >= protocol::kMaxCancelHops) {
+            if (table.may_log_bad_cancel())
+                log_warning("cancel request from %s for peer %u was already forwarded %u time(s); "
+                            "not forwarding again (do two instances share a peer_id?)",
+                            from.c_str(), key.peer_id, hops);
+            return;
+        }
+        auto st = forward_to_peer(*peer, protocol::forwarded_cancel_packet(req, hops + 1),
+                                  net::Clock::now() + 2s);
+        if (st)
+            log_info("cancel request from %s forwarded to peer %u (%s:%s)", from.c_str(),
+                     key.peer_id, peer->host.c_str(), peer->port.c_str());
+        else
+            log_warning("could not forward cancel request to peer %u (%s:%s): %s", key.peer_id,
+                        peer->host.c_str(), peer->port.c_str(), st.error().c_str());
+        return;
+    }
+    ipc::CancelVerdict v = ipc::route_cancel(table, key);
+    if (v == ipc::CancelVerdict::Routed) {
+        log_info("cancel request from %s for session C-%llu routed to its worker", from.c_str(),
+                 (unsigned long long)table.slot(key.slot).session_id.load(std::memory_order_relaxed));
+    } else if (v == ipc::CancelVerdict::NotActive) {
+        log_debug("cancel request from %s ignored: %s", from.c_str(), ipc::cancel_verdict_name(v));
+    } else if (table.may_log_bad_cancel()) {
+        log_info("cancel request from %s ignored: %s", from.c_str(), ipc::cancel_verdict_name(v));
+    }
+}
+
+} // namespace pgw::session

@@ -1,0 +1,402 @@
+// Unit tests for cancel keys and the shared session table: the key's bit layout, the slot
+// life cycle (claim, release, generations) and route_cancel's verdicts on a real table in
+// this process, with a forked child standing in for the owning worker.
+#include "ipc/session_table.hh"
+
+#include <boost/test/unit_test.hpp>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <ctime>
+#include <string>
+
+using namespace pgw;
+using ipc::CancelKey;
+using ipc::CancelVerdict;
+using ipc::SessionTable;
+using ipc::SlotState;
+
+namespace {
+
+SessionTable make_table(std::uint32_t capacity, std::uint32_t peer_id = 0)
+{
+    auto t = SessionTable::create(capacity, peer_id);
+    BOOST_TEST_REQUIRE(t.ok(), "SessionTable::create failed: " << (t.ok() ? "" : t.error()));
+    return std::move(*t);
+}
+
+std::uint32_t generation(const SessionTable& t, std::uint32_t slot)
+{
+    return ipc::generation_of(t.slot(slot).gen_cancel.load());
+}
+
+std::uint32_t cancel_seq(const SessionTable& t, std::uint32_t slot)
+{
+    return ipc::cancel_seq_of(t.slot(slot).gen_cancel.load());
+}
+
+// The slot's state by name, so a failing check prints it.
+std::string state(const SessionTable& t, std::uint32_t slot)
+{
+    return ipc::slot_state_name(SlotState(t.slot(slot).state.load()));
+}
+
+std::string name(SlotState s) { return ipc::slot_state_name(s); }
+
+// The key a worker would hand out for `slot` right now.
+CancelKey key_for(const SessionTable& t, std::uint32_t slot, std::uint32_t secret)
+{
+    return ipc::decode_key(ipc::encode_key_pid(t.peer_id(), slot, generation(t, slot)), secret);
+}
+
+// What a worker does once its session is up: publish the secret, then a state.
+void publish(const SessionTable& t, std::uint32_t slot, std::uint32_t secret, SlotState st)
+{
+    t.slot(slot).secret.store(secret);
+    t.slot(slot).state.store(std::uint32_t(st));
+}
+
+std::string verdict(CancelVerdict v) { return ipc::cancel_verdict_name(v); }
+
+// A child process that stands in for the owning worker: it writes one byte ('U') to a pipe
+// for every SIGUSR1 it receives, and 'R' once its handler is installed.
+int g_report_fd = -1;
+
+extern "C" void on_usr1(int)
+{
+    const char u = 'U';
+    (void)!::write(g_report_fd, &u, 1);
+}
+
+class FakeWorker {
+public:
+    FakeWorker()
+    {
+        int fds[2];
+        BOOST_TEST_REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+        pid_ = ::fork();
+        BOOST_TEST_REQUIRE(pid_ >= 0);
+        if (pid_ == 0) {
+            ::close(fds[0]);
+            g_report_fd = fds[1];
+            struct sigaction sa {};
+            sa.sa_handler = on_usr1;
+            sigemptyset(&sa.sa_mask);
+            sa.sa_flags = SA_RESTART;
+            sigaction(SIGUSR1, &sa, nullptr);
+            sigset_t none;
+            sigemptyset(&none);
+            sigprocmask(SIG_SETMASK, &none, nullptr);
+            const char r = 'R';
+            (void)!::write(fds[1], &r, 1);
+            for (;;)
+                ::pause();  // until the parent kills it
+        }
+        ::close(fds[1]);
+        fd_ = fds[0];
+        BOOST_TEST_REQUIRE(read_reports(5000) == "R", "the child did not start");
+    }
+    ~FakeWorker() { stop(); }
+    FakeWorker(const FakeWorker&) = delete;
+    FakeWorker& operator=(const FakeWorker&) = delete;
+
+    pid_t pid() const { return pid_; }
+
+    // Everything the child reported within `ms` (stops at the first quiet gap after a byte).
+    std::string read_reports(int ms)
+    {
+        std::string out;
+        for (;;) {
+            pollfd p{fd_, POLLIN, 0};
+            int rc = ::poll(&p, 1, out.empty() ? ms : 100);
+            if (rc < 0 && errno == EINTR)
+                continue;
+            if (rc <= 0)
+                return out;
+            char buf[64];
+            ssize_t n = ::read(fd_, buf, sizeof buf);
+            if (n <= 0)
+                return out;
+            out.append(buf, size_t(n));
+        }
+    }
+
+    void stop()
+    {
+        if (pid_ > 0) {
+            ::kill(pid_, SIGKILL);
+            ::waitpid(pid_, nullptr, 0);
+            pid_ = -1;
+        }
+        if (fd_ >= 0) {
+            ::close(fd_);
+            fd_ = -1;
+        }
+    }
+
+private:
+    pid_t pid_ = -1;
+    int fd_ = -1;
+};
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(cancel_keys)
+
+BOOST_AUTO_TEST_CASE(key_round_trip)
+{
+    for (std::uint32_t peer : {0u, 1u, 2u, 31u, 62u, 63u})
+        for (std::uint32_t slot : {0u, 1u, 255u, 256u, 12345u, ipc::kMaxSlots - 2, ipc::kMaxSlots - 1})
+            for (std::uint32_t gen : {1u, 2u, 0x7fu, 0x80u, 0xffu, 0x101u, 0x1ffu, 0xdeadbe01u, 0xffffffffu}) {
+                BOOST_TEST_CONTEXT("peer " << peer << " slot " << slot << " generation " << gen)
+                {
+                    std::uint32_t pid = ipc::encode_key_pid(peer, slot, gen);
+                    // BackendKeyData's process id is a signed int32 to most drivers: keep it positive.
+                    BOOST_TEST(pid <= 0x7fffffffu);
+                    BOOST_TEST(pid != 0u);
+                    CancelKey k = ipc::decode_key(pid, 0xa5a5a5a5u);
+                    BOOST_TEST(k.peer_id == peer);
+                    BOOST_TEST(k.slot == slot);
+                    BOOST_TEST(k.generation_low == (gen & 0xffu));
+                    BOOST_TEST(k.secret == 0xa5a5a5a5u);
+                }
+            }
+}
+
+BOOST_AUTO_TEST_CASE(key_bit_limits)
+{
+    // The exact layout: peer 6 bits << 25 | slot 17 bits << 8 | generation low byte.
+    BOOST_TEST(ipc::encode_key_pid(0, 0, 1) == 1u);
+    BOOST_TEST(ipc::encode_key_pid(0, 1, 1) == 0x101u);
+    BOOST_TEST(ipc::encode_key_pid(1, 0, 1) == (1u << 25 | 1u));
+    BOOST_TEST(ipc::encode_key_pid(63, ipc::kMaxSlots - 1, 0xff) == 0x7fffffffu);
+    BOOST_TEST(ipc::kMaxSlots == 131072u);
+    BOOST_TEST(ipc::kMaxPeerId == 63u);
+    // Oversized inputs never bleed into a neighbour's bits (and never set the sign bit).
+    for (std::uint32_t gen : {0x100u, 0x1234u, 0xffffff01u}) {
+        CancelKey k = ipc::decode_key(ipc::encode_key_pid(5, 77, gen), 1);
+        BOOST_TEST(k.peer_id == 5u);
+        BOOST_TEST(k.slot == 77u);
+    }
+    CancelKey k = ipc::decode_key(ipc::encode_key_pid(5, ipc::kMaxSlots, 3), 1);
+    BOOST_TEST(k.peer_id == 5u, "slot overflow changed the peer id");
+    BOOST_TEST(k.generation_low == 3u);
+    BOOST_TEST(ipc::encode_key_pid(64, 9, 3) <= 0x7fffffffu);
+    BOOST_TEST(ipc::decode_key(ipc::encode_key_pid(64, 9, 3), 1).slot == 9u);
+    // Decoding any 32-bit value stays within the limits.
+    for (std::uint32_t pid : {0u, 0xffffffffu, 0x80000000u, 0x7fffffffu}) {
+        CancelKey d = ipc::decode_key(pid, 0);
+        BOOST_TEST(d.peer_id <= ipc::kMaxPeerId);
+        BOOST_TEST(d.slot < ipc::kMaxSlots);
+        BOOST_TEST(d.generation_low <= 0xffu);
+    }
+}
+
+BOOST_AUTO_TEST_CASE(table_create)
+{
+    BOOST_TEST(!SessionTable::create(0, 0).ok());
+    BOOST_TEST(!SessionTable::create(ipc::kMaxSlots + 1, 0).ok());
+    SessionTable t = make_table(5, 7);
+    BOOST_TEST(t.valid());
+    BOOST_TEST(t.capacity() == 5u);
+    BOOST_TEST(t.peer_id() == 7u);
+    BOOST_TEST(t.header()->magic == ipc::kTableMagic);
+    BOOST_TEST(t.header()->slot_size == sizeof(ipc::Slot));
+    BOOST_TEST(sizeof(ipc::Slot) % 64 == 0u, "two slots would share a cache line");
+    for (std::uint32_t i = 0; i < 5; ++i) {
+        BOOST_TEST_CONTEXT("slot " << i)
+        {
+            BOOST_TEST(generation(t, i) == 1u, "a fresh slot's generation must be nonzero");
+            BOOST_TEST(cancel_seq(t, i) == 0u);
+            BOOST_TEST(state(t, i) == name(SlotState::Free));
+            BOOST_TEST(t.slot(i).owner_pid.load() == 0);
+            BOOST_TEST(t.slot(i).secret.load() == 0u);
+        }
+    }
+    // The biggest table is allowed (and its last slot addressable).
+    SessionTable big = make_table(ipc::kMaxSlots, 63);
+    big.slot(ipc::kMaxSlots - 1).secret.store(42);
+    BOOST_TEST(big.slot(ipc::kMaxSlots - 1).secret.load() == 42u);
+    // A move leaves one owner of the mapping.
+    SessionTable moved = std::move(t);
+    BOOST_TEST(moved.valid());
+    BOOST_TEST(!t.valid());
+}
+
+BOOST_AUTO_TEST_CASE(claim_and_release)
+{
+    SessionTable t = make_table(3);
+    t.claim(1, 4242, 99);
+    BOOST_TEST(state(t, 1) == name(SlotState::Startup));
+    BOOST_TEST(t.slot(1).owner_pid.load() == 4242);
+    BOOST_TEST(t.slot(1).session_id.load() == 99u);
+    BOOST_TEST(t.slot(1).secret.load() == 0u, "no secret before the owner publishes one");
+    BOOST_TEST(generation(t, 1) == 1u, "claim must not change the generation");
+    // Slots are independent.
+    BOOST_TEST(state(t, 0) == name(SlotState::Free));
+    BOOST_TEST(state(t, 2) == name(SlotState::Free));
+
+    publish(t, 1, 0x1234, SlotState::Active);
+    t.slot(1).gen_cancel.store((std::uint64_t(1) << 32) | 7);  // seven cancels routed
+    t.release(1);
+    BOOST_TEST(state(t, 1) == name(SlotState::Free));
+    BOOST_TEST(t.slot(1).owner_pid.load() == 0);
+    BOOST_TEST(t.slot(1).secret.load() == 0u);
+    BOOST_TEST(generation(t, 1) == 2u);
+    BOOST_TEST(cancel_seq(t, 1) == 0u, "the cancel sequence must start again at 0");
+    BOOST_TEST(generation(t, 0) == 1u);
+
+    // A claim after a release keeps the new generation and clears the old secret.
+    t.claim(1, 4343, 100);
+    BOOST_TEST(generation(t, 1) == 2u);
+    BOOST_TEST(t.slot(1).secret.load() == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(generation_low_byte_is_never_zero)
+{
+    SessionTable t = make_table(1);
+    std::uint32_t last = generation(t, 0);
+    for (int i = 0; i < 1000; ++i) {
+        t.claim(0, 1000 + i, std::uint64_t(i));
+        t.release(0);
+        std::uint32_t g = generation(t, 0);
+        BOOST_TEST_REQUIRE(g > last, "generation did not grow at release " << i);
+        BOOST_TEST_REQUIRE((g & 0xffu) != 0u, "generation " << g << " gives a key ending in 0");
+        BOOST_TEST_REQUIRE(ipc::encode_key_pid(0, 0, g) != 0u);
+        last = g;
+    }
+    BOOST_TEST(last >= 1000u);
+    // The step over a zero low byte, exactly.
+    t.slot(0).gen_cancel.store(std::uint64_t(0x2ff) << 32 | 3);
+    t.release(0);
+    BOOST_TEST(generation(t, 0) == 0x301u);
+    BOOST_TEST(cancel_seq(t, 0) == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(bad_cancel_log_rate_limit)
+{
+    SessionTable t = make_table(1);
+    // Five per wall-clock second, shared through the table's header. Retry when the second
+    // turns over in the middle of a round.
+    for (int attempt = 0; attempt < 5; ++attempt) {
+        std::time_t before = std::time(nullptr);
+        int allowed = 0;
+        for (int i = 0; i < 50; ++i)
+            allowed += t.may_log_bad_cancel() ? 1 : 0;
+        if (std::time(nullptr) != before)
+            continue;
+        BOOST_TEST(allowed == 5);
+        return;
+    }
+    BOOST_ERROR("could not finish a round within one second");
+}
+
+BOOST_AUTO_TEST_CASE(route_cancel_verdicts)
+{
+    SessionTable t = make_table(4);
+    FakeWorker owner;
+    const std::uint32_t slot = 2;
+    const std::uint32_t secret = 0x5eed1234;
+    t.claim(slot, owner.pid(), 77);
+
+    // Startup: no secret published yet; even a zero secret must not match the zero in the slot.
+    BOOST_TEST(verdict(ipc::route_cancel(t, key_for(t, slot, 0))) ==
+               verdict(CancelVerdict::WrongSecret));
+    BOOST_TEST(verdict(ipc::route_cancel(t, key_for(t, slot, secret))) ==
+               verdict(CancelVerdict::WrongSecret));
+    t.slot(slot).state.store(std::uint32_t(SlotState::Active));
+    BOOST_TEST(verdict(ipc::route_cancel(t, key_for(t, slot, 0))) ==
+               verdict(CancelVerdict::WrongSecret), "secret 0 matched an unpublished secret");
+
+    publish(t, slot, secret, SlotState::Active);
+    CancelKey good = key_for(t, slot, secret);
+
+    // Wrong secrets: off by one bit, all bits, zero.
+    for (std::uint32_t bad : {secret ^ 1u, secret ^ 0x80000000u, ~secret, 0u})
+        BOOST_TEST(verdict(ipc::route_cancel(t, key_for(t, slot, bad))) ==
+                   verdict(CancelVerdict::WrongSecret));
+    // Slot out of range, and a slot of the table that is free.
+    for (std::uint32_t s : {4u, 5u, ipc::kMaxSlots - 1}) {
+        CancelKey k = good;
+        k.slot = s;
+        BOOST_TEST(verdict(ipc::route_cancel(t, k)) == verdict(CancelVerdict::NoSuchSlot));
+    }
+    {
+        CancelKey k = good;
+        k.slot = 0;  // free, generation 1 like ours
+        BOOST_TEST(verdict(ipc::route_cancel(t, k)) == verdict(CancelVerdict::Stale));
+    }
+    // Another generation.
+    for (std::uint32_t g : {0u, 2u, 0xffu}) {
+        CancelKey k = good;
+        k.generation_low = g;
+        BOOST_TEST(verdict(ipc::route_cancel(t, k)) == verdict(CancelVerdict::Stale));
+    }
+    // Idle states: nothing to cancel.
+    for (SlotState st : {SlotState::Idle, SlotState::IdleInTransaction,
+                         SlotState::IdleInFailedTransaction, SlotState::Startup}) {
+        t.slot(slot).state.store(std::uint32_t(st));
+        BOOST_TEST(verdict(ipc::route_cancel(t, good)) == verdict(CancelVerdict::NotActive),
+                   "state " << ipc::slot_state_name(st));
+    }
+    BOOST_TEST(cancel_seq(t, slot) == 0u, "a refused request bumped the cancel sequence");
+    BOOST_TEST(owner.read_reports(300) == "", "the owner was signalled for a refused request");
+
+    // The right key on an active session: exactly one signal, one sequence step.
+    t.slot(slot).state.store(std::uint32_t(SlotState::Active));
+    BOOST_TEST(verdict(ipc::route_cancel(t, good)) == verdict(CancelVerdict::Routed));
+    BOOST_TEST(cancel_seq(t, slot) == 1u);
+    BOOST_TEST(owner.read_reports(5000) == "U");
+    BOOST_TEST(verdict(ipc::route_cancel(t, good)) == verdict(CancelVerdict::Routed));
+    BOOST_TEST(cancel_seq(t, slot) == 2u);
+    BOOST_TEST(owner.read_reports(5000) == "U");
+    BOOST_TEST(generation(t, slot) == 1u, "routing changed the generation");
+
+    // The sequence wraps without carrying into the generation.
+    t.slot(slot).gen_cancel.store((std::uint64_t(1) << 32) | 0xffffffffu);
+    BOOST_TEST(verdict(ipc::route_cancel(t, good)) == verdict(CancelVerdict::Routed));
+    BOOST_TEST(generation(t, slot) == 1u);
+    BOOST_TEST(cancel_seq(t, slot) == 0u);
+    BOOST_TEST(owner.read_reports(5000) == "U");
+
+    // The session ends: the old key is stale, even once the slot has a new active owner
+    // whose secret happens to be the same.
+    t.release(slot);
+    BOOST_TEST(verdict(ipc::route_cancel(t, good)) == verdict(CancelVerdict::Stale));
+    t.claim(slot, owner.pid(), 78);
+    publish(t, slot, secret, SlotState::Active);
+    BOOST_TEST(verdict(ipc::route_cancel(t, good)) == verdict(CancelVerdict::Stale));
+    BOOST_TEST(owner.read_reports(300) == "", "a stale key reached the slot's next owner");
+    CancelKey fresh = key_for(t, slot, secret);
+    BOOST_TEST(fresh.generation_low != good.generation_low);
+    BOOST_TEST(verdict(ipc::route_cancel(t, fresh)) == verdict(CancelVerdict::Routed));
+    BOOST_TEST(owner.read_reports(5000) == "U");
+
+    // An owner that is gone, or none at all.
+    owner.stop();
+    BOOST_TEST(verdict(ipc::route_cancel(t, fresh)) == verdict(CancelVerdict::OwnerGone));
+    t.slot(slot).owner_pid.store(0);
+    BOOST_TEST(verdict(ipc::route_cancel(t, fresh)) == verdict(CancelVerdict::OwnerGone));
+}
+
+BOOST_AUTO_TEST_CASE(verdict_names_are_distinct)
+{
+    std::vector<std::string> names;
+    for (CancelVerdict v : {CancelVerdict::Routed, CancelVerdict::NoSuchSlot, CancelVerdict::Stale,
+                            CancelVerdict::WrongSecret, CancelVerdict::NotActive,
+                            CancelVerdict::Raced, CancelVerdict::OwnerGone}) {
+        std::string n = ipc::cancel_verdict_name(v);
+        BOOST_TEST(n != "?");
+        for (const auto& seen : names)
+            BOOST_TEST(n != seen);
+        names.push_back(n);
+    }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
