@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: `make check` in a normal build (build/, warnings as errors) and in an
-# ASan+UBSan build (build-asan/). Ends with "N passed, N failed" over the test programs.
+# ASan+UBSan build (build-asan/). Ends with "N passed, N failed" over the test cases.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,11 +33,21 @@ count_results()
         name=${name%.trs}
         result=$(sed -n 's/^:test-result: //p' "$trs" | head -n 1)
         counted=$((counted + 1))
+        # Boost.Test's short report ("N test cases out of M passed", "K test cases
+        # out of M failed") gives the count of test cases; a program that crashed
+        # before reporting counts as one failure.
+        local log=${trs%.trs}.log cases_passed cases_failed
+        cases_passed=$(sed -n 's/^ *\([0-9][0-9]*\) test cases\{0,1\} out of [0-9]* passed.*/\1/p' "$log" | tail -n 1)
+        cases_failed=$(sed -n 's/^ *\([0-9][0-9]*\) test cases\{0,1\} out of [0-9]* failed.*/\1/p' "$log" | tail -n 1)
+        cases_passed=${cases_passed:-0}
+        cases_failed=${cases_failed:-0}
         case "$result" in
-        PASS | XFAIL | SKIP) passed=$((passed + 1)) ;;
-        *) failed=$((failed + 1)) ;;
+        PASS | XFAIL | SKIP) ;;
+        *) if [ "$cases_failed" -eq 0 ]; then cases_failed=1; fi ;;
         esac
-        summary+=("$label $name: ${result:-NO RESULT}")
+        passed=$((passed + cases_passed))
+        failed=$((failed + cases_failed))
+        summary+=("$label $name: ${result:-NO RESULT} ($cases_passed test cases passed, $cases_failed failed)")
     done < <(find "$dir/tests" -name '*.trs' -print0 2>/dev/null | sort -z)
 }
 
@@ -99,6 +109,16 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 build_and_check asan build-asan \
     "CXXFLAGS=-g -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
     "LDFLAGS=-fsanitize=address,undefined"
+
+# A short run of every fuzz target (one per decoder), so none can rot unnoticed.
+echo "check: [fuzz] every target for ${FUZZ_SECONDS:-15} s"
+if FUZZ_SECONDS=${FUZZ_SECONDS:-15} bash tests/fuzz/build.sh; then
+    passed=$((passed + 1))
+    summary+=("fuzz tests/fuzz/build.sh: PASS")
+else
+    failed=$((failed + 1))
+    summary+=("fuzz tests/fuzz/build.sh: FAIL (crash inputs under build-fuzz/artifacts/)")
+fi
 
 echo
 for line in "${summary[@]}"; do
