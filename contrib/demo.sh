@@ -45,10 +45,7 @@ pgw_pid=
 cleanup()
 {
     trap - EXIT INT TERM
-    if [ -n "$pgw_pid" ] && kill -0 "$pgw_pid" 2>/dev/null; then
-        kill -TERM "$pgw_pid" 2>/dev/null || true
-        wait "$pgw_pid" 2>/dev/null || true
-    fi
+    pgw_stop
     echo "demo: stopping PostgreSQL (data kept in $pgdata; re-run to reuse it)"
     pg_stop "$pgdata"
 }

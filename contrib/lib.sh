@@ -119,3 +119,31 @@ pg_stop()
     [ -f "$dir/postmaster.pid" ] || return 0
     as_pg "$PG_BINDIR/pg_ctl" -D "$dir" -m fast -w stop >/dev/null 2>&1 || true
 }
+
+# pgw_start BIN WORKDIR PGPORT LABEL: writes WORKDIR/pgwicket.ini (a free port, the
+# Unix socket and the log in WORKDIR, every database on 127.0.0.1:PGPORT), starts
+# BIN in the background and waits until it listens. Sets pgwport and pgw_pid.
+pgw_start()
+{
+    local bin=$1 work=$2 pg_port=$3 label=$4
+    pgwport=$(free_port 56432)
+    printf '%s\n' "[pgwicket]" "listen_addr = 127.0.0.1" "listen_port = $pgwport" \
+        "unix_socket_dir = $work" "logfile = $work/pgwicket.log" "" \
+        "[databases]" "* = host=127.0.0.1 port=$pg_port" >"$work/pgwicket.ini"
+    "$bin" -c "$work/pgwicket.ini" 2>>"$work/pgwicket.log" &
+    pgw_pid=$!
+    if ! wait_listening "$pgwport" 10; then
+        echo "$label: pgwicket did not start; its log:" >&2
+        cat "$work/pgwicket.log" >&2
+        return 1
+    fi
+}
+
+# pgw_stop: stops the pgwicket started by pgw_start (or any $pgw_pid), if it runs.
+pgw_stop()
+{
+    if [ -n "${pgw_pid:-}" ] && kill -0 "$pgw_pid" 2>/dev/null; then
+        kill -TERM "$pgw_pid" 2>/dev/null || true
+        wait "$pgw_pid" 2>/dev/null || true
+    fi
+}

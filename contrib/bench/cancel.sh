@@ -50,10 +50,7 @@ pgw_pid=
 cleanup()
 {
     trap - EXIT INT TERM
-    if [ -n "$pgw_pid" ] && kill -0 "$pgw_pid" 2>/dev/null; then
-        kill -TERM "$pgw_pid" 2>/dev/null || true
-        wait "$pgw_pid" 2>/dev/null || true
-    fi
+    pgw_stop
     pg_stop "$pgdata"
     if [ "${BENCH_KEEP:-0}" = 1 ]; then
         echo "cancel bench: logs and data kept in $work"
@@ -196,24 +193,7 @@ pg_init "$pgdata"
 pgport=$(free_port 55432)
 pg_start "$pgdata" "$pgport" "-c max_connections=100 -c fsync=off"
 
-pgwport=$(free_port 56432)
-cat >"$work/pgwicket.ini" <<EOF
-[pgwicket]
-listen_addr = 127.0.0.1
-listen_port = $pgwport
-unix_socket_dir = $work
-logfile = $work/pgwicket.log
-
-[databases]
-* = host=127.0.0.1 port=$pgport
-EOF
-"$bin" -c "$work/pgwicket.ini" 2>>"$work/pgwicket.log" &
-pgw_pid=$!
-if ! wait_listening "$pgwport" 10; then
-    echo "cancel bench: pgwicket did not start; its log:" >&2
-    cat "$work/pgwicket.log" >&2
-    exit 1
-fi
+pgw_start "$bin" "$work" "$pgport" "cancel bench" || exit 1
 
 monitor="host=127.0.0.1 port=$pgport dbname=postgres user=postgres sslmode=disable application_name=cancelbench_monitor"
 # measure LABEL PORT: prints "LABEL count median p99 min max mean".

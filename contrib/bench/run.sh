@@ -47,10 +47,7 @@ pgw_pid=
 cleanup()
 {
     trap - EXIT INT TERM
-    if [ -n "$pgw_pid" ] && kill -0 "$pgw_pid" 2>/dev/null; then
-        kill -TERM "$pgw_pid" 2>/dev/null || true
-        wait "$pgw_pid" 2>/dev/null || true
-    fi
+    pgw_stop
     if [ -f "$work/pgbouncer.pid" ]; then
         kill -TERM "$(cat "$work/pgbouncer.pid")" 2>/dev/null || true
         for _ in $(seq 50); do
@@ -74,24 +71,7 @@ pg_init "$pgdata"
 pgport=$(free_port 55432)
 pg_start "$pgdata" "$pgport" "-c max_connections=200 -c fsync=off -c synchronous_commit=off"
 
-pgwport=$(free_port 56432)
-cat >"$work/pgwicket.ini" <<EOF
-[pgwicket]
-listen_addr = 127.0.0.1
-listen_port = $pgwport
-unix_socket_dir = $work
-logfile = $work/pgwicket.log
-
-[databases]
-* = host=127.0.0.1 port=$pgport
-EOF
-"$bin" -c "$work/pgwicket.ini" 2>>"$work/pgwicket.log" &
-pgw_pid=$!
-if ! wait_listening "$pgwport" 10; then
-    echo "bench: pgwicket did not start; its log:" >&2
-    cat "$work/pgwicket.log" >&2
-    exit 1
-fi
+pgw_start "$bin" "$work" "$pgport" "bench" || exit 1
 
 if [ "$have_pgbouncer" = 1 ]; then
     pgbport=$(free_port 57432)

@@ -57,7 +57,7 @@ public:
         if (active_ || type == 'X')
             return;
         active_ = true;
-        timeout_fired_ = false;
+        timeout_fired_ = timeout_reported_ = false;
         started_ = net::Clock::now();
         publish(ipc::SlotState::Active);
     }
@@ -65,7 +65,7 @@ public:
     void on_ready_for_query(char status) override
     {
         active_ = false;
-        timeout_fired_ = false;
+        timeout_fired_ = timeout_reported_ = false;
         publish(status == 'T'   ? ipc::SlotState::IdleInTransaction
                 : status == 'E' ? ipc::SlotState::IdleInFailedTransaction
                                 : ipc::SlotState::Idle);
@@ -73,10 +73,12 @@ public:
 
     std::optional<Bytes> on_server_error(const protocol::ErrorFields& e) override
     {
-        if (!timeout_fired_ || e.sqlstate != "57014")
+        if (!timeout_fired_ || timeout_reported_ || e.sqlstate != "57014")
             return std::nullopt;
         // The upstream says "due to user request"; the user did not ask: say why.
-        timeout_fired_ = false;
+        // timeout_fired_ stays set until ReadyForQuery: the relay pauses at this
+        // message, and the timeout must not fire again for the same query meanwhile.
+        timeout_reported_ = true;
         protocol::ErrorFields ours = e;
         ours.message = "canceling statement due to query_timeout";
         ours.detail = "pgwicket cancelled the statement after it ran for " +
@@ -189,7 +191,8 @@ private:
     int cancellers_ = 0;
     std::uint32_t seen_seq_ = 0;
     bool active_ = false;
-    bool timeout_fired_ = false;
+    bool timeout_fired_ = false;     // query_timeout cancelled the running query
+    bool timeout_reported_ = false;  // and its 57014 was rewritten for the client
     net::Clock::time_point started_{};
 };
 

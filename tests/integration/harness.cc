@@ -1119,4 +1119,23 @@ private:
 
 BOOST_TEST_GLOBAL_FIXTURE(GlobalFixture);
 
+bool contains(const std::string& haystack, const std::string& needle)
+{
+    return haystack.find(needle) != std::string::npos;
+}
+
+uint32_t get32(const std::string& s, size_t at)
+{
+    auto u = [&](size_t i) { return static_cast<uint32_t>(static_cast<unsigned char>(s[at + i])); };
+    return (u(0) << 24) | (u(1) << 16) | (u(2) << 8) | u(3);
+}
+
+std::string fields_text(const std::map<char, std::string>& f)
+{
+    std::ostringstream o;
+    for (const auto& [k, v] : f)
+        o << k << "=" << v << " ";
+    return o.str();
+}
+
 }  // namespace pgw::it

@@ -265,4 +265,11 @@ template <typename Pred> bool wait_for(Pred pred, int timeout_ms)
     }
 }
 
+// Small text and wire helpers shared by the test files.
+bool contains(const std::string& haystack, const std::string& needle);
+// The big-endian 32-bit value at byte `at` of s.
+uint32_t get32(const std::string& s, size_t at);
+// ErrorResponse fields as "C=... M=... " for failure messages.
+std::string fields_text(const std::map<char, std::string>& f);
+
 }  // namespace pgw::it

@@ -11,11 +11,6 @@ using namespace pgw::it;
 
 namespace {
 
-bool contains(const std::string& haystack, const std::string& needle)
-{
-    return haystack.find(needle) != std::string::npos;
-}
-
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(psql_transparency)
