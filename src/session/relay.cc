@@ -121,7 +121,7 @@ public:
         out_.transaction_status = status;
         sigset_t session_signals;
         sigemptyset(&session_signals);
-        for (int sig : {SIGTERM, SIGINT, SIGUSR1})
+        for (int sig : {SIGTERM, SIGINT, SIGUSR1, SIGCHLD})
             sigaddset(&session_signals, sig);
         sigprocmask(SIG_BLOCK, &session_signals, &wait_mask_);
     }
@@ -241,7 +241,8 @@ bool Relay::pump(Direction& d, bool from_client)
             progress = true;
         }
     }
-    if (!d.dst_failed && !d.pipe.forwardable().empty()) {
+    const bool held = from_client && observer_ && observer_->hold_client_input();
+    if (!d.dst_failed && !held && !d.pipe.forwardable().empty()) {
         auto span = d.pipe.forwardable();
         IoResult w = d.dst.write(span.data(), span.size());
         if (w.status == Io::Ok) {
@@ -295,7 +296,8 @@ void Relay::wait()
     // A full buffer asks for no read readiness: that is the back-pressure.
     if (!c2s_.src_done && !c2s_.stopped && !c2s_.may_read && c2s_.pipe.space() > 0)
         fds[0].events |= poll_bit(c2s_.read_wait);
-    if (!c2s_.pipe.forwardable().empty() || c2s_.pipe.at_cut())
+    const bool held = observer_ && observer_->hold_client_input();
+    if ((!c2s_.pipe.forwardable().empty() || c2s_.pipe.at_cut()) && !held)
         fds[1].events |= poll_bit(c2s_.write_wait);
     if (!s2c_.src_done && !s2c_.may_read && s2c_.pipe.space() > 0)
         fds[1].events |= poll_bit(s2c_.read_wait);
@@ -304,7 +306,10 @@ void Relay::wait()
     // The session's signals (stop, routed cancel) are blocked while the relay runs and
     // unblocked only inside ppoll(): one that arrives between our last look at the
     // flags and this wait is delivered here and ends the wait at once, never lost.
-    const int timeout_ms = observer_ ? observer_->poll_timeout_ms() : -1;
+    // A hold ends with a signal (SIGCHLD); the short timeout is only a safety net.
+    int timeout_ms = observer_ ? observer_->poll_timeout_ms() : -1;
+    if (held && (timeout_ms < 0 || timeout_ms > 100))
+        timeout_ms = 100;
     timespec ts{timeout_ms / 1000, long(timeout_ms % 1000) * 1000000};
     int rc = ::ppoll(fds, 2, timeout_ms < 0 ? nullptr : &ts, &wait_mask_);
     if (rc < 0 && errno != EINTR)

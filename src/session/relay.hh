@@ -47,6 +47,9 @@ public:
     // (I/O, a signal, or that timeout).
     virtual int poll_timeout_ms() = 0;
     virtual void on_wake() = 0;
+    // True while the client's bytes must wait before going upstream (they are still
+    // read and framed; on_wake() is called again when the reason may have passed).
+    virtual bool hold_client_input() { return false; }
 };
 
 // Buffer capacity per direction; also the largest message inspected whole.

@@ -96,6 +96,13 @@ public:
 
     ~SessionControl() override { reap_cancellers(); }
 
+    // PostgreSQL's postmaster signals a cancelled backend twice (the process, then
+    // its process group). If the backend handles the first before the second lands,
+    // the second can cancel whatever runs next; our relay forwards the client's next
+    // statement within a millisecond of the error, so hold it until the cancel
+    // child has exited: by then the postmaster has sent both signals.
+    bool hold_client_input() override { return cancellers_ > 0 && !active_; }
+
     void on_wake() override
     {
         reap_cancellers();

@@ -18,6 +18,8 @@ namespace {
 
 void on_stop_signal(int) { g_stop_requested = 1; }
 void on_cancel_signal(int) { g_cancel_signal = 1; }
+// Only so that a cancel child's exit interrupts the relay's ppoll().
+void on_child_signal(int) {}
 
 void reset_signals()
 {
@@ -32,8 +34,9 @@ void reset_signals()
     sa.sa_handler = SIG_IGN;
     sigaction(SIGPIPE, &sa, nullptr);
     sigaction(SIGHUP, &sa, nullptr);
-    sa.sa_handler = SIG_DFL;
+    sa.sa_handler = on_child_signal;
     sigaction(SIGCHLD, &sa, nullptr);
+    sa.sa_handler = SIG_DFL;
     sigaction(SIGQUIT, &sa, nullptr);
     sigset_t none;
     sigemptyset(&none);

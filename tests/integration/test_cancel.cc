@@ -909,6 +909,16 @@ BOOST_AUTO_TEST_CASE(unanswered_upstream_cancel_does_not_freeze_the_session)
     check_clean_stop(proxy);
 }
 
+// PostgreSQL's postmaster answers one cancel request with two SIGINTs to the backend
+// (its process, then its process group). On a loaded machine the second can land
+// after the first has ended the statement, and then cancels the next statement the
+// client sends at once: seen in this suite with exactly one cancel request in
+// pgwicket's log and two cancelled statements in the server's. A direct client has
+// the same race; pgwicket narrows it (it holds the next statement until its cancel
+// connection has closed), and the tests give the server a moment instead of
+// asserting on PostgreSQL's timing.
+void settle_after_cancel() { sleep_ms(100); }
+
 // 7. query_timeout: the proxy cancels a statement that runs too long, and says so.
 BOOST_AUTO_TEST_CASE(query_timeout)
 {
@@ -925,6 +935,7 @@ BOOST_AUTO_TEST_CASE(query_timeout)
     BOOST_TEST(o.ms < 4000, o.describe());
     BOOST_TEST_MESSAGE("query_timeout=1: pg_sleep(5) ended after " << o.ms << " ms");
     BOOST_TEST(PQtransactionStatus(c.get()) == PQTRANS_IDLE);
+    settle_after_cancel();
     o = exec(c.get(), "SELECT pg_sleep(0.2), 'short'");
     BOOST_TEST((o.sqlstate.empty() && o.row.size() == 2 && o.row[1] == "short"), o.describe());
 
@@ -943,6 +954,7 @@ BOOST_AUTO_TEST_CASE(query_timeout)
     BOOST_TEST(o.message == "canceling statement due to query_timeout", o.describe());
     BOOST_TEST(o.ms < 4000, o.describe());
     BOOST_TEST(PQtransactionStatus(c.get()) == PQTRANS_INERROR);
+    settle_after_cancel();
     o = exec(c.get(), "SELECT 1");
     BOOST_TEST(o.sqlstate == "25P02", o.describe());
     o = exec(c.get(), "ROLLBACK");
@@ -954,6 +966,7 @@ BOOST_AUTO_TEST_CASE(query_timeout)
     BOOST_TEST(o.message == "canceling statement due to query_timeout", o.describe());
     BOOST_TEST(o.ms < 4000, o.describe());
     BOOST_TEST(PQtransactionStatus(c.get()) == PQTRANS_INERROR);
+    settle_after_cancel();
     BOOST_TEST(exec(c.get(), "SELECT 1").sqlstate == "25P02");
     BOOST_TEST(exec(c.get(), "ROLLBACK").sqlstate.empty());
     BOOST_TEST(PQtransactionStatus(c.get()) == PQTRANS_IDLE);
@@ -967,6 +980,7 @@ BOOST_AUTO_TEST_CASE(query_timeout)
     BOOST_TEST(o.sqlstate == "57014", o.describe());
     BOOST_TEST(o.message == "canceling statement due to query_timeout", o.describe());
     BOOST_TEST(o.ms < 4000, o.describe());
+    settle_after_cancel();
     const char* forty_one[1] = {"41"};
     Result r(PQexecParams(c.get(), "SELECT $1::int + 1", 1, nullptr, forty_one, nullptr, nullptr, 0));
     BOOST_TEST((PQresultStatus(r.get()) == PGRES_TUPLES_OK && std::string(PQgetvalue(r.get(), 0, 0)) == "42"),
