@@ -147,3 +147,22 @@ pgw_stop()
         wait "$pgw_pid" 2>/dev/null || true
     fi
 }
+
+# pgw_binary ROOT LABEL: prints the pgwicket binary to measure: $PGWICKET_BIN, or the
+# one built in ROOT (in-tree or in build/); fails with a message when there is none.
+pgw_binary()
+{
+    local root=$1 label=$2 candidate
+    local candidates=("$root/pgwicket" "$root/build/pgwicket")
+    if [ -n "${PGWICKET_BIN:-}" ]; then
+        candidates=("$PGWICKET_BIN")  # asked for by name: that one or none
+    fi
+    for candidate in "${candidates[@]}"; do
+        if [ -x "$candidate" ]; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    echo "$label: no pgwicket binary; build first (make, or contrib/demo.sh), or set PGWICKET_BIN" >&2
+    return 1
+}

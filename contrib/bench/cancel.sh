@@ -11,19 +11,7 @@ source "$root/contrib/lib.sh"
 count=${CANCEL_COUNT:-200}
 warmup=${CANCEL_WARMUP:-5}
 
-bin=${PGWICKET_BIN:-}
-if [ -z "$bin" ]; then
-    for candidate in "$root/pgwicket" "$root/build/pgwicket"; do
-        if [ -x "$candidate" ]; then
-            bin=$candidate
-            break
-        fi
-    done
-fi
-if [ -z "$bin" ] || [ ! -x "$bin" ]; then
-    echo "cancel bench: no pgwicket binary; build first (make), or set PGWICKET_BIN" >&2
-    exit 1
-fi
+bin=$(pgw_binary "$root" "cancel bench") || exit 1
 for tool in "$PG_BINDIR/initdb" "$PG_BINDIR/pg_ctl"; do
     if [ ! -x "$tool" ]; then
         echo "cancel bench: $tool not found; run contrib/install-deps.sh" >&2

@@ -11,19 +11,7 @@ secs=${BENCH_SECONDS:-10}
 scale=${BENCH_SCALE:-10}
 pgbench=$PG_BINDIR/pgbench
 
-bin=${PGWICKET_BIN:-}
-if [ -z "$bin" ]; then
-    for candidate in "$root/pgwicket" "$root/build/pgwicket"; do
-        if [ -x "$candidate" ]; then
-            bin=$candidate
-            break
-        fi
-    done
-fi
-if [ -z "$bin" ] || [ ! -x "$bin" ]; then
-    echo "bench: no pgwicket binary; build first (make, or contrib/demo.sh), or set PGWICKET_BIN" >&2
-    exit 1
-fi
+bin=$(pgw_binary "$root" "bench") || exit 1
 for tool in "$PG_BINDIR/initdb" "$PG_BINDIR/pg_ctl" "$pgbench"; do
     if [ ! -x "$tool" ]; then
         echo "bench: $tool not found; run contrib/install-deps.sh" >&2
