@@ -113,17 +113,37 @@ int main(int argc, char** argv)
     }
     PGcancel* cancel = PQgetCancel(c);
     double* lat = calloc((size_t)count, sizeof *lat);
+    int spurious = 0;
     for (int i = -warmup; i < count; ++i) {
         if (!PQsendQuery(c, "SELECT pg_sleep(30)")) {
             fprintf(stderr, "send: %s", PQerrorMessage(c));
             return 1;
         }
         double wait_until = now_ms() + 10000;
+        int ended_early = 0;
         while (running(mon, tag) < 1) {
+            /* PostgreSQL signals a cancelled backend twice; a late second signal can
+               cancel the next statement before it is seen running. Count it, retry. */
+            if (!PQconsumeInput(c)) {
+                fprintf(stderr, "read: %s", PQerrorMessage(c));
+                return 1;
+            }
+            if (!PQisBusy(c)) {
+                PGresult* r;
+                while ((r = PQgetResult(c)) != NULL)
+                    PQclear(r);
+                ended_early = 1;
+                break;
+            }
             if (now_ms() > wait_until) {
                 fprintf(stderr, "the query did not start within 10 s\n");
                 return 1;
             }
+        }
+        if (ended_early) {
+            ++spurious;
+            --i;
+            continue;
         }
         char err[256] = "";
         double t0 = now_ms();
@@ -165,6 +185,10 @@ int main(int argc, char** argv)
     double sum = 0;
     for (int i = 0; i < count; ++i)
         sum += lat[i];
+    if (spurious)
+        fprintf(stderr, "%s: %d statement(s) ended before they were seen running (cancelled "
+                        "by the server's second signal for the previous cancel); retried\n",
+                tag, spurious);
     printf("%d %.3f %.3f %.3f %.3f %.3f\n", count, pct(lat, count, 0.5), pct(lat, count, 0.99),
            lat[0], lat[count - 1], sum / count);
     PQfreeCancel(cancel);
