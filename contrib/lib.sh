@@ -166,3 +166,16 @@ pgw_binary()
     echo "$label: no pgwicket binary; build first (make, or contrib/demo.sh), or set PGWICKET_BIN" >&2
     return 1
 }
+
+# work_dir PREFIX: a new folder /tmp/PREFIX.XXXXXX that the server user can use
+# (owned by postgres when we are root, since PostgreSQL refuses to run as root).
+work_dir()
+{
+    local dir
+    dir=$(mktemp -d "/tmp/$1.XXXXXX")
+    chmod 755 "$dir"
+    if [ "$(id -u)" -eq 0 ]; then
+        chown postgres:postgres "$dir"
+    fi
+    echo "$dir"
+}

@@ -26,11 +26,7 @@ if [ ! -f "$pq_include/libpq-fe.h" ]; then
     exit 1
 fi
 
-work=$(mktemp -d /tmp/pgwicket-cancel-bench.XXXXXX)
-chmod 755 "$work"
-if [ "$(id -u)" -eq 0 ]; then
-    chown postgres:postgres "$work"
-fi
+work=$(work_dir pgwicket-cancel-bench)
 pgdata=$work/pg
 pgw_pid=
 

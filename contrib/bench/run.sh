@@ -23,11 +23,7 @@ if command -v pgbouncer >/dev/null 2>&1; then
     have_pgbouncer=1
 fi
 
-work=$(mktemp -d /tmp/pgwicket-bench.XXXXXX)
-chmod 755 "$work"
-if [ "$(id -u)" -eq 0 ]; then
-    chown postgres:postgres "$work"
-fi
+work=$(work_dir pgwicket-bench)
 pgdata=$work/pg
 pgw_pid=
 
