@@ -94,7 +94,6 @@ struct Direction {
     // only return EAGAIN.
     bool may_read = true;
     bool src_done = false;     // EOF or error reading
-    bool src_error = false;    // the read ended with an error, not an orderly close
     bool dst_failed = false;   // writing failed
     bool stopped = false;      // the framer was asked to stop (Terminate)
     bool paused = false;       // scanning waits until a replacement has been written
@@ -133,6 +132,9 @@ public:
 
 private:
     bool pump(Direction& d, bool from_client);
+    // One write toward d's destination: the bytes it took; on would-block it notes
+    // what to wait for, on failure it marks the destination failed.
+    size_t push(Direction& d, protocol::ByteSpan bytes);
     bool finished(RelayOutcome& out);
     void wait();
     // Best-effort: deliver what is framed, then our own message, if the stream allows.
@@ -168,7 +170,6 @@ bool Relay::pump(Direction& d, bool from_client)
                 d.may_read = false;
             } else {
                 d.src_done = true;
-                d.src_error = r.status == Io::Error;
                 progress = true;
             }
         }
@@ -223,39 +224,36 @@ bool Relay::pump(Direction& d, bool from_client)
     }
     if (!d.dst_failed && d.pipe.at_cut()) {
         // Our message goes out where the replaced one stood, then the original is dropped.
-        IoResult w = d.dst.write(d.replacement.data() + d.replacement_written,
-                                 d.replacement.size() - d.replacement_written);
-        if (w.status == Io::Ok) {
-            d.replacement_written += w.n;
-            progress = true;
-            if (d.replacement_written == d.replacement.size()) {
-                d.pipe.drop_cut();
-                d.replacement.clear();
-                d.replacement_written = 0;
-                d.paused = false;
-            }
-        } else if (w.status == Io::WantRead || w.status == Io::WantWrite) {
-            d.write_wait = w.status;
-        } else {
-            d.dst_failed = true;
-            progress = true;
+        size_t n = push(d, {d.replacement.data() + d.replacement_written,
+                            d.replacement.size() - d.replacement_written});
+        d.replacement_written += n;
+        progress = progress || n > 0 || d.dst_failed;
+        if (d.replacement_written == d.replacement.size()) {
+            d.pipe.drop_cut();
+            d.replacement.clear();
+            d.replacement_written = 0;
+            d.paused = false;
         }
     }
     const bool held = from_client && observer_ && observer_->hold_client_input();
     if (!d.dst_failed && !held && !d.pipe.forwardable().empty()) {
-        auto span = d.pipe.forwardable();
-        IoResult w = d.dst.write(span.data(), span.size());
-        if (w.status == Io::Ok) {
-            d.pipe.consumed(w.n);
-            progress = progress || w.n > 0;
-        } else if (w.status == Io::WantRead || w.status == Io::WantWrite) {
-            d.write_wait = w.status;
-        } else {
-            d.dst_failed = true;
-            progress = true;
-        }
+        size_t n = push(d, d.pipe.forwardable());
+        d.pipe.consumed(n);
+        progress = progress || n > 0 || d.dst_failed;
     }
     return progress;
+}
+
+size_t Relay::push(Direction& d, protocol::ByteSpan bytes)
+{
+    IoResult w = d.dst.write(bytes.data(), bytes.size());
+    if (w.status == Io::Ok)
+        return w.n;
+    if (w.status == Io::WantRead || w.status == Io::WantWrite)
+        d.write_wait = w.status;
+    else
+        d.dst_failed = true;
+    return 0;
 }
 
 bool Relay::finished(RelayOutcome& out)

@@ -91,7 +91,7 @@ public:
     {
         if (!active_ || cfg_.query_timeout <= 0 || timeout_fired_)
             return -1;
-        return net::ms_until(started_ + std::chrono::seconds(cfg_.query_timeout));
+        return net::ms_until(timeout_deadline());
     }
 
     ~SessionControl() override { reap_cancellers(); }
@@ -117,7 +117,7 @@ public:
             }
         }
         if (active_ && !timeout_fired_ && cfg_.query_timeout > 0 &&
-            net::Clock::now() >= started_ + std::chrono::seconds(cfg_.query_timeout)) {
+            net::Clock::now() >= timeout_deadline()) {
             timeout_fired_ = true;
             log_info("query ran longer than query_timeout (%ld s); cancelling it", cfg_.query_timeout);
             cancel_upstream("query_timeout");
@@ -125,6 +125,11 @@ public:
     }
 
 private:
+    net::Clock::time_point timeout_deadline() const
+    {
+        return started_ + std::chrono::seconds(cfg_.query_timeout);
+    }
+
     void publish(ipc::SlotState st)
     {
         if (!slot_)
