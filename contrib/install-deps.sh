@@ -12,6 +12,8 @@ packages=(
     # pgbench on Debian 12), psql, runuser (util-linux), ps/pkill (procps)
     postgresql-15 postgresql-client-15 openssl procps util-linux
     pgbouncer expect tmux
+    # daemon tests: systemd-socket-activate (systemd), the metrics endpoint (curl)
+    systemd curl
     # fuzz targets (tests/fuzz): clang with the libFuzzer runtime
     clang libclang-rt-14-dev
 )

@@ -39,9 +39,7 @@ int main(int argc, char** argv)
         std::printf("%s: configuration is valid\n", cl->config_path.c_str());
         return 0;
     }
-    log::Level level = log::Level::Info;
-    log::parse_level(cfg->log_level, level);
-    log::setup(level, cfg->logfile);
+    log::setup(config::log_settings(*cfg));
     try {
         return supervisor::run(*cfg);
     } catch (const std::exception& e) {

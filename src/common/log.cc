@@ -25,6 +25,7 @@ struct State {
     int fd = STDERR_FILENO;
     std::string prefix;
     std::string process = "pgwicket";
+    std::string syslog_ident;  // openlog() keeps the pointer
 };
 
 State& state()
@@ -77,27 +78,67 @@ int syslog_priority(Level l)
     return LOG_INFO;
 }
 
+int facility_code(const std::string& name)
+{
+    static const struct {
+        const char* name;
+        int code;
+    } names[] = {{"daemon", LOG_DAEMON}, {"user", LOG_USER},     {"local0", LOG_LOCAL0},
+                 {"local1", LOG_LOCAL1}, {"local2", LOG_LOCAL2}, {"local3", LOG_LOCAL3},
+                 {"local4", LOG_LOCAL4}, {"local5", LOG_LOCAL5}, {"local6", LOG_LOCAL6},
+                 {"local7", LOG_LOCAL7}};
+    for (const auto& n : names)
+        if (name == n.name)
+            return n.code;
+    return LOG_DAEMON;
+}
+
 } // namespace
+
+void setup(const Settings& settings)
+{
+    State& s = state();
+    s.level = settings.level;
+    const Sink before = s.sink;
+    int old_fd = s.fd;
+    s.sink = Sink::Stderr;
+    s.fd = STDERR_FILENO;
+    std::string file_error;
+    if (!settings.logfile.empty()) {
+        int fd = ::open(settings.logfile.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+        if (fd >= 0) {
+            s.fd = fd;
+            s.sink = Sink::File;
+        } else {
+            file_error = std::strerror(errno);
+        }
+    }
+    if (old_fd != STDERR_FILENO && old_fd != s.fd)
+        ::close(old_fd);
+    if (before == Sink::Syslog && !settings.syslog)
+        closelog();
+    if (settings.syslog) {
+        s.syslog_ident = settings.syslog_ident;
+        openlog(s.syslog_ident.c_str(), LOG_PID | LOG_NDELAY, facility_code(settings.syslog_facility));
+        s.sink = Sink::Syslog;
+    } else if (s.sink == Sink::Stderr && stderr_is_journal()) {
+        s.sink = Sink::Journal;
+    }
+    if (!file_error.empty())
+        write(Level::Warning, "could not open logfile \"%s\": %s; logging to %s",
+              settings.logfile.c_str(), file_error.c_str(),
+              s.sink == Sink::Syslog ? "syslog" : s.sink == Sink::Journal ? "journald" : "stderr");
+}
 
 void setup(Level lvl, const std::string& logfile)
 {
-    State& s = state();
-    s.level = lvl;
-    if (!logfile.empty()) {
-        int fd = ::open(logfile.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
-        if (fd >= 0) {
-            if (s.sink == Sink::File && s.fd != STDERR_FILENO)
-                ::close(s.fd);
-            s.fd = fd;
-            s.sink = Sink::File;
-            return;
-        }
-        write(Level::Warning, "could not open logfile \"%s\": %s; logging to stderr",
-              logfile.c_str(), std::strerror(errno));
-    }
-    s.sink = stderr_is_journal() ? Sink::Journal : Sink::Stderr;
-    s.fd = STDERR_FILENO;
+    Settings st;
+    st.level = lvl;
+    st.logfile = logfile;
+    setup(st);
 }
+
+Sink sink() { return state().sink; }
 
 void set_level(Level lvl) { state().level = lvl; }
 Level level() { return state().level; }
@@ -130,7 +171,15 @@ void write(Level lvl, const char* fmt, ...)
     std::vsnprintf(body, sizeof body, fmt, ap);
     va_end(ap);
 
-    if (s.sink == Sink::Journal) {
+    if (s.sink == Sink::Syslog) {
+        // With syslog and a logfile both set, the file gets every line too.
+        ::syslog(syslog_priority(lvl), "%s: %s%s%s", s.process.c_str(), s.prefix.c_str(),
+                 s.prefix.empty() ? "" : " ", body);
+        if (s.fd == STDERR_FILENO) {
+            errno = saved_errno;
+            return;
+        }
+    } else if (s.sink == Sink::Journal) {
         sd_journal_send("MESSAGE=%s%s%s", s.prefix.c_str(), s.prefix.empty() ? "" : " ", body,
                         "PRIORITY=%d", syslog_priority(lvl), "SYSLOG_IDENTIFIER=pgwicket",
                         "PGWICKET_PROCESS=%s", s.process.c_str(), nullptr);

@@ -8,11 +8,22 @@ namespace pgw::log {
 
 enum class Level { Error = 0, Warning = 1, Info = 2, Debug = 3 };
 
-enum class Sink { Stderr, File, Journal };
+enum class Sink { Stderr, File, Journal, Syslog };
 
-// Chooses the sink. An empty path means stderr, or journald when stderr is
-// connected to the journal (JOURNAL_STREAM matches).
+struct Settings {
+    Level level = Level::Info;
+    std::string logfile;  // empty: no file
+    bool syslog = false;
+    std::string syslog_ident = "pgwicket";
+    std::string syslog_facility = "daemon";
+};
+
+// Chooses the sink: syslog when asked, else the file, else journald when stderr
+// is connected to the journal (JOURNAL_STREAM matches), else stderr. Calling it
+// again (SIGHUP) reopens the file, so logrotate can move it away.
+void setup(const Settings& settings);
 void setup(Level level, const std::string& logfile);
+Sink sink();
 void set_level(Level level);
 Level level();
 bool parse_level(const std::string& text, Level& out);

@@ -237,6 +237,25 @@ int on_entry(void* user, const char* section, const char* name, const char* valu
     return 1;
 }
 
+} // namespace
+
+std::vector<std::string> cross_check(const Config& c)
+{
+    std::vector<std::string> errors;
+    for (const auto& p : c.peers)
+        if (p.id == c.peer_id)
+            errors.push_back(c.path + ":" + std::to_string(p.line) + ": peer " + std::to_string(p.id) +
+                             " is this instance's own peer_id");
+    if (!c.peers.empty() && c.peer_id == 0)
+        errors.push_back(c.path + ": [peers] is set but peer_id is 0: give this instance its own "
+                                  "peer_id (1 to 63)");
+    if (c.listen_addresses().empty() && c.unix_socket_dir.empty())
+        errors.push_back(c.path + ": listen_addr and unix_socket_dir are both empty: nothing to listen on");
+    return errors;
+}
+
+namespace {
+
 Status validate(ParseState& st)
 {
     Config& c = st.cfg;
@@ -258,16 +277,12 @@ Status validate(ParseState& st)
     if (c.databases.empty() && st.errors.empty())
         st.errors.push_back(st.name + ": no [databases] entries: add one, for example \"* = "
                                       "host=127.0.0.1 port=5432\"");
-    for (const auto& p : c.peers)
-        if (p.id == c.peer_id)
-            st.errors.push_back(st.name + ":" + std::to_string(p.line) + ": peer " +
-                                std::to_string(p.id) + " is this instance's own peer_id");
-    if (!c.peers.empty() && c.peer_id == 0)
-        st.errors.push_back(st.name + ": [peers] is set but peer_id is 0: give this instance its own "
-                                      "peer_id (1 to 63)");
-    if (c.listen_addresses().empty() && c.unix_socket_dir.empty())
-        st.errors.push_back(st.name +
-                            ": listen_addr and unix_socket_dir are both empty: nothing to listen on");
+    for (auto& e : cross_check(c))
+        st.errors.push_back(std::move(e));
+    if (!c.metrics_listen.empty())
+        if (auto hp = parse_host_port(c.metrics_listen); !hp)
+            st.errors.push_back(st.name + ":" + std::to_string(st.seen_options["metrics_listen"]) +
+                                ": option \"metrics_listen\": " + hp.error());
     if (st.errors.empty())
         return ok_status();
     std::string all;
@@ -349,11 +364,59 @@ const PeerEntry* Config::find_peer(long id) const
     return nullptr;
 }
 
-std::vector<std::string> Config::listen_addresses() const
+std::vector<std::string> Config::listen_addresses() const { return split_list(listen_addr); }
+
+bool Config::is_admin_user(const std::string& user) const
+{
+    for (const auto& u : split_list(admin_users))
+        if (u == user)
+            return true;
+    return false;
+}
+
+bool Config::is_stats_user(const std::string& user) const
+{
+    if (is_admin_user(user))
+        return true;
+    for (const auto& u : split_list(stats_users))
+        if (u == user)
+            return true;
+    return false;
+}
+
+Result<HostPort> parse_host_port(const std::string& text)
+{
+    HostPort hp;
+    size_t colon = text.rfind(':');
+    if (colon == std::string::npos || colon + 1 == text.size())
+        return Error{"\"" + text + "\" has no port; write host:port, for example 127.0.0.1:9632"};
+    hp.host = text.substr(0, colon);
+    hp.port = text.substr(colon + 1);
+    if (hp.host.size() >= 2 && hp.host.front() == '[' && hp.host.back() == ']')
+        hp.host = hp.host.substr(1, hp.host.size() - 2);
+    char* end = nullptr;
+    long port = std::strtol(hp.port.c_str(), &end, 10);
+    if (*end != '\0' || port < 1 || port > 65535)
+        return Error{"\"" + text + "\": port must be a number from 1 to 65535"};
+    return hp;
+}
+
+log::Settings log_settings(const Config& cfg)
+{
+    log::Settings s;
+    log::parse_level(cfg.log_level, s.level);
+    s.logfile = cfg.logfile;
+    s.syslog = cfg.syslog != 0;
+    s.syslog_ident = cfg.syslog_ident;
+    s.syslog_facility = cfg.syslog_facility;
+    return s;
+}
+
+std::vector<std::string> split_list(const std::string& text)
 {
     std::vector<std::string> out;
     std::string cur;
-    for (char ch : listen_addr + ",") {
+    for (char ch : text + ",") {
         if (ch == ',' || ch == ' ' || ch == '\t') {
             if (!cur.empty())
                 out.push_back(cur);

@@ -2,6 +2,7 @@
 // Errors carry the file, line and option so an operator can fix them at once.
 #pragma once
 
+#include "common/log.hh"
 #include "common/result.hh"
 
 #include <map>
@@ -42,6 +43,13 @@ struct Config {
     std::string application_name_prefix;
     long query_timeout = 0;
     long peer_id = 0;
+    long syslog = 0;
+    std::string syslog_ident;
+    std::string syslog_facility;
+    long shutdown_timeout = 0;
+    std::string admin_users;
+    std::string stats_users;
+    std::string metrics_listen;
 
     // [databases]
     std::vector<DatabaseEntry> databases;
@@ -53,7 +61,26 @@ struct Config {
     const PeerEntry* find_peer(long id) const;
     // listen_addr split on commas and blanks; "*" stays "*".
     std::vector<std::string> listen_addresses() const;
+    bool is_admin_user(const std::string& user) const;
+    bool is_stats_user(const std::string& user) const;  // admin users are stats users too
 };
+
+// A comma- or blank-separated list, as listen_addr, admin_users and stats_users use.
+std::vector<std::string> split_list(const std::string& text);
+
+// Splits metrics_listen ("host:port", "[v6]:port" or ":port") into host and port.
+struct HostPort {
+    std::string host;
+    std::string port;
+};
+Result<HostPort> parse_host_port(const std::string& text);
+
+// Rules between options and sections ([peers] and peer_id, something to listen
+// on); load_file applies them, and a reload again after keeping restart-only values.
+std::vector<std::string> cross_check(const Config& cfg);
+
+// The log settings a configuration asks for.
+log::Settings log_settings(const Config& cfg);
 
 // Defaults only (what an empty file yields).
 Config defaults();

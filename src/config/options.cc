@@ -5,6 +5,7 @@
 #include "config/config.hh"
 
 #include <array>
+#include <cstdio>
 
 namespace pgw::config {
 namespace {
@@ -12,7 +13,7 @@ namespace {
 using T = OptionType;
 using R = ReloadClass;
 
-const std::array<OptionSpec, 14> kOptions = {{
+const std::array<OptionSpec, 21> kOptions = {{
     {"listen_addr", T::String, "127.0.0.1", 0, 0, "", R::Restart,
      "TCP addresses to listen on, comma-separated; * for all, empty for none",
      nullptr, &Config::listen_addr},
@@ -37,8 +38,16 @@ const std::array<OptionSpec, 14> kOptions = {{
      nullptr},
     {"log_level", T::Enum, "info", 0, 0, "error|warning|info|debug", R::Reload,
      "least severe level written to the log", nullptr, &Config::log_level},
-    {"logfile", T::String, "", 0, 0, "", R::Restart,
-     "append the log to this file instead of stderr or journald", nullptr, &Config::logfile},
+    {"logfile", T::String, "", 0, 0, "", R::Reload,
+     "append the log to this file instead of stderr or journald; reopened on SIGHUP", nullptr,
+     &Config::logfile},
+    {"syslog", T::Integer, "0", 0, 1, "", R::Reload,
+     "1 sends the log to syslog instead of stderr or journald", &Config::syslog, nullptr},
+    {"syslog_ident", T::String, "pgwicket", 0, 0, "", R::Reload,
+     "program name in syslog lines", nullptr, &Config::syslog_ident},
+    {"syslog_facility", T::Enum, "daemon", 0, 0,
+     "daemon|user|local0|local1|local2|local3|local4|local5|local6|local7", R::Reload,
+     "syslog facility", nullptr, &Config::syslog_facility},
     {"pidfile", T::String, "", 0, 0, "", R::Restart,
      "write the supervisor's pid to this file", nullptr, &Config::pidfile},
     {"query_timeout", T::Seconds, "0", 0, 604800, "", R::Reload,
@@ -47,6 +56,18 @@ const std::array<OptionSpec, 14> kOptions = {{
     {"peer_id", T::Integer, "0", 0, 63, "", R::Restart,
      "this instance's id in the cancel keys it hands out, for [peers] forwarding",
      &Config::peer_id, nullptr},
+    {"shutdown_timeout", T::Seconds, "30", 0, 86400, "", R::Reload,
+     "on SIGTERM, seconds sessions may run before they are ended with 57P01", &Config::shutdown_timeout,
+     nullptr},
+    {"admin_users", T::String, "", 0, 0, "", R::Reload,
+     "users who may run every admin console command (database pgwicket), comma-separated",
+     nullptr, &Config::admin_users},
+    {"stats_users", T::String, "", 0, 0, "", R::Reload,
+     "users who may run the admin console's SHOW commands, comma-separated", nullptr,
+     &Config::stats_users},
+    {"metrics_listen", T::String, "", 0, 0, "", R::Restart,
+     "host:port of the Prometheus metrics endpoint; empty disables it", nullptr,
+     &Config::metrics_listen},
     {"application_name_prefix", T::String, "pgwicket", 0, 0, "", R::Reload,
      "prefix of the upstream application_name that names the client", nullptr,
      &Config::application_name_prefix},
@@ -67,5 +88,18 @@ const OptionSpec* find_option(std::string_view name)
 }
 
 std::span<const std::string_view> sections() { return kSections; }
+
+std::string option_value(const Config& cfg, const OptionSpec& spec)
+{
+    if (spec.str_field)
+        return cfg.*(spec.str_field);
+    long v = cfg.*(spec.int_field);
+    if (spec.name == "unix_socket_mode") {
+        char buf[16];
+        std::snprintf(buf, sizeof buf, "0%lo", v);
+        return buf;
+    }
+    return std::to_string(v);
+}
 
 } // namespace pgw::config

@@ -32,6 +32,9 @@ struct OptionSpec {
 std::span<const OptionSpec> options();
 const OptionSpec* find_option(std::string_view name);
 
+// An option's value in a configuration, written as in the file.
+std::string option_value(const Config& cfg, const OptionSpec& spec);
+
 // Sections other than [pgwicket] the parser accepts, for the documentation check.
 std::span<const std::string_view> sections();
 

@@ -75,7 +75,8 @@ Result<Received> receive_handoff(int channel)
         return Error{"handoff truncated"};
     if (h.magic != kHandoffMagic || h.version != kHandoffVersion)
         return Error{"handoff with wrong magic or version"};
-    if (h.type != HandoffType::Session && h.type != HandoffType::Refuse)
+    if (h.type != HandoffType::Session && h.type != HandoffType::Refuse &&
+        h.type != HandoffType::ShuttingDown && h.type != HandoffType::Metrics)
         return Error{"handoff of unknown type"};
     if (fds_seen != 1 || !fd.valid())
         return Error{"handoff without exactly one descriptor"};

@@ -12,12 +12,14 @@
 namespace pgw::ipc {
 
 inline constexpr std::uint32_t kHandoffMagic = 0x50475748;  // "PGWH"
-inline constexpr std::uint32_t kHandoffVersion = 2;
+inline constexpr std::uint32_t kHandoffVersion = 3;
 inline constexpr std::uint32_t kNoSlot = ~std::uint32_t(0);
 
 enum class HandoffType : std::uint32_t {
     Session = 1,  // run a session on the attached fd
     Refuse = 2,   // read the startup packet, answer 53300 (max_client_conn reached), close
+    ShuttingDown = 3,  // draining: serve a cancel request, answer a startup with 57P03
+    Metrics = 4,       // an HTTP connection to the metrics listener
 };
 
 // Written and read with memcpy by the same binary on both ends of a private

@@ -5,8 +5,10 @@
 
 #include <openssl/crypto.h>
 #include <signal.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -72,6 +74,8 @@ Result<SessionTable> SessionTable::create(std::uint32_t capacity, std::uint32_t 
     h->capacity = capacity;
     h->peer_id = peer_id;
     h->slot_size = sizeof(Slot);
+    h->supervisor_pid.store(getpid(), std::memory_order_relaxed);
+    h->started_ms.store(now_ms(), std::memory_order_relaxed);
     for (std::uint32_t i = 0; i < capacity; ++i) {
         auto* slot = new (static_cast<char*>(p) + header_size() + size_t(i) * sizeof(Slot)) Slot{};
         slot->gen_cancel.store(std::uint64_t(1) << 32, std::memory_order_relaxed);
@@ -113,6 +117,7 @@ void SessionTable::claim(std::uint32_t index, pid_t owner, std::uint64_t session
     s.session_id.store(session_id, std::memory_order_relaxed);
     s.secret.store(0, std::memory_order_relaxed);
     s.state_since_ms.store(now_ms(), std::memory_order_relaxed);
+    s.kill_requested.store(0, std::memory_order_relaxed);
     s.owner_pid.store(owner, std::memory_order_relaxed);
     s.state.store(std::uint32_t(SlotState::Startup), std::memory_order_release);
 }
@@ -120,6 +125,18 @@ void SessionTable::claim(std::uint32_t index, pid_t owner, std::uint64_t session
 void SessionTable::release(std::uint32_t index) const
 {
     Slot& s = slot(index);
+    // The owner is dead, so its counts are final: move them to the totals. Readers
+    // retry while the sequence is odd or has moved, so they never count twice.
+    TableHeader* h = header();
+    h->fold_seq.fetch_add(1, std::memory_order_acq_rel);
+    for (std::uint32_t c = 0; c < kCounterCount; ++c) {
+        std::uint64_t n = s.counters.v[c].load(std::memory_order_relaxed);
+        if (n) {
+            bump(h->retired.v[c], n);
+            s.counters.v[c].store(0, std::memory_order_relaxed);
+        }
+    }
+    h->fold_seq.fetch_add(1, std::memory_order_release);
     s.state.store(std::uint32_t(SlotState::Free), std::memory_order_relaxed);
     s.owner_pid.store(0, std::memory_order_relaxed);
     s.secret.store(0, std::memory_order_relaxed);
@@ -141,6 +158,36 @@ bool SessionTable::may_log_bad_cancel() const
     if (seen != sec && h->bad_cancel_second.compare_exchange_strong(seen, sec))
         h->bad_cancel_count.store(0, std::memory_order_relaxed);
     return h->bad_cancel_count.fetch_add(1, std::memory_order_relaxed) < kPerSecond;
+}
+
+StatsSnapshot read_stats(const SessionTable& table)
+{
+    const TableHeader* h = table.header();
+    StatsSnapshot out;
+    for (int attempt = 0;; ++attempt) {
+        std::uint64_t before = h->fold_seq.load(std::memory_order_acquire);
+        if (before & 1) {
+            sched_yield();
+            continue;
+        }
+        out = StatsSnapshot{};
+        for (std::uint32_t c = 0; c < kCounterCount; ++c)
+            out.counters[c] = h->retired.v[c].load(std::memory_order_relaxed);
+        for (std::uint32_t i = 0; i < table.capacity(); ++i) {
+            const Slot& s = table.slot(i);
+            for (std::uint32_t c = 0; c < kCounterCount; ++c)
+                out.counters[c] += s.counters.v[c].load(std::memory_order_relaxed);
+            std::uint32_t st = s.state.load(std::memory_order_relaxed);
+            if (st != std::uint32_t(SlotState::Free) && st < std::size(out.sessions_by_state))
+                ++out.sessions_by_state[st];
+        }
+        std::atomic_thread_fence(std::memory_order_acquire);
+        // A fold during the scan may have moved counts from a slot to the totals
+        // after we read the totals: scan again. (Bounded: give up on consistency
+        // rather than loop forever under a reaping storm.)
+        if (h->fold_seq.load(std::memory_order_relaxed) == before || attempt >= 100)
+            return out;
+    }
 }
 
 std::uint32_t encode_key_pid(std::uint32_t peer_id, std::uint32_t slot, std::uint32_t generation)

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -17,7 +18,7 @@
 namespace pgw::ipc {
 
 inline constexpr std::uint32_t kTableMagic = 0x50475754;  // "PGWT"
-inline constexpr std::uint32_t kTableVersion = 1;
+inline constexpr std::uint32_t kTableVersion = 2;
 
 enum class SlotState : std::uint32_t {
     Free = 0,
@@ -37,6 +38,50 @@ struct SlotText {
     std::string get() const;
 };
 
+// What a session's worker counts, in its own slot (it is the only writer, so an
+// add is a relaxed load and store, no locked instruction). When the worker is
+// reaped the supervisor folds the slot's counts into the table's totals, so
+// totals + live slots is every count since start. Read by metrics and SHOW STATS.
+enum Counter : std::uint32_t {
+    kBytesFromClient,
+    kBytesFromServer,
+    // Statements by the class of their command tag (CommandComplete), and failures.
+    kStatementsRead,
+    kStatementsWrite,
+    kStatementsDdl,
+    kStatementsUtility,
+    kStatementsError,
+    // Query cycles (first client message to ReadyForQuery): count, total, histogram.
+    kQueries,
+    kQueryMicros,
+    kQueryBucketFirst,
+    kQueryBucketLast = kQueryBucketFirst + 9,  // the last bucket is +Inf
+    kCancelRouted,
+    kCancelForwarded,
+    kCancelForwardFailed,
+    kCancelNotActive,
+    kCancelRejected,  // unknown, stale or wrong keys
+    kUpstreamConnectFailures,
+    kAuthFailuresUpstream,  // the upstream refused the login
+    kAuthFailuresAdmin,     // the admin console refused the user
+    kCounterCount
+};
+
+// Upper bounds, in microseconds, of the query duration buckets before +Inf.
+inline constexpr std::uint64_t kQueryBucketMicros[] = {1000,    5000,    10000,   50000,
+                                                        100000,  500000,  1000000, 5000000,
+                                                        30000000};
+static_assert(std::size(kQueryBucketMicros) == kQueryBucketLast - kQueryBucketFirst);
+
+struct Counters {
+    std::atomic<std::uint64_t> v[kCounterCount];
+    // Only for a slot's owner, the single writer.
+    void add(Counter c, std::uint64_t n)
+    {
+        v[c].store(v[c].load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    }
+};
+
 // One session. Alignment keeps two slots off one cache line (two writers).
 struct alignas(64) Slot {
     // High 32 bits: the slot's generation, bumped by the supervisor when it frees
@@ -51,6 +96,21 @@ struct alignas(64) Slot {
     // Written by the owner once, before the state leaves Startup (release); read
     // by others only after they see a later state (acquire).
     SlotText client_addr, user, database, application_name;
+    // Set by the admin console's KILL before it sends SIGTERM, so the owner can
+    // tell the client who ended the session.
+    std::atomic<std::uint32_t> kill_requested;
+    Counters counters;
+};
+
+// Written by the supervisor only.
+struct SupervisorCounters {
+    std::atomic<std::uint64_t> accepted;
+    std::atomic<std::uint64_t> refused_max_client_conn;
+    std::atomic<std::uint64_t> refused_shutdown;
+    std::atomic<std::uint64_t> exits_by_code[128];
+    std::atomic<std::uint64_t> exits_by_signal;
+    std::atomic<std::uint64_t> reloads;
+    std::atomic<std::uint64_t> reload_failures;
 };
 
 struct TableHeader {
@@ -62,6 +122,12 @@ struct TableHeader {
     // Rate limit for logging bad cancel requests, shared by all workers.
     std::atomic<std::int64_t> bad_cancel_second;
     std::atomic<std::uint32_t> bad_cancel_count;
+    std::atomic<std::int32_t> supervisor_pid;  // for RELOAD and SHUTDOWN from the console
+    std::atomic<std::int64_t> started_ms;      // CLOCK_REALTIME
+    // Sequence lock around folding a reaped slot into `retired`: odd while folding.
+    std::atomic<std::uint64_t> fold_seq;
+    Counters retired;  // counts of sessions whose workers have been reaped
+    SupervisorCounters supervisor;
 };
 
 // The segment's layout is a checked contract between processes of one binary.
@@ -92,17 +158,32 @@ public:
     Slot& slot(std::uint32_t index) const;
 
     // Supervisor side: claim a slot for a new session's worker, and free it again
-    // when the worker is reaped (bumping the generation, which voids old keys).
+    // when the worker is reaped (bumping the generation, which voids old keys, and
+    // folding the slot's counters into the totals).
     void claim(std::uint32_t index, pid_t owner, std::uint64_t session_id) const;
     void release(std::uint32_t index) const;
 
     // Shared rate limit: true when a bad-cancel log line may be written now.
     bool may_log_bad_cancel() const;
 
+    // Supervisor side: adds to a counter that only the supervisor writes.
+    static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1)
+    {
+        c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    }
+
 private:
     void* base_ = nullptr;
     size_t length_ = 0;
 };
+
+// A consistent sum of every worker's counters (reaped ones and live ones) and a
+// count of live sessions by state.
+struct StatsSnapshot {
+    std::uint64_t counters[kCounterCount] = {};
+    std::uint64_t sessions_by_state[6] = {};  // indexed by SlotState
+};
+StatsSnapshot read_stats(const SessionTable& table);
 
 // --- Cancel keys ---------------------------------------------------------------
 // BackendKeyData's process id field (kept positive, 31 bits, never 0):

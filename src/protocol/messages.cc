@@ -75,6 +75,59 @@ Bytes ready_for_query(char status)
     return w.take();
 }
 
+Bytes row_description(const std::vector<std::string>& columns)
+{
+    constexpr std::uint32_t kTextOid = 25;
+    Writer w;
+    w.begin('T');
+    w.u16(std::uint16_t(columns.size()));
+    for (const auto& c : columns) {
+        w.cstring(c);
+        w.u32(0);  // not a table column
+        w.u16(0);
+        w.u32(kTextOid);
+        w.u16(std::uint16_t(-1));  // variable length
+        w.i32(-1);                 // no type modifier
+        w.u16(0);                  // text format
+    }
+    w.finish();
+    return w.take();
+}
+
+Bytes data_row(const std::vector<std::optional<std::string>>& values)
+{
+    Writer w;
+    w.begin('D');
+    w.u16(std::uint16_t(values.size()));
+    for (const auto& v : values) {
+        if (!v) {
+            w.i32(-1);
+            continue;
+        }
+        w.u32(std::uint32_t(v->size()));
+        w.raw(as_bytes(*v));
+    }
+    w.finish();
+    return w.take();
+}
+
+Bytes command_complete(std::string_view tag)
+{
+    Writer w;
+    w.begin('C');
+    w.cstring(tag);
+    w.finish();
+    return w.take();
+}
+
+Bytes empty_query_response()
+{
+    Writer w;
+    w.begin('I');
+    w.finish();
+    return w.take();
+}
+
 Bytes negotiate_protocol_version(std::uint32_t newest_minor, const std::vector<std::string>& unknown)
 {
     Writer w;

@@ -31,6 +31,13 @@ Bytes ready_for_query(char status);
 // 'v': the newest minor version we support plus the _pq_ options we did not recognise.
 Bytes negotiate_protocol_version(std::uint32_t newest_minor, const std::vector<std::string>& unknown);
 
+// A result set of text columns (type text, OID 25), as the admin console sends.
+// A null optional in a row is SQL NULL.
+Bytes row_description(const std::vector<std::string>& columns);
+Bytes data_row(const std::vector<std::optional<std::string>>& values);
+Bytes command_complete(std::string_view tag);
+Bytes empty_query_response();
+
 // Reads an ErrorResponse/NoticeResponse body. Returns nullopt when malformed.
 std::optional<ErrorFields> decode_error_fields(ByteSpan body);
 

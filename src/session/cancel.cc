@@ -85,18 +85,24 @@ Status forward_to_peer(const config::PeerEntry& peer, const protocol::Bytes& pac
 
 void handle_cancel_request(const config::Config& cfg, const ipc::SessionTable& table,
                            const protocol::CancelRequest& req, std::uint32_t hops,
-                           const std::string& from)
+                           const std::string& from, ipc::Counters* counters)
 {
+    auto count = [counters](ipc::Counter c) {
+        if (counters)
+            counters->add(c, 1);
+    };
     const ipc::CancelKey key = ipc::decode_key(req.pid, req.secret);
     if (key.peer_id != table.peer_id()) {
         const config::PeerEntry* peer = cfg.find_peer(long(key.peer_id));
         if (!peer) {
+            count(ipc::kCancelRejected);
             if (table.may_log_bad_cancel())
                 log_info("ignored cancel request from %s: its key belongs to peer %u, which is not in [peers]",
                          from.c_str(), key.peer_id);
             return;
         }
         if (hops + 1 >= protocol::kMaxCancelHops) {
+            count(ipc::kCancelRejected);
             if (table.may_log_bad_cancel())
                 log_warning("cancel request from %s for peer %u was already forwarded %u time(s); "
                             "not forwarding again (do two instances share a peer_id?)",
@@ -105,6 +111,7 @@ void handle_cancel_request(const config::Config& cfg, const ipc::SessionTable& t
         }
         auto st = forward_to_peer(*peer, protocol::forwarded_cancel_packet(req, hops + 1),
                                   net::Clock::now() + 2s);
+        count(st ? ipc::kCancelForwarded : ipc::kCancelForwardFailed);
         if (st)
             log_info("cancel request from %s forwarded to peer %u (%s:%s)", from.c_str(),
                      key.peer_id, peer->host.c_str(), peer->port.c_str());
@@ -114,6 +121,9 @@ void handle_cancel_request(const config::Config& cfg, const ipc::SessionTable& t
         return;
     }
     ipc::CancelVerdict v = ipc::route_cancel(table, key);
+    count(v == ipc::CancelVerdict::Routed      ? ipc::kCancelRouted
+          : v == ipc::CancelVerdict::NotActive ? ipc::kCancelNotActive
+                                               : ipc::kCancelRejected);
     if (v == ipc::CancelVerdict::Routed) {
         log_info("cancel request from %s for session C-%llu routed to its worker", from.c_str(),
                  (unsigned long long)table.slot(key.slot).session_id.load(std::memory_order_relaxed));

@@ -11,9 +11,10 @@
 namespace pgw::session {
 
 // Handles one cancel request (already read from the client); never answers the
-// client, as PostgreSQL never does. `from` names the sender for the log.
+// client, as PostgreSQL never does. `from` names the sender for the log; the
+// outcome is counted in `counters` (this worker's slot) when there is one.
 void handle_cancel_request(const config::Config& cfg, const ipc::SessionTable& table,
                            const protocol::CancelRequest& req, std::uint32_t hops,
-                           const std::string& from);
+                           const std::string& from, ipc::Counters* counters);
 
 } // namespace pgw::session

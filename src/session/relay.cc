@@ -17,6 +17,12 @@
 namespace pgw::session {
 namespace {
 
+protocol::Bytes default_stop_message()
+{
+    return protocol::fatal("57P01", "terminating connection due to pgwicket shutdown",
+                           "pgwicket is shutting down; connect again once it is back.");
+}
+
 using upstream::Io;
 using upstream::IoResult;
 using upstream::Transport;
@@ -120,7 +126,7 @@ public:
         out_.transaction_status = status;
         sigset_t session_signals;
         sigemptyset(&session_signals);
-        for (int sig : {SIGTERM, SIGINT, SIGUSR1, SIGCHLD})
+        for (int sig : {SIGTERM, SIGINT, SIGUSR1, SIGCHLD, SIGHUP})
             sigaddset(&session_signals, sig);
         sigprocmask(SIG_BLOCK, &session_signals, &wait_mask_);
     }
@@ -159,6 +165,8 @@ bool Relay::pump(Direction& d, bool from_client)
             if (r.status == Io::Ok) {
                 d.pipe.produced(r.n);
                 d.bytes += r.n;
+                if (observer_)
+                    observer_->on_bytes(from_client, r.n);
                 progress = true;
                 if (r.n < room && !d.src.has_buffered()) {
                     // A short read drained the socket; wait for poll to say more came.
@@ -184,7 +192,7 @@ bool Relay::pump(Direction& d, bool from_client)
                         observer_->on_client_message(type);
                     return type == 'X';
                 }
-                return type == 'Z' || type == 'E';
+                return type == 'Z' || type == 'E' || type == 'C';
             },
             [this, from_client, &d, &cut](char type, protocol::ByteSpan body) {
                 if (from_client)
@@ -194,6 +202,12 @@ bool Relay::pump(Direction& d, bool from_client)
                     last_server_error_fatal_ = false;
                     if (observer_)
                         observer_->on_ready_for_query(char(body[0]));
+                } else if (type == 'C') {
+                    // The tag is a C string; stop at its NUL, or at the end of a bad one.
+                    if (observer_) {
+                        std::string_view tag(reinterpret_cast<const char*>(body.data()), body.size());
+                        observer_->on_command_complete(tag.substr(0, tag.find('\0')));
+                    }
                 } else if (type == 'E') {
                     auto e = protocol::decode_error_fields(body);
                     last_server_error_fatal_ = e && (e->severity == "FATAL" || e->severity == "PANIC");
@@ -394,8 +408,7 @@ done:
         break;
     }
     case RelayEnd::Shutdown: {
-        auto msg = protocol::fatal("57P01", "terminating connection due to administrator command",
-                                   "pgwicket is shutting down.");
+        auto msg = observer_ ? observer_->stop_message() : default_stop_message();
         finish_to_client(&msg);
         break;
     }
@@ -413,6 +426,8 @@ done:
 }
 
 } // namespace
+
+protocol::Bytes RelayObserver::stop_message() { return default_stop_message(); }
 
 const char* relay_end_name(RelayEnd e)
 {

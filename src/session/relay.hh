@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 
 namespace pgw::session {
 
@@ -50,6 +51,12 @@ public:
     // True while the client's bytes must wait before going upstream (they are still
     // read and framed; on_wake() is called again when the reason may have passed).
     virtual bool hold_client_input() { return false; }
+    // Bytes read from one side (counted as they arrive).
+    virtual void on_bytes(bool /*from_client*/, size_t /*n*/) {}
+    // A CommandComplete from the server, with its tag ("SELECT 3", "INSERT 0 1").
+    virtual void on_command_complete(std::string_view /*tag*/) {}
+    // The FATAL the client gets when the stop flag ends the relay.
+    virtual protocol::Bytes stop_message();
 };
 
 // Buffer capacity per direction; also the largest message inspected whole.

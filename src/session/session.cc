@@ -2,6 +2,8 @@
 // database lookup, upstream connect, greeting, relay, and the log line at the end.
 #include "session/session.hh"
 
+#include "admin/console.hh"
+#include "admin/metrics_http.hh"
 #include "common/log.hh"
 #include "common/net.hh"
 #include "protocol/messages.hh"
@@ -24,6 +26,8 @@ namespace pgw::session {
 
 volatile std::sig_atomic_t g_stop_requested = 0;
 volatile std::sig_atomic_t g_cancel_signal = 0;
+volatile std::sig_atomic_t g_reopen_log = 0;
+volatile std::sig_atomic_t g_drain_notice = 0;
 
 namespace {
 
@@ -57,6 +61,7 @@ public:
         if (active_ || type == 'X')
             return;
         active_ = true;
+        query_started_ = net::Clock::now();
         timeout_fired_ = timeout_reported_ = false;
         started_ = net::Clock::now();
         publish(ipc::SlotState::Active);
@@ -64,6 +69,21 @@ public:
 
     void on_ready_for_query(char status) override
     {
+        if (active_ && slot_) {
+            auto us = std::uint64_t(std::chrono::duration_cast<std::chrono::microseconds>(
+                                        net::Clock::now() - query_started_)
+                                        .count());
+            ipc::Counters& c = slot_->counters;
+            c.add(ipc::kQueries, 1);
+            c.add(ipc::kQueryMicros, us);
+            std::uint32_t bucket = ipc::kQueryBucketLast;
+            for (std::uint32_t b = 0; b < std::size(ipc::kQueryBucketMicros); ++b)
+                if (us <= ipc::kQueryBucketMicros[b]) {
+                    bucket = ipc::kQueryBucketFirst + b;
+                    break;
+                }
+            c.add(ipc::Counter(bucket), 1);
+        }
         active_ = false;
         timeout_fired_ = timeout_reported_ = false;
         publish(status == 'T'   ? ipc::SlotState::IdleInTransaction
@@ -71,8 +91,31 @@ public:
                                 : ipc::SlotState::Idle);
     }
 
+    void on_bytes(bool from_client, size_t n) override
+    {
+        if (slot_)
+            slot_->counters.add(from_client ? ipc::kBytesFromClient : ipc::kBytesFromServer, n);
+    }
+
+    void on_command_complete(std::string_view tag) override
+    {
+        if (slot_)
+            slot_->counters.add(statement_class(tag), 1);
+    }
+
+    Bytes stop_message() override
+    {
+        if (slot_ && slot_->kill_requested.load(std::memory_order_acquire))
+            return protocol::fatal("57P01", "terminating connection due to administrator command",
+                                   "An administrator ended this session with KILL in pgwicket's "
+                                   "admin console.");
+        return RelayObserver::stop_message();
+    }
+
     std::optional<Bytes> on_server_error(const protocol::ErrorFields& e) override
     {
+        if (slot_)
+            slot_->counters.add(ipc::kStatementsError, 1);
         if (!timeout_fired_ || timeout_reported_ || e.sqlstate != "57014")
             return std::nullopt;
         // The upstream says "due to user request"; the user did not ask: say why.
@@ -106,6 +149,11 @@ public:
     void on_wake() override
     {
         reap_cancellers();
+        if (g_reopen_log) {
+            // The supervisor reloaded: reopen our log file (logrotate moved it).
+            g_reopen_log = 0;
+            log::setup(config::log_settings(cfg_));
+        }
         if (g_cancel_signal) {
             g_cancel_signal = 0;
             std::uint32_t seq =
@@ -125,6 +173,24 @@ public:
     }
 
 private:
+    // The class of a statement by its command tag's first word. Until statements
+    // are classified by the parser (guardrails), "SELECT n" from SELECT INTO or
+    // CREATE TABLE AS counts as a read.
+    static ipc::Counter statement_class(std::string_view tag)
+    {
+        std::string_view verb = tag.substr(0, tag.find(' '));
+        for (std::string_view w : {"SELECT", "FETCH", "MOVE", "SHOW", "EXPLAIN"})
+            if (verb == w)
+                return ipc::kStatementsRead;
+        for (std::string_view w : {"INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "TRUNCATE"})
+            if (verb == w)
+                return ipc::kStatementsWrite;
+        for (std::string_view w : {"CREATE", "ALTER", "DROP", "COMMENT", "GRANT", "REVOKE", "SECURITY", "REFRESH", "IMPORT"})
+            if (verb == w)
+                return ipc::kStatementsDdl;
+        return ipc::kStatementsUtility;
+    }
+
     net::Clock::time_point timeout_deadline() const
     {
         return started_ + std::chrono::seconds(cfg_.query_timeout);
@@ -206,6 +272,7 @@ private:
     bool timeout_fired_ = false;     // query_timeout cancelled the running query
     bool timeout_reported_ = false;  // and its 57014 was rewritten for the client
     net::Clock::time_point started_{};
+    net::Clock::time_point query_started_{};
 };
 
 class Session {
@@ -313,7 +380,8 @@ std::variant<protocol::StartupMessage, ExitCode> Session::read_startup()
         }
         case protocol::FirstPacketKind::Cancel:
             // Answered, as by PostgreSQL, only by closing the connection.
-            handle_cancel_request(cfg_, table_, fp.cancel, fp.hops, peer_);
+            handle_cancel_request(cfg_, table_, fp.cancel, fp.hops, peer_,
+                                  slot() ? &slot()->counters : nullptr);
             return kExitOk;
         case protocol::FirstPacketKind::Startup:
             return std::move(fp.startup);
@@ -341,6 +409,20 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
                     kExitRefused, "Connect replication clients to the server directly.");
     }
 
+    if (database == admin::kConsoleDatabase) {
+        const std::string* app = startup.get("application_name");
+        if (ipc::Slot* sl = slot()) {
+            sl->client_addr.set(peer_);
+            sl->user.set(user);
+            sl->database.set(database);
+            sl->application_name.set(app ? *app : "");
+        }
+        admin::ConsoleSession cs{cfg_, table_, client_.get(), slot(),
+                                 ipc::encode_key_pid(table_.peer_id(), handoff_.slot, handoff_.generation),
+                                 user, app ? *app : ""};
+        return ExitCode(admin::run_console(cs));
+    }
+
     const config::DatabaseEntry* entry = cfg_.find_database(database);
     if (!entry) {
         log_info("refused: no [databases] entry for \"%s\"", database.c_str());
@@ -358,6 +440,11 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
     upstream::ConnectFailure why;
     auto conn = upstream::connect(*params, deadline, &why);
     if (!conn) {
+        if (ipc::Slot* sl = slot()) {
+            sl->counters.add(ipc::kUpstreamConnectFailures, 1);
+            if (why.server_sqlstate.compare(0, 2, "28") == 0)
+                sl->counters.add(ipc::kAuthFailuresUpstream, 1);
+        }
         log_warning("upstream connection failed (%s): %s%s%s", where.c_str(),
                     why.server_sqlstate.c_str(), why.server_sqlstate.empty() ? "" : ": ",
                     why.message.c_str());
@@ -467,6 +554,8 @@ ExitCode Session::run()
         log_error("client socket: %s", st.error().c_str());
         return kExitChannelError;
     }
+    if (handoff_.type == ipc::HandoffType::Metrics)
+        return ExitCode(admin::serve_metrics(client_.get(), table_));
     net::tune_client_socket(client_.get());
     auto startup = read_startup();
     if (auto* code = std::get_if<ExitCode>(&startup))
@@ -474,6 +563,11 @@ ExitCode Session::run()
     if (handoff_.type == ipc::HandoffType::Refuse) {
         log_info("refused: max_client_conn (%ld) reached", cfg_.max_client_conn);
         return fail("53300", "sorry, too many clients already", kExitRefused);
+    }
+    if (handoff_.type == ipc::HandoffType::ShuttingDown) {
+        log_info("refused: pgwicket is shutting down");
+        return fail("57P03", "pgwicket is shutting down", kExitRefused,
+                    "The proxy is draining its sessions before it stops; connect again in a moment.");
     }
     return start_session(std::get<protocol::StartupMessage>(startup));
 }

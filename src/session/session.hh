@@ -15,6 +15,10 @@ namespace pgw::session {
 extern volatile std::sig_atomic_t g_stop_requested;
 // Set by the worker's SIGUSR1 handler: someone bumped our slot's cancel sequence.
 extern volatile std::sig_atomic_t g_cancel_signal;
+// Set by the worker's SIGHUP handler: the supervisor reloaded; reopen the log file.
+extern volatile std::sig_atomic_t g_reopen_log;
+// Set by the worker's SIGUSR2 handler: pgwicket is draining (only the admin console acts on it).
+extern volatile std::sig_atomic_t g_drain_notice;
 
 ExitCode run_session(const config::Config& cfg, const ipc::SessionTable& table, ipc::Received&& work);
 

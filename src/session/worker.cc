@@ -18,6 +18,8 @@ namespace {
 
 void on_stop_signal(int) { g_stop_requested = 1; }
 void on_cancel_signal(int) { g_cancel_signal = 1; }
+void on_reload_signal(int) { g_reopen_log = 1; }
+void on_drain_signal(int) { g_drain_notice = 1; }
 // Only so that a cancel child's exit interrupts the relay's ppoll().
 void on_child_signal(int) {}
 
@@ -31,9 +33,12 @@ void reset_signals()
     sigaction(SIGINT, &sa, nullptr);
     sa.sa_handler = on_cancel_signal;
     sigaction(SIGUSR1, &sa, nullptr);
+    sa.sa_handler = on_reload_signal;
+    sigaction(SIGHUP, &sa, nullptr);
+    sa.sa_handler = on_drain_signal;
+    sigaction(SIGUSR2, &sa, nullptr);
     sa.sa_handler = SIG_IGN;
     sigaction(SIGPIPE, &sa, nullptr);
-    sigaction(SIGHUP, &sa, nullptr);
     sa.sa_handler = on_child_signal;
     sigaction(SIGCHLD, &sa, nullptr);
     sa.sa_handler = SIG_DFL;

@@ -4,7 +4,9 @@
 
 #include "common/log.hh"
 
+#include <fcntl.h>
 #include <netdb.h>
+#include <systemd/sd-daemon.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -12,6 +14,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 
@@ -105,6 +108,69 @@ std::string unix_socket_path(const std::string& dir, long port)
     return dir + "/.s.PGSQL." + std::to_string(port);
 }
 
+Result<Listener> open_metrics_listener(const std::string& host_port)
+{
+    auto hp = config::parse_host_port(host_port);
+    if (!hp)
+        return Error{"metrics_listen: " + hp.error()};
+    long port = std::strtol(hp->port.c_str(), nullptr, 10);
+    std::vector<Listener> ls;
+    if (auto st = open_tcp(hp->host.empty() ? "*" : hp->host, port, ls); !st)
+        return Error{"metrics_listen: " + st.error()};
+    if (ls.empty())
+        return Error{"metrics_listen: \"" + host_port + "\" gave no address to listen on"};
+    // One address is enough for a scrape target; "*" may give IPv4 and IPv6.
+    ls.front().kind = ListenerKind::Metrics;
+    return std::move(ls.front());
+}
+
+Result<std::vector<Listener>> take_activated_listeners()
+{
+    std::vector<Listener> out;
+    char** names = nullptr;
+    // unset_environment=1: workers must not believe the sockets are theirs.
+    int n = sd_listen_fds_with_names(1, &names);
+    if (n < 0)
+        return Error{std::string("sd_listen_fds: ") + std::strerror(-n)};
+    for (int i = 0; i < n; ++i) {
+        int fd = SD_LISTEN_FDS_START + i;
+        std::string fd_name = names && names[i] ? names[i] : "";
+        if (sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, 1) <= 0) {
+            out.clear();
+            if (names)
+                for (int j = 0; j < n; ++j)
+                    free(names[j]);
+            free(names);
+            return Error{"file descriptor " + std::to_string(fd) + " passed by systemd" +
+                         (fd_name.empty() ? "" : " (\"" + fd_name + "\")") +
+                         " is not a listening stream socket; use ListenStream= in the .socket unit"};
+        }
+        Listener l;
+        l.fd.reset(fd);
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        sockaddr_storage ss{};
+        socklen_t len = sizeof ss;
+        getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+        if (ss.ss_family == AF_UNIX) {
+            l.kind = ListenerKind::Unix;
+            l.name = reinterpret_cast<sockaddr_un*>(&ss)->sun_path;
+        } else {
+            l.kind = ListenerKind::Tcp;
+            l.name = sockaddr_name(reinterpret_cast<sockaddr*>(&ss), len);
+        }
+        if (fd_name == "metrics")
+            l.kind = ListenerKind::Metrics;
+        l.name += " (from systemd)";
+        out.push_back(std::move(l));
+    }
+    if (names)
+        for (int j = 0; j < n; ++j)
+            free(names[j]);
+    free(names);
+    return out;
+}
+
 Result<std::vector<Listener>> open_listeners(const config::Config& cfg)
 {
     std::vector<Listener> out;
@@ -118,6 +184,16 @@ Result<std::vector<Listener>> open_listeners(const config::Config& cfg)
     if (!cfg.unix_socket_dir.empty())
         if (auto st = open_unix(cfg, out); !st)
             return Error{st.error()};
+    if (!cfg.metrics_listen.empty()) {
+        auto m = open_metrics_listener(cfg.metrics_listen);
+        if (!m) {
+            for (auto& l : out)
+                if (!l.unix_path.empty())
+                    ::unlink(l.unix_path.c_str());
+            return Error{m.error()};
+        }
+        out.push_back(std::move(*m));
+    }
     return out;
 }
 

@@ -1,9 +1,10 @@
-// Supervisor event loop, spare workers, handoff, reaping and shutdown.
+// Supervisor event loop, spare workers, handoff, reaping, reload, drain and sd_notify.
 // It never reads a client byte and never creates threads, so fork() is always safe.
 #include "supervisor/supervisor.hh"
 
 #include "common/log.hh"
 #include "common/net.hh"
+#include "config/options.hh"
 #include "ipc/fdpass.hh"
 #include "ipc/session_table.hh"
 #include "session/exit_codes.hh"
@@ -24,6 +25,7 @@
 #include <cstring>
 #include <deque>
 #include <map>
+#include <string>
 
 namespace pgw::supervisor {
 namespace {
@@ -37,7 +39,10 @@ constexpr size_t kMaxRefusers = 16;
 // Crash-loop guard: this many abnormal worker exits within the window delays spawning.
 constexpr int kCrashLimit = 10;
 constexpr auto kCrashWindow = 10s;
+// After sessions are told to stop (57P01), how long they have before SIGKILL.
 constexpr auto kShutdownGrace = 10s;
+// STATUS= is refreshed at most this often.
+constexpr auto kStatusInterval = 1s;
 
 constexpr std::uint64_t kSignalTag = ~std::uint64_t(0);
 
@@ -51,6 +56,12 @@ struct Worker {
     Clock::time_point since = Clock::now();
 };
 
+// Running: accepting. Draining (SIGTERM): sessions may finish until
+// shutdown_timeout; new startups get 57P03, cancel requests still work. Ending
+// (SIGINT, a second SIGTERM, or shutdown_timeout): sessions get 57P01, and
+// SIGKILL after kShutdownGrace.
+enum class Phase { Running, Draining, Ending };
+
 class Supervisor {
 public:
     explicit Supervisor(const config::Config& cfg) : cfg_(cfg) {}
@@ -62,14 +73,21 @@ private:
     void dispatch(UniqueFd client, const sockaddr_storage& peer, socklen_t peer_len, ListenerKind kind);
     bool spawn_spare();
     void replenish();
+    void retire_spares();
     void on_signal();
     void reap();
+    void reload();
+    void reopen_logs();
+    void begin_drain();
+    void begin_end(const char* why);
     void stop_listening();
-    void shutdown();
+    void notify_status(bool force);
+    int loop_timeout_ms() const;
     std::vector<int> fds_to_close_in_child(int own_parent_end) const;
     size_t count(Worker::State s) const;
 
-    const config::Config& cfg_;
+    // A copy: a reload swaps it whole. Workers keep the one they were forked with.
+    config::Config cfg_;
     ipc::SessionTable table_;
     std::vector<std::uint32_t> free_slots_;  // a stack; the table's slots not in use
     std::vector<Listener> listeners_;
@@ -77,7 +95,13 @@ private:
     std::map<pid_t, Worker> workers_;
     std::deque<pid_t> spares_;
     std::uint64_t next_session_id_ = 1;
-    bool stopping_ = false;
+    Phase phase_ = Phase::Running;
+    Clock::time_point drain_deadline_{}, kill_deadline_{};
+    bool reload_requested_ = false;
+    bool activated_ = false;  // listeners came from systemd
+    std::uint64_t watchdog_usec_ = 0;
+    Clock::time_point next_watchdog_{}, next_status_{};
+    std::string last_status_;
     std::deque<Clock::time_point> crashes_;
     Clock::time_point spawn_blocked_until_{};
 };
@@ -94,11 +118,17 @@ Status Supervisor::setup()
 {
     sigset_t mask;
     sigemptyset(&mask);
-    // SIGUSR1 is for workers (routed cancels); the supervisor reads and ignores it.
-    for (int s : {SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1})
+    // SIGUSR1/SIGUSR2 are for workers (routed cancels, drain notice); the supervisor
+    // reads and ignores them.
+    for (int s : {SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2})
         sigaddset(&mask, s);
     if (sigprocmask(SIG_BLOCK, &mask, nullptr) != 0)
         return Error{std::string("sigprocmask: ") + std::strerror(errno)};
+    // An ignored signal is discarded before signalfd can see it, and ignoring is
+    // inherited across exec (nohup ignores SIGHUP): take the defaults back. The
+    // signals are blocked, so the default actions never run.
+    for (int s : {SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2})
+        signal(s, SIG_DFL);
     signal(SIGPIPE, SIG_IGN);
     sigfd_.reset(signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC));
     if (!sigfd_.valid())
@@ -112,10 +142,31 @@ Status Supervisor::setup()
     for (std::uint32_t i = table_.capacity(); i-- > 0;)
         free_slots_.push_back(i);
 
-    auto ls = open_listeners(cfg_);
-    if (!ls)
-        return Error{ls.error()};
-    listeners_ = std::move(*ls);
+    auto activated = take_activated_listeners();
+    if (!activated)
+        return Error{activated.error()};
+    if (!activated->empty()) {
+        activated_ = true;
+        listeners_ = std::move(*activated);
+        log_info("using %zu socket(s) passed by systemd; listen_addr, listen_port and "
+                 "unix_socket_dir are ignored", listeners_.size());
+        bool has_metrics = false;
+        for (const auto& l : listeners_)
+            has_metrics |= l.kind == ListenerKind::Metrics;
+        if (!has_metrics && !cfg_.metrics_listen.empty()) {
+            auto m = open_metrics_listener(cfg_.metrics_listen);
+            if (!m)
+                return Error{m.error()};
+            listeners_.push_back(std::move(*m));
+        }
+    } else {
+        auto ls = open_listeners(cfg_);
+        if (!ls)
+            return Error{ls.error()};
+        listeners_ = std::move(*ls);
+    }
+    if (sd_watchdog_enabled(1, &watchdog_usec_) <= 0)
+        watchdog_usec_ = 0;
 
     epoll_.reset(epoll_create1(EPOLL_CLOEXEC));
     if (!epoll_.valid())
@@ -128,7 +179,8 @@ Status Supervisor::setup()
         ev.data.u64 = i;
         if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, listeners_[i].fd.get(), &ev) != 0)
             return Error{std::string("epoll_ctl: ") + std::strerror(errno)};
-        log_info("listening on %s", listeners_[i].name.c_str());
+        log_info("listening on %s%s", listeners_[i].name.c_str(),
+                 listeners_[i].kind == ListenerKind::Metrics ? " (metrics)" : "");
     }
     return ok_status();
 }
@@ -172,9 +224,18 @@ bool Supervisor::spawn_spare()
 
 void Supervisor::replenish()
 {
-    while (!stopping_ && spares_.size() < size_t(cfg_.spare_workers))
+    while (phase_ == Phase::Running && spares_.size() < size_t(cfg_.spare_workers))
         if (!spawn_spare())
             break;
+}
+
+// Spares exit when their channel closes (they were forked with the old config,
+// or we are stopping).
+void Supervisor::retire_spares()
+{
+    for (pid_t pid : spares_)
+        workers_.at(pid).channel.reset();
+    spares_.clear();
 }
 
 void Supervisor::dispatch(UniqueFd client, const sockaddr_storage& peer, socklen_t peer_len,
@@ -184,17 +245,36 @@ void Supervisor::dispatch(UniqueFd client, const sockaddr_storage& peer, socklen
     h.listener_kind = std::uint32_t(kind);
     h.peer = peer;
     h.peer_len = peer_len;
-    const bool refuse = count(Worker::State::Busy) >= size_t(cfg_.max_client_conn) || free_slots_.empty();
-    if (refuse) {
-        if (count(Worker::State::Refusing) >= kMaxRefusers) {
-            log_warning("max_client_conn (%ld) reached and %zu refusals in progress: closing "
-                        "connection from %s without a message",
-                        cfg_.max_client_conn, kMaxRefusers, net::describe_peer(peer, peer_len).c_str());
+    auto& counters = table_.header()->supervisor;
+    bool refuse = false;
+    if (kind == ListenerKind::Metrics) {
+        // A scrape: a short-lived worker answers it; it holds no session slot.
+        if (count(Worker::State::Refusing) >= kMaxRefusers)
             return;
-        }
-        h.type = ipc::HandoffType::Refuse;
+        h.type = ipc::HandoffType::Metrics;
+        refuse = true;
     } else {
-        h.session_id = next_session_id_++;
+        ipc::SessionTable::bump(counters.accepted);
+        if (phase_ != Phase::Running) {
+            h.type = ipc::HandoffType::ShuttingDown;
+            refuse = true;
+        } else if (count(Worker::State::Busy) >= size_t(cfg_.max_client_conn) || free_slots_.empty()) {
+            h.type = ipc::HandoffType::Refuse;
+            refuse = true;
+        }
+        if (refuse) {
+            ipc::SessionTable::bump(phase_ != Phase::Running ? counters.refused_shutdown
+                                                             : counters.refused_max_client_conn);
+            if (count(Worker::State::Refusing) >= kMaxRefusers) {
+                log_warning("%s and %zu refusals in progress: closing connection from %s without "
+                            "a message",
+                            phase_ != Phase::Running ? "shutting down" : "max_client_conn reached",
+                            kMaxRefusers, net::describe_peer(peer, peer_len).c_str());
+                return;
+            }
+        } else {
+            h.session_id = next_session_id_++;
+        }
     }
     // A spare that died since it was forked fails the send; try the next one.
     for (int attempt = 0; attempt < 3; ++attempt) {
@@ -266,6 +346,11 @@ void Supervisor::reap()
                            : w.state == Worker::State::Refusing ? "refusal"
                            : w.state == Worker::State::Retired  ? "failed handoff"
                                                                 : "spare";
+        auto& sc = table_.header()->supervisor;
+        if (WIFSIGNALED(status))
+            ipc::SessionTable::bump(sc.exits_by_signal);
+        else
+            ipc::SessionTable::bump(sc.exits_by_code[WEXITSTATUS(status) & 127]);
         if (WIFSIGNALED(status)) {
             log_warning("worker %d (%s C-%llu) was killed by signal %d (%s) after %.1f s", int(pid),
                         role, (unsigned long long)w.session_id, WTERMSIG(status),
@@ -296,11 +381,196 @@ void Supervisor::reap()
 void Supervisor::stop_listening()
 {
     for (auto& l : listeners_) {
-        epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, l.fd.get(), nullptr);
+        if (epoll_.valid())
+            epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, l.fd.get(), nullptr);
         if (!l.unix_path.empty())
             ::unlink(l.unix_path.c_str());
     }
     listeners_.clear();
+}
+
+// MONOTONIC_USEC lets systemd (Type=notify-reload) match READY=1 to this reload.
+void Supervisor::reload()
+{
+    reload_requested_ = false;
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    sd_notifyf(0, "RELOADING=1\nSTATUS=reloading %s\nMONOTONIC_USEC=%llu", cfg_.path.c_str(),
+               (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
+    log_info("reloading configuration from %s", cfg_.path.c_str());
+    auto& sc = table_.header()->supervisor;
+    auto next = config::load_file(cfg_.path);
+    if (!next) {
+        ipc::SessionTable::bump(sc.reload_failures);
+        log_error("reload failed; the running configuration stays in effect:\n%s", next.error().c_str());
+        // logrotate sends SIGHUP too: reopen the log even though the file is broken.
+        reopen_logs();
+        sd_notify(0, "READY=1");
+        notify_status(true);
+        return;
+    }
+    config::Config merged = std::move(*next);
+    int changed = 0;
+    for (const auto& spec : config::options()) {
+        std::string was = config::option_value(cfg_, spec), now = config::option_value(merged, spec);
+        if (was == now)
+            continue;
+        if (spec.reload == config::ReloadClass::Restart) {
+            log_warning("%s changed from \"%s\" to \"%s\", but it takes effect only after a "
+                        "restart; still using \"%s\"",
+                        std::string(spec.name).c_str(), was.c_str(), now.c_str(), was.c_str());
+            // Keep the running value, so the config in force stays one consistent value.
+            if (spec.str_field)
+                merged.*(spec.str_field) = cfg_.*(spec.str_field);
+            else
+                merged.*(spec.int_field) = cfg_.*(spec.int_field);
+            continue;
+        }
+        ++changed;
+        log_info("%s changed from \"%s\" to \"%s\"", std::string(spec.name).c_str(), was.c_str(),
+                 now.c_str());
+    }
+    if (merged.peer_id != cfg_.peer_id || merged.max_client_conn != cfg_.max_client_conn)
+        log_warning("internal error: restart-only options escaped the reload check");
+    auto entries_differ = [](const auto& a, const auto& b, auto key) {
+        if (a.size() != b.size())
+            return true;
+        for (size_t i = 0; i < a.size(); ++i)
+            if (key(a[i]) != key(b[i]))
+                return true;
+        return false;
+    };
+    if (entries_differ(cfg_.databases, merged.databases,
+                       [](const config::DatabaseEntry& d) { return d.name + "=" + d.conninfo; })) {
+        ++changed;
+        log_info("[databases] changed: %zu entries; new sessions use them", merged.databases.size());
+    }
+    if (entries_differ(cfg_.peers, merged.peers, [](const config::PeerEntry& p) {
+            return std::to_string(p.id) + "=" + p.host + ":" + p.port;
+        })) {
+        ++changed;
+        log_info("[peers] changed: %zu entries", merged.peers.size());
+    }
+    // Restoring restart-only values can make the whole inconsistent (peers without
+    // the new peer_id); then nothing changes.
+    if (auto errors = config::cross_check(merged); !errors.empty()) {
+        ipc::SessionTable::bump(sc.reload_failures);
+        std::string all;
+        for (const auto& e : errors)
+            all += "\n" + e;
+        log_error("reload failed; the running configuration stays in effect: with the restart-only "
+                  "options kept at their running values, the new file does not hold together:%s",
+                  all.c_str());
+        reopen_logs();
+        sd_notify(0, "READY=1");
+        notify_status(true);
+        return;
+    }
+    cfg_ = std::move(merged);
+    ipc::SessionTable::bump(sc.reloads);
+    reopen_logs();
+    // Spares were forked with the old configuration; sessions keep theirs.
+    retire_spares();
+    replenish();
+    log_info("configuration reloaded from %s (%d change%s)", cfg_.path.c_str(), changed,
+             changed == 1 ? "" : "s");
+    sd_notify(0, "READY=1");
+    notify_status(true);
+}
+
+// Reopens our log (logrotate moved it away first) and asks every session worker
+// to do the same: SIGHUP in a worker does only that.
+void Supervisor::reopen_logs()
+{
+    log::setup(config::log_settings(cfg_));
+    for (auto& [pid, w] : workers_)
+        if (w.state == Worker::State::Busy)
+            ::kill(pid, SIGHUP);
+}
+
+void Supervisor::begin_drain()
+{
+    phase_ = Phase::Draining;
+    drain_deadline_ = Clock::now() + std::chrono::seconds(cfg_.shutdown_timeout);
+    retire_spares();
+    sd_notify(0, "STOPPING=1");
+    // Admin console sessions leave at once (one typed SHUTDOWN would otherwise
+    // hold the drain open); client sessions ignore the notice.
+    for (auto& [pid, w] : workers_)
+        if (w.state == Worker::State::Busy)
+            ::kill(pid, SIGUSR2);
+    size_t busy = count(Worker::State::Busy);
+    log_info("received SIGTERM: draining %zu session%s for up to %ld s (shutdown_timeout); new "
+             "connections are refused; send SIGTERM again or SIGINT to end sessions now",
+             busy, busy == 1 ? "" : "s", cfg_.shutdown_timeout);
+    notify_status(true);
+}
+
+void Supervisor::begin_end(const char* why)
+{
+    if (phase_ == Phase::Ending)
+        return;
+    if (phase_ == Phase::Running)
+        sd_notify(0, "STOPPING=1");
+    phase_ = Phase::Ending;
+    kill_deadline_ = Clock::now() + kShutdownGrace;
+    stop_listening();
+    retire_spares();
+    size_t n = 0;
+    for (auto& [pid, w] : workers_)
+        if (w.state != Worker::State::Spare && w.state != Worker::State::Retired) {
+            ::kill(pid, SIGTERM);
+            ++n;
+        }
+    if (n == 0)
+        log_info("%s: stopping", why);
+    else
+        log_info("%s: ending %zu session%s (57P01)", why, n, n == 1 ? "" : "s");
+    notify_status(true);
+}
+
+void Supervisor::notify_status(bool force)
+{
+    const auto now = Clock::now();
+    if (!force && now < next_status_)
+        return;
+    next_status_ = now + kStatusInterval;
+    size_t by_state[6] = {};
+    for (std::uint32_t i = 0; i < table_.capacity(); ++i) {
+        std::uint32_t st = table_.slot(i).state.load(std::memory_order_relaxed);
+        if (st < 6)
+            ++by_state[st];
+    }
+    const size_t sessions = count(Worker::State::Busy);
+    std::string status;
+    if (phase_ == Phase::Draining)
+        status = "draining: ";
+    else if (phase_ == Phase::Ending)
+        status = "stopping: ";
+    status += std::to_string(sessions) + (sessions == 1 ? " session" : " sessions") + " (" +
+              std::to_string(by_state[size_t(ipc::SlotState::Startup)]) + " starting, " +
+              std::to_string(by_state[size_t(ipc::SlotState::Active)]) + " active, " +
+              std::to_string(by_state[size_t(ipc::SlotState::Idle)]) + " idle, " +
+              std::to_string(by_state[size_t(ipc::SlotState::IdleInTransaction)] +
+                             by_state[size_t(ipc::SlotState::IdleInFailedTransaction)]) +
+              " idle in transaction), " + std::to_string(spares_.size()) +
+              (spares_.size() == 1 ? " spare worker" : " spare workers");
+    if (force || status != last_status_) {
+        last_status_ = status;
+        sd_notifyf(0, "STATUS=%s", status.c_str());
+    }
+}
+
+int Supervisor::loop_timeout_ms() const
+{
+    auto until = Clock::now() + 1s;
+    if (watchdog_usec_)
+        until = std::min(until, next_watchdog_);
+    if (phase_ == Phase::Draining)
+        until = std::min(until, drain_deadline_);
+    if (phase_ == Phase::Ending)
+        until = std::min(until, kill_deadline_);
+    return net::ms_until(until);
 }
 
 void Supervisor::on_signal()
@@ -312,59 +582,27 @@ void Supervisor::on_signal()
             reap();
             break;
         case SIGTERM:
+            if (phase_ == Phase::Running)
+                begin_drain();
+            else
+                begin_end("received SIGTERM again");
+            break;
         case SIGINT:
         case SIGQUIT:
-            if (!stopping_)
-                log_info("received %s: shutting down", strsignal(int(si.ssi_signo)));
-            stopping_ = true;
+            begin_end(si.ssi_signo == SIGINT ? "received SIGINT (fast shutdown)"
+                                             : "received SIGQUIT (fast shutdown)");
             break;
         case SIGHUP:
-            // Reload arrives with the operations issue; until then say so.
-            log_warning("received SIGHUP: configuration reload is not implemented yet; ignored");
+            // Handled after the events of this round, once, however many arrived.
+            if (phase_ == Phase::Running)
+                reload_requested_ = true;
+            else
+                log_info("received SIGHUP while shutting down; ignored");
             break;
         default:
             break;
         }
     }
-}
-
-void Supervisor::shutdown()
-{
-    sd_notify(0, "STOPPING=1");
-    stop_listening();
-    // Spares exit when their channel closes; sessions get SIGTERM and send 57P01.
-    for (auto& [pid, w] : workers_) {
-        w.channel.reset();
-        if (w.state != Worker::State::Spare)
-            ::kill(pid, SIGTERM);
-    }
-    spares_.clear();
-    const auto deadline = Clock::now() + kShutdownGrace;
-    while (!workers_.empty() && Clock::now() < deadline) {
-        epoll_event ev;
-        int n = epoll_wait(epoll_.get(), &ev, 1, net::ms_until(deadline));
-        if (n > 0 && ev.data.u64 == kSignalTag) {
-            signalfd_siginfo si;
-            while (::read(sigfd_.get(), &si, sizeof si) == sizeof si)
-                if (si.ssi_signo == SIGCHLD)
-                    reap();
-        }
-    }
-    for (auto& [pid, w] : workers_) {
-        log_warning("worker %d did not stop within %lld s; killing it", int(pid),
-                    (long long)std::chrono::duration_cast<std::chrono::seconds>(kShutdownGrace).count());
-        ::kill(pid, SIGKILL);
-    }
-    while (!workers_.empty()) {
-        int status;
-        pid_t pid = waitpid(-1, &status, 0);
-        if (pid < 0)
-            break;
-        workers_.erase(pid);
-    }
-    if (!cfg_.pidfile.empty())
-        ::unlink(cfg_.pidfile.c_str());
-    log_info("pgwicket stopped");
 }
 
 int Supervisor::run()
@@ -384,35 +622,75 @@ int Supervisor::run()
         }
     }
     replenish();
-    log_info("pgwicket %s ready: %zu spare workers, max_client_conn %ld", PGWICKET_VERSION,
-             spares_.size(), cfg_.max_client_conn);
-    sd_notify(0, "READY=1");
+    log_info("pgwicket %s ready: %zu spare workers, max_client_conn %ld%s", PGWICKET_VERSION,
+             spares_.size(), cfg_.max_client_conn,
+             watchdog_usec_ ? ", systemd watchdog on" : "");
+    sd_notifyf(0, "READY=1\nMAINPID=%d", int(getpid()));
+    notify_status(true);
+    next_watchdog_ = Clock::now();
 
-    while (!stopping_) {
+    for (;;) {
         epoll_event events[16];
-        int n = epoll_wait(epoll_.get(), events, 16, 1000);
+        int n = epoll_wait(epoll_.get(), events, 16, loop_timeout_ms());
         if (n < 0 && errno != EINTR) {
             log_error("epoll_wait: %s", std::strerror(errno));
+            begin_end("internal error");
             break;
         }
         for (int i = 0; i < n; ++i) {
             if (events[i].data.u64 == kSignalTag)
                 on_signal();
-            else if (!stopping_ && events[i].data.u64 < listeners_.size())
+            else if (phase_ != Phase::Ending && events[i].data.u64 < listeners_.size())
                 accept_all(size_t(events[i].data.u64));
         }
+        if (reload_requested_ && phase_ == Phase::Running)
+            reload();
+        const auto now = Clock::now();
+        if (watchdog_usec_ && now >= next_watchdog_) {
+            sd_notify(0, "WATCHDOG=1");
+            next_watchdog_ = now + std::chrono::microseconds(watchdog_usec_ / 2);
+        }
+        if (phase_ == Phase::Draining) {
+            if (count(Worker::State::Busy) == 0)
+                begin_end("every session has ended");
+            else if (now >= drain_deadline_)
+                begin_end("shutdown_timeout passed");
+        }
+        if (phase_ == Phase::Ending) {
+            if (workers_.empty())
+                break;
+            if (now >= kill_deadline_) {
+                for (auto& [pid, w] : workers_) {
+                    log_warning("worker %d did not stop within %lld s; killing it", int(pid),
+                                (long long)std::chrono::duration_cast<std::chrono::seconds>(kShutdownGrace).count());
+                    ::kill(pid, SIGKILL);
+                }
+                while (!workers_.empty()) {
+                    int status;
+                    pid_t pid = waitpid(-1, &status, 0);
+                    if (pid < 0)
+                        break;
+                    workers_.erase(pid);
+                }
+                break;
+            }
+        }
         // Crash-loop guard: a burst of abnormal exits pauses spawning for a second.
-        while (!crashes_.empty() && Clock::now() - crashes_.front() > kCrashWindow)
+        while (!crashes_.empty() && now - crashes_.front() > kCrashWindow)
             crashes_.pop_front();
-        if (crashes_.size() >= size_t(kCrashLimit) && Clock::now() >= spawn_blocked_until_) {
+        if (crashes_.size() >= size_t(kCrashLimit) && now >= spawn_blocked_until_) {
             log_warning("%zu workers failed within %lld s; pausing worker creation for 1 s",
                         crashes_.size(), (long long)std::chrono::duration_cast<std::chrono::seconds>(kCrashWindow).count());
-            spawn_blocked_until_ = Clock::now() + 1s;
+            spawn_blocked_until_ = now + 1s;
             crashes_.clear();
         }
         replenish();
+        notify_status(false);
     }
-    shutdown();
+    stop_listening();
+    if (!cfg_.pidfile.empty())
+        ::unlink(cfg_.pidfile.c_str());
+    log_info("pgwicket stopped");
     return 0;
 }
 

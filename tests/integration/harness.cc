@@ -737,6 +737,7 @@ Proxy::Proxy(const std::string& name, const ProxyOptions& opts) : name_(name)
         << "client_login_timeout = 30\n"
         << "server_connect_timeout = 5\n"
         << "log_level = info\n"
+        << "shutdown_timeout = " << opts.shutdown_timeout << "\n"
         << opts.extra_settings << "\n"
         << "[databases]\n";
     if (opts.wildcard)
@@ -747,7 +748,9 @@ Proxy::Proxy(const std::string& name, const ProxyOptions& opts) : name_(name)
     int logfd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (logfd < 0)
         throw std::runtime_error("cannot open " + log_path_);
-    std::vector<std::string> argv = {e.pgwicket_bin, "-c", config_path_};
+    std::vector<std::string> argv = opts.launcher;
+    for (const std::string& a : {e.pgwicket_bin, std::string("-c"), config_path_})
+        argv.push_back(a);
     // journald would swallow the log when started from a systemd unit; we want it in the file.
     EnvOverrides overrides = {{"JOURNAL_STREAM", std::nullopt},
                               {"NOTIFY_SOCKET", std::nullopt},

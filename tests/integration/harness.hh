@@ -65,7 +65,10 @@ struct ProxyOptions {
     std::string extra_settings;   // more lines for [pgwicket]
     std::string extra_sections;   // appended after [databases]: more sections, e.g. [peers]
     int port = 0;                 // listen_port; 0 picks a free one (set it to know it early)
+    int shutdown_timeout = 3;     // short, so stop() with sessions still open ends in time
     EnvOverrides env;             // for the pgwicket process
+    // Run pgwicket through this program (argv prefix), e.g. systemd-socket-activate.
+    std::vector<std::string> launcher;
 };
 
 // One running pgwicket supervisor with a generated config; stopped (SIGTERM, then SIGKILL

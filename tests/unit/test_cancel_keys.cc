@@ -1,6 +1,7 @@
 // Unit tests for cancel keys and the shared session table: the key's bit layout, the slot
 // life cycle (claim, release, generations) and route_cancel's verdicts on a real table in
 // this process, with a forked child standing in for the owning worker.
+#include "admin/stats.hh"
 #include "ipc/session_table.hh"
 
 #include <boost/test/unit_test.hpp>
@@ -396,6 +397,79 @@ BOOST_AUTO_TEST_CASE(verdict_names_are_distinct)
         for (const auto& seen : names)
             BOOST_TEST(n != seen);
         names.push_back(n);
+    }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// Counters in the table: a worker's counts survive its reaping (folded into the totals),
+// a reused slot starts from zero, and the Prometheus rendering adds them up.
+BOOST_AUTO_TEST_SUITE(session_stats)
+
+BOOST_AUTO_TEST_CASE(counts_survive_reaping_and_slots_start_clean)
+{
+    SessionTable t = make_table(4);
+    t.claim(1, getpid(), 11);
+    t.slot(1).counters.add(ipc::kBytesFromClient, 100);
+    t.slot(1).counters.add(ipc::kStatementsRead, 3);
+    t.claim(2, getpid(), 12);
+    t.slot(2).counters.add(ipc::kBytesFromClient, 5);
+    t.slot(2).state.store(std::uint32_t(SlotState::Active));
+
+    auto s = ipc::read_stats(t);
+    BOOST_TEST(s.counters[ipc::kBytesFromClient] == 105u);
+    BOOST_TEST(s.counters[ipc::kStatementsRead] == 3u);
+    BOOST_TEST(s.sessions_by_state[size_t(SlotState::Startup)] == 1u);
+    BOOST_TEST(s.sessions_by_state[size_t(SlotState::Active)] == 1u);
+
+    t.release(1);
+    s = ipc::read_stats(t);
+    BOOST_TEST(s.counters[ipc::kBytesFromClient] == 105u, "a reaped session's bytes must stay counted");
+    BOOST_TEST(s.counters[ipc::kStatementsRead] == 3u);
+    BOOST_TEST(s.sessions_by_state[size_t(SlotState::Startup)] == 0u);
+    BOOST_TEST(t.header()->fold_seq.load() % 2 == 0u);
+
+    t.claim(1, getpid(), 13);
+    BOOST_TEST(t.slot(1).counters.v[ipc::kBytesFromClient].load() == 0u);
+    BOOST_TEST(t.slot(1).kill_requested.load() == 0u);
+    t.slot(1).counters.add(ipc::kBytesFromClient, 1);
+    BOOST_TEST(ipc::read_stats(t).counters[ipc::kBytesFromClient] == 106u);
+}
+
+BOOST_AUTO_TEST_CASE(prometheus_text_is_well_formed)
+{
+    SessionTable t = make_table(2);
+    t.claim(0, getpid(), 1);
+    t.slot(0).state.store(std::uint32_t(SlotState::Idle));
+    auto& c = t.slot(0).counters;
+    c.add(ipc::kQueries, 3);
+    c.add(ipc::kQueryMicros, 2500000);
+    c.add(ipc::Counter(ipc::kQueryBucketFirst), 1);      // <= 1 ms
+    c.add(ipc::Counter(ipc::kQueryBucketFirst + 6), 1);  // <= 1 s
+    c.add(ipc::kQueryBucketLast, 1);                     // > 30 s
+    SessionTable::bump(t.header()->supervisor.exits_by_code[4], 2);
+    const std::string text = pgw::admin::render_prometheus(pgw::admin::collect(t));
+    auto has = [&](const std::string& line) { return text.find("\n" + line + "\n") != std::string::npos; };
+    BOOST_TEST(has("# TYPE pgwicket_query_duration_seconds histogram"), text);
+    BOOST_TEST(has("pgwicket_query_duration_seconds_bucket{le=\"0.001\"} 1"), text);
+    BOOST_TEST(has("pgwicket_query_duration_seconds_bucket{le=\"0.5\"} 1"), text);
+    BOOST_TEST(has("pgwicket_query_duration_seconds_bucket{le=\"1\"} 2"), text);
+    BOOST_TEST(has("pgwicket_query_duration_seconds_bucket{le=\"30\"} 2"), text);
+    BOOST_TEST(has("pgwicket_query_duration_seconds_bucket{le=\"+Inf\"} 3"), text);
+    BOOST_TEST(has("pgwicket_query_duration_seconds_sum 2.5"), text);
+    BOOST_TEST(has("pgwicket_query_duration_seconds_count 3"), text);
+    BOOST_TEST(has("pgwicket_sessions{state=\"idle\"} 1"), text);
+    BOOST_TEST(has("pgwicket_worker_exits_total{code=\"4\",reason=\"upstream failure\"} 2"), text);
+    // Every sample line is "name{labels} value" or "name value".
+    size_t start = 0;
+    while (start < text.size()) {
+        size_t end = text.find('\n', start);
+        std::string line = text.substr(start, end - start);
+        start = end + 1;
+        if (line.rfind("# ", 0) == 0)
+            continue;
+        BOOST_TEST(line.rfind("pgwicket_", 0) == 0u, line);
+        BOOST_TEST(line.find(' ') != std::string::npos, line);
     }
 }
 

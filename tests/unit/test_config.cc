@@ -37,6 +37,13 @@ pidfile = /run/pgwicket/pgwicket.pid
 application_name_prefix = gate
 query_timeout = 30
 peer_id = 4
+syslog = 1
+syslog_ident = gate
+syslog_facility = local3
+shutdown_timeout = 120
+admin_users = alice, bob
+stats_users = carol
+metrics_listen = 127.0.0.1:9632
 
 [databases]
 * = host=10.0.0.1 port=5432
@@ -51,12 +58,7 @@ hr = host=/var/run/postgresql dbname=hr
 )";
 
 // The value of an option in a Config, as text, so options of any type compare alike.
-std::string value_of(const cfg::Config& c, const cfg::OptionSpec& o)
-{
-    if (o.str_field)
-        return c.*(o.str_field);
-    return std::to_string(c.*(o.int_field));
-}
+std::string value_of(const cfg::Config& c, const cfg::OptionSpec& o) { return cfg::option_value(c, o); }
 
 // Boost evaluates an assertion's message even when it passes; error() throws on success.
 template <typename R>
@@ -109,14 +111,14 @@ BOOST_AUTO_TEST_CASE(databases_with_wildcard_named_entries_and_continuations)
     BOOST_TEST_REQUIRE(dbs.size() == 3u);
     BOOST_TEST(dbs[0].name == "*");
     BOOST_TEST(dbs[0].conninfo == "host=10.0.0.1 port=5432");
-    BOOST_TEST(dbs[0].line == 20);
+    BOOST_TEST(dbs[0].line == 27);
     // Indented lines (blank or tab) continue the connection string above them.
     BOOST_TEST(dbs[1].name == "sales");
     BOOST_TEST(dbs[1].conninfo == "host=10.0.0.2 port=5433 dbname=sales_prod");
-    BOOST_TEST(dbs[1].line == 21);
+    BOOST_TEST(dbs[1].line == 28);
     BOOST_TEST(dbs[2].name == "hr");
     BOOST_TEST(dbs[2].conninfo == "host=/var/run/postgresql dbname=hr");
-    BOOST_TEST(dbs[2].line == 24);
+    BOOST_TEST(dbs[2].line == 31);
 }
 
 BOOST_AUTO_TEST_CASE(defaults_match_the_options_table)
@@ -642,6 +644,72 @@ BOOST_AUTO_TEST_CASE(usage_text_uses_the_program_name)
 {
     const std::string u = cfg::usage_text("/usr/sbin/pgw");
     BOOST_TEST(u.find("  /usr/sbin/pgw [OPTION]...") != std::string::npos, u);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(config_operations)
+
+BOOST_AUTO_TEST_CASE(admin_and_stats_users)
+{
+    auto r = cfg::load_string("[pgwicket]\nadmin_users = alice,bob  carol\nstats_users = dave\n" + kMinimalDatabases);
+    BOOST_TEST_REQUIRE(r.ok(), why(r));
+    for (const char* u : {"alice", "bob", "carol"}) {
+        BOOST_TEST(r->is_admin_user(u), u);
+        BOOST_TEST(r->is_stats_user(u), u << " (admins may SHOW too)");
+    }
+    BOOST_TEST(!r->is_admin_user("dave"));
+    BOOST_TEST(r->is_stats_user("dave"));
+    BOOST_TEST(!r->is_stats_user("eve"));
+    BOOST_TEST(!r->is_admin_user(""));
+    BOOST_TEST(!r->is_stats_user("ali"));  // whole names only
+}
+
+BOOST_AUTO_TEST_CASE(metrics_listen_forms_and_errors)
+{
+    auto hp = cfg::parse_host_port("127.0.0.1:9632");
+    BOOST_TEST_REQUIRE(hp.ok());
+    BOOST_TEST(hp->host == "127.0.0.1");
+    BOOST_TEST(hp->port == "9632");
+    auto v6 = cfg::parse_host_port("[::1]:9632");
+    BOOST_TEST_REQUIRE(v6.ok());
+    BOOST_TEST(v6->host == "::1");
+    auto any = cfg::parse_host_port(":9632");
+    BOOST_TEST_REQUIRE(any.ok());
+    BOOST_TEST(any->host.empty());
+    for (const char* bad : {"127.0.0.1", "127.0.0.1:", "host:http", "host:0", "host:70000"})
+        BOOST_TEST(!cfg::parse_host_port(bad).ok(), bad);
+
+    std::string e = error_of("[pgwicket]\nlog_level = info\nmetrics_listen = localhost\n" + kMinimalDatabases);
+    BOOST_TEST(e.find("test.ini:3: option \"metrics_listen\"") != std::string::npos, e);
+    BOOST_TEST(e.find("has no port") != std::string::npos, e);
+}
+
+BOOST_AUTO_TEST_CASE(option_values_read_back_as_written)
+{
+    auto r = cfg::load_string("[pgwicket]\nunix_socket_mode = 0700\nshutdown_timeout = 5\nsyslog_facility = local7\n" +
+                              kMinimalDatabases);
+    BOOST_TEST_REQUIRE(r.ok(), why(r));
+    BOOST_TEST(cfg::option_value(*r, *cfg::find_option("unix_socket_mode")) == "0700");
+    BOOST_TEST(cfg::option_value(*r, *cfg::find_option("shutdown_timeout")) == "5");
+    BOOST_TEST(cfg::option_value(*r, *cfg::find_option("syslog_facility")) == "local7");
+    std::string e = error_of("[pgwicket]\nsyslog_facility = kern\n" + kMinimalDatabases);
+    BOOST_TEST(e.find("local7") != std::string::npos, e);
+    e = error_of("[pgwicket]\nsyslog = yes\n" + kMinimalDatabases);
+    BOOST_TEST(e.find("syslog") != std::string::npos, e);
+}
+
+BOOST_AUTO_TEST_CASE(log_settings_follow_the_config)
+{
+    auto r = cfg::load_string("[pgwicket]\nlog_level = debug\nlogfile = /tmp/x.log\nsyslog = 1\nsyslog_ident = gate\n" +
+                              kMinimalDatabases);
+    BOOST_TEST_REQUIRE(r.ok(), why(r));
+    auto s = cfg::log_settings(*r);
+    BOOST_TEST(int(s.level) == int(pgw::log::Level::Debug));
+    BOOST_TEST(s.logfile == "/tmp/x.log");
+    BOOST_TEST(s.syslog);
+    BOOST_TEST(s.syslog_ident == "gate");
+    BOOST_TEST(s.syslog_facility == "daemon");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -2,6 +2,7 @@
 // every option and flag documented, nothing documented that does not exist, the sample parses.
 #include <boost/test/unit_test.hpp>
 
+#include "admin/commands.hh"
 #include "config/cli.hh"
 #include "config/config.hh"
 #include "config/options.hh"
@@ -375,6 +376,32 @@ BOOST_AUTO_TEST_CASE(daemon_man_page_documents_no_stale_flag)
                                                                  << "\" under OPTIONS, which is not a flag of "
                                                                     "src/config/cli.cc");
     }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// The admin console's commands (src/admin/commands.cc) and pgwicket.8's ADMIN CONSOLE
+// section: every command has an entry, and no entry names a command that does not exist.
+BOOST_AUTO_TEST_SUITE(docs_admin)
+
+BOOST_AUTO_TEST_CASE(every_admin_command_is_in_the_man_page_and_no_other)
+{
+    auto lines = read_lines("man/pgwicket.8");
+    auto section = man_section(lines, "ADMIN CONSOLE", "man/pgwicket.8");
+    std::set<std::string> documented;
+    for (const auto& e : tp_entries(section))
+        if (auto name = bold_name(e.tag); !name.empty())
+            documented.insert(name);
+    std::set<std::string> commands;
+    for (const auto& c : pgw::admin::commands()) {
+        commands.insert(std::string(c.name));
+        BOOST_CHECK_MESSAGE(documented.count(std::string(c.name)),
+                            "admin command \"" << c.name << "\" is not documented in man/pgwicket.8: add "
+                                               << "\".TP\" then \".B " << c.name << "\" to its ADMIN CONSOLE section");
+    }
+    for (const auto& name : documented)
+        BOOST_CHECK_MESSAGE(commands.count(name), "man/pgwicket.8's ADMIN CONSOLE documents \""
+                                                      << name << "\", which is not a command of src/admin/commands.cc");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

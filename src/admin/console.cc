@@ -1,0 +1,398 @@
+// Admin console: a tiny simple-query server. Each command checks its privilege
+// (commands.hh says which need admin_users); extended-protocol messages are refused.
+#include "admin/console.hh"
+
+#include "admin/commands.hh"
+#include "admin/stats.hh"
+#include "common/log.hh"
+#include "common/net.hh"
+#include "config/options.hh"
+#include "protocol/bytes.hh"
+#include "protocol/messages.hh"
+#include "session/exit_codes.hh"
+#include "session/session.hh"
+
+#include <libpq-fe.h>
+#include <openssl/rand.h>
+#include <poll.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <ctime>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace pgw::admin {
+namespace {
+
+using namespace std::chrono_literals;
+using protocol::Bytes;
+using Row = std::vector<std::optional<std::string>>;
+
+// The console's queries are short; anything larger is not a console command.
+constexpr std::uint32_t kMaxMessage = 64 * 1024;
+
+std::string upper_words(std::string_view text)
+{
+    // Collapses blanks and upper-cases, so "show   sessions" matches "SHOW SESSIONS".
+    std::string out;
+    bool blank = false;
+    for (char ch : text) {
+        if (ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r') {
+            blank = !out.empty();
+            continue;
+        }
+        if (blank)
+            out.push_back(' ');
+        blank = false;
+        out.push_back(ch >= 'a' && ch <= 'z' ? char(ch - 'a' + 'A') : ch);
+    }
+    return out;
+}
+
+std::string iso_time(std::int64_t ms)
+{
+    if (ms <= 0)
+        return "";
+    time_t secs = time_t(ms / 1000);
+    struct tm tm {};
+    gmtime_r(&secs, &tm);
+    char buf[40];
+    std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S+00", &tm);
+    return buf;
+}
+
+// A connection string with its password replaced, for SHOW DATABASES.
+std::string without_password(const std::string& conninfo)
+{
+    char* err = nullptr;
+    PQconninfoOption* opts = PQconninfoParse(conninfo.c_str(), &err);
+    PQfreemem(err);
+    if (!opts)
+        return "(unparsable)";
+    std::string out;
+    for (PQconninfoOption* o = opts; o->keyword; ++o) {
+        if (!o->val || !*o->val)
+            continue;
+        if (!out.empty())
+            out += " ";
+        out += o->keyword;
+        out += "=";
+        out += std::string(o->keyword) == "password" ? "********" : o->val;
+    }
+    PQconninfoFree(opts);
+    return out;
+}
+
+class Console {
+public:
+    explicit Console(const ConsoleSession& s) : s_(s) {}
+    int run();
+
+private:
+    bool send(const Bytes& b) { return net::write_all(s_.client_fd, b.data(), b.size(), net::Clock::now() + 10s); }
+    void error(const char* sqlstate, const std::string& message, const std::string& hint = {})
+    {
+        protocol::ErrorFields e;
+        e.severity = "ERROR";
+        e.sqlstate = sqlstate;
+        e.message = message;
+        e.hint = hint;
+        out_.raw(protocol::error_response(e));
+    }
+    void result(const std::vector<std::string>& columns, const std::vector<Row>& rows, const std::string& tag)
+    {
+        out_.raw(protocol::row_description(columns));
+        for (const auto& r : rows)
+            out_.raw(protocol::data_row(r));
+        out_.raw(protocol::command_complete(tag + " " + std::to_string(rows.size())));
+    }
+    // Runs one command; false when it failed (the rest of the query string is skipped).
+    bool execute(const std::string& text);
+    void show_sessions();
+    void show_stats();
+    void show_databases();
+    void show_config();
+    void show_help();
+    bool kill_session(const std::string& arg);
+    bool signal_supervisor(int sig, const char* what);
+
+    const ConsoleSession& s_;
+    bool admin_ = false;
+    protocol::Writer out_;
+};
+
+void Console::show_sessions()
+{
+    std::vector<Row> rows;
+    for (std::uint32_t i = 0; i < s_.table.capacity(); ++i) {
+        const ipc::Slot& sl = s_.table.slot(i);
+        auto st = ipc::SlotState(sl.state.load(std::memory_order_acquire));
+        if (st == ipc::SlotState::Free)
+            continue;
+        auto cnt = [&](ipc::Counter c) { return std::to_string(sl.counters.v[c].load(std::memory_order_relaxed)); };
+        rows.push_back({std::to_string(sl.session_id.load(std::memory_order_relaxed)), ipc::slot_state_name(st),
+                        iso_time(sl.state_since_ms.load(std::memory_order_relaxed)), sl.client_addr.get(),
+                        sl.database.get(), sl.user.get(), sl.application_name.get(),
+                        std::to_string(sl.owner_pid.load(std::memory_order_relaxed)), cnt(ipc::kQueries),
+                        cnt(ipc::kBytesFromClient), cnt(ipc::kBytesFromServer)});
+    }
+    result({"session", "state", "state_since", "client_addr", "database", "user", "application_name",
+            "worker_pid", "queries", "bytes_from_client", "bytes_from_server"},
+           rows, "SHOW");
+}
+
+void Console::show_stats()
+{
+    std::vector<Row> rows;
+    for (const auto& f : collect(s_.table))
+        for (size_t i = 0; i < f.samples.size(); ++i) {
+            char v[64];
+            std::snprintf(v, sizeof v, "%.17g", f.samples[i].value);
+            rows.push_back({f.name + f.suffixes[i], f.samples[i].labels, std::string(v)});
+        }
+    result({"metric", "labels", "value"}, rows, "SHOW");
+}
+
+void Console::show_databases()
+{
+    std::vector<Row> rows;
+    for (const auto& d : s_.cfg.databases)
+        rows.push_back({d.name, without_password(d.conninfo), s_.cfg.path + ":" + std::to_string(d.line)});
+    result({"name", "upstream", "defined_at"}, rows, "SHOW");
+}
+
+void Console::show_config()
+{
+    std::vector<Row> rows;
+    for (const auto& spec : config::options())
+        rows.push_back({std::string(spec.name), config::option_value(s_.cfg, spec), std::string(spec.default_value),
+                        spec.reload == config::ReloadClass::Reload ? "reload" : "restart"});
+    result({"name", "value", "default", "changes_with"}, rows, "SHOW");
+}
+
+void Console::show_help()
+{
+    std::vector<Row> rows;
+    for (const auto& c : commands())
+        rows.push_back({std::string(c.name) + (c.argument.empty() ? "" : " <" + std::string(c.argument) + ">"),
+                        c.admin_only ? "admin_users" : "stats_users", std::string(c.summary)});
+    result({"command", "who", "description"}, rows, "SHOW");
+}
+
+bool Console::kill_session(const std::string& arg)
+{
+    char* end = nullptr;
+    errno = 0;
+    unsigned long long id = std::strtoull(arg.c_str(), &end, 10);
+    if (arg.empty() || *end != '\0' || errno != 0 || id == 0) {
+        error("22023", "KILL needs a session id, a number from SHOW SESSIONS; got \"" + arg + "\"");
+        return false;
+    }
+    for (std::uint32_t i = 0; i < s_.table.capacity(); ++i) {
+        ipc::Slot& sl = s_.table.slot(i);
+        if (sl.session_id.load(std::memory_order_acquire) != id ||
+            sl.state.load(std::memory_order_acquire) == std::uint32_t(ipc::SlotState::Free))
+            continue;
+        pid_t owner = sl.owner_pid.load(std::memory_order_acquire);
+        sl.kill_requested.store(1, std::memory_order_release);
+        if (owner <= 0 || ::kill(owner, SIGTERM) != 0) {
+            error("55000", "session " + arg + " is ending already");
+            return false;
+        }
+        log_info("KILL %llu: session ended by admin console user \"%s\"", id, s_.user.c_str());
+        out_.raw(protocol::command_complete("KILL"));
+        return true;
+    }
+    error("42704", "session " + arg + " does not exist", "SHOW SESSIONS lists the running sessions.");
+    return false;
+}
+
+bool Console::signal_supervisor(int sig, const char* what)
+{
+    pid_t sup = s_.table.header()->supervisor_pid.load(std::memory_order_relaxed);
+    if (sup <= 0 || ::kill(sup, sig) != 0) {
+        error("58000", std::string("could not signal the supervisor for ") + what + ": " + std::strerror(errno));
+        return false;
+    }
+    log_info("%s requested by admin console user \"%s\"", what, s_.user.c_str());
+    out_.raw(protocol::command_complete(what));
+    return true;
+}
+
+bool Console::execute(const std::string& raw)
+{
+    const std::string text = upper_words(raw);
+    if (text.empty())
+        return true;
+    for (const auto& c : commands()) {
+        std::string_view name = c.name;
+        const bool takes_arg = !c.argument.empty();
+        if (takes_arg ? text.compare(0, name.size(), name) != 0 ||
+                            (text.size() > name.size() && text[name.size()] != ' ')
+                      : text != name)
+            continue;
+        if (c.admin_only && !admin_) {
+            error("42501", "permission denied for " + std::string(name),
+                  "Only admin_users may run it; \"" + s_.user + "\" is in stats_users.");
+            return false;
+        }
+        switch (c.id) {
+        case CommandId::ShowSessions:
+            show_sessions();
+            return true;
+        case CommandId::ShowStats:
+            show_stats();
+            return true;
+        case CommandId::ShowDatabases:
+            show_databases();
+            return true;
+        case CommandId::ShowConfig:
+            show_config();
+            return true;
+        case CommandId::ShowVersion:
+            result({"version"}, {Row{std::string("pgwicket ") + PGWICKET_VERSION}}, "SHOW");
+            return true;
+        case CommandId::ShowHelp:
+            show_help();
+            return true;
+        case CommandId::Reload:
+            return signal_supervisor(SIGHUP, "RELOAD");
+        case CommandId::Kill:
+            return kill_session(text.size() > name.size() ? text.substr(name.size() + 1) : "");
+        case CommandId::Shutdown:
+            return signal_supervisor(SIGTERM, "SHUTDOWN");
+        }
+    }
+    error("42601", "unknown admin console command: " + text.substr(0, 200),
+          "This is pgwicket's admin console, not a PostgreSQL database; SHOW HELP lists its commands.");
+    return false;
+}
+
+int Console::run()
+{
+    admin_ = s_.cfg.is_admin_user(s_.user);
+    if (!admin_ && !s_.cfg.is_stats_user(s_.user)) {
+        if (s_.slot)
+            s_.slot->counters.add(ipc::kAuthFailuresAdmin, 1);
+        log_info("refused admin console login: \"%s\" is in neither admin_users nor stats_users", s_.user.c_str());
+        send(protocol::fatal("28000", "user \"" + s_.user + "\" may not use the pgwicket admin console",
+                             "Add the user to admin_users or stats_users in pgwicket.ini."));
+        net::linger_close(s_.client_fd, net::Clock::now() + 1s);
+        return session::kExitRefused;
+    }
+    log_info("admin console session (%s)", admin_ ? "admin_users" : "stats_users");
+    protocol::Writer greet;
+    greet.raw(protocol::authentication_ok());
+    const std::pair<const char*, std::string> params[] = {
+        {"server_version", "15.0 (pgwicket " PGWICKET_VERSION ")"},
+        {"server_encoding", "UTF8"},
+        {"client_encoding", "UTF8"},
+        {"DateStyle", "ISO, MDY"},
+        {"IntervalStyle", "postgres"},
+        {"TimeZone", "UTC"},
+        {"integer_datetimes", "on"},
+        {"standard_conforming_strings", "on"},
+        {"is_superuser", "off"},
+        {"session_authorization", s_.user},
+        {"application_name", s_.application_name},
+    };
+    for (const auto& [name, value] : params)
+        greet.raw(protocol::parameter_status(name, value));
+    std::uint32_t secret = 0;
+    while (secret == 0)
+        RAND_bytes(reinterpret_cast<unsigned char*>(&secret), sizeof secret);
+    if (s_.slot) {
+        s_.slot->secret.store(secret, std::memory_order_release);
+        s_.slot->state.store(std::uint32_t(ipc::SlotState::Idle), std::memory_order_release);
+    }
+    greet.raw(protocol::backend_key_data(s_.key_pid, secret));
+    greet.raw(protocol::ready_for_query('I'));
+    if (!send(greet.bytes()))
+        return session::kExitOk;
+
+    bool skipping_to_sync = false;  // after an extended-protocol message, until Sync
+    for (;;) {
+        // Wait for the next message, waking for SIGTERM (shutdown or KILL).
+        pollfd p{s_.client_fd, POLLIN, 0};
+        int rc = ::poll(&p, 1, 1000);
+        if (session::g_reopen_log) {
+            session::g_reopen_log = 0;
+            log::setup(config::log_settings(s_.cfg));
+        }
+        if (session::g_stop_requested || session::g_drain_notice) {
+            bool killed = s_.slot && s_.slot->kill_requested.load(std::memory_order_acquire);
+            send(killed ? protocol::fatal("57P01", "terminating connection due to administrator command",
+                                          "An administrator ended this session with KILL in pgwicket's "
+                                          "admin console.")
+                        : protocol::fatal("57P01", "terminating connection due to pgwicket shutdown",
+                                          "Admin console sessions end when pgwicket starts to drain."));
+            return session::kExitShutdown;
+        }
+        if (rc <= 0)
+            continue;
+        const auto deadline = net::Clock::now() + std::chrono::seconds(s_.cfg.client_login_timeout);
+        unsigned char head[5];
+        auto rs = net::read_exact(s_.client_fd, head, sizeof head, deadline);
+        if (rs != net::ReadStatus::Ok)
+            return session::kExitOk;
+        const char type = char(head[0]);
+        const std::uint32_t len = protocol::load_be32(reinterpret_cast<const std::byte*>(head + 1));
+        if (len < 4 || len > kMaxMessage) {
+            send(protocol::fatal("08P01", "invalid message length " + std::to_string(len) + " for the admin console"));
+            return session::kExitClientError;
+        }
+        std::string body(len - 4, '\0');
+        if (net::read_exact(s_.client_fd, body.data(), body.size(), deadline) != net::ReadStatus::Ok)
+            return session::kExitClientError;
+        out_ = protocol::Writer{};
+        if (type == 'X')
+            return session::kExitOk;
+        if (type == 'Q') {
+            skipping_to_sync = false;
+            std::string sql(body.c_str());  // up to the terminating NUL
+            // Commands hold no quotes, so a ';' always separates two of them.
+            bool any = false;
+            size_t start = 0;
+            while (start <= sql.size()) {
+                size_t end = sql.find(';', start);
+                std::string one = sql.substr(start, end == std::string::npos ? std::string::npos : end - start);
+                if (!upper_words(one).empty()) {
+                    any = true;
+                    if (!execute(one))
+                        break;
+                }
+                if (end == std::string::npos)
+                    break;
+                start = end + 1;
+            }
+            if (!any)
+                out_.raw(protocol::empty_query_response());
+            out_.raw(protocol::ready_for_query('I'));
+        } else if (type == 'S') {
+            skipping_to_sync = false;
+            out_.raw(protocol::ready_for_query('I'));
+        } else if (type == 'H') {
+            // Flush: nothing is pending.
+        } else if (!skipping_to_sync) {
+            skipping_to_sync = true;
+            error("0A000", "the pgwicket admin console supports only the simple query protocol",
+                  "Send commands as plain queries, for example with psql.");
+        }
+        if (!out_.bytes().empty() && !send(out_.bytes()))
+            return session::kExitOk;
+    }
+}
+
+} // namespace
+
+int run_console(const ConsoleSession& s)
+{
+    Console c(s);
+    return c.run();
+}
+
+} // namespace pgw::admin

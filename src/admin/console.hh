@@ -1,0 +1,29 @@
+// The admin console: the virtual database "pgwicket", answered by the worker itself
+// with ordinary result sets, so psql renders them. Commands are in commands.hh.
+#pragma once
+
+#include "config/config.hh"
+#include "ipc/session_table.hh"
+
+#include <cstdint>
+#include <string>
+
+namespace pgw::admin {
+
+inline constexpr const char* kConsoleDatabase = "pgwicket";
+
+struct ConsoleSession {
+    const config::Config& cfg;
+    const ipc::SessionTable& table;
+    int client_fd;  // non-blocking; the startup packet has been read
+    ipc::Slot* slot;  // this session's slot, or null
+    std::uint32_t key_pid;  // BackendKeyData process id field
+    std::string user;
+    std::string application_name;
+};
+
+// Checks admin_users/stats_users, greets, and serves commands until the client
+// leaves or the worker is told to stop. Returns the worker's exit code.
+int run_console(const ConsoleSession& s);
+
+} // namespace pgw::admin

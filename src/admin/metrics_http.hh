@@ -1,0 +1,12 @@
+// The Prometheus endpoint: a worker answers one HTTP request on a connection the
+// supervisor accepted on metrics_listen, then closes it.
+#pragma once
+
+#include "ipc/session_table.hh"
+
+namespace pgw::admin {
+
+// Reads one request (GET /metrics or GET /), answers it and returns a worker exit code.
+int serve_metrics(int fd, const ipc::SessionTable& table);
+
+} // namespace pgw::admin

@@ -1,0 +1,236 @@
+// The admin console (virtual database "pgwicket") through psql and libpq, with its
+// privilege checks, and the Prometheus endpoint through curl, on real sessions.
+#include "harness.hh"
+
+#include <boost/test/unit_test.hpp>
+
+#include <signal.h>
+
+#include <string>
+
+using namespace pgw::it;
+
+namespace {
+
+std::string sqlstate_of(const PGresult* r)
+{
+    const char* s = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    return s ? s : "";
+}
+
+ProxyOptions admin_options()
+{
+    ProxyOptions o;
+    o.extra_settings = "admin_users = boss, root\nstats_users = watcher\n";
+    return o;
+}
+
+// The console connection for `user`; the upstream is never asked about these users.
+std::string console(const Proxy& p, const std::string& user) { return p.conninfo("pgwicket", user); }
+
+RunResult curl(const std::string& url)
+{
+    return run({"curl", "-sS", "--max-time", "10", "-w", "\nHTTP %{http_code}\n", url});
+}
+
+double metric(const std::string& body, const std::string& series)
+{
+    size_t at = body.find("\n" + series + " ");
+    if (at == std::string::npos)
+        return -1;
+    return std::stod(body.substr(at + series.size() + 2));
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(admin_console)
+
+BOOST_AUTO_TEST_CASE(psql_renders_every_show_command)
+{
+    Proxy p("pgwicket-admin-show", admin_options());
+    Conn app = connect_ok(p.conninfo("postgres", "postgres", "application_name=the_app"));
+    BOOST_TEST(scalar(app.get(), "SELECT 1") == "1");
+
+    RunResult r = psql(console(p, "watcher"),
+                       "SHOW SESSIONS;\nshow stats;\nSHOW DATABASES;\nSHOW CONFIG;\nSHOW VERSION;\nSHOW HELP;\n");
+    BOOST_TEST(r.ok(), r.status() << r.out);
+    // SHOW SESSIONS: the application's session and our own.
+    BOOST_TEST(contains(r.out, "the_app"), excerpt(r.out));
+    BOOST_TEST(contains(r.out, "| pgwicket"), excerpt(r.out));
+    BOOST_TEST(contains(r.out, "pgwicket_connections_accepted_total"), excerpt(r.out));
+    // SHOW DATABASES hides the password of the unreachable entry.
+    BOOST_TEST(contains(r.out, "unreachable"), excerpt(r.out));
+    BOOST_TEST(!contains(r.out, kUnreachablePassword), excerpt(r.out));
+    BOOST_TEST(contains(r.out, "password=********"), excerpt(r.out));
+    BOOST_TEST(contains(r.out, "admin_users"), excerpt(r.out));
+    BOOST_TEST(contains(r.out, "shutdown_timeout"), excerpt(r.out));
+    BOOST_TEST(contains(r.out, "pgwicket 0.1.0"), excerpt(r.out));
+    BOOST_TEST(contains(r.out, "KILL <session>"), excerpt(r.out));
+
+    // Several commands in one query string, and rows through libpq.
+    Conn c = connect_ok(console(p, "boss"));
+    Result res(PQexec(c.get(), "show version; show sessions"));
+    BOOST_TEST_REQUIRE(PQresultStatus(res.get()) == PGRES_TUPLES_OK, PQresultErrorMessage(res.get()));
+    BOOST_TEST(PQntuples(res.get()) == 2);  // the last result: the app and this console
+    BOOST_TEST(std::string(PQfname(res.get(), 0)) == "session");
+
+    // Unknown commands and the extended protocol are refused with clear errors.
+    Result bad(PQexec(c.get(), "SELECT * FROM pg_class"));
+    BOOST_TEST(sqlstate_of(bad.get()) == "42601");
+    BOOST_TEST(contains(PQresultErrorMessage(bad.get()), "SHOW HELP"), PQresultErrorMessage(bad.get()));
+    Result ext(PQexecParams(c.get(), "SHOW VERSION", 0, nullptr, nullptr, nullptr, nullptr, 0));
+    BOOST_TEST(sqlstate_of(ext.get()) == "0A000", PQresultErrorMessage(ext.get()));
+    // The connection is still usable after both.
+    BOOST_TEST(scalar(c.get(), "SHOW VERSION") == "pgwicket 0.1.0");
+    check_clean_stop(p);
+}
+
+BOOST_AUTO_TEST_CASE(only_listed_users_get_in_and_only_admins_change_things)
+{
+    Proxy p("pgwicket-admin-privs", admin_options());
+    Conn stranger = connect(console(p, "postgres"));
+    std::string msg = PQerrorMessage(stranger.get());
+    BOOST_TEST(PQstatus(stranger.get()) == CONNECTION_BAD);
+    BOOST_TEST(contains(msg, "may not use the pgwicket admin console"), msg);
+    BOOST_TEST(contains(msg, "admin_users or stats_users"), msg);
+
+    Conn victim = connect_ok(p.conninfo());
+    BOOST_TEST(scalar(victim.get(), "SELECT 1") == "1");
+    Conn watcher = connect_ok(console(p, "watcher"));
+    for (const char* cmd : {"KILL 1", "RELOAD", "SHUTDOWN"}) {
+        Result r(PQexec(watcher.get(), cmd));
+        BOOST_TEST(sqlstate_of(r.get()) == "42501", cmd << ": " << PQresultErrorMessage(r.get()));
+    }
+    // Nothing happened: the victim still works, pgwicket still runs, nothing reloaded.
+    BOOST_TEST(scalar(victim.get(), "SELECT 2") == "2");
+    BOOST_TEST(p.running());
+    BOOST_TEST(!contains(read_file(p.log_path()), "reloading configuration"));
+    check_clean_stop(p);
+}
+
+BOOST_AUTO_TEST_CASE(kill_reload_and_shutdown)
+{
+    ProxyOptions o = admin_options();
+    o.shutdown_timeout = 30;
+    Proxy p("pgwicket-admin-act", o);
+    Conn victim = connect_ok(p.conninfo("postgres", "postgres", "application_name=kill_me"));
+    BOOST_TEST(scalar(victim.get(), "SELECT 1") == "1");
+    Conn boss = connect_ok(console(p, "boss"));
+
+    // Find the victim's session id in SHOW SESSIONS, then KILL it.
+    Result sessions(PQexec(boss.get(), "SHOW SESSIONS"));
+    BOOST_TEST_REQUIRE(PQresultStatus(sessions.get()) == PGRES_TUPLES_OK);
+    std::string id;
+    for (int i = 0; i < PQntuples(sessions.get()); ++i)
+        if (std::string(PQgetvalue(sessions.get(), i, 6)) == "kill_me")
+            id = PQgetvalue(sessions.get(), i, 0);
+    BOOST_TEST_REQUIRE(!id.empty());
+    Result missing(PQexec(boss.get(), "KILL 999999"));
+    BOOST_TEST(sqlstate_of(missing.get()) == "42704");
+    Result bad_arg(PQexec(boss.get(), "KILL everyone"));
+    BOOST_TEST(sqlstate_of(bad_arg.get()) == "22023");
+    Result killed(PQexec(boss.get(), ("kill " + id).c_str()));
+    BOOST_TEST(PQresultStatus(killed.get()) == PGRES_COMMAND_OK, PQresultErrorMessage(killed.get()));
+    Result after(PQexec(victim.get(), "SELECT 1"));
+    std::string vmsg = PQerrorMessage(victim.get());
+    BOOST_TEST(contains(vmsg, "terminating connection due to administrator command"), vmsg);
+    BOOST_TEST(contains(vmsg, "KILL"), vmsg);
+
+    size_t mark = p.log_size();
+    Result reload(PQexec(boss.get(), "RELOAD"));
+    BOOST_TEST(PQresultStatus(reload.get()) == PGRES_COMMAND_OK, PQresultErrorMessage(reload.get()));
+    BOOST_TEST(wait_for([&] { return read_file(p.log_path()).find("configuration reloaded", mark) != std::string::npos; }),
+               p.log_tail());
+
+    Result bye(PQexec(boss.get(), "SHUTDOWN"));
+    BOOST_TEST(PQresultStatus(bye.get()) == PGRES_COMMAND_OK, PQresultErrorMessage(bye.get()));
+    // The drain starts, the console session is told and closed (it would otherwise
+    // hold the drain open), and with no session left pgwicket stops.
+    BOOST_TEST(wait_for([&] { return !p.running(); }, 10000), p.log_tail());
+    BOOST_TEST(contains(read_file(p.log_path()), "draining"), p.log_tail());
+    Result gone(PQexec(boss.get(), "SHOW VERSION"));
+    std::string bmsg = PQerrorMessage(boss.get());
+    BOOST_TEST(contains(bmsg, "terminating connection due to pgwicket shutdown"), bmsg);
+    BOOST_TEST(p.stop() == "had already ended: exit 0", p.log_tail());
+}
+
+BOOST_AUTO_TEST_CASE(prometheus_metrics_with_curl)
+{
+    ProxyOptions o;
+    const int mport = free_port();
+    o.extra_settings = "metrics_listen = 127.0.0.1:" + std::to_string(mport) + "\n";
+    Proxy p("pgwicket-metrics", o);
+    const std::string url = "http://127.0.0.1:" + std::to_string(mport);
+
+    RunResult before = curl(url + "/metrics");
+    BOOST_TEST_REQUIRE(before.ok(), before.status() << before.out);
+    BOOST_TEST(contains(before.out, "HTTP 200"), before.out);
+    for (const char* family :
+         {"pgwicket_sessions", "pgwicket_connections_accepted_total", "pgwicket_connections_refused_total",
+          "pgwicket_auth_failures_total", "pgwicket_statements_total", "pgwicket_bytes_total",
+          "pgwicket_query_duration_seconds", "pgwicket_cancel_requests_total", "pgwicket_worker_exits_total",
+          "pgwicket_upstream_connect_failures_total"})
+        BOOST_TEST(contains(before.out, std::string("# TYPE ") + family + " "), family << "\n" << excerpt(before.out));
+
+    // Traffic moves the counters: 5 reads, 1 write, 1 failure, 1 routed cancel,
+    // 1 unreachable upstream, one open idle session.
+    {
+        Conn c = connect_ok(p.conninfo());
+        for (int i = 0; i < 5; ++i)
+            BOOST_TEST(scalar(c.get(), "SELECT " + std::to_string(i)) == std::to_string(i));
+        Result w(PQexec(c.get(), "CREATE TEMP TABLE t(x int); INSERT INTO t VALUES (1)"));
+        Result e(PQexec(c.get(), "SELECT 1/0"));
+        BOOST_TEST(sqlstate_of(e.get()) == "22012");
+        BOOST_TEST_REQUIRE(PQsendQuery(c.get(), "SELECT pg_sleep(30)") == 1);
+        sleep_ms(200);
+        PGcancel* cancel = PQgetCancel(c.get());
+        char err[256];
+        BOOST_TEST(PQcancel(cancel, err, sizeof err) == 1);
+        PQfreeCancel(cancel);
+        while (PGresult* r = PQgetResult(c.get()))
+            PQclear(r);
+    }
+    Conn dead = connect(p.conninfo("unreachable"));
+    BOOST_TEST(PQstatus(dead.get()) == CONNECTION_BAD);
+    Conn idle = connect_ok(p.conninfo());
+    BOOST_TEST(scalar(idle.get(), "SELECT 1") == "1");
+
+    std::string body;
+    // Finished sessions are folded into the totals when their workers are reaped.
+    BOOST_TEST(wait_for([&] {
+                   body = curl(url + "/metrics").out;
+                   return metric(body, "pgwicket_cancel_requests_total{outcome=\"routed\"}") >= 1 &&
+                          metric(body, "pgwicket_upstream_connect_failures_total") >= 1 &&
+                          metric(body, "pgwicket_worker_exits_total{code=\"4\",reason=\"upstream failure\"}") >= 1;
+               }),
+               excerpt(body));
+    BOOST_TEST(metric(body, "pgwicket_sessions{state=\"idle\"}") == 1, excerpt(body));
+    BOOST_TEST(metric(body, "pgwicket_statements_total{class=\"read\",outcome=\"ok\"}") >= 6, excerpt(body));
+    BOOST_TEST(metric(body, "pgwicket_statements_total{class=\"write\",outcome=\"ok\"}") >= 1, excerpt(body));
+    BOOST_TEST(metric(body, "pgwicket_statements_total{class=\"ddl\",outcome=\"ok\"}") >= 1, excerpt(body));
+    BOOST_TEST(metric(body, "pgwicket_statements_total{class=\"unknown\",outcome=\"error\"}") >= 2, excerpt(body));
+    BOOST_TEST(metric(body, "pgwicket_bytes_total{direction=\"from_client\"}") > 100, excerpt(body));
+    BOOST_TEST(metric(body, "pgwicket_query_duration_seconds_count") >= 8, excerpt(body));
+    BOOST_TEST(metric(body, "pgwicket_query_duration_seconds_bucket{le=\"+Inf\"}") ==
+                   metric(body, "pgwicket_query_duration_seconds_count"),
+               excerpt(body));
+    BOOST_TEST(metric(body, "pgwicket_worker_exits_total{code=\"4\",reason=\"upstream failure\"}") >= 1, excerpt(body));
+    BOOST_TEST(metric(body, "pgwicket_connections_accepted_total") >= 4, excerpt(body));
+
+    RunResult nf = curl(url + "/nothing-here");
+    BOOST_TEST(contains(nf.out, "HTTP 404"), nf.out);
+    RunResult post = run({"curl", "-sS", "--max-time", "10", "-X", "POST", "-w", "\nHTTP %{http_code}\n", url + "/metrics"});
+    BOOST_TEST(contains(post.out, "HTTP 405"), post.out);
+    // Not HTTP at all: the worker answers 400 and the endpoint keeps working.
+    {
+        RawSocket raw(mport);
+        raw.send("\x16\x03\x01garbage\r\n\r\n");
+        std::string reply = raw.read_exact(12, 5000);
+        BOOST_TEST(contains(reply, "HTTP/1.1 400"), reply);
+    }
+    BOOST_TEST(contains(curl(url + "/metrics").out, "HTTP 200"));
+    idle.reset();
+    check_clean_stop(p);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
