@@ -81,24 +81,47 @@ std::vector<Family> collect(const ipc::SessionTable& table)
     add(refused, "reason=\"shutdown\"", load(sup.refused_shutdown));
     out.push_back(refused);
 
-    Family auth = family("pgwicket_auth_failures_total", "counter", "Failed logins by where they failed.");
-    add(auth, "method=\"upstream\"", c(ipc::kAuthFailuresUpstream));
-    add(auth, "method=\"admin\"", c(ipc::kAuthFailuresAdmin));
-    out.push_back(auth);
-
-    Family stmts = family("pgwicket_statements_total", "counter",
-                          "Statements by the class of their command tag, and statements that failed.");
-    add(stmts, "class=\"read\",outcome=\"ok\"", c(ipc::kStatementsRead));
-    add(stmts, "class=\"write\",outcome=\"ok\"", c(ipc::kStatementsWrite));
-    add(stmts, "class=\"ddl\",outcome=\"ok\"", c(ipc::kStatementsDdl));
-    add(stmts, "class=\"utility\",outcome=\"ok\"", c(ipc::kStatementsUtility));
-    add(stmts, "class=\"unknown\",outcome=\"error\"", c(ipc::kStatementsError));
-    out.push_back(stmts);
-
-    Family bytes = family("pgwicket_bytes_total", "counter", "Bytes relayed, by the side that sent them.");
-    add(bytes, "direction=\"from_client\"", c(ipc::kBytesFromClient));
-    add(bytes, "direction=\"from_server\"", c(ipc::kBytesFromServer));
-    out.push_back(bytes);
+    // Families made only of worker counters: name, help, then label set and counter.
+    struct Series {
+        const char* labels;
+        Counter counter;
+    };
+    struct CounterFamily {
+        const char* name;
+        const char* help;
+        std::vector<Series> series;
+    };
+    const CounterFamily counter_families[] = {
+        {"pgwicket_auth_failures_total",
+         "Failed logins by where they failed.",
+         {{"method=\"upstream\"", ipc::kAuthFailuresUpstream}, {"method=\"admin\"", ipc::kAuthFailuresAdmin}}},
+        {"pgwicket_statements_total",
+         "Statements by the class of their command tag, and statements that failed.",
+         {{"class=\"read\",outcome=\"ok\"", ipc::kStatementsRead},
+          {"class=\"write\",outcome=\"ok\"", ipc::kStatementsWrite},
+          {"class=\"ddl\",outcome=\"ok\"", ipc::kStatementsDdl},
+          {"class=\"utility\",outcome=\"ok\"", ipc::kStatementsUtility},
+          {"class=\"unknown\",outcome=\"error\"", ipc::kStatementsError}}},
+        {"pgwicket_bytes_total",
+         "Bytes relayed, by the side that sent them.",
+         {{"direction=\"from_client\"", ipc::kBytesFromClient}, {"direction=\"from_server\"", ipc::kBytesFromServer}}},
+        {"pgwicket_cancel_requests_total",
+         "Cancel requests by outcome.",
+         {{"outcome=\"routed\"", ipc::kCancelRouted},
+          {"outcome=\"forwarded\"", ipc::kCancelForwarded},
+          {"outcome=\"forward_failed\"", ipc::kCancelForwardFailed},
+          {"outcome=\"not_active\"", ipc::kCancelNotActive},
+          {"outcome=\"rejected\"", ipc::kCancelRejected}}},
+        {"pgwicket_upstream_connect_failures_total",
+         "Upstream connections that failed or whose login the server refused.",
+         {{"", ipc::kUpstreamConnectFailures}}},
+    };
+    for (const auto& cf : counter_families) {
+        Family f = family(cf.name, "counter", cf.help);
+        for (const auto& series : cf.series)
+            add(f, series.labels, c(series.counter));
+        out.push_back(std::move(f));
+    }
 
     Family hist = family("pgwicket_query_duration_seconds", "histogram",
                          "Time from a client's first message to the server's ReadyForQuery.");
@@ -114,14 +137,6 @@ std::vector<Family> collect(const ipc::SessionTable& table)
     add(hist, "", c(ipc::kQueries), "_count");
     out.push_back(hist);
 
-    Family cancels = family("pgwicket_cancel_requests_total", "counter", "Cancel requests by outcome.");
-    add(cancels, "outcome=\"routed\"", c(ipc::kCancelRouted));
-    add(cancels, "outcome=\"forwarded\"", c(ipc::kCancelForwarded));
-    add(cancels, "outcome=\"forward_failed\"", c(ipc::kCancelForwardFailed));
-    add(cancels, "outcome=\"not_active\"", c(ipc::kCancelNotActive));
-    add(cancels, "outcome=\"rejected\"", c(ipc::kCancelRejected));
-    out.push_back(cancels);
-
     Family exits = family("pgwicket_worker_exits_total", "counter", "Worker processes reaped, by exit code.");
     for (int code = 0; code < 128; ++code) {
         double n = load(sup.exits_by_code[code]);
@@ -131,11 +146,6 @@ std::vector<Family> collect(const ipc::SessionTable& table)
     }
     add(exits, "code=\"signal\",reason=\"killed by a signal\"", load(sup.exits_by_signal));
     out.push_back(exits);
-
-    Family upstream = family("pgwicket_upstream_connect_failures_total", "counter",
-                             "Upstream connections that failed or whose login the server refused.");
-    add(upstream, "", c(ipc::kUpstreamConnectFailures));
-    out.push_back(upstream);
 
     Family reloads = family("pgwicket_reloads_total", "counter", "Configuration reloads by result.");
     add(reloads, "result=\"ok\"", load(sup.reloads));
