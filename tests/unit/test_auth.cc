@@ -1,12 +1,19 @@
-// Unit tests for src/auth/: base64, and SCRAM-SHA-256 against RFC 7677's vector and a
-// real PostgreSQL 15 verifier.
+// Unit tests for src/auth/: base64, SCRAM-SHA-256 (against RFC 7677's vector and a real
+// PostgreSQL 15 verifier), and JWT/JWKS with keys made here.
 #include "auth/base64.hh"
+#include "auth/jwt.hh"
 #include "auth/ossl.hh"
 #include "auth/scram.hh"
 
 #include <boost/test/unit_test.hpp>
 
+#include <nlohmann/json.hpp>
+#include <openssl/core_names.h>
+#include <openssl/ec.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
 
 #include <map>
 #include <string>
@@ -14,6 +21,7 @@
 
 using namespace pgw;
 using namespace pgw::auth;
+using nlohmann::json;
 
 namespace {
 
@@ -445,6 +453,558 @@ BOOST_AUTO_TEST_CASE(md5_verifier_and_response)
     BOOST_TEST(!scram::md5_response_matches(stored, other_salt, response));
     BOOST_TEST(!scram::md5_response_matches(stored, salt, response.substr(0, 34)));
     BOOST_TEST(!scram::md5_response_matches(kPgVerifier, salt, response));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ==== JWT ==============================================================================
+
+namespace {
+
+constexpr std::int64_t kNow = 1795000000;  // 2026-11-18T11:06:40Z
+constexpr const char* kIssuer = "https://login.example.com/tenant-id/v2.0";
+constexpr const char* kAudience = "api://pgwicket";
+
+std::string b64u(std::string_view s)
+{
+    return base64url_encode(octets_of(s));
+}
+
+std::string b64u(const Octets& o)
+{
+    return base64url_encode(o);
+}
+
+Octets bn_bytes(const BIGNUM* bn, int pad = 0)
+{
+    Octets out(pad ? size_t(pad) : size_t(BN_num_bytes(bn)));
+    if (pad)
+        BOOST_REQUIRE(BN_bn2binpad(bn, out.data(), pad) == pad);
+    else
+        BN_bn2bin(bn, out.data());
+    return out;
+}
+
+Octets bn_param(EVP_PKEY* key, const char* name, int pad = 0)
+{
+    BIGNUM* bn = nullptr;
+    BOOST_REQUIRE(EVP_PKEY_get_bn_param(key, name, &bn) == 1);
+    ossl::BnPtr owner(bn);
+    return bn_bytes(bn, pad);
+}
+
+// Keys made once for the whole binary: RSA key generation costs ~100 ms each.
+struct TestKeys {
+    ossl::PkeyPtr rsa{EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", size_t(2048))};
+    ossl::PkeyPtr rsa_other{EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", size_t(2048))};
+    ossl::PkeyPtr ec256{EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256")};
+    ossl::PkeyPtr ec384{EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-384")};
+
+    static const TestKeys& get()
+    {
+        static const TestKeys keys;
+        return keys;
+    }
+};
+
+json rsa_jwk(EVP_PKEY* key, const std::string& kid)
+{
+    return {{"kty", "RSA"}, {"use", "sig"}, {"kid", kid},
+            {"n", b64u(bn_param(key, OSSL_PKEY_PARAM_RSA_N))}, {"e", b64u(bn_param(key, OSSL_PKEY_PARAM_RSA_E))}};
+}
+
+json ec_jwk(EVP_PKEY* key, const std::string& kid, const char* crv, int coord)
+{
+    return {{"kty", "EC"}, {"kid", kid}, {"crv", crv},
+            {"x", b64u(bn_param(key, OSSL_PKEY_PARAM_EC_PUB_X, coord))},
+            {"y", b64u(bn_param(key, OSSL_PKEY_PARAM_EC_PUB_Y, coord))}};
+}
+
+json test_jwks_json()
+{
+    const auto& k = TestKeys::get();
+    return {{"keys", json::array({rsa_jwk(k.rsa.get(), "rsa-1"), ec_jwk(k.ec256.get(), "ec-1", "P-256", 32),
+                                  ec_jwk(k.ec384.get(), "ec-384", "P-384", 48)})}};
+}
+
+const jwt::Jwks& test_jwks()
+{
+    static const jwt::Jwks jwks = [] {
+        auto r = jwt::Jwks::parse(test_jwks_json().dump());
+        BOOST_REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error()));
+        return *r;
+    }();
+    return jwks;
+}
+
+Octets sign(EVP_PKEY* key, const std::string& alg, std::string_view input)
+{
+    const EVP_MD* md = alg.ends_with("384") ? EVP_sha384() : alg.ends_with("512") ? EVP_sha512() : EVP_sha256();
+    ossl::MdCtxPtr ctx(EVP_MD_CTX_new());
+    EVP_PKEY_CTX* pctx = nullptr;
+    BOOST_REQUIRE(EVP_DigestSignInit(ctx.get(), &pctx, md, nullptr, key) == 1);
+    if (alg.starts_with("PS")) {
+        BOOST_REQUIRE(EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) == 1);
+        BOOST_REQUIRE(EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) == 1);
+    }
+    size_t len = 0;
+    auto data = reinterpret_cast<const unsigned char*>(input.data());
+    BOOST_REQUIRE(EVP_DigestSign(ctx.get(), nullptr, &len, data, input.size()) == 1);
+    Octets sig(len);
+    BOOST_REQUIRE(EVP_DigestSign(ctx.get(), sig.data(), &len, data, input.size()) == 1);
+    sig.resize(len);
+    if (!alg.starts_with("ES"))
+        return sig;
+    // JWS wants raw r||s, each as wide as the curve's order.
+    int coord = alg == "ES256" ? 32 : 48;
+    const unsigned char* p = sig.data();
+    ossl::EcdsaSigPtr ecsig(d2i_ECDSA_SIG(nullptr, &p, long(sig.size())));
+    BOOST_REQUIRE(ecsig);
+    Octets raw = bn_bytes(ECDSA_SIG_get0_r(ecsig.get()), coord);
+    Octets s = bn_bytes(ECDSA_SIG_get0_s(ecsig.get()), coord);
+    raw.insert(raw.end(), s.begin(), s.end());
+    return raw;
+}
+
+json default_claims()
+{
+    return {{"iss", kIssuer},          {"aud", kAudience},
+            {"exp", kNow + 3600},      {"iat", kNow - 10},
+            {"nbf", kNow - 10},        {"sub", "00u1abcd"},
+            {"email", "alice@example.com"}, {"groups", json::array({"dba", "oncall"})}};
+}
+
+std::string mint(const json& claims, const std::string& alg = "RS256", const std::string& kid = "rsa-1",
+                 EVP_PKEY* key = nullptr)
+{
+    const auto& k = TestKeys::get();
+    if (!key)
+        key = alg.starts_with("ES") ? (alg == "ES256" ? k.ec256.get() : k.ec384.get()) : k.rsa.get();
+    json header = {{"alg", alg}, {"typ", "JWT"}};
+    if (!kid.empty())
+        header["kid"] = kid;
+    std::string input = b64u(header.dump()) + "." + b64u(claims.dump());
+    return input + "." + b64u(sign(key, alg, input));
+}
+
+jwt::VerifyOptions options()
+{
+    jwt::VerifyOptions o;
+    o.issuers = {kIssuer};
+    o.audiences = {kAudience};
+    o.now = kNow;
+    return o;
+}
+
+jwt::Identity expect_identity(const std::string& token, const jwt::VerifyOptions& o = options(),
+                              const jwt::Jwks& jwks = test_jwks())
+{
+    auto r = jwt::verify(token, jwks, o);
+    const auto* id = std::get_if<jwt::Identity>(&r);
+    if (!id)
+        BOOST_FAIL("refused: " << std::get<jwt::JwtError>(r).message);
+    return *id;
+}
+
+// A refusal of the given kind whose message mentions `mention` and shows neither the
+// token nor its signature.
+jwt::JwtError expect_refusal(const std::string& token, jwt::Failure kind, const std::string& mention,
+                             const jwt::VerifyOptions& o = options())
+{
+    auto r = jwt::verify(token, test_jwks(), o);
+    const auto* e = std::get_if<jwt::JwtError>(&r);
+    BOOST_TEST_REQUIRE(e != nullptr, "accepted a token that should fail with: " << mention);
+    BOOST_TEST((e->kind == kind), "wrong kind, message: " << e->message);
+    BOOST_TEST(e->message.find(mention) != std::string::npos, e->message);
+    if (!token.empty())
+        BOOST_TEST(e->message.find(token) == std::string::npos);
+    size_t dot = token.rfind('.');
+    if (dot != std::string::npos && token.size() - dot > 8)
+        BOOST_TEST(e->message.find(token.substr(dot + 1)) == std::string::npos, "message shows the signature");
+    // Nor any 16-character window of the token (catches partial echoes).
+    for (size_t i = 0; i + 16 <= token.size() && token.size() < 4096; i += 7)
+        BOOST_TEST_REQUIRE(e->message.find(token.substr(i, 16)) == std::string::npos,
+                           "message shows part of the token: " << e->message);
+    return *e;
+}
+
+std::string with_payload(const std::string& token, const json& claims)
+{
+    size_t d1 = token.find('.'), d2 = token.rfind('.');
+    return token.substr(0, d1 + 1) + b64u(claims.dump()) + token.substr(d2);
+}
+
+std::string unsigned_token(const json& header, const json& claims, const std::string& sig = "")
+{
+    return b64u(header.dump()) + "." + b64u(claims.dump()) + "." + sig;
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(auth_jwt)
+
+BOOST_AUTO_TEST_CASE(rs256_token_gives_identity_groups_and_expiry)
+{
+    auto id = expect_identity(mint(default_claims()));
+    BOOST_TEST(id.identity == "alice@example.com");
+    BOOST_TEST(id.subject == "00u1abcd");
+    BOOST_TEST((id.groups == std::vector<std::string>{"dba", "oncall"}));
+    BOOST_TEST(!id.groups_overage);
+    BOOST_TEST(id.exp == kNow + 3600);
+    BOOST_TEST(id.issuer == kIssuer);
+    BOOST_TEST(id.audience == kAudience);
+    BOOST_TEST(id.kid == "rsa-1");
+    BOOST_TEST((id.alg == jwt::Alg::RS256));
+}
+
+BOOST_AUTO_TEST_CASE(other_algorithms_verify)
+{
+    BOOST_TEST((expect_identity(mint(default_claims(), "PS256")).alg == jwt::Alg::PS256));
+    BOOST_TEST((expect_identity(mint(default_claims(), "RS384")).alg == jwt::Alg::RS384));
+    BOOST_TEST((expect_identity(mint(default_claims(), "RS512")).alg == jwt::Alg::RS512));
+    BOOST_TEST((expect_identity(mint(default_claims(), "ES256", "ec-1")).alg == jwt::Alg::ES256));
+    BOOST_TEST((expect_identity(mint(default_claims(), "ES384", "ec-384")).alg == jwt::Alg::ES384));
+}
+
+BOOST_AUTO_TEST_CASE(audience_may_be_an_array)
+{
+    auto c = default_claims();
+    c["aud"] = json::array({"api://other", kAudience});
+    BOOST_TEST(expect_identity(mint(c)).audience == kAudience);
+    auto o = options();
+    o.audiences = {"api://third", "api://other"};
+    BOOST_TEST(expect_identity(mint(c), o).audience == "api://other");
+}
+
+BOOST_AUTO_TEST_CASE(identity_claim_is_configurable)
+{
+    auto c = default_claims();
+    c["upn"] = "alice@corp.example";                       // Azure AD v1
+    c["preferred_username"] = "alice@corp.example.org";    // Azure AD v2
+    c["https://example.com/email"] = "alice@auth0.example";  // Auth0 namespaced claim
+    std::string token = mint(c);
+    auto o = options();
+    for (const auto& [claim, value] : std::map<std::string, std::string>{
+             {"upn", "alice@corp.example"},
+             {"preferred_username", "alice@corp.example.org"},
+             {"sub", "00u1abcd"},
+             {"https://example.com/email", "alice@auth0.example"}}) {
+        o.identity_claim = claim;
+        BOOST_TEST(expect_identity(token, o).identity == value);
+    }
+    o.identity_claim = "unique_name";
+    expect_refusal(token, jwt::Failure::MissingClaim, "'unique_name'", o);
+    c["upn"] = 42;
+    o.identity_claim = "upn";
+    expect_refusal(mint(c), jwt::Failure::Malformed, "not a non-empty string", o);
+    c["upn"] = "alice\n2026-01-01 LOG: forged line";
+    expect_refusal(mint(c), jwt::Failure::Malformed, "control characters", o);
+}
+
+BOOST_AUTO_TEST_CASE(groups_claim_is_configurable)
+{
+    auto c = default_claims();
+    c["roles"] = json::array({"Reader"});
+    c["https://example.com/roles"] = json::array({"admin", "support"});
+    auto o = options();
+    o.groups_claim = "roles";
+    BOOST_TEST((expect_identity(mint(c), o).groups == std::vector<std::string>{"Reader"}));
+    o.groups_claim = "https://example.com/roles";
+    BOOST_TEST((expect_identity(mint(c), o).groups == std::vector<std::string>{"admin", "support"}));
+    c["https://example.com/roles"] = "single";
+    BOOST_TEST((expect_identity(mint(c), o).groups == std::vector<std::string>{"single"}));
+    o.groups_claim = "absent";
+    BOOST_TEST(expect_identity(mint(c), o).groups.empty());
+    c["https://example.com/roles"] = json::array({"ok", 7});
+    o.groups_claim = "https://example.com/roles";
+    expect_refusal(mint(c), jwt::Failure::Malformed, "not a string", o);
+
+    // Azure AD's overage: no "groups", a pointer to Graph instead.
+    auto over = default_claims();
+    over.erase("groups");
+    over["_claim_names"] = {{"groups", "src1"}};
+    over["_claim_sources"] = {{"src1", {{"endpoint", "https://graph.windows.net/x/getMemberObjects"}}}};
+    auto id = expect_identity(mint(over));
+    BOOST_TEST(id.groups.empty());
+    BOOST_TEST(id.groups_overage);
+}
+
+BOOST_AUTO_TEST_CASE(bad_signature)
+{
+    std::string good = mint(default_claims());
+    auto forged_claims = default_claims();
+    forged_claims["email"] = "mallory@example.com";
+    expect_refusal(with_payload(good, forged_claims), jwt::Failure::BadSignature, "signature does not verify");
+
+    size_t dot = good.rfind('.');
+    auto sig = *base64url_decode(good.substr(dot + 1));
+    sig[10] ^= 0x01;
+    expect_refusal(good.substr(0, dot + 1) + b64u(sig), jwt::Failure::BadSignature, "signature does not verify");
+
+    // Signed by another key under our key's kid.
+    expect_refusal(mint(default_claims(), "RS256", "rsa-1", TestKeys::get().rsa_other.get()),
+                   jwt::Failure::BadSignature, "signature does not verify");
+    // ES256 with a signature of the wrong width.
+    std::string es = mint(default_claims(), "ES256", "ec-1");
+    expect_refusal(es.substr(0, es.rfind('.') + 1) + b64u(Octets(63, 1)), jwt::Failure::BadSignature,
+                   "64 bytes");
+}
+
+BOOST_AUTO_TEST_CASE(audience_mismatch)
+{
+    auto c = default_claims();
+    c["aud"] = "api://x";
+    auto o = options();
+    o.audiences = {"api://y"};
+    expect_refusal(mint(c), jwt::Failure::AudienceMismatch,
+                   "audience mismatch: token is for 'api://x', expected 'api://y'", o);
+    c["aud"] = json::array({"api://a", "api://b"});
+    expect_refusal(mint(c), jwt::Failure::AudienceMismatch, "token is for 'api://a', 'api://b'", o);
+    c.erase("aud");
+    expect_refusal(mint(c), jwt::Failure::MissingClaim, "'aud'");
+}
+
+BOOST_AUTO_TEST_CASE(issuer_mismatch)
+{
+    auto c = default_claims();
+    c["iss"] = "https://evil.example.com/";
+    expect_refusal(mint(c), jwt::Failure::IssuerMismatch,
+                   std::string("issuer mismatch: token is from 'https://evil.example.com/', expected '") + kIssuer + "'");
+}
+
+BOOST_AUTO_TEST_CASE(expired_says_how_long_ago)
+{
+    auto c = default_claims();
+    c["exp"] = kNow - 180;
+    expect_refusal(mint(c), jwt::Failure::Expired, "token expired 3 minutes ago (exp 2026-11-18T11:03:40Z)");
+    // Within the leeway it still passes; a NumericDate may have a fraction.
+    c["exp"] = kNow - 30;
+    BOOST_TEST(expect_identity(mint(c)).exp == kNow - 30);
+    c["exp"] = double(kNow) + 0.5;
+    BOOST_TEST(expect_identity(mint(c)).exp == kNow);
+    auto strict = options();
+    strict.leeway = std::chrono::seconds(0);
+    c["exp"] = kNow;
+    expect_refusal(mint(c), jwt::Failure::Expired, "0 seconds ago", strict);
+    c["exp"] = kNow - 3 * 86400;
+    expect_refusal(mint(c), jwt::Failure::Expired, "3 days ago");
+    c.erase("exp");
+    expect_refusal(mint(c), jwt::Failure::MissingClaim, "'exp'");
+    c["exp"] = "tomorrow";
+    expect_refusal(mint(c), jwt::Failure::Malformed, "'exp' is not a number");
+}
+
+BOOST_AUTO_TEST_CASE(not_yet_valid_and_issued_in_the_future)
+{
+    auto c = default_claims();
+    c["nbf"] = kNow + 600;
+    expect_refusal(mint(c), jwt::Failure::NotYetValid, "token not valid until 2026-11-18T11:16:40Z (in 10 minutes)");
+    c["nbf"] = kNow + 30;  // within leeway
+    expect_identity(mint(c));
+    c = default_claims();
+    c["iat"] = kNow + 7200;
+    expect_refusal(mint(c), jwt::Failure::IssuedInFuture, "2 hours ahead");
+    c.erase("iat");
+    c.erase("nbf");
+    expect_identity(mint(c));  // both optional
+}
+
+BOOST_AUTO_TEST_CASE(alg_none_is_refused)
+{
+    auto claims = default_claims();
+    for (const char* none : {"none", "None", "NONE"})
+        expect_refusal(unsigned_token({{"alg", none}, {"kid", "rsa-1"}}, claims), jwt::Failure::AlgorithmNotAllowed,
+                       "algorithm 'none' is not allowed");
+}
+
+BOOST_AUTO_TEST_CASE(hs256_key_confusion_is_refused)
+{
+    // The classic forgery: HMAC keyed with the bytes of the verifier's public key.
+    const auto& k = TestKeys::get();
+    BIO* bio = BIO_new(BIO_s_mem());
+    BOOST_REQUIRE(PEM_write_bio_PUBKEY(bio, k.rsa.get()) == 1);
+    char* pem = nullptr;
+    long pem_len = BIO_get_mem_data(bio, &pem);
+    std::string public_pem(pem, size_t(pem_len));
+    BIO_free(bio);
+
+    json header = {{"alg", "HS256"}, {"kid", "rsa-1"}, {"typ", "JWT"}};
+    std::string input = b64u(header.dump()) + "." + b64u(default_claims().dump());
+    unsigned char mac[32];
+    unsigned int mac_len = 0;
+    HMAC(EVP_sha256(), public_pem.data(), int(public_pem.size()), reinterpret_cast<const unsigned char*>(input.data()),
+         input.size(), mac, &mac_len);
+    std::string token = input + "." + b64u(Octets(mac, mac + mac_len));
+    expect_refusal(token, jwt::Failure::AlgorithmNotAllowed,
+                   "algorithm 'HS256' is not allowed (only RS256/RS384/RS512/PS256/ES256/ES384)");
+}
+
+BOOST_AUTO_TEST_CASE(algorithm_must_fit_the_key)
+{
+    // An ES256 token claiming the RSA key, and an RS256 one claiming the EC key.
+    std::string es = mint(default_claims(), "ES256", "rsa-1");
+    expect_refusal(es, jwt::Failure::KeyMismatch, "does not fit key 'rsa-1' (an RSA key)");
+    std::string rs = mint(default_claims(), "RS256", "ec-1");
+    expect_refusal(rs, jwt::Failure::KeyMismatch, "does not fit key 'ec-1'");
+    // A JWKS that pins its key to RS256 refuses PS256 with it.
+    auto jwks_json = test_jwks_json();
+    jwks_json["keys"][0]["alg"] = "RS256";
+    auto pinned = jwt::Jwks::parse(jwks_json.dump());
+    BOOST_TEST_REQUIRE(pinned.ok());
+    auto r = jwt::verify(mint(default_claims(), "PS256"), *pinned, options());
+    BOOST_TEST_REQUIRE(std::holds_alternative<jwt::JwtError>(r));
+    BOOST_TEST(std::get<jwt::JwtError>(r).message.find("is for RS256") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(unknown_kid_asks_for_a_jwks_reload)
+{
+    auto e = expect_refusal(mint(default_claims(), "RS256", "abc"), jwt::Failure::UnknownKey,
+                            "unknown signing key id 'abc'");
+    BOOST_TEST(e.reload_jwks);
+    // Other failures do not.
+    auto c = default_claims();
+    c["exp"] = kNow - 600;
+    BOOST_TEST(!expect_refusal(mint(c), jwt::Failure::Expired, "expired").reload_jwks);
+}
+
+BOOST_AUTO_TEST_CASE(token_without_kid_uses_the_only_fitting_key)
+{
+    BOOST_TEST(expect_identity(mint(default_claims(), "ES256", "")).kid == "ec-1");
+    // Two RSA keys: ambiguous without a kid.
+    auto jwks_json = test_jwks_json();
+    jwks_json["keys"].push_back(rsa_jwk(TestKeys::get().rsa_other.get(), "rsa-2"));
+    auto two = jwt::Jwks::parse(jwks_json.dump());
+    BOOST_TEST_REQUIRE(two.ok());
+    auto r = jwt::verify(mint(default_claims(), "RS256", ""), *two, options());
+    BOOST_TEST_REQUIRE(std::holds_alternative<jwt::JwtError>(r));
+    BOOST_TEST(std::get<jwt::JwtError>(r).message.find("no key id") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(malformed_tokens)
+{
+    std::string good = mint(default_claims());
+    size_t d1 = good.find('.');
+    expect_refusal("*" + good.substr(1), jwt::Failure::Malformed, "malformed token: header: invalid base64url");
+    expect_refusal(good.substr(0, good.size() - 2) + "!!", jwt::Failure::Malformed, "signature: invalid base64url");
+    // A bad payload is only looked at once the signature holds, so sign one.
+    std::string bad_payload = good.substr(0, d1 + 1) + "e30!";
+    expect_refusal(bad_payload + "." + b64u(sign(TestKeys::get().rsa.get(), "RS256", bad_payload)),
+                   jwt::Failure::Malformed, "payload: invalid base64url");
+    expect_refusal("abc", jwt::Failure::Malformed, "expected three dot-separated parts, found 1");
+    expect_refusal("a.b.c.d.e", jwt::Failure::Malformed, "JWE");
+    expect_refusal("", jwt::Failure::Malformed, "found 1");
+    expect_refusal(".." , jwt::Failure::Malformed, "empty header or payload");
+    expect_refusal(b64u("not json") + ".e30.AAAA", jwt::Failure::Malformed, "header: not valid JSON");
+    expect_refusal(b64u("[1,2]") + ".e30.AAAA", jwt::Failure::Malformed, "header: JSON is not an object");
+    expect_refusal(b64u(R"({"typ":"JWT"})") + ".e30.AAAA", jwt::Failure::Malformed, "no 'alg'");
+    expect_refusal(b64u(R"({"alg":"RS256","alg":"none"})") + ".e30.AAAA", jwt::Failure::Malformed, "duplicate key");
+    expect_refusal(b64u(std::string(40, '[') + std::string(40, ']')) + ".e30.AAAA", jwt::Failure::Malformed,
+                   "nested deeper");
+    expect_refusal(unsigned_token({{"alg", "RS256"}, {"kid", "rsa-1"}, {"crit", {"exp"}}}, default_claims(), "AAAA"),
+                   jwt::Failure::Malformed, "critical extensions");
+    expect_refusal(unsigned_token({{"alg", "RS256"}, {"kid", 5}}, default_claims(), "AAAA"), jwt::Failure::Malformed,
+                   "'kid' is not a string");
+    expect_refusal(unsigned_token({{"alg", "RS256"}, {"kid", "rsa-1"}}, default_claims(), ""), jwt::Failure::Malformed,
+                   "signature is empty");
+
+    // Duplicate claims are refused even when validly signed.
+    const auto& k = TestKeys::get();
+    std::string input = b64u(R"({"alg":"RS256","kid":"rsa-1"})") + "." +
+                        b64u(R"({"iss":"https://login.example.com/tenant-id/v2.0","aud":"api://pgwicket",)"
+                             R"("exp":1795003600,"email":"a@x","email":"admin@x"})");
+    expect_refusal(input + "." + b64u(sign(k.rsa.get(), "RS256", input)), jwt::Failure::Malformed,
+                   "payload: JSON object with a duplicate key");
+}
+
+BOOST_AUTO_TEST_CASE(oversized_token_is_refused_before_decoding)
+{
+    std::string huge(64 * 1024, 'a');
+    expect_refusal(huge, jwt::Failure::TooLarge, "token too large (65536 bytes, limit 16384)");
+    // A real token padded out with a large claim is refused the same way.
+    auto c = default_claims();
+    c["padding"] = std::string(20000, 'x');
+    expect_refusal(mint(c), jwt::Failure::TooLarge, "limit 16384");
+}
+
+BOOST_AUTO_TEST_CASE(claim_values_in_messages_are_sanitised)
+{
+    auto c = default_claims();
+    c["iss"] = "https://evil\x1b[2J\n" + std::string(300, 'x');
+    auto e = expect_refusal(mint(c), jwt::Failure::IssuerMismatch, "issuer mismatch");
+    BOOST_TEST(e.message.find('\x1b') == std::string::npos);
+    BOOST_TEST(e.message.find('\n') == std::string::npos);
+    BOOST_TEST(e.message.size() < 300u);
+}
+
+BOOST_AUTO_TEST_CASE(options_without_issuer_or_audience_refuse_everything)
+{
+    auto o = options();
+    o.issuers.clear();
+    expect_refusal(mint(default_claims()), jwt::Failure::Misconfigured, "at least one issuer", o);
+    o = options();
+    o.audiences.clear();
+    expect_refusal(mint(default_claims()), jwt::Failure::Misconfigured, "audience", o);
+}
+
+BOOST_AUTO_TEST_CASE(jwks_skips_unusable_keys_with_notes)
+{
+    const auto& k = TestKeys::get();
+    auto bad_point = ec_jwk(k.ec256.get(), "off-curve", "P-256", 32);
+    auto y = *base64url_decode(bad_point["y"].get<std::string>());
+    y[31] ^= 1;
+    bad_point["y"] = b64u(y);
+    ossl::PkeyPtr small(EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", size_t(1024)));
+    json doc = {{"keys", json::array({
+                             rsa_jwk(k.rsa.get(), "good"),
+                             {{"kty", "RSA"}, {"use", "enc"}, {"kid", "enc-key"}, {"n", "AQAB"}, {"e", "AQAB"}},
+                             {{"kty", "oct"}, {"kid", "sym"}, {"k", "c2VjcmV0"}},
+                             {{"kty", "RSA"}, {"kid", "hs"}, {"alg", "HS256"}, {"n", "AQAB"}, {"e", "AQAB"}},
+                             bad_point,
+                             rsa_jwk(small.get(), "small"),
+                             {{"kty", "EC"}, {"kid", "p521"}, {"crv", "P-521"}, {"x", "AA"}, {"y", "AA"}},
+                             {{"kty", "RSA"}, {"kid", "nopad"}, {"n", "AQAB="}, {"e", "AQAB"}},
+                             rsa_jwk(k.rsa_other.get(), "good"),
+                             "not an object",
+                         })}};
+    auto jwks = jwt::Jwks::parse(doc.dump());
+    BOOST_TEST_REQUIRE(jwks.ok(), (jwks.ok() ? "" : jwks.error()));
+    BOOST_TEST(jwks->keys().size() == 1u);
+    BOOST_TEST(jwks->find("good") != nullptr);
+    std::string notes;
+    for (const auto& n : jwks->notes())
+        notes += n + "\n";
+    BOOST_TEST(jwks->notes().size() == 9u, notes);
+    for (const char* mention : {"'enc-key' skipped: 'use'", "'sym' skipped: key type 'oct'", "'HS256' is not accepted",
+                                "'off-curve' skipped", "1024 bits", "'P-521' is not supported", "'nopad' skipped",
+                                "the first one is used", "#9 skipped: not a JSON object"})
+        BOOST_TEST(notes.find(mention) != std::string::npos, mention << " not in:\n" << notes);
+}
+
+BOOST_AUTO_TEST_CASE(jwks_documents_that_are_refused)
+{
+    for (const std::string& doc : {std::string("not json"), std::string("[]"), std::string("{}"),
+                                   std::string(R"({"keys":{}})"), std::string(R"({"keys":[]})"),
+                                   std::string(R"({"keys":[{"kty":"oct","k":"AA"}]})"),
+                                   std::string(R"({"keys":[],"keys":[]})"), std::string(100, '[')}) {
+        auto r = jwt::Jwks::parse(doc);
+        BOOST_TEST(!r.ok(), "accepted: " << doc);
+    }
+    json many = {{"keys", json::array()}};
+    for (size_t i = 0; i <= jwt::kMaxJwksKeys; ++i)
+        many["keys"].push_back({{"kty", "oct"}});
+    BOOST_TEST(jwt::Jwks::parse(many.dump()).error().find("limit") != std::string::npos);
+    BOOST_TEST(!jwt::Jwks::parse(std::string(jwt::kMaxJwksBytes + 1, ' ')).ok());
+}
+
+BOOST_AUTO_TEST_CASE(time_wording)
+{
+    BOOST_TEST(jwt::format_utc(0) == "1970-01-01T00:00:00Z");
+    BOOST_TEST(jwt::format_utc(1700000000) == "2023-11-14T22:13:20Z");
+    BOOST_TEST(jwt::describe_duration(1) == "1 second");
+    BOOST_TEST(jwt::describe_duration(119) == "119 seconds");
+    BOOST_TEST(jwt::describe_duration(180) == "3 minutes");
+    BOOST_TEST(jwt::describe_duration(3 * 3600) == "3 hours");
+    BOOST_TEST(jwt::describe_duration(86400 * 2) == "2 days");
 }
 
 BOOST_AUTO_TEST_SUITE_END()
