@@ -1,7 +1,8 @@
 // Unit tests for src/auth/: base64, SCRAM-SHA-256 (against RFC 7677's vector and a real
-// PostgreSQL 15 verifier), and JWT/JWKS with keys made here.
+// PostgreSQL 15 verifier), JWT/JWKS with keys made here, and OAUTHBEARER parsing.
 #include "auth/base64.hh"
 #include "auth/jwt.hh"
+#include "auth/oauthbearer.hh"
 #include "auth/ossl.hh"
 #include "auth/scram.hh"
 
@@ -1005,6 +1006,120 @@ BOOST_AUTO_TEST_CASE(time_wording)
     BOOST_TEST(jwt::describe_duration(180) == "3 minutes");
     BOOST_TEST(jwt::describe_duration(3 * 3600) == "3 hours");
     BOOST_TEST(jwt::describe_duration(86400 * 2) == "2 days");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ==== OAUTHBEARER ======================================================================
+
+namespace {
+
+using oauthbearer::ClientResponse;
+
+ClientResponse parsed(const std::string& msg)
+{
+    auto r = oauthbearer::parse_initial_response(msg);
+    const auto* c = std::get_if<ClientResponse>(&r);
+    if (!c)
+        BOOST_FAIL("refused: " << std::get<oauthbearer::ProtocolError>(r).message);
+    return *c;
+}
+
+std::string refused(const std::string& msg)
+{
+    auto r = oauthbearer::parse_initial_response(msg);
+    const auto* e = std::get_if<oauthbearer::ProtocolError>(&r);
+    BOOST_TEST_REQUIRE(e != nullptr, "accepted a malformed message");
+    return e->message;
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(auth_oauthbearer)
+
+BOOST_AUTO_TEST_CASE(bearer_token_is_extracted)
+{
+    auto c = parsed("n,,\x01" "auth=Bearer eyJhbGciOi.eyJzdWIi.c2ln-_~+/\x01\x01");
+    BOOST_TEST((c.kind == ClientResponse::Kind::Token));
+    BOOST_TEST(c.token == "eyJhbGciOi.eyJzdWIi.c2ln-_~+/");
+    BOOST_TEST(c.authzid.empty());
+
+    // "y", a case-insensitive scheme, extra spaces, padding, host/port and unknown keys.
+    c = parsed("y,,\x01host=db.example.com\x01port=5432\x01" "auth=bEaReR   abc==\x01xyz=whatever\x01\x01");
+    BOOST_TEST((c.kind == ClientResponse::Kind::Token));
+    BOOST_TEST(c.token == "abc==");
+}
+
+BOOST_AUTO_TEST_CASE(authzid_is_unescaped_and_returned)
+{
+    auto c = parsed("n,a=dba=2Cops=3D1,\x01" "auth=Bearer t\x01\x01");
+    BOOST_TEST(c.authzid == "dba,ops=1");
+    BOOST_TEST(refused("n,a=bad=41,\x01" "auth=Bearer t\x01\x01").find("authorization identity") != std::string::npos);
+    BOOST_TEST(!refused("n,a=,\x01" "auth=Bearer t\x01\x01").empty());
+}
+
+BOOST_AUTO_TEST_CASE(empty_auth_is_a_discovery_request)
+{
+    BOOST_TEST((parsed("n,,\x01" "auth=\x01\x01").kind == ClientResponse::Kind::Discovery));
+}
+
+BOOST_AUTO_TEST_CASE(a_non_bearer_credential_is_a_bad_token_not_a_protocol_error)
+{
+    for (const char* msg : {"n,,\x01" "auth=Basic dXNlcjpwdw==\x01\x01", "n,,\x01" "auth=Bearer\x01\x01",
+                            "n,,\x01" "auth=Bearer \x01\x01", "n,,\x01" "auth=Bearer a b\x01\x01",
+                            "n,,\x01" "auth=Bearer a=b\x01\x01", "n,,\x01" "auth=Bearer =\x01\x01",
+                            "n,,\x01" "auth=Bearer tok!en\x01\x01"}) {
+        auto c = parsed(msg);
+        BOOST_TEST((c.kind == ClientResponse::Kind::BadToken), msg);
+        BOOST_TEST(c.token.empty());
+    }
+}
+
+BOOST_AUTO_TEST_CASE(malformed_messages_are_protocol_errors)
+{
+    const std::pair<std::string, const char*> cases[] = {
+        {"", "empty"},
+        {"p=tls-server-end-point,,\x01" "auth=Bearer t\x01\x01", "channel binding"},
+        {"x,,\x01" "auth=Bearer t\x01\x01", "channel-binding flag"},
+        {"n\x01" "auth=Bearer t\x01\x01", "channel-binding flag"},
+        {"n,x,\x01" "auth=Bearer t\x01\x01", "comma expected"},
+        {"n,,auth=Bearer t\x01\x01", "key-value separator"},
+        {"n,,\x01" "auth=Bearer t\x01", "final terminator"},
+        {"n,,\x01" "auth=Bearer t", "final terminator"},
+        {"n,,\x01" "auth=Bearer t\x01\x01" "extra", "after the final terminator"},
+        {"n,,\x01" "auth=Bearer t\x01" "auth=Bearer u\x01\x01", "more than one auth"},
+        {"n,,\x01" "host\x01\x01", "without a value"},
+        {"n,,\x01" "=x\x01\x01", "empty key"},
+        {"n,,\x01" "ho5t=x\x01\x01", "invalid key"},
+        {"n,,\x01" "auth=Bearer t\x02\x01\x01", "invalid value"},
+        {"n,,\x01" "host=x\x01\x01", "no auth value"},
+        {std::string("n,,\x01" "auth=Bearer t\0\x01\x01", 18), "NUL"},
+        {"n,,\x01" "auth=Bearer " + std::string(oauthbearer::kMaxMessage, 'a') + "\x01\x01", "longer than"},
+    };
+    for (const auto& [msg, mention] : cases) {
+        std::string m = refused(msg);
+        BOOST_TEST(m.find(mention) != std::string::npos, m);
+        BOOST_TEST(m.find("Bearer") == std::string::npos, "echoes the message: " << m);
+    }
+}
+
+BOOST_AUTO_TEST_CASE(error_challenge_matches_postgresql)
+{
+    BOOST_TEST(oauthbearer::error_challenge("https://login.example.com/tenant/v2.0", "openid email") ==
+               R"({"status":"invalid_token","openid-configuration":)"
+               R"("https://login.example.com/tenant/v2.0/.well-known/openid-configuration","scope":"openid email"})");
+    // Auth0's issuer ends in '/'; OIDC Discovery drops it before appending.
+    BOOST_TEST(oauthbearer::error_challenge("https://tenant.auth0.com/", "") ==
+               R"({"status":"invalid_token","openid-configuration":"https://tenant.auth0.com/.well-known/openid-configuration"})");
+    // A discovery URL given as such is used as is.
+    BOOST_TEST(oauthbearer::error_challenge("https://idp.example/.well-known/oauth-authorization-server", "x")
+                   .find(R"("https://idp.example/.well-known/oauth-authorization-server")") != std::string::npos);
+    // Escaped, and invalid UTF-8 in configuration does not throw.
+    BOOST_TEST(oauthbearer::error_challenge("https://a\"b", "s\\") .find(R"(a\"b)") != std::string::npos);
+    BOOST_CHECK_NO_THROW(oauthbearer::error_challenge("https://\xff\xfe", "\xc3"));
+    BOOST_TEST(oauthbearer::is_error_ack("\x01"));
+    BOOST_TEST(!oauthbearer::is_error_ack(""));
+    BOOST_TEST(!oauthbearer::is_error_ack("\x01\x01"));
 }
 
 BOOST_AUTO_TEST_SUITE_END()
