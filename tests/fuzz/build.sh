@@ -13,7 +13,7 @@ here="$top/tests/fuzz"
 out=${FUZZ_OUT:-$top/build-fuzz}
 seconds=${FUZZ_SECONDS:-20}
 cxx=${CXX_FUZZ:-clang++}
-all_targets=(startup framer error_fields config)
+all_targets=(startup framer error_fields config jwt scram)
 targets=("${@:-${all_targets[@]}}")
 
 # shellcheck disable=SC2054 # the commas belong to -fsanitize=
@@ -26,6 +26,8 @@ sources_for() {
     framer) echo "" ;;
     error_fields) echo "$top/src/protocol/messages.cc" ;;
     config) echo "$top/src/config/config.cc $top/src/config/options.cc" ;;
+    jwt) echo "$top/src/auth/base64.cc $top/src/auth/json_util.cc $top/src/auth/jwt.cc $top/src/auth/ossl.cc $top/src/auth/oauthbearer.cc" ;;
+    scram) echo "$top/src/auth/base64.cc $top/src/auth/ossl.cc $top/src/auth/scram.cc" ;;
     *) echo "unknown fuzz target: $1 (known: ${all_targets[*]})" >&2; return 1 ;;
     esac
 }
@@ -33,6 +35,8 @@ sources_for() {
 libs_for() {
     case $1 in
     config) pkg-config --cflags --libs libpq inih ;;
+    jwt) pkg-config --cflags --libs openssl nlohmann_json ;;
+    scram) pkg-config --cflags --libs openssl ;;
     *) echo "" ;;
     esac
 }
@@ -65,6 +69,26 @@ seed() {
         printf '[pgwicket]\nlisten_addr = 127.0.0.1, ::1\nlisten_port = 6432\nunix_socket_mode = 0700\nlog_level = debug\n[databases]\n* = host=a port=5432\nsales = host=b\n    dbname=s\n' \
             >"$dir/good"
         printf '[databases]\nx = host=a port\n' >"$dir/bad_conninfo"
+        ;;
+    jwt)
+        # First byte picks the decoder: 0 token, 1 JWKS, 2 base64, 3 OAUTHBEARER.
+        printf '\000%s.%s.%s' "$(printf '{"alg":"ES256","kid":"k1"}' | basenc --base64url | tr -d '=\n')" \
+            "$(printf '{"iss":"joe","aud":"aud","exp":1300819380,"sub":"x"}' | basenc --base64url | tr -d '=\n')" \
+            'DtEhU3ljbEg8L38VWAfUAqOyKAM6-Xx-F4GawxaepmXFCgfTjDxw5djxLa8ISlSApmWQxfKTUJqPP3-Kg6NU1Q' >"$dir/es256"
+        printf '\001{"keys":[{"kty":"RSA","kid":"r","n":"AQAB","e":"AQAB"},{"kty":"EC","crv":"P-256","x":"AA","y":"AA"}]}' \
+            >"$dir/jwks"
+        printf '\002Zm9vYg==' >"$dir/base64"
+        printf '\003n,a=x=2Cy,\001auth=Bearer abc.def\001host=h\001\001' >"$dir/oauthbearer"
+        ;;
+    scram)
+        # Byte 0: bit 0 verifier parse, bit 1 RFC 7677 server nonce, bit 2 unknown user;
+        # byte 1: length of the client-first-message.
+        printf '\001\000%s' 'SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=' \
+            >"$dir/verifier"
+        printf '\002\040%s%s' 'n,,n=user,r=rOprNGfwEbeRWgbNEkqO' \
+            'c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=' \
+            >"$dir/rfc7677"
+        printf '\004\013%s%s' 'y,,n=,r=abc' 'c=eSws,r=abcdef,x=1,p=AAAA' >"$dir/mock"
         ;;
     esac
 }
