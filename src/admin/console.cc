@@ -93,7 +93,7 @@ public:
     int run();
 
 private:
-    bool send(const Bytes& b) { return net::write_all(s_.client_fd, b.data(), b.size(), net::Clock::now() + 10s); }
+    bool send(const Bytes& b) { return s_.conn.write_all(b.data(), b.size(), net::Clock::now() + 10s); }
     void error(const char* sqlstate, const std::string& message, const std::string& hint = {})
     {
         protocol::ErrorFields e;
@@ -136,11 +136,11 @@ void Console::show_sessions()
         auto cnt = [&](ipc::Counter c) { return std::to_string(sl.counters.v[c].load(std::memory_order_relaxed)); };
         rows.push_back({std::to_string(sl.session_id.load(std::memory_order_relaxed)), ipc::slot_state_name(st),
                         iso_time(sl.state_since_ms.load(std::memory_order_relaxed)), sl.client_addr.get(),
-                        sl.database.get(), sl.user.get(), sl.application_name.get(),
+                        sl.database.get(), sl.user.get(), sl.identity.get(), sl.application_name.get(),
                         std::to_string(sl.owner_pid.load(std::memory_order_relaxed)), cnt(ipc::kQueries),
                         cnt(ipc::kBytesFromClient), cnt(ipc::kBytesFromServer)});
     }
-    result({"session", "state", "state_since", "client_addr", "database", "user", "application_name",
+    result({"session", "state", "state_since", "client_addr", "database", "user", "identity", "application_name",
             "worker_pid", "queries", "bytes_from_client", "bytes_from_server"},
            rows, "SHOW");
 }
@@ -281,7 +281,7 @@ int Console::run()
         log_info("refused admin console login: \"%s\" is in neither admin_users nor stats_users", s_.user.c_str());
         send(protocol::fatal("28000", "user \"" + s_.user + "\" may not use the pgwicket admin console",
                              "Add the user to admin_users or stats_users in pgwicket.ini."));
-        net::linger_close(s_.client_fd, net::Clock::now() + 1s);
+        s_.conn.linger_close(net::Clock::now() + 1s);
         return session::kExitRefused;
     }
     log_info("admin console session (%s)", admin_ ? "admin_users" : "stats_users");
@@ -317,8 +317,9 @@ int Console::run()
     bool skipping_to_sync = false;  // after an extended-protocol message, until Sync
     for (;;) {
         // Wait for the next message, waking for SIGTERM (shutdown or KILL).
-        pollfd p{s_.client_fd, POLLIN, 0};
-        int rc = ::poll(&p, 1, 1000);
+        // TLS may hold a whole message already read from the socket: poll would not see it.
+        pollfd p{s_.conn.fd(), POLLIN, 0};
+        int rc = s_.conn.ssl() && SSL_pending(s_.conn.ssl()) > 0 ? 1 : ::poll(&p, 1, 1000);
         if (session::g_reopen_log) {
             session::g_reopen_log = 0;
             log::setup(config::log_settings(s_.cfg));
@@ -336,7 +337,7 @@ int Console::run()
             continue;
         const auto deadline = net::Clock::now() + std::chrono::seconds(s_.cfg.client_login_timeout);
         unsigned char head[5];
-        auto rs = net::read_exact(s_.client_fd, head, sizeof head, deadline);
+        auto rs = s_.conn.read_exact(head, sizeof head, deadline);
         if (rs != net::ReadStatus::Ok)
             return session::kExitOk;
         const char type = char(head[0]);
@@ -346,7 +347,7 @@ int Console::run()
             return session::kExitClientError;
         }
         std::string body(len - 4, '\0');
-        if (net::read_exact(s_.client_fd, body.data(), body.size(), deadline) != net::ReadStatus::Ok)
+        if (s_.conn.read_exact(body.data(), body.size(), deadline) != net::ReadStatus::Ok)
             return session::kExitClientError;
         out_ = protocol::Writer{};
         if (type == 'X')

@@ -4,6 +4,7 @@
 
 #include "config/config.hh"
 #include "ipc/session_table.hh"
+#include "tls/server_tls.hh"
 
 #include <cstdint>
 #include <string>
@@ -15,7 +16,7 @@ inline constexpr const char* kConsoleDatabase = "pgwicket";
 struct ConsoleSession {
     const config::Config& cfg;
     const ipc::SessionTable& table;
-    int client_fd;  // non-blocking; the startup packet has been read
+    tls::Conn& conn;  // the startup packet has been read, the user authenticated
     ipc::Slot* slot;  // this session's slot, or null
     std::uint32_t key_pid;  // BackendKeyData process id field
     std::string user;

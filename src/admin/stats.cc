@@ -94,7 +94,12 @@ std::vector<Family> collect(const ipc::SessionTable& table)
     const CounterFamily counter_families[] = {
         {"pgwicket_auth_failures_total",
          "Failed logins by where they failed.",
-         {{"method=\"upstream\"", ipc::kAuthFailuresUpstream}, {"method=\"admin\"", ipc::kAuthFailuresAdmin}}},
+         {{"method=\"upstream\"", ipc::kAuthFailuresUpstream},
+          {"method=\"admin\"", ipc::kAuthFailuresAdmin},
+          {"method=\"scram-sha-256\"", ipc::kAuthFailuresScram},
+          {"method=\"md5\"", ipc::kAuthFailuresMd5},
+          {"method=\"jwt\"", ipc::kAuthFailuresJwt},
+          {"method=\"reject\"", ipc::kAuthFailuresRejected}}},
         {"pgwicket_statements_total",
          "Statements by the class of their command tag, and statements that failed.",
          {{"class=\"read\",outcome=\"ok\"", ipc::kStatementsRead},

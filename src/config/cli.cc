@@ -6,9 +6,10 @@
 namespace pgw::config {
 namespace {
 
-const std::array<FlagSpec, 4> kFlags = {{
+const std::array<FlagSpec, 5> kFlags = {{
     {'c', "config", "FILE", "read the configuration from FILE"},
     {0, "check-config", "", "validate the configuration, print what is wrong, and exit"},
+    {0, "hash-password", "USER", "read USER's password from standard input, print an auth_file line, and exit"},
     {'V', "version", "", "print the version and exit"},
     {'h', "help", "", "print this help and exit"},
 }};
@@ -78,6 +79,8 @@ Result<CommandLine> parse_command_line(const std::vector<std::string>& args)
             cl.config_path = value;
         else if (spec->long_name == "check-config")
             cl.check_config = true;
+        else if (spec->long_name == "hash-password")
+            cl.hash_password_user = value;
         else if (spec->long_name == "version")
             cl.version = true;
         else if (spec->long_name == "help")

@@ -24,6 +24,7 @@ struct CommandLine {
     bool check_config = false;
     bool version = false;
     bool help = false;
+    std::string hash_password_user;  // --hash-password USER; empty when not given
 };
 
 // Parses argv; errors say which flag was wrong.

@@ -2,6 +2,7 @@
 // inih has no line numbers in its callback here, so the reader counts lines.
 #include "config/config.hh"
 
+#include "auth/userlist.hh"
 #include "config/options.hh"
 
 #include <ini.h>
@@ -11,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <set>
@@ -225,6 +227,22 @@ int on_entry(void* user, const char* section, const char* name, const char* valu
         add_database(*st, key, val, continues);
     } else if (sec == "peers") {
         add_peer(*st, key, val);
+    } else if (sec == "roles") {
+        bool dup = false;
+        for (const auto& [g, r] : st->cfg.role_map)
+            dup |= g == key;
+        if (dup)
+            st->errors.push_back(where(*st) + ": group \"" + key + "\" is mapped twice");
+        else if (val.empty() || val.find_first_of(" \t,") != std::string::npos)
+            st->errors.push_back(where(*st) + ": group \"" + key + "\": give one upstream role name");
+        else
+            st->cfg.role_map.emplace_back(key, val);
+    } else if (sec == "identity_map") {
+        auto users = split_list(val);
+        if (users.empty())
+            st->errors.push_back(where(*st) + ": identity \"" + key + "\": list the users it may log in as");
+        else if (!st->cfg.identity_map.emplace(key, users).second)
+            st->errors.push_back(where(*st) + ": identity \"" + key + "\" is mapped twice");
     } else if (sec.empty()) {
         st->errors.push_back(where(*st) + ": option \"" + key +
                              "\" appears before any [section] header");
@@ -238,6 +256,19 @@ int on_entry(void* user, const char* section, const char* name, const char* valu
 }
 
 } // namespace
+
+Result<std::shared_ptr<const auth::jwt::Jwks>> load_jwks(const std::string& path)
+{
+    std::ifstream in(path);
+    if (!in)
+        return Error{path + ": could not open jwt_jwks_file: " + std::strerror(errno)};
+    std::stringstream ss;
+    ss << in.rdbuf();
+    auto jwks = auth::jwt::Jwks::parse(ss.str());
+    if (!jwks)
+        return Error{path + ": " + jwks.error()};
+    return std::make_shared<const auth::jwt::Jwks>(std::move(*jwks));
+}
 
 std::vector<std::string> cross_check(const Config& c)
 {
@@ -255,6 +286,58 @@ std::vector<std::string> cross_check(const Config& c)
 }
 
 namespace {
+
+// The files behind the auth options, and which of them the methods in use need.
+void load_auth(ParseState& st)
+{
+    Config& c = st.cfg;
+    auto line_of = [&](const char* option) { return std::to_string(st.seen_options[option]); };
+    if (c.auth_type == "hba") {
+        if (c.auth_hba_file.empty()) {
+            st.errors.push_back(st.name + ":" + line_of("auth_type") + ": auth_type = hba needs auth_hba_file");
+            return;
+        }
+        auto rules = auth::load_rules(c.auth_hba_file);
+        if (!rules) {
+            st.errors.push_back(rules.error());
+            return;
+        }
+        c.rules = std::move(*rules);
+    } else {
+        // One method for everyone, as two rules (Unix socket and TCP).
+        auth::Rule r;
+        auth::parse_method(c.auth_type, r.method);
+        r.file = st.name;
+        r.line = st.seen_options["auth_type"];
+        r.type = auth::ConnType::Local;
+        c.rules.push_back(r);
+        r.type = auth::ConnType::Host;
+        c.rules.push_back(r);
+    }
+    bool needs_users = false, needs_jwks = false;
+    for (const auto& r : c.rules) {
+        needs_users |= r.method == auth::Method::Scram || r.method == auth::Method::Md5;
+        needs_jwks |= r.method == auth::Method::Jwt;
+    }
+    if (needs_users) {
+        if (c.auth_file.empty()) {
+            st.errors.push_back(st.name + ": the scram-sha-256 and md5 methods need auth_file (\"user\" \"verifier\" lines)");
+        } else if (auto users = auth::load_userlist(c.auth_file); !users) {
+            st.errors.push_back(users.error());
+        } else {
+            c.users = std::move(*users);
+        }
+    }
+    if (needs_jwks) {
+        if (c.jwt_jwks_file.empty() || split_list(c.jwt_issuer).empty() || split_list(c.jwt_audience).empty()) {
+            st.errors.push_back(st.name + ": the jwt method needs jwt_jwks_file, jwt_issuer and jwt_audience");
+        } else if (auto jwks = load_jwks(c.jwt_jwks_file); !jwks) {
+            st.errors.push_back(jwks.error());
+        } else {
+            c.jwks = std::move(*jwks);
+        }
+    }
+}
 
 Status validate(ParseState& st)
 {
@@ -304,6 +387,8 @@ Result<Config> parse(ParseState& st)
                             ": syntax error (expected [section], name = value, or a comment)");
     else if (rc < 0)
         st.errors.push_back(st.name + ": could not parse (out of memory)");
+    if (st.errors.empty())
+        load_auth(st);
     Status s = validate(st);
     if (!s)
         return Error{s.error()};
@@ -354,6 +439,15 @@ const DatabaseEntry* Config::find_database(const std::string& name) const
             fallback = &d;
     }
     return fallback;
+}
+
+const std::string* Config::role_for(const std::vector<std::string>& groups) const
+{
+    for (const auto& [group, role] : role_map)
+        for (const auto& g : groups)
+            if (g == group)
+                return &role;
+    return nullptr;
 }
 
 const PeerEntry* Config::find_peer(long id) const

@@ -2,10 +2,13 @@
 // Errors carry the file, line and option so an operator can fix them at once.
 #pragma once
 
+#include "auth/jwt.hh"
+#include "auth/rules.hh"
 #include "common/log.hh"
 #include "common/result.hh"
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -50,11 +53,40 @@ struct Config {
     std::string admin_users;
     std::string stats_users;
     std::string metrics_listen;
+    std::string client_tls_sslmode;
+    std::string client_tls_cert_file;
+    std::string client_tls_key_file;
+    std::string client_tls_ca_file;
+    std::string client_tls_protocols;
+    std::string client_tls_ciphers;
+    std::string auth_type;
+    std::string auth_hba_file;
+    std::string auth_file;
+    std::string jwt_jwks_file;
+    std::string jwt_issuer;
+    std::string jwt_audience;
+    std::string jwt_identity_claim;
+    std::string jwt_groups_claim;
+    std::string jwt_oauth_scope;
+    long jwt_leeway = 0;
 
     // [databases]
     std::vector<DatabaseEntry> databases;
     // [peers]
     std::vector<PeerEntry> peers;
+    // [identity_map]: an SSO identity to the user names it may log in as.
+    std::map<std::string, std::vector<std::string>> identity_map;
+    // [roles]: an SSO group to the upstream role its members' sessions log in as,
+    // in file order (the first group the person is in wins).
+    std::vector<std::pair<std::string, std::string>> role_map;
+    // The role for a person in `groups`, or nullptr.
+    const std::string* role_for(const std::vector<std::string>& groups) const;
+
+    // Read from the files the options name, when the config is loaded (so
+    // --check-config and a reload see their errors too).
+    std::vector<auth::Rule> rules;                 // auth_hba_file, or one rule from auth_type
+    std::map<std::string, std::string> users;      // auth_file
+    std::shared_ptr<const auth::jwt::Jwks> jwks;   // jwt_jwks_file
 
     // The entry for a client database name: the exact name, else "*", else null.
     const DatabaseEntry* find_database(const std::string& name) const;
@@ -78,6 +110,9 @@ Result<HostPort> parse_host_port(const std::string& text);
 // Rules between options and sections ([peers] and peer_id, something to listen
 // on); load_file applies them, and a reload again after keeping restart-only values.
 std::vector<std::string> cross_check(const Config& cfg);
+
+// Reads and parses a JWKS file (jwt_jwks_file); workers call it again for an unknown kid.
+Result<std::shared_ptr<const auth::jwt::Jwks>> load_jwks(const std::string& path);
 
 // The log settings a configuration asks for.
 log::Settings log_settings(const Config& cfg);

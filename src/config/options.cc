@@ -13,7 +13,7 @@ namespace {
 using T = OptionType;
 using R = ReloadClass;
 
-const std::array<OptionSpec, 21> kOptions = {{
+const std::array<OptionSpec, 37> kOptions = {{
     {"listen_addr", T::String, "127.0.0.1", 0, 0, "", R::Restart,
      "TCP addresses to listen on, comma-separated; * for all, empty for none",
      nullptr, &Config::listen_addr},
@@ -68,12 +68,53 @@ const std::array<OptionSpec, 21> kOptions = {{
     {"metrics_listen", T::String, "", 0, 0, "", R::Restart,
      "host:port of the Prometheus metrics endpoint; empty disables it", nullptr,
      &Config::metrics_listen},
+    {"client_tls_sslmode", T::Enum, "disable", 0, 0, "disable|allow|prefer|require", R::Reload,
+     "TLS for clients: disable, allow or prefer (offered), require (plaintext refused)", nullptr,
+     &Config::client_tls_sslmode},
+    {"client_tls_cert_file", T::String, "", 0, 0, "", R::Reload,
+     "PEM certificate (chain) pgwicket presents to clients; reread on SIGHUP", nullptr,
+     &Config::client_tls_cert_file},
+    {"client_tls_key_file", T::String, "", 0, 0, "", R::Reload,
+     "PEM private key of client_tls_cert_file", nullptr, &Config::client_tls_key_file},
+    {"client_tls_ca_file", T::String, "", 0, 0, "", R::Reload,
+     "CA certificates for client certificates; when set, clients are asked for one", nullptr,
+     &Config::client_tls_ca_file},
+    {"client_tls_protocols", T::String, "tlsv1.2,tlsv1.3", 0, 0, "", R::Reload,
+     "TLS versions accepted from clients: tlsv1.2, tlsv1.3, comma-separated", nullptr,
+     &Config::client_tls_protocols},
+    {"client_tls_ciphers", T::String, "HIGH:!aNULL:!MD5", 0, 0, "", R::Reload,
+     "OpenSSL cipher list for TLS 1.2 clients", nullptr, &Config::client_tls_ciphers},
+    {"auth_type", T::Enum, "trust", 0, 0, "trust|reject|scram-sha-256|md5|jwt|pass-through|hba", R::Reload,
+     "how clients authenticate: one method for all, or hba to use auth_hba_file's rules",
+     nullptr, &Config::auth_type},
+    {"auth_hba_file", T::String, "", 0, 0, "", R::Reload,
+     "rules file (pg_hba.conf style) used when auth_type = hba", nullptr, &Config::auth_hba_file},
+    {"auth_file", T::String, "", 0, 0, "", R::Reload,
+     "users and SCRAM (or md5) verifiers, \"user\" \"verifier\" per line", nullptr,
+     &Config::auth_file},
+    {"jwt_jwks_file", T::String, "", 0, 0, "", R::Reload,
+     "JWKS document with the token issuer's signing keys; reread on SIGHUP and unknown kid",
+     nullptr, &Config::jwt_jwks_file},
+    {"jwt_issuer", T::String, "", 0, 0, "", R::Reload,
+     "accepted token issuers (iss), comma-separated", nullptr, &Config::jwt_issuer},
+    {"jwt_audience", T::String, "", 0, 0, "", R::Reload,
+     "accepted token audiences (aud), comma-separated", nullptr, &Config::jwt_audience},
+    {"jwt_identity_claim", T::String, "email", 0, 0, "", R::Reload,
+     "claim naming the person: email, upn, preferred_username, sub, ...", nullptr,
+     &Config::jwt_identity_claim},
+    {"jwt_groups_claim", T::String, "groups", 0, 0, "", R::Reload,
+     "claim listing the person's groups or roles", nullptr, &Config::jwt_groups_claim},
+    {"jwt_oauth_scope", T::String, "openid", 0, 0, "", R::Reload,
+     "scope libpq 18 asks the provider for, in OAUTHBEARER's discovery answer", nullptr,
+     &Config::jwt_oauth_scope},
+    {"jwt_leeway", T::Seconds, "60", 0, 3600, "", R::Reload,
+     "clock skew allowed when checking exp, nbf and iat", &Config::jwt_leeway, nullptr},
     {"application_name_prefix", T::String, "pgwicket", 0, 0, "", R::Reload,
      "prefix of the upstream application_name that names the client", nullptr,
      &Config::application_name_prefix},
 }};
 
-const std::array<std::string_view, 3> kSections = {"pgwicket", "databases", "peers"};
+const std::array<std::string_view, 5> kSections = {"pgwicket", "databases", "peers", "identity_map", "roles"};
 
 } // namespace
 

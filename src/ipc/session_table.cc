@@ -118,6 +118,9 @@ void SessionTable::claim(std::uint32_t index, pid_t owner, std::uint64_t session
     s.secret.store(0, std::memory_order_relaxed);
     s.state_since_ms.store(now_ms(), std::memory_order_relaxed);
     s.kill_requested.store(0, std::memory_order_relaxed);
+    // A reused slot must not show its last session's client while the new one starts.
+    for (SlotText* t : {&s.client_addr, &s.user, &s.database, &s.application_name, &s.identity})
+        t->set("");
     s.owner_pid.store(owner, std::memory_order_relaxed);
     s.state.store(std::uint32_t(SlotState::Startup), std::memory_order_release);
 }

@@ -18,7 +18,7 @@
 namespace pgw::ipc {
 
 inline constexpr std::uint32_t kTableMagic = 0x50475754;  // "PGWT"
-inline constexpr std::uint32_t kTableVersion = 2;
+inline constexpr std::uint32_t kTableVersion = 3;
 
 enum class SlotState : std::uint32_t {
     Free = 0,
@@ -64,6 +64,10 @@ enum Counter : std::uint32_t {
     kUpstreamConnectFailures,
     kAuthFailuresUpstream,  // the upstream refused the login
     kAuthFailuresAdmin,     // the admin console refused the user
+    kAuthFailuresScram,     // wrong password (scram-sha-256)
+    kAuthFailuresMd5,
+    kAuthFailuresJwt,       // a token that did not verify, or an identity not mapped
+    kAuthFailuresRejected,  // a reject rule, no rule, or TLS required
     kCounterCount
 };
 
@@ -96,6 +100,7 @@ struct alignas(64) Slot {
     // Written by the owner once, before the state leaves Startup (release); read
     // by others only after they see a later state (acquire).
     SlotText client_addr, user, database, application_name;
+    SlotText identity;  // who authenticated: the SSO identity, else the user name
     // Set by the admin console's KILL before it sends SIGTERM, so the owner can
     // tell the client who ended the session.
     std::atomic<std::uint32_t> kill_requested;

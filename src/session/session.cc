@@ -3,6 +3,7 @@
 #include "session/session.hh"
 
 #include "admin/console.hh"
+#include "auth/authenticate.hh"
 #include "admin/metrics_http.hh"
 #include "common/log.hh"
 #include "common/net.hh"
@@ -11,6 +12,8 @@
 #include "session/cancel.hh"
 #include "session/relay.hh"
 #include "upstream/connect.hh"
+#include "tls/server_tls.hh"
+#include "upstream/passthrough.hh"
 #include "upstream/transport.hh"
 
 #include <openssl/rand.h>
@@ -20,6 +23,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <variant>
 
 namespace pgw::session {
@@ -49,8 +53,10 @@ struct PgCancelDeleter {
 // or an expired query_timeout into a cancel of the upstream query.
 class SessionControl final : public RelayObserver {
 public:
-    SessionControl(const config::Config& cfg, ipc::Slot* slot, PGconn* pg, int client_fd)
-        : cfg_(cfg), slot_(slot), cancel_(PQgetCancel(pg)), client_fd_(client_fd), upstream_fd_(PQsocket(pg))
+    // `cancel` sends the upstream cancel; it runs in a short-lived child.
+    SessionControl(const config::Config& cfg, ipc::Slot* slot, std::function<Status()> cancel, int client_fd,
+                   int upstream_fd)
+        : cfg_(cfg), slot_(slot), cancel_(std::move(cancel)), client_fd_(client_fd), upstream_fd_(upstream_fd)
     {
         if (slot_)
             seen_seq_ = ipc::cancel_seq_of(slot_->gen_cancel.load(std::memory_order_acquire));
@@ -233,9 +239,8 @@ private:
             sigemptyset(&none);
             sigprocmask(SIG_SETMASK, &none, nullptr);  // the relay blocks some; not here
             alarm(kUpstreamCancelSeconds);
-            char err[256] = "";
-            if (!PQcancel(cancel_.get(), err, sizeof err)) {
-                log_warning("could not cancel the upstream query after %s: %s", why, err);
+            if (auto st = cancel_(); !st) {
+                log_warning("could not cancel the upstream query after %s: %s", why, st.error().c_str());
                 _exit(1);
             }
             _exit(0);
@@ -263,7 +268,7 @@ private:
 
     const config::Config& cfg_;
     ipc::Slot* slot_;
-    std::unique_ptr<PGcancel, PgCancelDeleter> cancel_;
+    std::function<Status()> cancel_;
     int client_fd_;
     int upstream_fd_;
     int cancellers_ = 0;
@@ -275,10 +280,28 @@ private:
     net::Clock::time_point query_started_{};
 };
 
+ipc::Counter auth_failure_counter(auth::Method m)
+{
+    switch (m) {
+    case auth::Method::Scram:
+        return ipc::kAuthFailuresScram;
+    case auth::Method::Md5:
+        return ipc::kAuthFailuresMd5;
+    case auth::Method::Jwt:
+        return ipc::kAuthFailuresJwt;
+    case auth::Method::Reject:
+    case auth::Method::Trust:
+    case auth::Method::PassThrough:
+        break;
+    }
+    return ipc::kAuthFailuresRejected;
+}
+
 class Session {
 public:
-    Session(const config::Config& cfg, const ipc::SessionTable& table, ipc::Received&& work)
-        : cfg_(cfg), table_(table), handoff_(work.handoff), client_(std::move(work.client))
+    Session(const config::Config& cfg, const ipc::SessionTable& table, SSL_CTX* tls, ipc::Received&& work)
+        : cfg_(cfg), table_(table), tls_ctx_(tls), handoff_(work.handoff), client_(std::move(work.client)),
+          conn_(client_.get())
     {
         peer_ = net::describe_peer(handoff_.peer, handoff_.peer_len);
         peer_host_ = net::peer_host(handoff_.peer, handoff_.peer_len);
@@ -291,13 +314,13 @@ private:
     // Sends a message we built ourselves, with a short deadline (errors, greeting).
     bool send(const Bytes& b)
     {
-        return net::write_all(client_.get(), b.data(), b.size(), net::Clock::now() + 10s);
+        return conn_.write_all(b.data(), b.size(), net::Clock::now() + 10s);
     }
     // Ends the session with an error the client can read before the close.
     ExitCode fail(const protocol::ErrorFields& e, ExitCode code)
     {
         send(protocol::error_response(e));
-        net::linger_close(client_.get(), net::Clock::now() + 1s);
+        conn_.linger_close(net::Clock::now() + 1s);
         return code;
     }
     ExitCode fail(const char* sqlstate, const std::string& message, ExitCode code,
@@ -309,6 +332,30 @@ private:
         e.hint = hint;
         return fail(e, code);
     }
+    // Our own cancel key: where the session lives (peer, slot, generation) and a random
+    // secret, published in the slot (with who and where) before the client can know it.
+    std::optional<std::uint32_t> publish_session(const std::string& user, const std::string& database,
+                                                 const protocol::StartupMessage& startup)
+    {
+        std::uint32_t secret = 0;
+        while (secret == 0)
+            if (RAND_bytes(reinterpret_cast<unsigned char*>(&secret), sizeof secret) != 1)
+                return std::nullopt;
+        if (ipc::Slot* sl = slot()) {
+            sl->client_addr.set(peer_);
+            sl->user.set(user);
+            sl->database.set(database);
+            const std::string* app = startup.get("application_name");
+            sl->application_name.set(app ? *app : "");
+            sl->secret.store(secret, std::memory_order_release);
+        }
+        return secret;
+    }
+    std::uint32_t key_pid() const { return ipc::encode_key_pid(table_.peer_id(), handoff_.slot, handoff_.generation); }
+    ExitCode run_relay(upstream::Transport& server, int upstream_fd, char status, std::function<Status()> cancel);
+    ExitCode pass_through(const config::DatabaseEntry& entry, const upstream::ClientInfo& info,
+                          const protocol::StartupMessage& startup);
+
     // Reads packets until a StartupMessage; answers SSL/GSS requests with 'N'.
     std::variant<protocol::StartupMessage, ExitCode> read_startup();
     ExitCode start_session(const protocol::StartupMessage& startup);
@@ -320,18 +367,21 @@ private:
 
     const config::Config& cfg_;
     const ipc::SessionTable& table_;
+    SSL_CTX* tls_ctx_;  // null: client TLS is off
     ipc::Handoff handoff_;
     UniqueFd client_;
+    tls::Conn conn_;  // reads and writes client_, through TLS once it is on
+    net::Clock::time_point login_deadline_{};  // client_login_timeout: startup and authentication
     std::string peer_, peer_host_;
 };
 
 std::variant<protocol::StartupMessage, ExitCode> Session::read_startup()
 {
-    const auto deadline = net::Clock::now() + std::chrono::seconds(cfg_.client_login_timeout);
+    const auto deadline = login_deadline_;
     bool ssl_refused = false, gss_refused = false;
     for (;;) {
         unsigned char len_bytes[4];
-        auto rs = net::read_exact(client_.get(), len_bytes, sizeof len_bytes, deadline);
+        auto rs = conn_.read_exact(len_bytes, sizeof len_bytes, deadline);
         if (rs == net::ReadStatus::Timeout) {
             log_info("startup packet not received within client_login_timeout (%lds)",
                      cfg_.client_login_timeout);
@@ -348,7 +398,7 @@ std::variant<protocol::StartupMessage, ExitCode> Session::read_startup()
             return fail(err->sqlstate, err->message, kExitClientError);
         }
         std::vector<std::byte> body(len - 4);
-        rs = net::read_exact(client_.get(), body.data(), body.size(), deadline);
+        rs = conn_.read_exact(body.data(), body.size(), deadline);
         if (rs == net::ReadStatus::Timeout) {
             log_info("incomplete startup packet: timed out after client_login_timeout (%lds)",
                      cfg_.client_login_timeout);
@@ -371,11 +421,19 @@ std::variant<protocol::StartupMessage, ExitCode> Session::read_startup()
             if (seen)
                 return fail("08P01", "duplicate encryption request packet", kExitClientError);
             seen = true;
-            // TLS for clients arrives with the TLS issue; until then both are declined
-            // and libpq (sslmode=prefer) continues in plaintext on the same socket.
-            const char no = 'N';
-            if (!net::write_all(client_.get(), &no, 1, deadline))
+            // GSS encryption is always declined, TLS when it is off; libpq then goes on in
+            // plaintext on the same socket (or gives up, if it requires encryption).
+            const bool tls = fp.kind == protocol::FirstPacketKind::SslRequest && tls_ctx_ && !conn_.is_tls();
+            const char answer = tls ? 'S' : 'N';
+            if (!conn_.write_all(&answer, 1, deadline))
                 return kExitClientError;
+            if (tls) {
+                if (auto st = conn_.start_tls(tls_ctx_, deadline); !st) {
+                    log_info("%s", st.error().c_str());
+                    return kExitClientError;
+                }
+                log_debug("TLS established: %s", conn_.describe_tls().c_str());
+            }
             continue;
         }
         case protocol::FirstPacketKind::Cancel:
@@ -409,6 +467,44 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
                     kExitRefused, "Connect replication clients to the server directly.");
     }
 
+    const bool local = handoff_.listener_kind == 1;
+    if (cfg_.client_tls_sslmode == "require" && !local && !conn_.is_tls()) {
+        log_info("refused: plaintext connection and client_tls_sslmode = require");
+        if (ipc::Slot* sl = slot())
+            sl->counters.add(ipc::kAuthFailuresRejected, 1);
+        return fail("28000", "pgwicket requires TLS connections (client_tls_sslmode = require)", kExitRefused,
+                    "Connect with sslmode=require or verify-full.");
+    }
+
+    auth::AuthRequest areq{cfg_, conn_, user, database, local, local ? nullptr : &handoff_.peer, peer_host_,
+                           login_deadline_};
+    auth::AuthResult who = auth::authenticate(areq);
+    if (!who.ok) {
+        if (who.client_left) {
+            // libpq closes and asks the user for a password when it has none: not an error.
+            log_debug("%s", who.log.c_str());
+            return kExitOk;
+        }
+        log_info("authentication failed: %s", who.log.c_str());
+        if (ipc::Slot* sl = slot())
+            sl->counters.add(auth_failure_counter(who.method), 1);
+        protocol::ErrorFields e;
+        e.sqlstate = who.sqlstate;
+        e.message = who.message;
+        e.hint = who.hint;
+        return fail(e, kExitRefused);
+    }
+    const std::string identity = who.identity;
+    const bool sso = identity != user;
+    if (sso)
+        log::set_prefix("C-" + std::to_string(handoff_.session_id) + ": " + database + "/" + user + "(" +
+                        identity + ")@" + peer_);
+    log_info("authenticated (%s%s%s)%s%s", auth::method_name(who.method), sso ? ", identity " : "",
+             sso ? identity.c_str() : "", conn_.is_tls() ? ", " : "",
+             conn_.is_tls() ? conn_.describe_tls().c_str() : "");
+    if (ipc::Slot* sl = slot())
+        sl->identity.set(identity);
+
     if (database == admin::kConsoleDatabase) {
         const std::string* app = startup.get("application_name");
         if (ipc::Slot* sl = slot()) {
@@ -417,7 +513,7 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
             sl->database.set(database);
             sl->application_name.set(app ? *app : "");
         }
-        admin::ConsoleSession cs{cfg_, table_, client_.get(), slot(),
+        admin::ConsoleSession cs{cfg_, table_, conn_, slot(),
                                  ipc::encode_key_pid(table_.peer_id(), handoff_.slot, handoff_.generation),
                                  user, app ? *app : ""};
         return ExitCode(admin::run_console(cs));
@@ -430,7 +526,13 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
                     "pgwicket has no [databases] entry for it and no \"*\" fallback.");
     }
 
-    upstream::ClientInfo info{user, database, peer_host_, &startup};
+    upstream::ClientInfo info{user, database, peer_host_, &startup, sso ? identity : std::string(), ""};
+    if (const std::string* role = cfg_.role_for(who.groups)) {
+        info.role = *role;
+        log_info("upstream role \"%s\" from [roles]", role->c_str());
+    }
+    if (who.method == auth::Method::PassThrough)
+        return pass_through(*entry, info, startup);
     auto params = upstream::build_params(*entry, info, cfg_.application_name_prefix);
     if (!params)
         return fail("08006", params.error(), kExitUpstreamFailure);
@@ -473,23 +575,10 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
     for (const char* name : upstream::reported_parameters())
         if (const char* value = PQparameterStatus(pg, name))
             greeting.raw(protocol::parameter_status(name, value));
-    // Our own cancel key: where the session lives (peer, slot, generation) and a
-    // random secret, published in the slot before the client can know the key.
-    std::uint32_t secret = 0;
-    while (secret == 0)
-        if (RAND_bytes(reinterpret_cast<unsigned char*>(&secret), sizeof secret) != 1)
-            return fail("XX000", "could not generate a cancel key", kExitInternal);
-    ipc::Slot* my_slot = slot();
-    if (my_slot) {
-        my_slot->client_addr.set(peer_);
-        my_slot->user.set(user);
-        my_slot->database.set(database);
-        const std::string* app = startup.get("application_name");
-        my_slot->application_name.set(app ? *app : "");
-        my_slot->secret.store(secret, std::memory_order_release);
-    }
-    greeting.raw(protocol::backend_key_data(
-        ipc::encode_key_pid(table_.peer_id(), handoff_.slot, handoff_.generation), secret));
+    auto secret = publish_session(user, database, startup);
+    if (!secret)
+        return fail("XX000", "could not generate a cancel key", kExitInternal);
+    greeting.raw(protocol::backend_key_data(key_pid(), *secret));
     char status = 'I';
     switch (PQtransactionStatus(pg)) {
     case PQTRANS_INTRANS:
@@ -514,12 +603,29 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
             static_cast<SSL*>(PQsslStruct(pg, "OpenSSL")), upstream_fd);
     else
         server = std::make_unique<upstream::PlainTransport>(upstream_fd);
-    upstream::PlainTransport client(client_.get());
+    std::unique_ptr<PGcancel, PgCancelDeleter> pg_cancel(PQgetCancel(pg));
+    auto cancel = [c = pg_cancel.get()]() -> Status {
+        char err[256] = "";
+        if (!PQcancel(c, err, sizeof err))
+            return Error{err};
+        return ok_status();
+    };
+    return run_relay(*server, upstream_fd, status, pg_cancel ? std::function<Status()>(cancel) : nullptr);
+}
 
-    SessionControl control(cfg_, my_slot, pg, client_.get());
+// The established session, whichever way the upstream was reached: relay until the
+// end, then log it and name the exit.
+ExitCode Session::run_relay(upstream::Transport& server, int upstream_fd, char status, std::function<Status()> cancel)
+{
+    std::unique_ptr<upstream::Transport> client;
+    if (conn_.is_tls())
+        client = std::make_unique<upstream::TlsTransport>(conn_.ssl(), client_.get());
+    else
+        client = std::make_unique<upstream::PlainTransport>(client_.get());
+    SessionControl control(cfg_, slot(), std::move(cancel), client_.get(), upstream_fd);
     control.on_ready_for_query(status);
     const auto started = net::Clock::now();
-    RelayOutcome out = relay(client, *server, status, &g_stop_requested, &control);
+    RelayOutcome out = relay(*client, server, status, &g_stop_requested, &control);
     const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(net::Clock::now() - started);
 
     if (!out.upstream_at_boundary) {
@@ -548,6 +654,69 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
     return kExitOk;
 }
 
+ExitCode Session::pass_through(const config::DatabaseEntry& entry, const upstream::ClientInfo& info,
+                               const protocol::StartupMessage& startup)
+{
+    auto target = upstream::pass_through_target(entry);
+    if (!target)
+        return fail("08006", target.error(), kExitUpstreamFailure);
+    if (target->dbname.empty())
+        target->dbname = info.database;
+    // The client's own parameters, as it sent them; application_name names the client.
+    std::vector<std::pair<std::string, std::string>> params = {{"user", info.user}, {"database", target->dbname}};
+    std::string app = upstream::application_name_base(cfg_.application_name_prefix, info);
+    for (const auto& [k, v] : startup.params) {
+        if (k == "user" || k == "database" || k == "replication")
+            continue;
+        if (k == "application_name") {
+            if (!v.empty())
+                app += " " + v;
+            continue;
+        }
+        params.emplace_back(k, v);
+    }
+    params.emplace_back("application_name", app);
+    auto secret = publish_session(info.user, info.database, startup);
+    if (!secret)
+        return fail("XX000", "could not generate a cancel key", kExitInternal);
+    const auto deadline = net::Clock::now() + std::chrono::seconds(cfg_.server_connect_timeout);
+    auto login = upstream::pass_through_login(*target, params, conn_, key_pid(), *secret, deadline);
+    if (auto* f = std::get_if<upstream::PassThroughFailure>(&login)) {
+        if (f->client_left) {
+            log_debug("%s", f->log.c_str());
+            return kExitOk;
+        }
+        if (ipc::Slot* sl = slot()) {
+            if (f->sqlstate.compare(0, 2, "28") == 0)
+                sl->counters.add(ipc::kAuthFailuresUpstream, 1);
+            else
+                sl->counters.add(ipc::kUpstreamConnectFailures, 1);
+        }
+        log_info("pass-through login failed (%s): %s", target->describe().c_str(), f->log.c_str());
+        if (f->forwarded) {
+            conn_.linger_close(net::Clock::now() + 1s);
+            return kExitRefused;
+        }
+        return fail(f->sqlstate.c_str(),
+                    f->sqlstate == "08006" ? "could not connect to upstream server for database \"" + info.database +
+                                                 "\" (" + target->describe() + "): " + f->message
+                                           : f->message,
+                    kExitUpstreamFailure);
+    }
+    auto& up = std::get<upstream::PassThroughSession>(login);
+    log_info("connected to upstream (pass-through, %s)%s", target->describe().c_str(),
+             up.conn->is_tls() ? ", TLS" : "");
+    std::unique_ptr<upstream::Transport> server;
+    if (up.conn->is_tls())
+        server = std::make_unique<upstream::TlsTransport>(up.conn->ssl(), up.fd.get());
+    else
+        server = std::make_unique<upstream::PlainTransport>(up.fd.get());
+    auto cancel = [t = *target, pid = up.backend_pid, key = up.backend_secret]() {
+        return upstream::send_cancel(t, pid, key, net::Clock::now() + std::chrono::seconds(10));
+    };
+    return run_relay(*server, up.fd.get(), up.status, cancel);
+}
+
 ExitCode Session::run()
 {
     if (auto st = net::set_nonblocking(client_.get()); !st) {
@@ -557,6 +726,7 @@ ExitCode Session::run()
     if (handoff_.type == ipc::HandoffType::Metrics)
         return ExitCode(admin::serve_metrics(client_.get(), table_));
     net::tune_client_socket(client_.get());
+    login_deadline_ = net::Clock::now() + std::chrono::seconds(cfg_.client_login_timeout);
     auto startup = read_startup();
     if (auto* code = std::get_if<ExitCode>(&startup))
         return *code;
@@ -574,9 +744,10 @@ ExitCode Session::run()
 
 } // namespace
 
-ExitCode run_session(const config::Config& cfg, const ipc::SessionTable& table, ipc::Received&& work)
+ExitCode run_session(const config::Config& cfg, const ipc::SessionTable& table, SSL_CTX* tls,
+                     ipc::Received&& work)
 {
-    Session s(cfg, table, std::move(work));
+    Session s(cfg, table, tls, std::move(work));
     return s.run();
 }
 

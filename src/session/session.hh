@@ -7,6 +7,8 @@
 #include "ipc/session_table.hh"
 #include "session/exit_codes.hh"
 
+#include <openssl/ssl.h>
+
 #include <csignal>
 
 namespace pgw::session {
@@ -20,6 +22,7 @@ extern volatile std::sig_atomic_t g_reopen_log;
 // Set by the worker's SIGUSR2 handler: pgwicket is draining (only the admin console acts on it).
 extern volatile std::sig_atomic_t g_drain_notice;
 
-ExitCode run_session(const config::Config& cfg, const ipc::SessionTable& table, ipc::Received&& work);
+ExitCode run_session(const config::Config& cfg, const ipc::SessionTable& table, SSL_CTX* tls,
+                     ipc::Received&& work);
 
 } // namespace pgw::session

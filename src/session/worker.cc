@@ -50,7 +50,7 @@ void reset_signals()
 
 } // namespace
 
-void worker_main(const config::Config& cfg, const ipc::SessionTable& table, int channel,
+void worker_main(const config::Config& cfg, const ipc::SessionTable& table, SSL_CTX* tls, int channel,
                  const std::vector<int>& close_fds)
 {
     int code = kExitInternal;
@@ -75,7 +75,7 @@ void worker_main(const config::Config& cfg, const ipc::SessionTable& table, int 
         ::close(channel);
         if (g_stop_requested)
             _exit(kExitShutdown);
-        code = run_session(cfg, table, std::move(*work));
+        code = run_session(cfg, table, tls, std::move(*work));
     } catch (const std::exception& e) {
         log_error("internal error: %s", e.what());
         code = kExitInternal;

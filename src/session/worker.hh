@@ -5,12 +5,15 @@
 #include "config/config.hh"
 #include "ipc/session_table.hh"
 
+#include <openssl/ssl.h>
+
 #include <vector>
 
 namespace pgw::session {
 
-// Never returns. `close_fds` are the supervisor's descriptors the child inherited.
-[[noreturn]] void worker_main(const config::Config& cfg, const ipc::SessionTable& table, int channel,
-                              const std::vector<int>& close_fds);
+// Never returns. `close_fds` are the supervisor's descriptors the child inherited;
+// `tls` is the client TLS context (null when client TLS is off).
+[[noreturn]] void worker_main(const config::Config& cfg, const ipc::SessionTable& table, SSL_CTX* tls,
+                              int channel, const std::vector<int>& close_fds);
 
 } // namespace pgw::session

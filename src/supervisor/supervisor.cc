@@ -10,6 +10,7 @@
 #include "session/exit_codes.hh"
 #include "session/worker.hh"
 #include "supervisor/listeners.hh"
+#include "tls/server_tls.hh"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -88,6 +89,7 @@ private:
 
     // A copy: a reload swaps it whole. Workers keep the one they were forked with.
     config::Config cfg_;
+    tls::ServerContext tls_;  // client TLS, built from cfg_; null when off
     ipc::SessionTable table_;
     std::vector<std::uint32_t> free_slots_;  // a stack; the table's slots not in use
     std::vector<Listener> listeners_;
@@ -133,6 +135,11 @@ Status Supervisor::setup()
     sigfd_.reset(signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC));
     if (!sigfd_.valid())
         return Error{std::string("signalfd: ") + std::strerror(errno)};
+
+    auto tls = tls::make_server_context(cfg_);
+    if (!tls)
+        return Error{tls.error()};
+    tls_ = std::move(*tls);
 
     // Before the first fork, so every worker maps the same table.
     auto table = ipc::SessionTable::create(std::uint32_t(cfg_.max_client_conn), std::uint32_t(cfg_.peer_id));
@@ -213,7 +220,7 @@ bool Supervisor::spawn_spare()
         return false;
     }
     if (pid == 0)
-        session::worker_main(cfg_, table_, child_end.release(), to_close);
+        session::worker_main(cfg_, table_, tls_.get(), child_end.release(), to_close);
     Worker w;
     w.pid = pid;
     w.channel = std::move(parent_end);
@@ -466,6 +473,17 @@ void Supervisor::reload()
         notify_status(true);
         return;
     }
+    // Certificates are read again: a renewed one is used by new sessions at once.
+    auto tls = tls::make_server_context(merged);
+    if (!tls) {
+        ipc::SessionTable::bump(sc.reload_failures);
+        log_error("reload failed; the running configuration stays in effect: %s", tls.error().c_str());
+        reopen_logs();
+        sd_notify(0, "READY=1");
+        notify_status(true);
+        return;
+    }
+    tls_ = std::move(*tls);
     cfg_ = std::move(merged);
     ipc::SessionTable::bump(sc.reloads);
     reopen_logs();

@@ -52,6 +52,18 @@ std::string escape_option_value(const std::string& v)
     return out;
 }
 
+std::string application_name_base(const std::string& app_prefix, const ClientInfo& client)
+{
+    // The audit identity travels in application_name, so the server's own logs and
+    // pg_stat_activity name the person: "<prefix> <identity>@<address> <client's name>".
+    std::string app = app_prefix;
+    if (!app.empty())
+        app += " ";
+    if (!client.identity.empty())
+        app += client.identity + "@";
+    return app + client.host;
+}
+
 Result<Params> build_params(const config::DatabaseEntry& entry, const ClientInfo& client,
                             const std::string& app_prefix)
 {
@@ -70,13 +82,12 @@ Result<Params> build_params(const config::DatabaseEntry& entry, const ClientInfo
 
     if (!get(p, "dbname"))
         put(p, "dbname", client.database);
-    if (!get(p, "user"))
+    if (!client.role.empty())
+        put(p, "user", client.role);
+    else if (!get(p, "user"))
         put(p, "user", client.user);
 
-    std::string app = app_prefix;
-    if (!app.empty())
-        app += " ";
-    app += client.host;
+    std::string app = application_name_base(app_prefix, client);
     std::string options = get(p, "options") ? *get(p, "options") : std::string();
 
     // Startup parameters that libpq has a keyword for go there; every other one is

@@ -28,7 +28,13 @@ struct ClientInfo {
     std::string database;
     std::string host;  // client address without port, or [local]
     const protocol::StartupMessage* startup = nullptr;
+    std::string identity;  // the SSO identity, when it is not the user name
+    std::string role;      // from [roles]: the upstream user, overriding every other
 };
+
+// "<prefix> [<identity>@]<client address>": application_name upstream, before the
+// client's own application_name is appended.
+std::string application_name_base(const std::string& app_prefix, const ClientInfo& client);
 
 // The libpq keywords for this client on this database entry. Pure, for tests.
 Result<Params> build_params(const config::DatabaseEntry& entry, const ClientInfo& client,

@@ -122,7 +122,7 @@ BOOST_AUTO_TEST_CASE(kill_reload_and_shutdown)
     BOOST_TEST_REQUIRE(PQresultStatus(sessions.get()) == PGRES_TUPLES_OK);
     std::string id;
     for (int i = 0; i < PQntuples(sessions.get()); ++i)
-        if (std::string(PQgetvalue(sessions.get(), i, 6)) == "kill_me")
+        if (std::string(PQgetvalue(sessions.get(), i, 7)) == "kill_me")
             id = PQgetvalue(sessions.get(), i, 0);
     BOOST_TEST_REQUIRE(!id.empty());
     Result missing(PQexec(boss.get(), "KILL 999999"));

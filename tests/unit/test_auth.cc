@@ -1,20 +1,16 @@
 // Unit tests for src/auth/: base64, SCRAM-SHA-256 (against RFC 7677's vector and a real
-// PostgreSQL 15 verifier), JWT/JWKS with keys made here, and OAUTHBEARER parsing.
+// PostgreSQL 15 verifier), JWT/JWKS with test keys (tests/common/jwt_mint), and OAUTHBEARER parsing.
 #include "auth/base64.hh"
 #include "auth/jwt.hh"
 #include "auth/oauthbearer.hh"
 #include "auth/ossl.hh"
 #include "auth/scram.hh"
+#include "../common/jwt_mint.hh"
 
 #include <boost/test/unit_test.hpp>
 
 #include <nlohmann/json.hpp>
-#include <openssl/core_names.h>
-#include <openssl/ec.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
-#include <openssl/pem.h>
-#include <openssl/rsa.h>
 
 #include <map>
 #include <string>
@@ -22,6 +18,8 @@
 
 using namespace pgw;
 using namespace pgw::auth;
+// Keys, JWKS and signing shared with the integration tests (tests/common/jwt_mint.hh).
+using namespace pgw::testing;
 using nlohmann::json;
 
 namespace {
@@ -466,68 +464,6 @@ constexpr std::int64_t kNow = 1795000000;  // 2026-11-18T11:06:40Z
 constexpr const char* kIssuer = "https://login.example.com/tenant-id/v2.0";
 constexpr const char* kAudience = "api://pgwicket";
 
-std::string b64u(std::string_view s)
-{
-    return base64url_encode(octets_of(s));
-}
-
-std::string b64u(const Octets& o)
-{
-    return base64url_encode(o);
-}
-
-Octets bn_bytes(const BIGNUM* bn, int pad = 0)
-{
-    Octets out(pad ? size_t(pad) : size_t(BN_num_bytes(bn)));
-    if (pad)
-        BOOST_REQUIRE(BN_bn2binpad(bn, out.data(), pad) == pad);
-    else
-        BN_bn2bin(bn, out.data());
-    return out;
-}
-
-Octets bn_param(EVP_PKEY* key, const char* name, int pad = 0)
-{
-    BIGNUM* bn = nullptr;
-    BOOST_REQUIRE(EVP_PKEY_get_bn_param(key, name, &bn) == 1);
-    ossl::BnPtr owner(bn);
-    return bn_bytes(bn, pad);
-}
-
-// Keys made once for the whole binary: RSA key generation costs ~100 ms each.
-struct TestKeys {
-    ossl::PkeyPtr rsa{EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", size_t(2048))};
-    ossl::PkeyPtr rsa_other{EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", size_t(2048))};
-    ossl::PkeyPtr ec256{EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256")};
-    ossl::PkeyPtr ec384{EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-384")};
-
-    static const TestKeys& get()
-    {
-        static const TestKeys keys;
-        return keys;
-    }
-};
-
-json rsa_jwk(EVP_PKEY* key, const std::string& kid)
-{
-    return {{"kty", "RSA"}, {"use", "sig"}, {"kid", kid},
-            {"n", b64u(bn_param(key, OSSL_PKEY_PARAM_RSA_N))}, {"e", b64u(bn_param(key, OSSL_PKEY_PARAM_RSA_E))}};
-}
-
-json ec_jwk(EVP_PKEY* key, const std::string& kid, const char* crv, int coord)
-{
-    return {{"kty", "EC"}, {"kid", kid}, {"crv", crv},
-            {"x", b64u(bn_param(key, OSSL_PKEY_PARAM_EC_PUB_X, coord))},
-            {"y", b64u(bn_param(key, OSSL_PKEY_PARAM_EC_PUB_Y, coord))}};
-}
-
-json test_jwks_json()
-{
-    const auto& k = TestKeys::get();
-    return {{"keys", json::array({rsa_jwk(k.rsa.get(), "rsa-1"), ec_jwk(k.ec256.get(), "ec-1", "P-256", 32),
-                                  ec_jwk(k.ec384.get(), "ec-384", "P-384", 48)})}};
-}
-
 const jwt::Jwks& test_jwks()
 {
     static const jwt::Jwks jwks = [] {
@@ -538,54 +474,12 @@ const jwt::Jwks& test_jwks()
     return jwks;
 }
 
-Octets sign(EVP_PKEY* key, const std::string& alg, std::string_view input)
-{
-    const EVP_MD* md = alg.ends_with("384") ? EVP_sha384() : alg.ends_with("512") ? EVP_sha512() : EVP_sha256();
-    ossl::MdCtxPtr ctx(EVP_MD_CTX_new());
-    EVP_PKEY_CTX* pctx = nullptr;
-    BOOST_REQUIRE(EVP_DigestSignInit(ctx.get(), &pctx, md, nullptr, key) == 1);
-    if (alg.starts_with("PS")) {
-        BOOST_REQUIRE(EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) == 1);
-        BOOST_REQUIRE(EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) == 1);
-    }
-    size_t len = 0;
-    auto data = reinterpret_cast<const unsigned char*>(input.data());
-    BOOST_REQUIRE(EVP_DigestSign(ctx.get(), nullptr, &len, data, input.size()) == 1);
-    Octets sig(len);
-    BOOST_REQUIRE(EVP_DigestSign(ctx.get(), sig.data(), &len, data, input.size()) == 1);
-    sig.resize(len);
-    if (!alg.starts_with("ES"))
-        return sig;
-    // JWS wants raw r||s, each as wide as the curve's order.
-    int coord = alg == "ES256" ? 32 : 48;
-    const unsigned char* p = sig.data();
-    ossl::EcdsaSigPtr ecsig(d2i_ECDSA_SIG(nullptr, &p, long(sig.size())));
-    BOOST_REQUIRE(ecsig);
-    Octets raw = bn_bytes(ECDSA_SIG_get0_r(ecsig.get()), coord);
-    Octets s = bn_bytes(ECDSA_SIG_get0_s(ecsig.get()), coord);
-    raw.insert(raw.end(), s.begin(), s.end());
-    return raw;
-}
-
 json default_claims()
 {
     return {{"iss", kIssuer},          {"aud", kAudience},
             {"exp", kNow + 3600},      {"iat", kNow - 10},
             {"nbf", kNow - 10},        {"sub", "00u1abcd"},
             {"email", "alice@example.com"}, {"groups", json::array({"dba", "oncall"})}};
-}
-
-std::string mint(const json& claims, const std::string& alg = "RS256", const std::string& kid = "rsa-1",
-                 EVP_PKEY* key = nullptr)
-{
-    const auto& k = TestKeys::get();
-    if (!key)
-        key = alg.starts_with("ES") ? (alg == "ES256" ? k.ec256.get() : k.ec384.get()) : k.rsa.get();
-    json header = {{"alg", alg}, {"typ", "JWT"}};
-    if (!kid.empty())
-        header["kid"] = kid;
-    std::string input = b64u(header.dump()) + "." + b64u(claims.dump());
-    return input + "." + b64u(sign(key, alg, input));
 }
 
 jwt::VerifyOptions options()
@@ -627,17 +521,6 @@ jwt::JwtError expect_refusal(const std::string& token, jwt::Failure kind, const 
         BOOST_TEST_REQUIRE(e->message.find(token.substr(i, 16)) == std::string::npos,
                            "message shows part of the token: " << e->message);
     return *e;
-}
-
-std::string with_payload(const std::string& token, const json& claims)
-{
-    size_t d1 = token.find('.'), d2 = token.rfind('.');
-    return token.substr(0, d1 + 1) + b64u(claims.dump()) + token.substr(d2);
-}
-
-std::string unsigned_token(const json& header, const json& claims, const std::string& sig = "")
-{
-    return b64u(header.dump()) + "." + b64u(claims.dump()) + "." + sig;
 }
 
 } // namespace
@@ -737,10 +620,8 @@ BOOST_AUTO_TEST_CASE(bad_signature)
     forged_claims["email"] = "mallory@example.com";
     expect_refusal(with_payload(good, forged_claims), jwt::Failure::BadSignature, "signature does not verify");
 
-    size_t dot = good.rfind('.');
-    auto sig = *base64url_decode(good.substr(dot + 1));
-    sig[10] ^= 0x01;
-    expect_refusal(good.substr(0, dot + 1) + b64u(sig), jwt::Failure::BadSignature, "signature does not verify");
+    BOOST_TEST(with_flipped_signature(good) != good);
+    expect_refusal(with_flipped_signature(good), jwt::Failure::BadSignature, "signature does not verify");
 
     // Signed by another key under our key's kid.
     expect_refusal(mint(default_claims(), "RS256", "rsa-1", TestKeys::get().rsa_other.get()),
@@ -821,21 +702,8 @@ BOOST_AUTO_TEST_CASE(alg_none_is_refused)
 BOOST_AUTO_TEST_CASE(hs256_key_confusion_is_refused)
 {
     // The classic forgery: HMAC keyed with the bytes of the verifier's public key.
-    const auto& k = TestKeys::get();
-    BIO* bio = BIO_new(BIO_s_mem());
-    BOOST_REQUIRE(PEM_write_bio_PUBKEY(bio, k.rsa.get()) == 1);
-    char* pem = nullptr;
-    long pem_len = BIO_get_mem_data(bio, &pem);
-    std::string public_pem(pem, size_t(pem_len));
-    BIO_free(bio);
-
-    json header = {{"alg", "HS256"}, {"kid", "rsa-1"}, {"typ", "JWT"}};
-    std::string input = b64u(header.dump()) + "." + b64u(default_claims().dump());
-    unsigned char mac[32];
-    unsigned int mac_len = 0;
-    HMAC(EVP_sha256(), public_pem.data(), int(public_pem.size()), reinterpret_cast<const unsigned char*>(input.data()),
-         input.size(), mac, &mac_len);
-    std::string token = input + "." + b64u(Octets(mac, mac + mac_len));
+    std::string token = hs256_with_public_key(default_claims(), "rsa-1");
+    BOOST_TEST_REQUIRE(token.rfind(b64u(R"({"alg":"HS256","kid":"rsa-1","typ":"JWT"})"), 0) == 0u);
     expect_refusal(token, jwt::Failure::AlgorithmNotAllowed,
                    "algorithm 'HS256' is not allowed (only RS256/RS384/RS512/PS256/ES256/ES384)");
 }

@@ -1,5 +1,6 @@
 // Unit tests for src/config: INI parsing into Config, its error messages,
 // defaults from the options table, lookups, and the command-line parser.
+#include "auth/rules.hh"
 #include "config/cli.hh"
 #include "config/config.hh"
 #include "config/options.hh"
@@ -10,6 +11,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <unistd.h>
 #include <vector>
 
@@ -44,6 +47,22 @@ shutdown_timeout = 120
 admin_users = alice, bob
 stats_users = carol
 metrics_listen = 127.0.0.1:9632
+client_tls_sslmode = require
+client_tls_cert_file = /etc/pgwicket/server.crt
+client_tls_key_file = /etc/pgwicket/server.key
+client_tls_ca_file = /etc/pgwicket/ca.crt
+client_tls_protocols = tlsv1.3
+client_tls_ciphers = HIGH
+auth_type = reject
+auth_hba_file = /etc/pgwicket/hba.conf
+auth_file = /etc/pgwicket/users.txt
+jwt_jwks_file = /etc/pgwicket/jwks.json
+jwt_issuer = https://login.example.com/
+jwt_audience = api://pgwicket
+jwt_identity_claim = upn
+jwt_groups_claim = roles
+jwt_oauth_scope = openid email
+jwt_leeway = 30
 
 [databases]
 * = host=10.0.0.1 port=5432
@@ -111,14 +130,14 @@ BOOST_AUTO_TEST_CASE(databases_with_wildcard_named_entries_and_continuations)
     BOOST_TEST_REQUIRE(dbs.size() == 3u);
     BOOST_TEST(dbs[0].name == "*");
     BOOST_TEST(dbs[0].conninfo == "host=10.0.0.1 port=5432");
-    BOOST_TEST(dbs[0].line == 27);
+    BOOST_TEST(dbs[0].line == 43);
     // Indented lines (blank or tab) continue the connection string above them.
     BOOST_TEST(dbs[1].name == "sales");
     BOOST_TEST(dbs[1].conninfo == "host=10.0.0.2 port=5433 dbname=sales_prod");
-    BOOST_TEST(dbs[1].line == 28);
+    BOOST_TEST(dbs[1].line == 44);
     BOOST_TEST(dbs[2].name == "hr");
     BOOST_TEST(dbs[2].conninfo == "host=/var/run/postgresql dbname=hr");
-    BOOST_TEST(dbs[2].line == 31);
+    BOOST_TEST(dbs[2].line == 47);
 }
 
 BOOST_AUTO_TEST_CASE(defaults_match_the_options_table)
@@ -538,18 +557,20 @@ BOOST_AUTO_TEST_CASE(parse_command_line_accepts_gnu_forms)
     };
     const std::string def(cfg::kDefaultConfigPath);
     const Case cases[] = {
-        {"no arguments", {}, {def, false, false, false}},
-        {"-c FILE", {"-c", "/x.ini"}, {"/x.ini", false, false, false}},
-        {"--config=FILE", {"--config=/x.ini"}, {"/x.ini", false, false, false}},
-        {"--config FILE", {"--config", "/x.ini"}, {"/x.ini", false, false, false}},
-        {"--config=FILE with = in it", {"--config=/a=b.ini"}, {"/a=b.ini", false, false, false}},
-        {"last -c wins", {"-c", "/a", "-c", "/b"}, {"/b", false, false, false}},
-        {"--check-config", {"--check-config"}, {def, true, false, false}},
-        {"--check-config -c FILE", {"--check-config", "-c", "/y"}, {"/y", true, false, false}},
-        {"-V", {"-V"}, {def, false, true, false}},
-        {"--version", {"--version"}, {def, false, true, false}},
-        {"-h", {"-h"}, {def, false, false, true}},
-        {"--help", {"--help"}, {def, false, false, true}},
+        {"no arguments", {}, {def, false, false, false, ""}},
+        {"-c FILE", {"-c", "/x.ini"}, {"/x.ini", false, false, false, ""}},
+        {"--config=FILE", {"--config=/x.ini"}, {"/x.ini", false, false, false, ""}},
+        {"--config FILE", {"--config", "/x.ini"}, {"/x.ini", false, false, false, ""}},
+        {"--config=FILE with = in it", {"--config=/a=b.ini"}, {"/a=b.ini", false, false, false, ""}},
+        {"last -c wins", {"-c", "/a", "-c", "/b"}, {"/b", false, false, false, ""}},
+        {"--check-config", {"--check-config"}, {def, true, false, false, ""}},
+        {"--check-config -c FILE", {"--check-config", "-c", "/y"}, {"/y", true, false, false, ""}},
+        {"-V", {"-V"}, {def, false, true, false, ""}},
+        {"--version", {"--version"}, {def, false, true, false, ""}},
+        {"-h", {"-h"}, {def, false, false, true, ""}},
+        {"--help", {"--help"}, {def, false, false, true, ""}},
+        {"--hash-password USER", {"--hash-password", "alice"}, {def, false, false, false, "alice"}},
+        {"--hash-password=USER", {"--hash-password=bob"}, {def, false, false, false, "bob"}},
     };
     for (const auto& c : cases) {
         BOOST_TEST_CONTEXT(c.name)
@@ -558,6 +579,7 @@ BOOST_AUTO_TEST_CASE(parse_command_line_accepts_gnu_forms)
             BOOST_TEST_REQUIRE(r.ok(), why(r));
             BOOST_TEST(r.value().config_path == c.want.config_path);
             BOOST_TEST(r.value().check_config == c.want.check_config);
+            BOOST_TEST(r.value().hash_password_user == c.want.hash_password_user);
             BOOST_TEST(r.value().version == c.want.version);
             BOOST_TEST(r.value().help == c.want.help);
         }
@@ -710,6 +732,85 @@ BOOST_AUTO_TEST_CASE(log_settings_follow_the_config)
     BOOST_TEST(s.syslog);
     BOOST_TEST(s.syslog_ident == "gate");
     BOOST_TEST(s.syslog_facility == "daemon");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// The auth files behind the options: rules, users and their errors with file and line.
+BOOST_AUTO_TEST_SUITE(config_auth)
+
+namespace {
+std::string write_temp(const std::string& text)
+{
+    char path[] = "/tmp/pgwicket-unit-XXXXXX";
+    int fd = mkstemp(path);
+    BOOST_REQUIRE(fd >= 0);
+    BOOST_REQUIRE(::write(fd, text.data(), text.size()) == ssize_t(text.size()));
+    ::close(fd);
+    return path;
+}
+} // namespace
+
+BOOST_AUTO_TEST_CASE(hba_rules_match_in_order)
+{
+    std::string hba = write_temp("# rules\nhost all bob all reject\nhostssl orders all 10.0.0.0/8 scram-sha-256\n"
+                                 "host all all 127.0.0.1 trust\nlocal all all md5\n");
+    std::string users = write_temp("\"alice\" \"md5" + std::string(32, 'a') + "\"\n");
+    auto r = cfg::load_string("[pgwicket]\nauth_type = hba\nauth_hba_file = " + hba + "\nauth_file = " + users +
+                              "\n" + kMinimalDatabases);
+    BOOST_TEST_REQUIRE(r.ok(), why(r));
+    BOOST_TEST(r->rules.size() == 4u);
+    BOOST_TEST(r->users.count("alice") == 1u);
+    sockaddr_storage lo{}, ten{};
+    auto set4 = [](sockaddr_storage& ss, const char* a) {
+        auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
+        v4->sin_family = AF_INET;
+        inet_pton(AF_INET, a, &v4->sin_addr);
+    };
+    set4(lo, "127.0.0.1");
+    set4(ten, "10.1.2.3");
+    using pgw::auth::Method;
+    auto method = [&](bool local, bool tls, const sockaddr_storage* peer, const char* db, const char* user) {
+        const auto* rule = pgw::auth::match_rule(r->rules, {local, tls, peer, db, user});
+        return rule ? int(rule->method) : -1;
+    };
+    BOOST_TEST(method(false, false, &lo, "orders", "bob") == int(Method::Reject));
+    BOOST_TEST(method(false, true, &ten, "orders", "alice") == int(Method::Scram));
+    BOOST_TEST(method(false, false, &ten, "orders", "alice") == -1);  // hostssl needs TLS
+    BOOST_TEST(method(false, true, &ten, "sales", "alice") == -1);
+    BOOST_TEST(method(false, false, &lo, "sales", "alice") == int(Method::Trust));
+    BOOST_TEST(method(true, false, nullptr, "sales", "alice") == int(Method::Md5));
+    ::unlink(hba.c_str());
+    ::unlink(users.c_str());
+}
+
+BOOST_AUTO_TEST_CASE(auth_file_errors_name_file_and_line)
+{
+    std::string hba = write_temp("host all all all bogus\n");
+    std::string e = error_of("[pgwicket]\nauth_type = hba\nauth_hba_file = " + hba + "\n" + kMinimalDatabases);
+    BOOST_TEST(e.find(hba + ":1: unknown method \"bogus\"") != std::string::npos, e);
+    std::string users = write_temp("\"alice\" \"SCRAM-SHA-256$4096:bad\"\n\"bob\" \"plaintext\"\n");
+    e = error_of("[pgwicket]\nauth_type = scram-sha-256\nauth_file = " + users + "\n" + kMinimalDatabases);
+    BOOST_TEST(e.find(users + ":1: user \"alice\"") != std::string::npos, e);
+    e = error_of("[pgwicket]\nauth_type = scram-sha-256\n" + kMinimalDatabases);
+    BOOST_TEST(e.find("need auth_file") != std::string::npos, e);
+    e = error_of("[pgwicket]\nauth_type = jwt\n" + kMinimalDatabases);
+    BOOST_TEST(e.find("jwt_jwks_file, jwt_issuer and jwt_audience") != std::string::npos, e);
+    ::unlink(hba.c_str());
+    ::unlink(users.c_str());
+}
+
+BOOST_AUTO_TEST_CASE(identity_map_and_roles)
+{
+    auto r = cfg::load_string(kMinimalDatabases + "[identity_map]\nalice@example.com = alice, readonly\n"
+                                                  "[roles]\ndba = postgres\nanalysts = reader\n");
+    BOOST_TEST_REQUIRE(r.ok(), why(r));
+    BOOST_TEST((r->identity_map.at("alice@example.com") == std::vector<std::string>{"alice", "readonly"}));
+    BOOST_TEST(*r->role_for({"analysts", "dba"}) == "postgres");  // file order, not token order
+    BOOST_TEST(*r->role_for({"analysts"}) == "reader");
+    BOOST_TEST(r->role_for({"others"}) == nullptr);
+    std::string e = error_of(kMinimalDatabases + "[roles]\ndba = two words\n");
+    BOOST_TEST(e.find("one upstream role") != std::string::npos, e);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

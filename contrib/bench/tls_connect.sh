@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# TLS connection setup rate: pgbench -C -S (a new connection per transaction) with
+# sslmode=require against PostgreSQL directly (ssl=on), through pgwicket with client TLS
+# and through PgBouncer with client TLS, on a fresh throwaway cluster and a throwaway CA.
+# The plain (sslmode=disable) rate of the same three is measured for reference.
+# Prints a table of TPS (= connections per second) and ratios.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=contrib/lib.sh
+source "$root/contrib/lib.sh"
+
+secs=${BENCH_SECONDS:-10}
+scale=${BENCH_SCALE:-1}
+pgbench=$PG_BINDIR/pgbench
+
+bin=$(pgw_binary "$root" "tls bench") || exit 1
+for tool in "$PG_BINDIR/initdb" "$PG_BINDIR/pg_ctl" "$pgbench"; do
+    if [ ! -x "$tool" ]; then
+        echo "tls bench: $tool not found; run contrib/install-deps.sh" >&2
+        exit 1
+    fi
+done
+if ! command -v openssl >/dev/null 2>&1; then
+    echo "tls bench: openssl (the command) not found; install openssl" >&2
+    exit 1
+fi
+have_pgbouncer=0
+if command -v pgbouncer >/dev/null 2>&1; then
+    have_pgbouncer=1
+fi
+
+work=$(work_dir pgwicket-tls-bench)
+pgdata=$work/pg
+tls=$work/tls
+pgw_pid=
+
+# shellcheck disable=SC2317  # run by the EXIT trap
+cleanup()
+{
+    trap - EXIT INT TERM
+    pgw_stop
+    if [ -f "$work/pgbouncer.pid" ]; then
+        kill -TERM "$(cat "$work/pgbouncer.pid")" 2>/dev/null || true
+        for _ in $(seq 50); do
+            [ -f "$work/pgbouncer.pid" ] || break
+            sleep 0.1
+        done
+    fi
+    pg_stop "$pgdata"
+    if [ "${BENCH_KEEP:-0}" = 1 ]; then
+        echo "tls bench: logs and data kept in $work"
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# A throwaway CA and a server certificate for localhost / 127.0.0.1 signed by it, both RSA
+# 2048. The three servers present the same certificate, so the handshakes cost the same.
+echo "tls bench: throwaway CA and server certificate in $tls"
+make_certs()
+{
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=pgwicket bench CA" \
+        -keyout "$tls/ca.key" -out "$tls/ca.crt" || return 1
+    openssl req -new -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+        -keyout "$tls/server.key" -out "$tls/server.csr" || return 1
+    printf '%s\n' "basicConstraints = CA:FALSE" "keyUsage = digitalSignature, keyEncipherment" \
+        "extendedKeyUsage = serverAuth" "subjectAltName = DNS:localhost, IP:127.0.0.1" \
+        >"$tls/server.ext"
+    openssl x509 -req -days 2 -set_serial "0x$(openssl rand -hex 8)" -in "$tls/server.csr" \
+        -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -extfile "$tls/server.ext" -out "$tls/server.crt"
+}
+mkdir -p "$tls"
+make_certs >"$tls/openssl.log" 2>&1 || {
+    echo "tls bench: openssl failed:" >&2
+    cat "$tls/openssl.log" >&2
+    exit 1
+}
+# PostgreSQL wants its key owned by the server user and not readable by others.
+chmod 600 "$tls/server.key" "$tls/ca.key"
+if [ "$(id -u)" -eq 0 ]; then
+    chown -R postgres:postgres "$tls"
+fi
+
+echo "tls bench: PostgreSQL 15 cluster in $work, ssl=on"
+pg_init "$pgdata"
+pgport=$(free_port 55432)
+pg_start "$pgdata" "$pgport" "-c max_connections=200 -c fsync=off -c synchronous_commit=off \
+-c ssl=on -c ssl_cert_file=$tls/server.crt -c ssl_key_file=$tls/server.key"
+
+# pgwicket as pgw_start in lib.sh starts it, plus client TLS: prefer, so that one instance
+# serves both the sslmode=require and the sslmode=disable runs. Upstream stays plain.
+pgwport=$(free_port 56432)
+printf '%s\n' "[pgwicket]" "listen_addr = 127.0.0.1" "listen_port = $pgwport" \
+    "unix_socket_dir = $work" "logfile = $work/pgwicket.log" \
+    "client_tls_sslmode = prefer" "client_tls_cert_file = $tls/server.crt" \
+    "client_tls_key_file = $tls/server.key" "" \
+    "[databases]" "* = host=127.0.0.1 port=$pgport sslmode=disable" >"$work/pgwicket.ini"
+"$bin" -c "$work/pgwicket.ini" 2>>"$work/pgwicket.log" &
+pgw_pid=$!
+if ! wait_listening "$pgwport" 10; then
+    echo "tls bench: pgwicket did not start; its log:" >&2
+    cat "$work/pgwicket.log" >&2
+    exit 1
+fi
+
+if [ "$have_pgbouncer" = 1 ]; then
+    pgbport=$(free_port 57432)
+    echo '"postgres" ""' >"$work/userlist.txt"
+    cat >"$work/pgbouncer.ini" <<EOF
+[databases]
+* = host=127.0.0.1 port=$pgport
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $pgbport
+unix_socket_dir = $work
+auth_type = trust
+auth_file = $work/userlist.txt
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 20
+logfile = $work/pgbouncer.log
+pidfile = $work/pgbouncer.pid
+client_tls_sslmode = allow
+client_tls_cert_file = $tls/server.crt
+client_tls_key_file = $tls/server.key
+server_tls_sslmode = disable
+EOF
+    if [ "$(id -u)" -eq 0 ]; then
+        chown postgres:postgres "$work/pgbouncer.ini" "$work/userlist.txt"
+    fi
+    as_pg pgbouncer -d "$work/pgbouncer.ini"
+    if ! wait_listening "$pgbport" 10; then
+        echo "tls bench: pgbouncer did not start; its log:" >&2
+        cat "$work/pgbouncer.log" >&2 || true
+        exit 1
+    fi
+fi
+
+echo "tls bench: pgbench -i -s $scale"
+"$pgbench" -i -q -s "$scale" -h 127.0.0.1 -p "$pgport" -U postgres postgres >"$work/init.log" 2>&1 || {
+    cat "$work/init.log" >&2
+    exit 1
+}
+
+# tps PORT SSLMODE ARGS...: runs pgbench against PORT with a conninfo carrying SSLMODE and
+# prints its TPS, or "fail".
+tps()
+{
+    local port=$1 sslmode=$2 out
+    shift 2
+    out=$work/pgbench-$port-$sslmode-$RANDOM.log
+    if "$pgbench" -n -S -T "$secs" "$@" \
+        "host=127.0.0.1 port=$port user=postgres dbname=postgres sslmode=$sslmode" >"$out" 2>&1; then
+        sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | head -n 1 | awk '{ printf "%.0f\n", $1 }'
+    else
+        echo "tls bench: pgbench $* sslmode=$sslmode on port $port failed:" >&2
+        tail -n 5 "$out" >&2
+        echo fail
+    fi
+}
+
+ratio()
+{
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else printf "-" }'
+}
+
+echo "tls bench: warm-up (not counted)"
+for port in "$pgwport" ${pgbport:+"$pgbport"} "$pgport"; do
+    secs=2 tps "$port" require -C -c 2 -j 2 >/dev/null
+done
+
+rows=()
+run_case()
+{
+    local label=$1 sslmode=$2 direct pgw pgb="-"
+    shift 2
+    echo "tls bench: $label ($secs s each)"
+    direct=$(tps "$pgport" "$sslmode" "$@")
+    pgw=$(tps "$pgwport" "$sslmode" "$@")
+    if [ "$have_pgbouncer" = 1 ]; then
+        pgb=$(tps "$pgbport" "$sslmode" "$@")
+    fi
+    rows+=("$(printf '%-30s %10s %10s %10s %12s %14s' "$label" "$direct" "$pgw" "$pgb" \
+        "$(ratio "$pgw" "$direct")" "$(ratio "$pgw" "$pgb")")")
+}
+
+run_case "TLS: -C -S -c 8 require" require -C -c 8 -j 2
+run_case "plain: -C -S -c 8 disable" disable -C -c 8 -j 2
+
+echo
+echo "pgbench -n -C -S -c 8 -j 2 (a new connection per transaction: TPS = connections/s),"
+echo "scale $scale, $secs s per run, $(nproc) CPUs, all on one host, RSA 2048 certificate:"
+printf '%-30s %10s %10s %10s %12s %14s\n' "case" "direct" "pgwicket" "pgbouncer" "pgw/direct" "pgw/pgbouncer"
+for row in "${rows[@]}"; do
+    echo "$row"
+done
+
+# Anything that went wrong on the way, as the proxies saw it.
+problems=$(grep -ciE 'error|fatal|warning|panic' "$work/pgwicket.log" || true)
+if [ "$problems" -gt 0 ]; then
+    echo
+    echo "tls bench: $problems error/warning lines in pgwicket's log, the first ones:"
+    grep -iE 'error|fatal|warning|panic' "$work/pgwicket.log" | head -n 5
+fi
+if [ "$have_pgbouncer" = 1 ]; then
+    problems=$(grep -ciE 'error|fatal|warning' "$work/pgbouncer.log" || true)
+    if [ "$problems" -gt 0 ]; then
+        echo
+        echo "tls bench: $problems error/warning lines in PgBouncer's log, the first ones:"
+        grep -iE 'error|fatal|warning' "$work/pgbouncer.log" | head -n 5
+    fi
+fi
