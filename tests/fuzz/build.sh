@@ -13,7 +13,7 @@ here="$top/tests/fuzz"
 out=${FUZZ_OUT:-$top/build-fuzz}
 seconds=${FUZZ_SECONDS:-20}
 cxx=${CXX_FUZZ:-clang++}
-all_targets=(startup framer error_fields config)
+all_targets=(startup framer error_fields config classify)
 targets=("${@:-${all_targets[@]}}")
 
 # shellcheck disable=SC2054 # the commas belong to -fsanitize=
@@ -26,6 +26,7 @@ sources_for() {
     framer) echo "" ;;
     error_fields) echo "$top/src/protocol/messages.cc" ;;
     config) echo "$top/src/config/config.cc $top/src/config/options.cc" ;;
+    classify) echo "$top/src/policy/classify.cc $top/src/policy/deep_stack.cc" ;;
     *) echo "unknown fuzz target: $1 (known: ${all_targets[*]})" >&2; return 1 ;;
     esac
 }
@@ -33,6 +34,7 @@ sources_for() {
 libs_for() {
     case $1 in
     config) pkg-config --cflags --libs libpq inih ;;
+    classify) echo "-lpg_query $(pkg-config --cflags --libs libprotobuf-c)" ;;
     *) echo "" ;;
     esac
 }
@@ -65,6 +67,14 @@ seed() {
         printf '[pgwicket]\nlisten_addr = 127.0.0.1, ::1\nlisten_port = 6432\nunix_socket_mode = 0700\nlog_level = debug\n[databases]\n* = host=a port=5432\nsales = host=b\n    dbname=s\n' \
             >"$dir/good"
         printf '[databases]\nx = host=a port\n' >"$dir/bad_conninfo"
+        ;;
+    classify)
+        printf 'SELECT 1; DELETE FROM t' >"$dir/multi"
+        printf 'WITH d AS (DELETE FROM t RETURNING *) SELECT lower(a) FROM d' >"$dir/cte"
+        printf 'EXPLAIN (ANALYZE off) UPDATE t SET a = f(1)' >"$dir/explain"
+        printf '/* a /* b */ */ SELECT $x$ ; $x$, E'"'"'\\'"'"'; x'"'"' -- c\n' >"$dir/lexing"
+        printf 'COPY (SELECT * FROM t FOR UPDATE) TO STDOUT' >"$dir/copy"
+        printf 'PREPARE p AS SELECT "MySchema"."F"(1); BEGIN READ WRITE; SET ROLE x' >"$dir/utility"
         ;;
     esac
 }
