@@ -142,7 +142,8 @@ Result<std::string> canonical_function_name(std::string_view written);
 // What "read-only" means for a read_only policy. A statement is read-only when all of:
 //
 //  1. Its kind is one of
-//       select, show, listen, unlisten, discard, deallocate, fetch, close;
+//       select, show, listen, unlisten, deallocate, fetch, close;
+//       discard, except DISCARD ALL (it resets the role the session may have been given);
 //       set and reset, except of transaction_read_only,
 //         default_transaction_read_only and standard_conforming_strings (unless set
 //         explicitly to on), and of client_encoding to an encoding whose multibyte
@@ -154,26 +155,30 @@ Result<std::string> canonical_function_name(std::string_view written);
 //       explain of any statement (without ANALYZE nothing is executed);
 //       explain_analyze, prepare and declare of a read-only statement;
 //       copy_to to the client (COPY ... TO STDOUT) of a table or a read-only query.
-//     Never read-only: execute (the prepared text is not visible here), call, do,
-//     copy_from, copy to a server file or program, set_role,
-//     set_session_authorization, alter_system, lock, notify, grant, revoke, ddl,
-//     create_table_as, select_into, truncate, vacuum, analyze, reindex, cluster,
-//     checkpoint, other, and every data-modifying statement.
+//     Never read-only: execute (the prepared text is not visible here; a session that
+//     remembers PREPARE by name could judge it, and the extended protocol's Parse
+//     message carries the text anyway), call, do, copy_from, copy to a server file or
+//     program, set_role, set_session_authorization, alter_system, lock, notify,
+//     grant, revoke, ddl (temporary tables too), create_table_as, select_into,
+//     truncate, vacuum, analyze, reindex, cluster, checkpoint, other, and every
+//     data-modifying statement.
 //  2. Nothing in it modifies rows: no INSERT/UPDATE/DELETE/MERGE in a WITH, no SELECT
 //     INTO, no row locks (FOR UPDATE, FOR NO KEY UPDATE, FOR SHARE, FOR KEY SHARE).
 //  3. Every function it names is in the allowlist, wherever it appears (an EXPLAIN
 //     without ANALYZE included: the planner evaluates immutable calls).
 //
+// A query string is read-only when every statement in it is.
+//
 // Why the READ WRITE forms are refused: a read-only session has no use for them, and
 // they would switch off the upstream's default_transaction_read_only, the second line
 // of defence. Why the two lexing settings: this parser reads the text as UTF-8 with
 // standard_conforming_strings on; with either changed, the server can see the end of a
-// string literal where this parser does not, and run what the parser took for text.
-// (The session must keep them so from the startup packet on, for every policy.) What the text cannot show: functions behind views, operators, casts,
-// triggers and rules, and an overload of an allowed name that someone created in a
-// schema on the search path. The policy is a guardrail in front of the database's
-// own privileges; run read-only sessions with default_transaction_read_only = on
-// upstream as well.
+// string literal where this parser does not, and run what the parser took for text
+// (so the session must hold both from the startup packet on, for every policy).
+// What the text cannot show: functions behind views, operators, casts, triggers and
+// rules, and an overload of an allowed name that someone created in a schema on the
+// search path. The policy is a guardrail in front of the database's own privileges;
+// run read-only sessions with default_transaction_read_only = on upstream as well.
 bool is_read_only(const Statement& s, const FunctionAllowlist& allow);
 
 // Why s is not read-only under allow ("calls nextval", "modifies rows"), or empty when
