@@ -13,7 +13,7 @@ here="$top/tests/fuzz"
 out=${FUZZ_OUT:-$top/build-fuzz}
 seconds=${FUZZ_SECONDS:-20}
 cxx=${CXX_FUZZ:-clang++}
-all_targets=(startup framer error_fields config jwt scram)
+all_targets=(startup framer error_fields config jwt scram classify)
 targets=("${@:-${all_targets[@]}}")
 
 # shellcheck disable=SC2054 # the commas belong to -fsanitize=
@@ -28,6 +28,7 @@ sources_for() {
     config) echo "$top/src/config/config.cc $top/src/config/options.cc" ;;
     jwt) echo "$top/src/auth/base64.cc $top/src/auth/json_util.cc $top/src/auth/jwt.cc $top/src/auth/ossl.cc $top/src/auth/oauthbearer.cc" ;;
     scram) echo "$top/src/auth/base64.cc $top/src/auth/ossl.cc $top/src/auth/scram.cc" ;;
+    classify) echo "$top/src/policy/classify.cc $top/src/policy/deep_stack.cc" ;;
     *) echo "unknown fuzz target: $1 (known: ${all_targets[*]})" >&2; return 1 ;;
     esac
 }
@@ -37,6 +38,7 @@ libs_for() {
     config) pkg-config --cflags --libs libpq inih ;;
     jwt) pkg-config --cflags --libs openssl nlohmann_json ;;
     scram) pkg-config --cflags --libs openssl ;;
+    classify) echo "-lpg_query $(pkg-config --cflags --libs libprotobuf-c)" ;;
     *) echo "" ;;
     esac
 }
@@ -89,6 +91,14 @@ seed() {
             'c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=' \
             >"$dir/rfc7677"
         printf '\004\013%s%s' 'y,,n=,r=abc' 'c=eSws,r=abcdef,x=1,p=AAAA' >"$dir/mock"
+        ;;
+    classify)
+        printf 'SELECT 1; DELETE FROM t' >"$dir/multi"
+        printf 'WITH d AS (DELETE FROM t RETURNING *) SELECT lower(a) FROM d' >"$dir/cte"
+        printf 'EXPLAIN (ANALYZE off) UPDATE t SET a = f(1)' >"$dir/explain"
+        printf '/* a /* b */ */ SELECT $x$ ; $x$, E'"'"'\\'"'"'; x'"'"' -- c\n' >"$dir/lexing"
+        printf 'COPY (SELECT * FROM t FOR UPDATE) TO STDOUT' >"$dir/copy"
+        printf 'PREPARE p AS SELECT "MySchema"."F"(1); BEGIN READ WRITE; SET ROLE x' >"$dir/utility"
         ;;
     esac
 }

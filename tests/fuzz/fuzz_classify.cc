@@ -1,0 +1,50 @@
+// libFuzzer target for the statement classifier: any text must classify or fail cleanly,
+// and what comes back must keep the invariants the read-only policy relies on.
+#include "fuzz_check.hh"
+#include "policy/classify.hh"
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace pol = pgw::policy;
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size)
+{
+    std::string_view sql(reinterpret_cast<const char*>(data), size);
+    auto r = pol::classify(sql);
+    // Classifying twice gives the same answer (no state leaks between calls).
+    auto again = pol::classify(sql);
+    FUZZ_CHECK(r.ok() == again.ok());
+    if (!r.ok()) {
+        FUZZ_CHECK(!r.error().empty());
+        return 0;
+    }
+    FUZZ_CHECK(r.value().size() == again.value().size());
+    const auto& allow = pol::FunctionAllowlist::builtin();
+    for (std::size_t i = 0; i < r.value().size(); ++i) {
+        const pol::Statement& s = r.value()[i];
+        FUZZ_CHECK(s.kind == again.value()[i].kind);
+        FUZZ_CHECK(s.functions == again.value()[i].functions);
+        FUZZ_CHECK(s.offset <= size && s.length <= size - s.offset);
+        FUZZ_CHECK(s.involves(s.kind) && s.involves(s.inner));
+        FUZZ_CHECK(!pol::kind_name(s.kind).empty());
+        FUZZ_CHECK(pol::kind_from_name(pol::kind_name(s.kind)) == s.kind);
+        // A statement that writes always says why, so it can never pass as read-only.
+        FUZZ_CHECK(!s.writes || !s.not_read_only.empty());
+        bool ro = pol::is_read_only(s, allow);
+        FUZZ_CHECK(ro == pol::read_only_violation(s, allow).empty());
+        FUZZ_CHECK(!(ro && s.writes));
+        for (const std::string& fn : s.functions) {
+            FUZZ_CHECK(!fn.empty());
+            // A recorded name reads back as itself through the config syntax (which
+            // refuses names of more than three parts, as PostgreSQL does later).
+            auto canon = pol::canonical_function_name(fn);
+            FUZZ_CHECK(!canon.ok() || canon.value() == fn);
+        }
+    }
+    // Parseable text normalizes and fingerprints too.
+    FUZZ_CHECK(pol::fingerprint(sql).ok());
+    (void)pol::normalize(sql);
+    return 0;
+}
