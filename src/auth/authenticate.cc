@@ -346,6 +346,7 @@ AuthResult authenticate(const AuthRequest& req)
         break;
     }
     r.method = rule->method;
+    r.rule_policy = rule->policy;
     if (r.ok && r.identity.empty())
         r.identity = req.user;
     if (!r.ok && !r.log.empty())

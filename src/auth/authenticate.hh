@@ -31,6 +31,7 @@ struct AuthResult {
     Method method = Method::Trust;
     std::string identity;  // who the session runs as: the SSO identity, else the user name
     std::vector<std::string> groups;  // the token's groups claim (jwt only)
+    std::string rule_policy;          // the matched rule's policy=NAME
     // On failure: what the client gets (FATAL), and a longer line for our log.
     std::string sqlstate;
     std::string message;

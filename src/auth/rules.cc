@@ -193,14 +193,18 @@ Result<std::vector<Rule>> parse_rules(const std::string& text, const std::string
         for (size_t i = at + 1; i < f.size(); ++i) {
             size_t eq = f[i].find('=');
             std::string key = f[i].substr(0, eq), value = eq == std::string::npos ? "" : f[i].substr(eq + 1);
+            if (key == "policy" && !value.empty()) {
+                r.policy = value;
+                continue;
+            }
             if ((key == "allow_plaintext" || key == "oauthbearer") && r.method == Method::Jwt &&
                 (value == "1" || value == "0")) {
                 (key == "oauthbearer" ? r.oauthbearer : r.allow_plaintext) = value == "1";
                 continue;
             }
             return Error{where + "unknown rule option \"" + f[i] + "\"" +
-                         (r.method == Method::Jwt ? " (jwt rules take allow_plaintext=0|1 and oauthbearer=0|1)"
-                                                    : " (this method takes none)")};
+                         (r.method == Method::Jwt ? " (jwt rules take allow_plaintext=0|1, oauthbearer=0|1 and policy=NAME)"
+                                                    : " (rules take policy=NAME)")};
         }
         rules.push_back(std::move(r));
     }

@@ -30,12 +30,13 @@ struct Rule {
     Method method = Method::Trust;
     bool allow_plaintext = false;        // jwt: accept a token without TLS
     bool oauthbearer = false;            // jwt: SASL OAUTHBEARER (libpq 18) instead of a password
+    std::string policy;                  // policy=NAME: the [policy.NAME] for sessions it admits
     std::string file;                    // where it was written, for messages
     int line = 0;
 };
 
 // Parses pg_hba-style text: TYPE DATABASE USER [ADDRESS] METHOD [name=value ...].
-// jwt rules take allow_plaintext=0|1 and oauthbearer=0|1.
+// jwt rules take allow_plaintext=0|1 and oauthbearer=0|1; every rule takes policy=NAME.
 // Errors name `name` and the line.
 Result<std::vector<Rule>> parse_rules(const std::string& text, const std::string& name);
 Result<std::vector<Rule>> load_rules(const std::string& path);

@@ -227,6 +227,26 @@ int on_entry(void* user, const char* section, const char* name, const char* valu
         add_database(*st, key, val, continues);
     } else if (sec == "peers") {
         add_peer(*st, key, val);
+    } else if (sec.rfind("policy.", 0) == 0 && sec.size() > 7) {
+        const std::string policy_name = sec.substr(7);
+        policy::Policy* p = nullptr;
+        for (auto& existing : st->cfg.policies)
+            if (existing.name == policy_name)
+                p = &existing;
+        if (!p) {
+            st->cfg.policies.emplace_back();
+            p = &st->cfg.policies.back();
+            p->name = policy_name;
+            p->file = st->name;
+            p->line = st->line;
+        }
+        if (auto ok = policy::set_policy_value(*p, key, val); !ok)
+            st->errors.push_back(where(*st) + ": [" + sec + "] " + key + ": " + ok.error());
+    } else if (sec == "database_policies") {
+        if (!st->cfg.database_policies.emplace(key, val).second)
+            st->errors.push_back(where(*st) + ": database \"" + key + "\" has a policy already");
+    } else if (sec == "group_policies") {
+        st->cfg.group_policies.emplace_back(key, val);
     } else if (sec == "roles") {
         bool dup = false;
         for (const auto& [g, r] : st->cfg.role_map)
@@ -277,6 +297,18 @@ std::vector<std::string> cross_check(const Config& c)
         if (p.id == c.peer_id)
             errors.push_back(c.path + ":" + std::to_string(p.line) + ": peer " + std::to_string(p.id) +
                              " is this instance's own peer_id");
+    auto check_policy = [&](const std::string& name, const std::string& where) {
+        if (!name.empty() && !c.find_policy(name))
+            errors.push_back(c.path + ": " + where + " names policy \"" + name + "\", but there is no [policy." +
+                             name + "] section");
+    };
+    check_policy(c.default_policy, "default_policy");
+    for (const auto& [db, name] : c.database_policies)
+        check_policy(name, "[database_policies] " + db);
+    for (const auto& [group, name] : c.group_policies)
+        check_policy(name, "[group_policies] " + group);
+    for (const auto& r : c.rules)
+        check_policy(r.policy, "the rule at " + r.file + ":" + std::to_string(r.line));
     if (!c.peers.empty() && c.peer_id == 0)
         errors.push_back(c.path + ": [peers] is set but peer_id is 0: give this instance its own "
                                   "peer_id (1 to 63)");
@@ -387,6 +419,9 @@ Result<Config> parse(ParseState& st)
                             ": syntax error (expected [section], name = value, or a comment)");
     else if (rc < 0)
         st.errors.push_back(st.name + ": could not parse (out of memory)");
+    for (auto& p : st.cfg.policies)
+        if (auto ok = policy::finish_policy(p); !ok)
+            st.errors.push_back(p.file + ":" + std::to_string(p.line) + ": [policy." + p.name + "] " + ok.error());
     if (st.errors.empty())
         load_auth(st);
     Status s = validate(st);
@@ -439,6 +474,35 @@ const DatabaseEntry* Config::find_database(const std::string& name) const
             fallback = &d;
     }
     return fallback;
+}
+
+const policy::Policy* Config::find_policy(const std::string& name) const
+{
+    for (const auto& p : policies)
+        if (p.name == name)
+            return &p;
+    return nullptr;
+}
+
+const policy::Policy* Config::policy_for(const std::vector<std::string>& groups, const std::string& rule_policy,
+                                         const std::string& database, std::string* source) const
+{
+    auto found = [&](const std::string& name, std::string why) -> const policy::Policy* {
+        if (source)
+            *source = std::move(why);
+        return find_policy(name);
+    };
+    for (const auto& [group, name] : group_policies)
+        for (const auto& g : groups)
+            if (g == group)
+                return found(name, "[group_policies] " + group);
+    if (!rule_policy.empty())
+        return found(rule_policy, "the rule's policy");
+    if (auto it = database_policies.find(database); it != database_policies.end())
+        return found(it->second, "[database_policies] " + database);
+    if (!default_policy.empty())
+        return found(default_policy, "default_policy");
+    return nullptr;
 }
 
 const std::string* Config::role_for(const std::vector<std::string>& groups) const

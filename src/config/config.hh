@@ -6,6 +6,7 @@
 #include "auth/rules.hh"
 #include "common/log.hh"
 #include "common/result.hh"
+#include "policy/policy.hh"
 
 #include <map>
 #include <memory>
@@ -68,6 +69,7 @@ struct Config {
     std::string jwt_identity_claim;
     std::string jwt_groups_claim;
     std::string jwt_oauth_scope;
+    std::string default_policy;
     long jwt_leeway = 0;
 
     // [databases]
@@ -81,6 +83,17 @@ struct Config {
     std::vector<std::pair<std::string, std::string>> role_map;
     // The role for a person in `groups`, or nullptr.
     const std::string* role_for(const std::vector<std::string>& groups) const;
+
+    // [policy.NAME] sections, and where they apply: [group_policies] (an SSO group),
+    // a rule's policy=NAME, [database_policies] (a client database name), then
+    // default_policy. Empty names mean no policy.
+    std::vector<policy::Policy> policies;
+    std::map<std::string, std::string> database_policies;
+    std::vector<std::pair<std::string, std::string>> group_policies;
+    const policy::Policy* find_policy(const std::string& name) const;
+    // The policy for a session, or nullptr; `source` says which setting chose it.
+    const policy::Policy* policy_for(const std::vector<std::string>& groups, const std::string& rule_policy,
+                                     const std::string& database, std::string* source = nullptr) const;
 
     // Read from the files the options name, when the config is loaded (so
     // --check-config and a reload see their errors too).

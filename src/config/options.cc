@@ -13,7 +13,7 @@ namespace {
 using T = OptionType;
 using R = ReloadClass;
 
-const std::array<OptionSpec, 37> kOptions = {{
+const std::array<OptionSpec, 38> kOptions = {{
     {"listen_addr", T::String, "127.0.0.1", 0, 0, "", R::Restart,
      "TCP addresses to listen on, comma-separated; * for all, empty for none",
      nullptr, &Config::listen_addr},
@@ -109,12 +109,17 @@ const std::array<OptionSpec, 37> kOptions = {{
      &Config::jwt_oauth_scope},
     {"jwt_leeway", T::Seconds, "60", 0, 3600, "", R::Reload,
      "clock skew allowed when checking exp, nbf and iat", &Config::jwt_leeway, nullptr},
+    {"default_policy", T::String, "", 0, 0, "", R::Reload,
+     "the [policy.NAME] for sessions no other setting gives one; empty: none", nullptr,
+     &Config::default_policy},
     {"application_name_prefix", T::String, "pgwicket", 0, 0, "", R::Reload,
      "prefix of the upstream application_name that names the client", nullptr,
      &Config::application_name_prefix},
 }};
 
-const std::array<std::string_view, 5> kSections = {"pgwicket", "databases", "peers", "identity_map", "roles"};
+const std::array<std::string_view, 8> kSections = {"pgwicket",         "databases",         "peers",
+                                                   "identity_map",     "roles",             "policy.NAME",
+                                                   "database_policies", "group_policies"};
 
 } // namespace
 

@@ -51,6 +51,7 @@ enum Counter : std::uint32_t {
     kStatementsDdl,
     kStatementsUtility,
     kStatementsError,
+    kStatementsDenied,  // refused by the session's policy; never sent upstream
     // Query cycles (first client message to ReadyForQuery): count, total, histogram.
     kQueries,
     kQueryMicros,

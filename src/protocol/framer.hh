@@ -13,6 +13,7 @@ enum class ScanStatus {
     NeedMore,   // scanned what could be; the rest is an incomplete header or inspected message
     Stopped,    // the callback asked to stop after a message
     Violation,  // a length below 4: the stream cannot be framed any further
+    TooLarge,   // strict mode: a message asked for whole is larger than max_inspect
 };
 
 struct ScanResult {
@@ -25,6 +26,9 @@ public:
     // inspect(type) says whether a type's whole body must be seen; max_inspect caps the
     // size of such a message (larger ones are passed on uninspected).
     explicit Framer(size_t max_inspect) : max_inspect_(max_inspect) {}
+    // Strict: a message whose body inspect() asks for but that exceeds max_inspect stops
+    // the scan (TooLarge) instead of passing uninspected (for messages a policy must see).
+    void set_strict(bool strict) { strict_ = strict; }
 
     // Scans `data`, which starts where the previous call's `scanned` ended.
     // Inspect: bool(char type), called exactly once per message, when its header is
@@ -49,7 +53,10 @@ public:
                 return {pos, ScanStatus::Violation};
             if (!waiting_for_body_) {
                 ++messages_;
-                if (!(inspect(type) && size_t(len) + 1 <= max_inspect_)) {
+                const bool wanted = inspect(type);
+                if (wanted && strict_ && size_t(len) + 1 > max_inspect_)
+                    return {pos, ScanStatus::TooLarge};
+                if (!(wanted && size_t(len) + 1 <= max_inspect_)) {
                     pos += 5;
                     skip_ = len - 4;
                     continue;
@@ -75,6 +82,7 @@ public:
 
 private:
     size_t max_inspect_;
+    bool strict_ = false;
     std::uint64_t skip_ = 0;
     std::uint64_t messages_ = 0;
     bool waiting_for_body_ = false;  // the header at the scan position was inspected already

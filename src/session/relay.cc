@@ -106,6 +106,7 @@ struct Direction {
     protocol::Bytes replacement;  // written in place of the cut message
     size_t replacement_written = 0;
     bool violation = false;
+    bool too_large = false;  // a message the session had to see did not fit (strict framer)
     std::uint64_t bytes = 0;
 
     // The destination has seen only whole messages.
@@ -124,6 +125,7 @@ public:
         : c2s_(client, server), s2c_(server, client), stop_(stop), observer_(observer)
     {
         out_.transaction_status = status;
+        c2s_.framer.set_strict(true);
         sigset_t session_signals;
         sigemptyset(&session_signals);
         for (int sig : {SIGTERM, SIGINT, SIGUSR1, SIGCHLD, SIGHUP})
@@ -188,15 +190,25 @@ bool Relay::pump(Direction& d, bool from_client)
             d.pipe.unscanned(),
             [this, from_client](char type) {
                 if (from_client) {
-                    if (observer_)
-                        observer_->on_client_message(type);
-                    return type == 'X';
+                    if (!observer_)
+                        return type == 'X';
+                    observer_->on_client_message(type);
+                    return type == 'X' || observer_->inspect_client(type);
                 }
                 return type == 'Z' || type == 'E' || type == 'C';
             },
             [this, from_client, &d, &cut](char type, protocol::ByteSpan body) {
-                if (from_client)
-                    return type != 'X';  // stop after Terminate: nothing follows it
+                if (from_client) {
+                    if (type == 'X')
+                        return false;  // stop after Terminate: nothing follows it
+                    if (auto replacement = observer_->on_client_body(type, body)) {
+                        d.replacement = std::move(*replacement);
+                        d.replacement_written = 0;
+                        cut = body.size() + 5;
+                        return false;  // pause here until the replacement is out
+                    }
+                    return true;
+                }
                 if (type == 'Z' && body.size() == 1) {
                     out_.transaction_status = char(body[0]);
                     last_server_error_fatal_ = false;
@@ -234,6 +246,9 @@ bool Relay::pump(Direction& d, bool from_client)
             }
         } else if (res.status == protocol::ScanStatus::Violation) {
             d.violation = true;
+        } else if (res.status == protocol::ScanStatus::TooLarge) {
+            d.violation = true;
+            d.too_large = true;
         }
     }
     if (!d.dst_failed && d.pipe.at_cut()) {
@@ -398,7 +413,10 @@ done:
         break;
     }
     case RelayEnd::ClientViolation: {
-        auto msg = protocol::fatal("08P01", "invalid message length from client");
+        auto msg = c2s_.too_large
+                       ? protocol::fatal("54000", "statement too long for pgwicket to check against its policy",
+                                         "Statements checked by a policy may be at most 128 KiB.")
+                       : protocol::fatal("08P01", "invalid message length from client");
         finish_to_client(&msg);
         break;
     }

@@ -41,6 +41,14 @@ public:
     virtual ~RelayObserver() = default;
     // Every message header from the client, once per message.
     virtual void on_client_message(char type) = 0;
+    // Whether the session must see this client message whole (a policy checks it);
+    // such messages larger than the relay buffer end the session (FATAL 54000).
+    virtual bool inspect_client(char /*type*/) { return false; }
+    // The whole body of such a message; a returned message goes upstream in its place.
+    virtual std::optional<protocol::Bytes> on_client_body(char /*type*/, protocol::ByteSpan /*body*/)
+    {
+        return std::nullopt;
+    }
     virtual void on_ready_for_query(char status) = 0;
     // An ErrorResponse from the server; a returned message replaces it for the client.
     virtual std::optional<protocol::Bytes> on_server_error(const protocol::ErrorFields& e) = 0;

@@ -10,6 +10,7 @@
 #include "protocol/messages.hh"
 #include "protocol/startup.hh"
 #include "session/cancel.hh"
+#include "session/policy_gate.hh"
 #include "session/relay.hh"
 #include "upstream/connect.hh"
 #include "tls/server_tls.hh"
@@ -54,16 +55,28 @@ struct PgCancelDeleter {
 class SessionControl final : public RelayObserver {
 public:
     // `cancel` sends the upstream cancel; it runs in a short-lived child.
+    // `gate` (may be null) checks statements against the session's policy;
+    // `query_timeout` and `idle_timeout` are in seconds (0: none).
     SessionControl(const config::Config& cfg, ipc::Slot* slot, std::function<Status()> cancel, int client_fd,
-                   int upstream_fd)
-        : cfg_(cfg), slot_(slot), cancel_(std::move(cancel)), client_fd_(client_fd), upstream_fd_(upstream_fd)
+                   int upstream_fd, PolicyGate* gate, long query_timeout, long idle_timeout)
+        : cfg_(cfg), slot_(slot), cancel_(std::move(cancel)), client_fd_(client_fd), upstream_fd_(upstream_fd),
+          gate_(gate), query_timeout_(query_timeout), idle_timeout_(idle_timeout)
     {
         if (slot_)
             seen_seq_ = ipc::cancel_seq_of(slot_->gen_cancel.load(std::memory_order_acquire));
     }
 
+    bool inspect_client(char type) override { return gate_ && PolicyGate::checks(type); }
+
+    std::optional<Bytes> on_client_body(char type, protocol::ByteSpan body) override
+    {
+        return gate_ ? gate_->check(type, body) : std::nullopt;
+    }
+
     void on_client_message(char type) override
     {
+        if (gate_)
+            gate_->on_client_message(type);
         if (active_ || type == 'X')
             return;
         active_ = true;
@@ -75,6 +88,12 @@ public:
 
     void on_ready_for_query(char status) override
     {
+        // The first call is the greeting's status, not an answer to a client message.
+        if (gate_ && greeted_)
+            gate_->on_ready_for_query();
+        greeted_ = true;
+        idle_since_ = net::Clock::now();
+        in_transaction_ = status != 'I';
         if (active_ && slot_) {
             auto us = std::uint64_t(std::chrono::duration_cast<std::chrono::microseconds>(
                                         net::Clock::now() - query_started_)
@@ -111,6 +130,10 @@ public:
 
     Bytes stop_message() override
     {
+        if (idle_expired_)
+            return protocol::fatal("57P05", "terminating connection due to idle-session timeout",
+                                   "The session's pgwicket policy closes sessions idle longer than "
+                                   "client_idle_timeout (" + std::to_string(idle_timeout_) + " s).");
         if (slot_ && slot_->kill_requested.load(std::memory_order_acquire))
             return protocol::fatal("57P01", "terminating connection due to administrator command",
                                    "An administrator ended this session with KILL in pgwicket's "
@@ -120,6 +143,9 @@ public:
 
     std::optional<Bytes> on_server_error(const protocol::ErrorFields& e) override
     {
+        if (gate_)
+            if (auto ours = gate_->on_server_error(e))
+                return ours;  // a denial: counted as denied, not as an error
         if (slot_)
             slot_->counters.add(ipc::kStatementsError, 1);
         if (!timeout_fired_ || timeout_reported_ || e.sqlstate != "57014")
@@ -131,14 +157,16 @@ public:
         protocol::ErrorFields ours = e;
         ours.message = "canceling statement due to query_timeout";
         ours.detail = "pgwicket cancelled the statement after it ran for " +
-                      std::to_string(cfg_.query_timeout) + " s (query_timeout).";
+                      std::to_string(query_timeout_) + " s (query_timeout).";
         ours.hint = "Ask the pgwicket operator to raise query_timeout if the statement needs longer.";
         return protocol::error_response(ours);
     }
 
     int poll_timeout_ms() override
     {
-        if (!active_ || cfg_.query_timeout <= 0 || timeout_fired_)
+        if (!active_ && idle_timeout_ > 0 && !in_transaction_)
+            return net::ms_until(idle_since_ + std::chrono::seconds(idle_timeout_));
+        if (!active_ || query_timeout_ <= 0 || timeout_fired_)
             return -1;
         return net::ms_until(timeout_deadline());
     }
@@ -170,10 +198,17 @@ public:
                     cancel_upstream("a cancel request");
             }
         }
-        if (active_ && !timeout_fired_ && cfg_.query_timeout > 0 &&
+        if (!active_ && idle_timeout_ > 0 && !in_transaction_ && !idle_expired_ &&
+            net::Clock::now() >= idle_since_ + std::chrono::seconds(idle_timeout_)) {
+            // Ends the relay through its stop path, with stop_message() saying why.
+            idle_expired_ = true;
+            log_info("session idle longer than client_idle_timeout (%ld s); closing it", idle_timeout_);
+            g_stop_requested = 1;
+        }
+        if (active_ && !timeout_fired_ && query_timeout_ > 0 &&
             net::Clock::now() >= timeout_deadline()) {
             timeout_fired_ = true;
-            log_info("query ran longer than query_timeout (%ld s); cancelling it", cfg_.query_timeout);
+            log_info("query ran longer than query_timeout (%ld s); cancelling it", query_timeout_);
             cancel_upstream("query_timeout");
         }
     }
@@ -199,7 +234,7 @@ private:
 
     net::Clock::time_point timeout_deadline() const
     {
-        return started_ + std::chrono::seconds(cfg_.query_timeout);
+        return started_ + std::chrono::seconds(query_timeout_);
     }
 
     void publish(ipc::SlotState st)
@@ -278,6 +313,13 @@ private:
     bool timeout_reported_ = false;  // and its 57014 was rewritten for the client
     net::Clock::time_point started_{};
     net::Clock::time_point query_started_{};
+    PolicyGate* gate_;
+    long query_timeout_;
+    long idle_timeout_;
+    net::Clock::time_point idle_since_ = net::Clock::now();
+    bool in_transaction_ = false;
+    bool idle_expired_ = false;
+    bool greeted_ = false;
 };
 
 ipc::Counter auth_failure_counter(auth::Method m)
@@ -371,6 +413,7 @@ private:
     ipc::Handoff handoff_;
     UniqueFd client_;
     tls::Conn conn_;  // reads and writes client_, through TLS once it is on
+    const policy::Policy* policy_ = nullptr;  // the session's, chosen after authentication
     net::Clock::time_point login_deadline_{};  // client_login_timeout: startup and authentication
     std::string peer_, peer_host_;
 };
@@ -526,7 +569,13 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
                     "pgwicket has no [databases] entry for it and no \"*\" fallback.");
     }
 
-    upstream::ClientInfo info{user, database, peer_host_, &startup, sso ? identity : std::string(), ""};
+    std::string policy_source;
+    policy_ = cfg_.policy_for(who.groups, who.rule_policy, database, &policy_source);
+    if (policy_)
+        log_info("policy \"%s\" (from %s)", policy_->name.c_str(), policy_source.c_str());
+    upstream::ClientInfo info{user, database, peer_host_, &startup, sso ? identity : std::string(), "", {}};
+    if (policy_)
+        info.settings = policy_->upstream_settings();
     if (const std::string* role = cfg_.role_for(who.groups)) {
         info.role = *role;
         log_info("upstream role \"%s\" from [roles]", role->c_str());
@@ -622,7 +671,16 @@ ExitCode Session::run_relay(upstream::Transport& server, int upstream_fd, char s
         client = std::make_unique<upstream::TlsTransport>(conn_.ssl(), client_.get());
     else
         client = std::make_unique<upstream::PlainTransport>(client_.get());
-    SessionControl control(cfg_, slot(), std::move(cancel), client_.get(), upstream_fd);
+    std::optional<PolicyGate> gate;
+    if (policy_)
+        gate.emplace(*policy_, [this](const std::string& kind, const std::string& reason) {
+            log_info("denied by policy \"%s\": %s statement: %s", policy_->name.c_str(), kind.c_str(), reason.c_str());
+            if (ipc::Slot* sl = slot())
+                sl->counters.add(ipc::kStatementsDenied, 1);
+        });
+    const long query_timeout = policy_ && policy_->query_timeout >= 0 ? policy_->query_timeout : cfg_.query_timeout;
+    SessionControl control(cfg_, slot(), std::move(cancel), client_.get(), upstream_fd, gate ? &*gate : nullptr,
+                           query_timeout, policy_ ? policy_->client_idle_timeout : 0);
     control.on_ready_for_query(status);
     const auto started = net::Clock::now();
     RelayOutcome out = relay(*client, server, status, &g_stop_requested, &control);
@@ -676,6 +734,8 @@ ExitCode Session::pass_through(const config::DatabaseEntry& entry, const upstrea
         params.emplace_back(k, v);
     }
     params.emplace_back("application_name", app);
+    for (const auto& setting : info.settings)
+        params.push_back(setting);
     auto secret = publish_session(info.user, info.database, startup);
     if (!secret)
         return fail("XX000", "could not generate a cancel key", kExitInternal);

@@ -112,6 +112,9 @@ Result<Params> build_params(const config::DatabaseEntry& entry, const ClientInfo
         }
     }
     put(p, "application_name", app);
+    // After the client's own: the policy's settings win.
+    for (const auto& [name, value] : client.settings)
+        options += (options.empty() ? "" : " ") + std::string("-c ") + escape_option_value(name + "=" + value);
     if (!options.empty())
         put(p, "options", options);
     // The relay reads and writes libpq's socket itself, which it can only do on a

@@ -30,6 +30,8 @@ struct ClientInfo {
     const protocol::StartupMessage* startup = nullptr;
     std::string identity;  // the SSO identity, when it is not the user name
     std::string role;      // from [roles]: the upstream user, overriding every other
+    // Settings the session's policy puts on the upstream connection (statement_timeout).
+    std::vector<std::pair<std::string, std::string>> settings;
 };
 
 // "<prefix> [<identity>@]<client address>": application_name upstream, before the

@@ -63,6 +63,7 @@ jwt_identity_claim = upn
 jwt_groups_claim = roles
 jwt_oauth_scope = openid email
 jwt_leeway = 30
+default_policy = careful
 
 [databases]
 * = host=10.0.0.1 port=5432
@@ -70,6 +71,9 @@ sales = host=10.0.0.2
     port=5433
 	dbname=sales_prod
 hr = host=/var/run/postgresql dbname=hr
+
+[policy.careful]
+read_only = 1
 
 [peers]
 1 = host=10.0.0.11
@@ -130,14 +134,14 @@ BOOST_AUTO_TEST_CASE(databases_with_wildcard_named_entries_and_continuations)
     BOOST_TEST_REQUIRE(dbs.size() == 3u);
     BOOST_TEST(dbs[0].name == "*");
     BOOST_TEST(dbs[0].conninfo == "host=10.0.0.1 port=5432");
-    BOOST_TEST(dbs[0].line == 43);
+    BOOST_TEST(dbs[0].line == 44);
     // Indented lines (blank or tab) continue the connection string above them.
     BOOST_TEST(dbs[1].name == "sales");
     BOOST_TEST(dbs[1].conninfo == "host=10.0.0.2 port=5433 dbname=sales_prod");
-    BOOST_TEST(dbs[1].line == 44);
+    BOOST_TEST(dbs[1].line == 45);
     BOOST_TEST(dbs[2].name == "hr");
     BOOST_TEST(dbs[2].conninfo == "host=/var/run/postgresql dbname=hr");
-    BOOST_TEST(dbs[2].line == 47);
+    BOOST_TEST(dbs[2].line == 48);
 }
 
 BOOST_AUTO_TEST_CASE(defaults_match_the_options_table)

@@ -6,6 +6,7 @@
 #include "config/cli.hh"
 #include "config/config.hh"
 #include "config/options.hh"
+#include "policy/policy.hh"
 
 #include <cstdio>
 #include <cstdlib>
@@ -402,6 +403,31 @@ BOOST_AUTO_TEST_CASE(every_admin_command_is_in_the_man_page_and_no_other)
     for (const auto& name : documented)
         BOOST_CHECK_MESSAGE(commands.count(name), "man/pgwicket.8's ADMIN CONSOLE documents \""
                                                       << name << "\", which is not a command of src/admin/commands.cc");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// The policy settings table (src/policy/policy.cc) and pgwicket.ini.5's [policy.NAME] section.
+BOOST_AUTO_TEST_SUITE(docs_policy)
+
+BOOST_AUTO_TEST_CASE(every_policy_setting_is_in_the_ini_man_page_and_no_other)
+{
+    auto lines = read_lines("man/pgwicket.ini.5");
+    auto section = man_section(lines, "[policy.NAME]", "man/pgwicket.ini.5");
+    std::set<std::string> documented;
+    for (const auto& e : tp_entries(section))
+        if (auto name = bold_name(e.tag); !name.empty())
+            documented.insert(name);
+    std::set<std::string> settings;
+    for (const auto& s : pgw::policy::policy_settings()) {
+        settings.insert(std::string(s.name));
+        BOOST_CHECK_MESSAGE(documented.count(std::string(s.name)),
+                            "policy setting \"" << s.name << "\" is not documented in man/pgwicket.ini.5: add "
+                                                << "\".TP\" then \".B " << s.name << "\" to its [policy.NAME] section");
+    }
+    for (const auto& name : documented)
+        BOOST_CHECK_MESSAGE(settings.count(name), "man/pgwicket.ini.5's [policy.NAME] section documents \""
+                                                      << name << "\", which is not a setting of src/policy/policy.cc");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -32,7 +32,7 @@ BOOST_AUTO_TEST_CASE(client_user_and_database_fill_what_the_entry_leaves_open)
 {
     config::DatabaseEntry e{"*", "host=db1 port=5433", 1};
     auto s = startup({{"user", "alice"}, {"database", "orders"}});
-    auto p = upstream::build_params(e, {"alice", "orders", "10.0.0.5", &s, "", ""}, "pgwicket");
+    auto p = upstream::build_params(e, {"alice", "orders", "10.0.0.5", &s, "", "", {}}, "pgwicket");
     BOOST_REQUIRE(p.ok());
     BOOST_TEST(value_of(*p, "host") == "db1");
     BOOST_TEST(value_of(*p, "port") == "5433");
@@ -46,7 +46,7 @@ BOOST_AUTO_TEST_CASE(entry_user_and_dbname_are_forced)
 {
     config::DatabaseEntry e{"reports", "host=db1 dbname=warehouse user=readonly", 1};
     auto s = startup({{"user", "alice"}});
-    auto p = upstream::build_params(e, {"alice", "reports", "[local]", &s, "", ""}, "pgw");
+    auto p = upstream::build_params(e, {"alice", "reports", "[local]", &s, "", "", {}}, "pgw");
     BOOST_REQUIRE(p.ok());
     BOOST_TEST(value_of(*p, "dbname") == "warehouse");
     BOOST_TEST(value_of(*p, "user") == "readonly");
@@ -61,7 +61,7 @@ BOOST_AUTO_TEST_CASE(startup_parameters_are_applied_upstream)
                       {"options", "-c search_path=app"},
                       {"DateStyle", "ISO, MDY"},
                       {"TimeZone", "Europe/Paris"}});
-    auto p = upstream::build_params(e, {"bob", "bob", "192.0.2.1", &s, "", ""}, "pgwicket");
+    auto p = upstream::build_params(e, {"bob", "bob", "192.0.2.1", &s, "", "", {}}, "pgwicket");
     BOOST_REQUIRE(p.ok());
     BOOST_TEST(value_of(*p, "client_encoding") == "LATIN1");
     BOOST_TEST(value_of(*p, "application_name") == "pgwicket 192.0.2.1 psql");
@@ -88,7 +88,7 @@ BOOST_AUTO_TEST_CASE(invalid_connection_string_is_an_error)
 {
     config::DatabaseEntry e{"x", "host='unterminated", 1};
     auto s = startup({{"user", "u"}});
-    auto p = upstream::build_params(e, {"u", "x", "h", &s, "", ""}, "pgwicket");
+    auto p = upstream::build_params(e, {"u", "x", "h", &s, "", "", {}}, "pgwicket");
     BOOST_TEST(!p.ok());
     BOOST_TEST(p.error().find("database \"x\"") != std::string::npos);
 }
@@ -117,7 +117,7 @@ BOOST_AUTO_TEST_CASE(identity_in_application_name_and_role_forces_user)
     pgw::protocol::StartupMessage s;
     s.params = {{"user", "alice"}, {"application_name", "psql"}};
     pgw::config::DatabaseEntry e{"orders", "host=db user=proxy", 1};
-    auto p = pgw::upstream::build_params(e, {"alice", "orders", "10.0.0.5", &s, "alice@example.com", "readers"},
+    auto p = pgw::upstream::build_params(e, {"alice", "orders", "10.0.0.5", &s, "alice@example.com", "readers", {}},
                                          "pgwicket");
     BOOST_TEST_REQUIRE(p.ok());
     std::string app, user;

@@ -1,0 +1,177 @@
+// Policy settings and the check. Deny wins over allow; read_only is checked last, with
+// the classifier's own definition (is_read_only), so its reason names the exact cause.
+#include "policy/policy.hh"
+
+#include <array>
+#include <cerrno>
+#include <cstdlib>
+
+namespace pgw::policy {
+namespace {
+
+const std::array<PolicySetting, 10> kSettings = {{
+    {"read_only", "Boolean", "0", "1 allows only statements that read (see READ-ONLY in pgwicket.ini(5))"},
+    {"allow", "Kinds", "", "if set, only these statement kinds may run (comma-separated kind names)"},
+    {"deny", "Kinds", "", "statement kinds that may not run, even if allowed"},
+    {"allow_copy", "Boolean", "1", "0 refuses COPY in both directions"},
+    {"allow_listen", "Boolean", "1", "0 refuses LISTEN"},
+    {"query_timeout", "Seconds", "", "cancel a query running longer than this; default: [pgwicket] query_timeout"},
+    {"client_idle_timeout", "Seconds", "0", "close a session idle (outside a transaction) this long; 0: never"},
+    {"statement_timeout", "Milliseconds", "0", "statement_timeout set on the upstream connection; 0: the server's"},
+    {"idle_in_transaction_session_timeout", "Milliseconds", "0",
+     "idle_in_transaction_session_timeout set on the upstream connection; 0: the server's"},
+    {"read_only_functions", "Functions", "", "functions read_only treats as reading only, besides the built-in list"},
+}};
+
+std::vector<std::string> split(std::string_view text)
+{
+    std::vector<std::string> out;
+    std::string cur;
+    for (char c : std::string(text) + ",") {
+        if (c == ',' || c == ' ' || c == '\t') {
+            if (!cur.empty())
+                out.push_back(cur);
+            cur.clear();
+        } else {
+            cur.push_back(c);
+        }
+    }
+    return out;
+}
+
+Status parse_bool(std::string_view v, bool& out)
+{
+    if (v == "1" || v == "on" || v == "true" || v == "yes") {
+        out = true;
+        return ok_status();
+    }
+    if (v == "0" || v == "off" || v == "false" || v == "no") {
+        out = false;
+        return ok_status();
+    }
+    return Error{"invalid value \"" + std::string(v) + "\" (expected 0 or 1)"};
+}
+
+Status parse_number(std::string_view v, long max, long& out)
+{
+    std::string s(v);
+    char* end = nullptr;
+    errno = 0;
+    long n = std::strtol(s.c_str(), &end, 10);
+    if (s.empty() || *end != '\0' || errno != 0 || n < 0 || n > max)
+        return Error{"invalid value \"" + s + "\" (expected a whole number from 0 to " + std::to_string(max) + ")"};
+    out = n;
+    return ok_status();
+}
+
+Status parse_kinds(std::string_view v, std::vector<Kind>& out)
+{
+    out.clear();
+    for (const auto& name : split(v)) {
+        auto k = kind_from_name(name);
+        if (!k) {
+            std::string all;
+            for (Kind kk : all_kinds())
+                all += (all.empty() ? "" : ", ") + std::string(kind_name(kk));
+            return Error{"unknown statement kind \"" + name + "\" (kinds: " + all + ")"};
+        }
+        out.push_back(*k);
+    }
+    return ok_status();
+}
+
+bool listed(const std::vector<Kind>& list, const Statement& s)
+{
+    for (Kind k : list)
+        if (s.involves(k))
+            return true;
+    return false;
+}
+
+} // namespace
+
+std::span<const PolicySetting> policy_settings() { return kSettings; }
+
+std::vector<std::pair<std::string, std::string>> Policy::upstream_settings() const
+{
+    std::vector<std::pair<std::string, std::string>> out;
+    if (statement_timeout > 0)
+        out.emplace_back("statement_timeout", std::to_string(statement_timeout));
+    if (idle_in_transaction_session_timeout > 0)
+        out.emplace_back("idle_in_transaction_session_timeout", std::to_string(idle_in_transaction_session_timeout));
+    return out;
+}
+
+Status set_policy_value(Policy& p, std::string_view name, std::string_view value)
+{
+    constexpr long kDay = 86400, kDayMs = 86400000;
+    if (name == "read_only")
+        return parse_bool(value, p.read_only);
+    if (name == "allow")
+        return parse_kinds(value, p.allow);
+    if (name == "deny")
+        return parse_kinds(value, p.deny);
+    if (name == "allow_copy")
+        return parse_bool(value, p.allow_copy);
+    if (name == "allow_listen")
+        return parse_bool(value, p.allow_listen);
+    if (name == "query_timeout")
+        return parse_number(value, kDay, p.query_timeout);
+    if (name == "client_idle_timeout")
+        return parse_number(value, kDay, p.client_idle_timeout);
+    if (name == "statement_timeout")
+        return parse_number(value, kDayMs, p.statement_timeout);
+    if (name == "idle_in_transaction_session_timeout")
+        return parse_number(value, kDayMs, p.idle_in_transaction_session_timeout);
+    if (name == "read_only_functions") {
+        p.read_only_functions = split(value);
+        return ok_status();
+    }
+    std::string all;
+    for (const auto& s : kSettings)
+        all += (all.empty() ? "" : ", ") + std::string(s.name);
+    return Error{"unknown policy setting \"" + std::string(name) + "\" (settings: " + all + ")"};
+}
+
+Status finish_policy(Policy& p)
+{
+    if (p.read_only_functions.empty())
+        return ok_status();
+    auto list = FunctionAllowlist::with_extra(p.read_only_functions);
+    if (!list)
+        return Error{"read_only_functions: " + list.error()};
+    p.functions = std::move(*list);
+    return ok_status();
+}
+
+Verdict check(const Policy& p, const std::vector<Statement>& statements)
+{
+    for (const auto& s : statements) {
+        Verdict v;
+        v.kind = std::string(kind_name(s.kind));
+        if (listed(p.deny, s)) {
+            v.allowed = false;
+            v.reason = "its kind is on the policy's deny list";
+        } else if (!p.allow.empty() && !listed(p.allow, s)) {
+            v.allowed = false;
+            v.reason = "its kind is not on the policy's allow list";
+        } else if (!p.allow_copy && (s.involves(Kind::CopyTo) || s.involves(Kind::CopyFrom))) {
+            v.allowed = false;
+            v.reason = "the policy does not allow COPY";
+        } else if (!p.allow_listen && s.involves(Kind::Listen)) {
+            v.allowed = false;
+            v.reason = "the policy does not allow LISTEN";
+        } else if (p.read_only) {
+            std::string why = read_only_violation(s, p.functions);
+            if (!why.empty()) {
+                v.allowed = false;
+                v.reason = "the policy is read-only and the statement " + why;
+            }
+        }
+        if (!v.allowed)
+            return v;
+    }
+    return Verdict{};
+}
+
+} // namespace pgw::policy

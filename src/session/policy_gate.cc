@@ -1,0 +1,107 @@
+// How a denial works: the denied message is replaced by one carrying the text
+// "pgwicket denied", which the server rejects with a syntax error (42601) before
+// anything runs. The server then behaves exactly as for any failed statement: it
+// aborts a transaction in progress, skips extended-protocol messages until Sync, and
+// sends ReadyForQuery with its real status. We replace its 42601 with our 42501.
+// The denied text never reaches the server.
+#include "session/policy_gate.hh"
+
+#include "common/log.hh"
+#include "protocol/bytes.hh"
+
+#include <string_view>
+
+namespace pgw::session {
+namespace {
+
+constexpr std::string_view kDeniedText = "pgwicket denied";
+
+// A C string at `at` in body, or nullopt when it has no terminating NUL.
+std::optional<std::string_view> cstring_at(protocol::ByteSpan body, size_t at)
+{
+    std::string_view all(reinterpret_cast<const char*>(body.data()), body.size());
+    if (at > all.size())
+        return std::nullopt;
+    size_t nul = all.find('\0', at);
+    if (nul == std::string_view::npos)
+        return std::nullopt;
+    return all.substr(at, nul - at);
+}
+
+} // namespace
+
+void PolicyGate::on_client_message(char type)
+{
+    if (type == 'Q' || type == 'F' || type == 'S')
+        ++sync_points_sent_;
+}
+
+std::optional<protocol::Bytes> PolicyGate::deny(char type, protocol::ByteSpan body, const std::string& kind,
+                                                const std::string& reason)
+{
+    ++denials_;
+    on_denied_(kind, reason);
+    protocol::ErrorFields e;
+    e.severity = "ERROR";
+    e.sqlstate = "42501";
+    e.message = "pgwicket policy \"" + policy_.name + "\" does not allow this statement (" + kind + "): " + reason;
+    e.hint = "The statement was not sent to the server. Ask the pgwicket operator if you need it.";
+    // Parse is answered at the next Sync; Query and FunctionCall at their own point.
+    pending_[type == 'P' ? sync_points_sent_ + 1 : sync_points_sent_] = protocol::error_response(e);
+    protocol::Writer w;
+    if (type == 'P') {
+        // Same statement name, so the client's later Bind/Describe fail as they would.
+        auto name = cstring_at(body, 0);
+        w.begin('P');
+        w.cstring(name ? *name : std::string_view());
+        w.cstring(kDeniedText);
+        w.u16(0);
+    } else {
+        w.begin('Q');
+        w.cstring(kDeniedText);
+    }
+    w.finish();
+    return w.take();
+}
+
+std::optional<protocol::Bytes> PolicyGate::check(char type, protocol::ByteSpan body)
+{
+    if (type == 'F')
+        return deny(type, body, "function_call",
+                    "the fast-path FunctionCall message bypasses statement checks; call the function in a query");
+    auto text = cstring_at(body, 0);
+    if (text && type == 'P')
+        text = cstring_at(body, text->size() + 1);  // after the statement name
+    if (!text)
+        return deny(type, body, "other", "the message is malformed");
+    auto classified = cache_.get(*text);
+    if (!classified->ok())
+        return deny(type, body, "other", "pgwicket could not parse it: " + classified->error());
+    policy::Verdict v = policy::check(policy_, classified->value());
+    if (v.allowed)
+        return std::nullopt;
+    return deny(type, body, v.kind, v.reason);
+}
+
+std::optional<protocol::Bytes> PolicyGate::on_server_error(const protocol::ErrorFields& e)
+{
+    // The error of the sync point being answered now; only the server's reply to our
+    // replacement text (42601) is ours to replace.
+    auto it = pending_.find(sync_points_done_ + 1);
+    if (it == pending_.end() || e.sqlstate != "42601")
+        return std::nullopt;
+    protocol::Bytes ours = std::move(it->second);
+    pending_.erase(it);
+    return ours;
+}
+
+void PolicyGate::on_ready_for_query()
+{
+    ++sync_points_done_;
+    // A denial whose point has passed without our error (an earlier message of the
+    // same batch failed first, so the server skipped ours) has nothing left to show.
+    while (!pending_.empty() && pending_.begin()->first <= sync_points_done_)
+        pending_.erase(pending_.begin());
+}
+
+} // namespace pgw::session
