@@ -70,6 +70,11 @@ struct Config {
     std::string jwt_groups_claim;
     std::string jwt_oauth_scope;
     std::string default_policy;
+    std::string audit_file;
+    long audit_journald = 0;
+    std::string audit_statement_text;
+    std::string audit_failure;
+    long log_statements = 0;
     long jwt_leeway = 0;
 
     // [databases]

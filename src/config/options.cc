@@ -13,7 +13,7 @@ namespace {
 using T = OptionType;
 using R = ReloadClass;
 
-const std::array<OptionSpec, 38> kOptions = {{
+const std::array<OptionSpec, 43> kOptions = {{
     {"listen_addr", T::String, "127.0.0.1", 0, 0, "", R::Restart,
      "TCP addresses to listen on, comma-separated; * for all, empty for none",
      nullptr, &Config::listen_addr},
@@ -112,6 +112,18 @@ const std::array<OptionSpec, 38> kOptions = {{
     {"default_policy", T::String, "", 0, 0, "", R::Reload,
      "the [policy.NAME] for sessions no other setting gives one; empty: none", nullptr,
      &Config::default_policy},
+    {"audit_file", T::String, "", 0, 0, "", R::Reload,
+     "append an audit record (JSON, one per line) per session and statement here; reopened on SIGHUP",
+     nullptr, &Config::audit_file},
+    {"audit_journald", T::Integer, "0", 0, 1, "", R::Reload,
+     "1 also sends audit records to journald, with structured fields", &Config::audit_journald, nullptr},
+    {"audit_statement_text", T::Enum, "normalized", 0, 0, "normalized|full", R::Reload,
+     "normalized replaces literals with $1, $2, ...; full keeps them", nullptr, &Config::audit_statement_text},
+    {"audit_failure", T::Enum, "block", 0, 0, "block|continue", R::Reload,
+     "when a record cannot be written: block the session's statements, or continue with an alarm",
+     nullptr, &Config::audit_failure},
+    {"log_statements", T::Integer, "0", 0, 1, "", R::Reload,
+     "1 logs a line per statement: tag, rows, bytes, duration, error code", &Config::log_statements, nullptr},
     {"application_name_prefix", T::String, "pgwicket", 0, 0, "", R::Reload,
      "prefix of the upstream application_name that names the client", nullptr,
      &Config::application_name_prefix},

@@ -40,14 +40,19 @@ std::optional<protocol::Bytes> PolicyGate::deny(char type, protocol::ByteSpan bo
                                                 const std::string& reason)
 {
     ++denials_;
-    on_denied_(kind, reason);
+    on_denied_(type, body, kind, reason);
     protocol::ErrorFields e;
     e.severity = "ERROR";
     e.sqlstate = "42501";
-    e.message = "pgwicket policy \"" + policy_.name + "\" does not allow this statement (" + kind + "): " + reason;
+    e.message = "pgwicket policy \"" + policy_->name + "\" does not allow this statement (" + kind + "): " + reason;
     e.hint = "The statement was not sent to the server. Ask the pgwicket operator if you need it.";
+    return refuse(type, body, e);
+}
+
+protocol::Bytes PolicyGate::refuse(char type, protocol::ByteSpan body, const protocol::ErrorFields& error)
+{
     // Parse is answered at the next Sync; Query and FunctionCall at their own point.
-    pending_[type == 'P' ? sync_points_sent_ + 1 : sync_points_sent_] = protocol::error_response(e);
+    pending_[type == 'P' ? sync_points_sent_ + 1 : sync_points_sent_] = protocol::error_response(error);
     protocol::Writer w;
     if (type == 'P') {
         // Same statement name, so the client's later Bind/Describe fail as they would.
@@ -66,6 +71,8 @@ std::optional<protocol::Bytes> PolicyGate::deny(char type, protocol::ByteSpan bo
 
 std::optional<protocol::Bytes> PolicyGate::check(char type, protocol::ByteSpan body)
 {
+    if (!policy_)
+        return std::nullopt;
     if (type == 'F')
         return deny(type, body, "function_call",
                     "the fast-path FunctionCall message bypasses statement checks; call the function in a query");
@@ -77,7 +84,7 @@ std::optional<protocol::Bytes> PolicyGate::check(char type, protocol::ByteSpan b
     auto classified = cache_.get(*text);
     if (!classified->ok())
         return deny(type, body, "other", "pgwicket could not parse it: " + classified->error());
-    policy::Verdict v = policy::check(policy_, classified->value());
+    policy::Verdict v = policy::check(*policy_, classified->value());
     if (v.allowed)
         return std::nullopt;
     return deny(type, body, v.kind, v.reason);

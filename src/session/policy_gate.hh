@@ -18,11 +18,10 @@ namespace pgw::session {
 
 class PolicyGate {
 public:
-    // `on_denied(kind, reason)` is told of every denial (for the log and audit).
-    PolicyGate(const policy::Policy& p, std::function<void(const std::string&, const std::string&)> on_denied)
-        : policy_(p), on_denied_(std::move(on_denied))
-    {
-    }
+    // `p` may be null (no policy: only refuse() refuses). `on_denied(type, body, kind,
+    // reason)` is told of every policy denial (for the log and audit).
+    using DeniedFn = std::function<void(char, protocol::ByteSpan, const std::string&, const std::string&)>;
+    PolicyGate(const policy::Policy* p, DeniedFn on_denied) : policy_(p), on_denied_(std::move(on_denied)) {}
 
     // Query, Parse and FunctionCall are checked whole.
     static bool checks(char type) { return type == 'Q' || type == 'P' || type == 'F'; }
@@ -31,6 +30,9 @@ public:
     void on_client_message(char type);
     // A checked message; a returned message goes upstream instead.
     std::optional<protocol::Bytes> check(char type, protocol::ByteSpan body);
+    // Refuses a checked message for another reason (the audit trail cannot be written):
+    // the client gets `error` in place of the server's answer.
+    protocol::Bytes refuse(char type, protocol::ByteSpan body, const protocol::ErrorFields& error);
     // An upstream error; a returned message replaces it (the denial's own error).
     std::optional<protocol::Bytes> on_server_error(const protocol::ErrorFields& e);
     void on_ready_for_query();
@@ -41,8 +43,8 @@ private:
     std::optional<protocol::Bytes> deny(char type, protocol::ByteSpan body, const std::string& kind,
                                         const std::string& reason);
 
-    const policy::Policy& policy_;
-    std::function<void(const std::string&, const std::string&)> on_denied_;
+    const policy::Policy* policy_;
+    DeniedFn on_denied_;
     policy::ClassifyCache cache_;
     std::uint64_t sync_points_sent_ = 0;  // Query, FunctionCall, Sync sent upstream
     std::uint64_t sync_points_done_ = 0;  // ReadyForQuery received

@@ -195,6 +195,8 @@ bool Relay::pump(Direction& d, bool from_client)
                     observer_->on_client_message(type);
                     return type == 'X' || observer_->inspect_client(type);
                 }
+                if (observer_)
+                    observer_->on_server_message(type);
                 return type == 'Z' || type == 'E' || type == 'C';
             },
             [this, from_client, &d, &cut](char type, protocol::ByteSpan body) {

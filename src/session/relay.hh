@@ -59,6 +59,8 @@ public:
     // True while the client's bytes must wait before going upstream (they are still
     // read and framed; on_wake() is called again when the reason may have passed).
     virtual bool hold_client_input() { return false; }
+    // Every message header from the server, once per message.
+    virtual void on_server_message(char /*type*/) {}
     // Bytes read from one side (counted as they arrive).
     virtual void on_bytes(bool /*from_client*/, size_t /*n*/) {}
     // A CommandComplete from the server, with its tag ("SELECT 3", "INSERT 0 1").

@@ -10,6 +10,7 @@
 #include "protocol/messages.hh"
 #include "protocol/startup.hh"
 #include "session/cancel.hh"
+#include "session/audit_trail.hh"
 #include "session/policy_gate.hh"
 #include "session/relay.hh"
 #include "upstream/connect.hh"
@@ -58,25 +59,52 @@ public:
     // `gate` (may be null) checks statements against the session's policy;
     // `query_timeout` and `idle_timeout` are in seconds (0: none).
     SessionControl(const config::Config& cfg, ipc::Slot* slot, std::function<Status()> cancel, int client_fd,
-                   int upstream_fd, PolicyGate* gate, long query_timeout, long idle_timeout)
+                   int upstream_fd, PolicyGate* gate, AuditTrail* trail, long query_timeout, long idle_timeout)
         : cfg_(cfg), slot_(slot), cancel_(std::move(cancel)), client_fd_(client_fd), upstream_fd_(upstream_fd),
-          gate_(gate), query_timeout_(query_timeout), idle_timeout_(idle_timeout)
+          gate_(gate), trail_(trail), query_timeout_(query_timeout), idle_timeout_(idle_timeout)
     {
         if (slot_)
             seen_seq_ = ipc::cancel_seq_of(slot_->gen_cancel.load(std::memory_order_acquire));
     }
 
-    bool inspect_client(char type) override { return gate_ && PolicyGate::checks(type); }
+    bool inspect_client(char type) override
+    {
+        return (gate_ && PolicyGate::checks(type)) || (trail_ && AuditTrail::follows(type));
+    }
 
     std::optional<Bytes> on_client_body(char type, protocol::ByteSpan body) override
     {
-        return gate_ ? gate_->check(type, body) : std::nullopt;
+        if (gate_ && PolicyGate::checks(type)) {
+            // audit_failure = block: nothing runs that cannot be recorded.
+            if (trail_ && trail_->failed() && cfg_.audit_failure == "block") {
+                trail_->on_refused(type);
+                protocol::ErrorFields e;
+                e.severity = "ERROR";
+                e.sqlstate = "58030";
+                e.message = "pgwicket cannot write its audit trail, so it runs no statements";
+                e.hint = "The statement was not sent to the server. Tell the pgwicket operator (audit_file).";
+                return gate_->refuse(type, body, e);
+            }
+            if (auto replacement = gate_->check(type, body))
+                return replacement;  // the denial callback recorded it
+        }
+        if (trail_)
+            trail_->on_client_body(type, body);
+        return std::nullopt;
+    }
+
+    void on_server_message(char type) override
+    {
+        if (trail_)
+            trail_->on_server_message(type);
     }
 
     void on_client_message(char type) override
     {
         if (gate_)
             gate_->on_client_message(type);
+        if (trail_)
+            trail_->on_client_message(type);
         if (active_ || type == 'X')
             return;
         active_ = true;
@@ -91,6 +119,15 @@ public:
         // The first call is the greeting's status, not an answer to a client message.
         if (gate_ && greeted_)
             gate_->on_ready_for_query();
+        if (trail_ && greeted_) {
+            trail_->on_ready_for_query();
+            if (trail_->failed() && !audit_alarmed_) {
+                audit_alarmed_ = true;
+                log_error("AUDIT FAILURE: %s; %s", trail_->error().c_str(),
+                          cfg_.audit_failure == "block" ? "refusing this session's statements from now on"
+                                                        : "continuing without a complete audit trail (audit_failure = continue)");
+            }
+        }
         greeted_ = true;
         idle_since_ = net::Clock::now();
         in_transaction_ = status != 'I';
@@ -118,12 +155,16 @@ public:
 
     void on_bytes(bool from_client, size_t n) override
     {
+        if (trail_ && !from_client)
+            trail_->on_bytes_to_client(n);
         if (slot_)
             slot_->counters.add(from_client ? ipc::kBytesFromClient : ipc::kBytesFromServer, n);
     }
 
     void on_command_complete(std::string_view tag) override
     {
+        if (trail_)
+            trail_->on_command_complete(tag);
         if (slot_)
             slot_->counters.add(statement_class(tag), 1);
     }
@@ -143,6 +184,8 @@ public:
 
     std::optional<Bytes> on_server_error(const protocol::ErrorFields& e) override
     {
+        if (trail_)
+            trail_->on_error(e.sqlstate);
         if (gate_)
             if (auto ours = gate_->on_server_error(e))
                 return ours;  // a denial: counted as denied, not as an error
@@ -314,6 +357,8 @@ private:
     net::Clock::time_point started_{};
     net::Clock::time_point query_started_{};
     PolicyGate* gate_;
+    AuditTrail* trail_;
+    bool audit_alarmed_ = false;
     long query_timeout_;
     long idle_timeout_;
     net::Clock::time_point idle_since_ = net::Clock::now();
@@ -414,6 +459,8 @@ private:
     UniqueFd client_;
     tls::Conn conn_;  // reads and writes client_, through TLS once it is on
     const policy::Policy* policy_ = nullptr;  // the session's, chosen after authentication
+    audit::Sink audit_sink_{cfg_.audit_file, cfg_.audit_journald != 0};
+    std::optional<AuditTrail> trail_;  // when audit or log_statements is on
     net::Clock::time_point login_deadline_{};  // client_login_timeout: startup and authentication
     std::string peer_, peer_host_;
 };
@@ -542,7 +589,9 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
     if (sso)
         log::set_prefix("C-" + std::to_string(handoff_.session_id) + ": " + database + "/" + user + "(" +
                         identity + ")@" + peer_);
-    log_info("authenticated (%s%s%s)%s%s", auth::method_name(who.method), sso ? ", identity " : "",
+    log_info("%s (%s%s%s)%s%s",
+             who.method == auth::Method::PassThrough ? "login handed to the upstream server" : "authenticated",
+             auth::method_name(who.method), sso ? ", identity " : "",
              sso ? identity.c_str() : "", conn_.is_tls() ? ", " : "",
              conn_.is_tls() ? conn_.describe_tls().c_str() : "");
     if (ipc::Slot* sl = slot())
@@ -576,6 +625,18 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
     upstream::ClientInfo info{user, database, peer_host_, &startup, sso ? identity : std::string(), "", {}};
     if (policy_)
         info.settings = policy_->upstream_settings();
+    if (audit_sink_.enabled() || cfg_.log_statements) {
+        audit::SessionInfo ai;
+        ai.session_id = handoff_.session_id;
+        ai.identity = identity;
+        ai.user = user;
+        ai.client = peer_;
+        const std::string* app = startup.get("application_name");
+        ai.application_name = app ? *app : "";
+        ai.database = database;
+        ai.policy = policy_ ? policy_->name : "";
+        trail_.emplace(audit_sink_, std::move(ai), cfg_.audit_statement_text == "full", cfg_.log_statements != 0);
+    }
     if (const std::string* role = cfg_.role_for(who.groups)) {
         info.role = *role;
         log_info("upstream role \"%s\" from [roles]", role->c_str());
@@ -659,6 +720,8 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
             return Error{err};
         return ok_status();
     };
+    if (trail_)
+        trail_->info().upstream = where;
     return run_relay(*server, upstream_fd, status, pg_cancel ? std::function<Status()>(cancel) : nullptr);
 }
 
@@ -666,21 +729,30 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
 // end, then log it and name the exit.
 ExitCode Session::run_relay(upstream::Transport& server, int upstream_fd, char status, std::function<Status()> cancel)
 {
+    if (trail_ && !trail_->write(audit::Event::SessionStart)) {
+        log_error("AUDIT FAILURE: %s", trail_->error().c_str());
+        if (cfg_.audit_failure == "block")
+            return fail("58030", "pgwicket cannot write its audit trail, so it accepts no sessions", kExitRefused,
+                        "Tell the pgwicket operator (audit_file).");
+    }
     std::unique_ptr<upstream::Transport> client;
     if (conn_.is_tls())
         client = std::make_unique<upstream::TlsTransport>(conn_.ssl(), client_.get());
     else
         client = std::make_unique<upstream::PlainTransport>(client_.get());
     std::optional<PolicyGate> gate;
-    if (policy_)
-        gate.emplace(*policy_, [this](const std::string& kind, const std::string& reason) {
+    if (policy_ || trail_)
+        gate.emplace(policy_, [this](char type, protocol::ByteSpan body, const std::string& kind,
+                                     const std::string& reason) {
             log_info("denied by policy \"%s\": %s statement: %s", policy_->name.c_str(), kind.c_str(), reason.c_str());
             if (ipc::Slot* sl = slot())
                 sl->counters.add(ipc::kStatementsDenied, 1);
+            if (trail_)
+                trail_->on_denied(type, body, policy_->name, kind, reason);
         });
     const long query_timeout = policy_ && policy_->query_timeout >= 0 ? policy_->query_timeout : cfg_.query_timeout;
     SessionControl control(cfg_, slot(), std::move(cancel), client_.get(), upstream_fd, gate ? &*gate : nullptr,
-                           query_timeout, policy_ ? policy_->client_idle_timeout : 0);
+                           trail_ ? &*trail_ : nullptr, query_timeout, policy_ ? policy_->client_idle_timeout : 0);
     control.on_ready_for_query(status);
     const auto started = net::Clock::now();
     RelayOutcome out = relay(*client, server, status, &g_stop_requested, &control);
@@ -691,6 +763,8 @@ ExitCode Session::run_relay(upstream::Transport& server, int upstream_fd, char s
         // upstream see a plain end of stream instead.
         ::shutdown(upstream_fd, SHUT_RDWR);
     }
+    if (trail_)
+        trail_->write(audit::Event::SessionEnd, relay_end_name(out.end));
     log_info("session ended: %s%s%s; %llu bytes / %llu messages from client, %llu bytes / %llu "
              "messages from server, %lld ms",
              relay_end_name(out.end), out.detail.empty() ? "" : ": ", out.detail.c_str(),
@@ -774,6 +848,8 @@ ExitCode Session::pass_through(const config::DatabaseEntry& entry, const upstrea
     auto cancel = [t = *target, pid = up.backend_pid, key = up.backend_secret]() {
         return upstream::send_cancel(t, pid, key, net::Clock::now() + std::chrono::seconds(10));
     };
+    if (trail_)
+        trail_->info().upstream = target->describe();
     return run_relay(*server, up.fd.get(), up.status, cancel);
 }
 

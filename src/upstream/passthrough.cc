@@ -204,6 +204,7 @@ pass_through_login(const PassThroughTarget& target, const std::vector<std::pair<
 
     // Relays until ReadyForQuery: the server speaks; when it asks, the client answers.
     bool authenticated = false;
+    bool offered_plus = false;  // the server offered SCRAM-SHA-256-PLUS (we removed it)
     for (;;) {
         Message m;
         if (!read_message(up, m, kMaxLoginMessage, deadline))
@@ -243,6 +244,7 @@ pass_through_login(const PassThroughTarget& target, const std::vector<std::pair<
                 break;
             case 10:  // SASL: the mechanisms
                 body = without_channel_binding(m.body);
+                offered_plus = body.size() != m.body.size();
                 if (body.size() <= 5)
                     return failure("28000", "the upstream server offers only SCRAM with channel binding, which cannot "
                                             "work through pgwicket (the client's TLS ends here)");
@@ -265,6 +267,19 @@ pass_through_login(const PassThroughTarget& target, const std::vector<std::pair<
                 }
                 if (reply.type != 'p')
                     return failure("08P01", std::string("expected a password response, got message type '") + reply.type + "'");
+                // A client on TLS that supports channel binding says so ("y") when it is not
+                // offered; a server that did offer it takes that for a downgrade attack and
+                // refuses. The flag is covered by the client's proof, so say it clearly here.
+                if (code == 10 && offered_plus) {
+                    size_t nul = reply.body.find('\0');
+                    if (nul != std::string::npos && reply.body.size() >= nul + 7 &&
+                        reply.body.compare(nul + 5, 2, "y,") == 0)
+                        return failure("28000",
+                                       "SCRAM through pgwicket cannot use channel binding, and the upstream server "
+                                       "offers it: connect with channel_binding=disable",
+                                       "client supports channel binding and the upstream server offers it; the exchange "
+                                       "would fail as a downgrade");
+                }
                 if (!write_message(up, 'p', reply.body, deadline))
                     return failure("08006", "the upstream server closed the connection during authentication");
             }

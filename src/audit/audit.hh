@@ -1,0 +1,65 @@
+// The audit trail: one JSON object per line in audit_file (O_APPEND, reopened on
+// SIGHUP) and/or a journald entry with structured fields, for session start and end,
+// every statement, every denial. A record that cannot be written is never dropped
+// silently: the caller blocks the session's statements or logs an alarm (audit_failure).
+#pragma once
+
+#include "common/unique_fd.hh"
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace pgw::audit {
+
+enum class Event { SessionStart, SessionEnd, Statement, Denial };
+const char* event_name(Event e);
+
+// What every record of a session carries.
+struct SessionInfo {
+    std::uint64_t session_id = 0;
+    std::string identity;
+    std::string user;
+    std::string client;  // address:port or [local]
+    std::string application_name;
+    std::string database;
+    std::string upstream;  // "host=... port=..." without secrets
+    std::string policy;
+};
+
+struct Record {
+    Event event = Event::Statement;
+    std::string statement;    // normalized (or full) text; empty for session events
+    std::string fingerprint;  // libpg_query's, 16 hex digits; empty when it could not parse
+    double duration_ms = 0;
+    std::uint64_t rows = 0;
+    std::uint64_t bytes = 0;  // sent to the client for this statement
+    std::string tag;          // CommandComplete tag
+    std::string sqlstate;     // of the error that ended it, if any
+    bool truncated = false;   // cut by a row or byte cap (not built yet: always false)
+    std::string denied_by;    // the policy that refused it
+    std::string detail;       // denial reason; session end reason
+};
+
+// JSON text for one record (one line, no newline), with RFC 3339 UTC time.
+std::string to_json(const SessionInfo& s, const Record& r);
+
+class Sink {
+public:
+    // file: audit_file ("" for none); journald: also send to the journal.
+    Sink(std::string file, bool journald) : path_(std::move(file)), journald_(journald) {}
+    bool enabled() const { return !path_.empty() || journald_; }
+    // Opens (or reopens, after logrotate moved the file) the file.
+    bool open();
+    // Writes one record; false when any sink failed (error() says why).
+    bool write(const SessionInfo& s, const Record& r);
+    const std::string& error() const { return error_; }
+
+private:
+    std::string path_;
+    bool journald_;
+    UniqueFd fd_;
+    std::string error_;
+};
+
+} // namespace pgw::audit
