@@ -105,6 +105,8 @@ const char* event_name(Event e)
         return "statement";
     case Event::Denial:
         return "denial";
+    case Event::Override:
+        return "override";
     }
     return "?";
 }
@@ -174,7 +176,8 @@ bool Sink::write(const SessionInfo& s, const Record& r)
     if (journald_) {
         // One MESSAGE_ID per event kind, so journalctl MESSAGE_ID=... selects them.
         static const char* ids[] = {"5d0d2e4b8f6a4a3e9a1c7b2f0e9d8c71", "5d0d2e4b8f6a4a3e9a1c7b2f0e9d8c72",
-                                    "5d0d2e4b8f6a4a3e9a1c7b2f0e9d8c73", "5d0d2e4b8f6a4a3e9a1c7b2f0e9d8c74"};
+                                    "5d0d2e4b8f6a4a3e9a1c7b2f0e9d8c73", "5d0d2e4b8f6a4a3e9a1c7b2f0e9d8c74",
+                                    "5d0d2e4b8f6a4a3e9a1c7b2f0e9d8c75"};
         int rc = sd_journal_send(
             "MESSAGE=pgwicket audit: %s C-%llu %s", event_name(r.event), (unsigned long long)s.session_id,
             r.statement.substr(0, 200).c_str(), "MESSAGE_ID=%s", ids[int(r.event)], "PRIORITY=6",

@@ -12,7 +12,7 @@
 
 namespace pgw::audit {
 
-enum class Event { SessionStart, SessionEnd, Statement, Denial };
+enum class Event { SessionStart, SessionEnd, Statement, Denial, Override };
 const char* event_name(Event e);
 
 // What every record of a session carries.

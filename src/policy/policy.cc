@@ -9,7 +9,7 @@
 namespace pgw::policy {
 namespace {
 
-const std::array<PolicySetting, 10> kSettings = {{
+const std::array<PolicySetting, 13> kSettings = {{
     {"read_only", "Boolean", "0", "1 allows only statements that read (see READ-ONLY in pgwicket.ini(5))"},
     {"allow", "Kinds", "", "if set, only these statement kinds may run (comma-separated kind names)"},
     {"deny", "Kinds", "", "statement kinds that may not run, even if allowed"},
@@ -21,6 +21,9 @@ const std::array<PolicySetting, 10> kSettings = {{
     {"idle_in_transaction_session_timeout", "Milliseconds", "0",
      "idle_in_transaction_session_timeout set on the upstream connection; 0: the server's"},
     {"read_only_functions", "Functions", "", "functions read_only treats as reading only, besides the built-in list"},
+    {"max_rows", "Integer", "0", "rows a result may have before pgwicket cuts it and cancels the query; 0: no cap"},
+    {"max_bytes", "Integer", "0", "bytes a result may have before pgwicket cuts it and cancels the query; 0: no cap"},
+    {"allow_override", "Boolean", "0", "1 lets a session change its caps with SET pgwicket.max_rows / pgwicket.max_bytes"},
 }};
 
 std::vector<std::string> split(std::string_view text)
@@ -123,6 +126,12 @@ Status set_policy_value(Policy& p, std::string_view name, std::string_view value
         return parse_number(value, kDayMs, p.statement_timeout);
     if (name == "idle_in_transaction_session_timeout")
         return parse_number(value, kDayMs, p.idle_in_transaction_session_timeout);
+    if (name == "max_rows")
+        return parse_number(value, 2000000000, p.max_rows);
+    if (name == "max_bytes")
+        return parse_number(value, 1L << 40, p.max_bytes);
+    if (name == "allow_override")
+        return parse_bool(value, p.allow_override);
     if (name == "read_only_functions") {
         p.read_only_functions = split(value);
         return ok_status();

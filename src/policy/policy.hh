@@ -26,6 +26,9 @@ struct Policy {
     long client_idle_timeout = 0;  // seconds a session may sit idle (not in a transaction); 0: no limit
     long statement_timeout = 0;    // ms, set on the upstream connection; 0: the server's own
     long idle_in_transaction_session_timeout = 0;  // ms, upstream; 0: the server's own
+    long max_rows = 0;    // rows per result before it is cut; 0: no cap
+    long max_bytes = 0;   // bytes per result before it is cut; 0: no cap
+    bool allow_override = false;  // SET pgwicket.max_rows / pgwicket.max_bytes may raise them
     std::vector<std::string> read_only_functions;  // added to the built-in allowlist
     FunctionAllowlist functions = FunctionAllowlist::builtin();
 

@@ -208,6 +208,7 @@ void AuditTrail::complete(const std::string& tag, const std::string& sqlstate)
         r.bytes = bytes_;
         r.tag = tag;
         r.sqlstate = sqlstate;
+        r.truncated = truncated_;
         if (log_statements_)
             log_info("statement: %s%s%s, %llu rows, %llu bytes, %.3f ms", tag.empty() ? "" : tag.c_str(),
                      sqlstate.empty() ? "" : "error ", sqlstate.c_str(), (unsigned long long)r.rows,
@@ -220,6 +221,7 @@ void AuditTrail::complete(const std::string& tag, const std::string& sqlstate)
     }
     started_ = now;
     rows_ = bytes_ = 0;
+    truncated_ = false;
 }
 
 } // namespace pgw::session

@@ -43,6 +43,10 @@ public:
     void on_error(const std::string& sqlstate);
     void on_ready_for_query();
 
+    // The statement in flight had its result cut by a cap.
+    void mark_truncated() { truncated_ = true; }
+    // After logrotate moved the file (SIGHUP): records go to a new one.
+    void reopen() { sink_.open(); }
     // A record could not be written since the last reset.
     bool failed() const { return failed_; }
     const std::string& error() const { return sink_.error(); }
@@ -78,6 +82,7 @@ private:
     std::uint64_t bytes_ = 0;
     Clock::time_point started_ = Clock::now();
     bool failed_ = false;
+    bool truncated_ = false;
     std::uint64_t written_ = 0;
 };
 

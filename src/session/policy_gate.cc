@@ -9,7 +9,9 @@
 #include "common/log.hh"
 #include "protocol/bytes.hh"
 
+#include <cstdlib>
 #include <string_view>
+#include <vector>
 
 namespace pgw::session {
 namespace {
@@ -85,9 +87,44 @@ std::optional<protocol::Bytes> PolicyGate::check(char type, protocol::ByteSpan b
     if (!classified->ok())
         return deny(type, body, "other", "pgwicket could not parse it: " + classified->error());
     policy::Verdict v = policy::check(*policy_, classified->value());
-    if (v.allowed)
-        return std::nullopt;
-    return deny(type, body, v.kind, v.reason);
+    if (!v.allowed)
+        return deny(type, body, v.kind, v.reason);
+    // The caps' override: SET / RESET pgwicket.max_rows and pgwicket.max_bytes.
+    std::vector<std::pair<std::string, long>> overrides;
+    for (const auto& s : classified->value()) {
+        if ((s.kind != policy::Kind::Set && s.kind != policy::Kind::Reset) ||
+            (s.setting != "pgwicket.max_rows" && s.setting != "pgwicket.max_bytes" && s.setting != "all"))
+            continue;
+        if (s.setting == "all") {  // RESET ALL puts the policy's caps back
+            overrides.emplace_back("pgwicket.max_rows", -1);
+            overrides.emplace_back("pgwicket.max_bytes", -1);
+            continue;
+        }
+        if (!policy_->allow_override)
+            return deny(type, body, std::string(policy::kind_name(s.kind)),
+                        "the policy does not allow changing " + s.setting + " (allow_override)");
+        long value = -1;
+        if (s.kind == policy::Kind::Set) {
+            // The value is the last word: SET x = 100, SET x TO '100', SET x = DEFAULT.
+            std::string piece(text->substr(s.offset, s.length));
+            size_t end = piece.find_last_not_of(" \t\r\n;");
+            size_t begin = piece.find_last_of(" \t=", end);
+            std::string word = piece.substr(begin == std::string::npos ? 0 : begin + 1, end - begin);
+            if (word.size() >= 2 && word.front() == '\'' && word.back() == '\'')
+                word = word.substr(1, word.size() - 2);
+            if (word != "default" && word != "DEFAULT") {
+                char* stop = nullptr;
+                value = std::strtol(word.c_str(), &stop, 10);
+                if (word.empty() || *stop != '\0' || value < 0)
+                    return deny(type, body, "set", s.setting + " takes a whole number (0: no cap)");
+            }
+        }
+        overrides.emplace_back(s.setting, value);
+    }
+    if (on_override_)
+        for (const auto& [setting, value] : overrides)
+            on_override_(setting, value);
+    return std::nullopt;
 }
 
 std::optional<protocol::Bytes> PolicyGate::on_server_error(const protocol::ErrorFields& e)

@@ -21,7 +21,14 @@ public:
     // `p` may be null (no policy: only refuse() refuses). `on_denied(type, body, kind,
     // reason)` is told of every policy denial (for the log and audit).
     using DeniedFn = std::function<void(char, protocol::ByteSpan, const std::string&, const std::string&)>;
-    PolicyGate(const policy::Policy* p, DeniedFn on_denied) : policy_(p), on_denied_(std::move(on_denied)) {}
+    // `on_override(setting, value)`: a session's SET (value >= 0) or RESET (-1) of
+    // pgwicket.max_rows / pgwicket.max_bytes that the policy allows; it still goes upstream,
+    // where PostgreSQL keeps it as a placeholder setting (so SHOW works too).
+    using OverrideFn = std::function<void(const std::string&, long)>;
+    PolicyGate(const policy::Policy* p, DeniedFn on_denied, OverrideFn on_override = nullptr)
+        : policy_(p), on_denied_(std::move(on_denied)), on_override_(std::move(on_override))
+    {
+    }
 
     // Query, Parse and FunctionCall are checked whole.
     static bool checks(char type) { return type == 'Q' || type == 'P' || type == 'F'; }
@@ -45,6 +52,7 @@ private:
 
     const policy::Policy* policy_;
     DeniedFn on_denied_;
+    OverrideFn on_override_;
     policy::ClassifyCache cache_;
     std::uint64_t sync_points_sent_ = 0;  // Query, FunctionCall, Sync sent upstream
     std::uint64_t sync_points_done_ = 0;  // ReadyForQuery received

@@ -195,9 +195,10 @@ bool Relay::pump(Direction& d, bool from_client)
                     observer_->on_client_message(type);
                     return type == 'X' || observer_->inspect_client(type);
                 }
-                if (observer_)
-                    observer_->on_server_message(type);
-                return type == 'Z' || type == 'E' || type == 'C';
+                if (!observer_)
+                    return type == 'Z' || type == 'E' || type == 'C';
+                observer_->on_server_message(type);
+                return type == 'Z' || type == 'E' || type == 'C' || observer_->inspect_server(type);
             },
             [this, from_client, &d, &cut](char type, protocol::ByteSpan body) {
                 if (from_client) {
@@ -216,11 +217,18 @@ bool Relay::pump(Direction& d, bool from_client)
                     last_server_error_fatal_ = false;
                     if (observer_)
                         observer_->on_ready_for_query(char(body[0]));
-                } else if (type == 'C') {
-                    // The tag is a C string; stop at its NUL, or at the end of a bad one.
-                    if (observer_) {
+                } else if (type != 'E' && observer_) {
+                    if (type == 'C') {
+                        // The tag is a C string; stop at its NUL, or at the end of a bad one.
                         std::string_view tag(reinterpret_cast<const char*>(body.data()), body.size());
                         observer_->on_command_complete(tag.substr(0, tag.find('\0')));
+                    }
+                    // Messages the session asked to see (DataRow past a cap): maybe replaced.
+                    if (auto replacement = observer_->on_server_body(type, body)) {
+                        d.replacement = std::move(*replacement);
+                        d.replacement_written = 0;
+                        cut = body.size() + 5;
+                        return false;
                     }
                 } else if (type == 'E') {
                     auto e = protocol::decode_error_fields(body);
@@ -254,9 +262,11 @@ bool Relay::pump(Direction& d, bool from_client)
         }
     }
     if (!d.dst_failed && d.pipe.at_cut()) {
-        // Our message goes out where the replaced one stood, then the original is dropped.
-        size_t n = push(d, {d.replacement.data() + d.replacement_written,
-                            d.replacement.size() - d.replacement_written});
+        // Our message goes out where the replaced one stood, then the original is dropped
+        // (an empty replacement only drops it).
+        size_t n = d.replacement.empty() ? 0
+                                         : push(d, {d.replacement.data() + d.replacement_written,
+                                                    d.replacement.size() - d.replacement_written});
         d.replacement_written += n;
         progress = progress || n > 0 || d.dst_failed;
         if (d.replacement_written == d.replacement.size()) {

@@ -61,6 +61,14 @@ public:
     virtual bool hold_client_input() { return false; }
     // Every message header from the server, once per message.
     virtual void on_server_message(char /*type*/) {}
+    // Whether the session must see this server message whole (besides Z, E and C), and
+    // what goes to the client in its place (an empty message drops it). CommandComplete
+    // is offered here too, after on_command_complete.
+    virtual bool inspect_server(char /*type*/) { return false; }
+    virtual std::optional<protocol::Bytes> on_server_body(char /*type*/, protocol::ByteSpan /*body*/)
+    {
+        return std::nullopt;
+    }
     // Bytes read from one side (counted as they arrive).
     virtual void on_bytes(bool /*from_client*/, size_t /*n*/) {}
     // A CommandComplete from the server, with its tag ("SELECT 3", "INSERT 0 1").

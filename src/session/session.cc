@@ -97,6 +97,47 @@ public:
     {
         if (trail_)
             trail_->on_server_message(type);
+        if (!max_rows_ && !max_bytes_)
+            return;
+        if (type == 'T') {
+            result_rows_ = result_bytes_ = 0;
+            in_result_ = true;
+        } else if (type == 'D' && !capped_) {
+            if (max_rows_ && result_rows_ >= std::uint64_t(max_rows_))
+                start_cap("max_rows", max_rows_);
+            else
+                ++result_rows_;
+        }
+    }
+
+    // Rows past a cap are dropped; the CommandComplete of a cut result is rewritten.
+    bool inspect_server(char type) override { return capped_ && type == 'D'; }
+
+    std::optional<Bytes> on_server_body(char type, protocol::ByteSpan) override
+    {
+        if (!capped_)
+            return std::nullopt;
+        if (type == 'D')
+            return Bytes{};
+        if (type == 'C')
+            return cut_result(false);
+        return std::nullopt;
+    }
+
+    // SET pgwicket.max_rows / max_bytes that the policy allowed (value -1: back to the policy's).
+    void set_cap(const std::string& setting, long value, const policy::Policy& p)
+    {
+        long& cap = setting == "pgwicket.max_rows" ? max_rows_ : max_bytes_;
+        cap = value >= 0 ? value : setting == "pgwicket.max_rows" ? p.max_rows : p.max_bytes;
+        log_info("override: %s = %ld%s", setting.c_str(), cap, value < 0 ? " (the policy's)" : "");
+        if (trail_)
+            trail_->write(audit::Event::Override, setting + "=" + std::to_string(cap));
+    }
+    void set_caps(long max_rows, long max_bytes, bool allow_override)
+    {
+        max_rows_ = max_rows;
+        max_bytes_ = max_bytes;
+        allow_override_ = allow_override;
     }
 
     void on_client_message(char type) override
@@ -116,6 +157,7 @@ public:
 
     void on_ready_for_query(char status) override
     {
+        capped_ = in_result_ = false;
         // The first call is the greeting's status, not an answer to a client message.
         if (gate_ && greeted_)
             gate_->on_ready_for_query();
@@ -157,6 +199,11 @@ public:
     {
         if (trail_ && !from_client)
             trail_->on_bytes_to_client(n);
+        if (!from_client && in_result_ && max_bytes_ && !capped_) {
+            result_bytes_ += n;
+            if (result_bytes_ > std::uint64_t(max_bytes_))
+                start_cap("max_bytes", max_bytes_);
+        }
         if (slot_)
             slot_->counters.add(from_client ? ipc::kBytesFromClient : ipc::kBytesFromServer, n);
     }
@@ -186,6 +233,8 @@ public:
     {
         if (trail_)
             trail_->on_error(e.sqlstate);
+        if (capped_ && e.sqlstate == "57014")
+            return cut_result(true);
         if (gate_)
             if (auto ours = gate_->on_server_error(e))
                 return ours;  // a denial: counted as denied, not as an error
@@ -227,9 +276,11 @@ public:
     {
         reap_cancellers();
         if (g_reopen_log) {
-            // The supervisor reloaded: reopen our log file (logrotate moved it).
+            // The supervisor reloaded: reopen our log and audit files (logrotate moved them).
             g_reopen_log = 0;
             log::setup(config::log_settings(cfg_));
+            if (trail_)
+                trail_->reopen();
         }
         if (g_cancel_signal) {
             g_cancel_signal = 0;
@@ -257,6 +308,41 @@ public:
     }
 
 private:
+    void start_cap(const char* what, long limit)
+    {
+        capped_ = true;
+        cap_what_ = std::string(what) + " = " + std::to_string(limit);
+        log_info("result exceeds %s; cutting it and cancelling the query", cap_what_.c_str());
+        if (trail_)
+            trail_->mark_truncated();
+        cancel_upstream(what);
+    }
+
+    // What the client gets in place of the cut result's end: outside a transaction, a
+    // WARNING and the CommandComplete of the rows it got; inside one, an ERROR, because
+    // the cancel aborted the transaction on the server (the client sees the real state).
+    Bytes cut_result(bool cancelled)
+    {
+        capped_ = false;
+        in_result_ = false;
+        protocol::ErrorFields e;
+        e.severity = cancelled && in_transaction_ ? "ERROR" : "WARNING";
+        e.sqlstate = cancelled && in_transaction_ ? "54000" : "01000";
+        e.message = "result cut at " + cap_what_ + " (pgwicket policy): " + std::to_string(result_rows_) +
+                    " rows sent" + (cancelled ? ", the query was cancelled" : "");
+        e.hint = allow_override_ ? "SET pgwicket." + cap_what_.substr(0, cap_what_.find(' ')) +
+                                       " = N raises the cap for this session (0: no cap)."
+                                 : "Ask the pgwicket operator to raise the policy's " +
+                                       cap_what_.substr(0, cap_what_.find(' ')) + ".";
+        Bytes out = protocol::error_response(e);
+        if (e.severity == "ERROR")
+            return out;
+        out[0] = std::byte('N');  // NoticeResponse: the same fields
+        auto done = protocol::command_complete("SELECT " + std::to_string(result_rows_));
+        out.insert(out.end(), done.begin(), done.end());
+        return out;
+    }
+
     // The class of a statement by its command tag's first word. Until statements
     // are classified by the parser (guardrails), "SELECT n" from SELECT INTO or
     // CREATE TABLE AS counts as a read.
@@ -358,6 +444,12 @@ private:
     net::Clock::time_point query_started_{};
     PolicyGate* gate_;
     AuditTrail* trail_;
+    long max_rows_ = 0, max_bytes_ = 0;  // the session's caps (policy, or override)
+    bool allow_override_ = false;
+    std::uint64_t result_rows_ = 0, result_bytes_ = 0;  // of the result in flight
+    bool in_result_ = false;
+    bool capped_ = false;
+    std::string cap_what_;
     bool audit_alarmed_ = false;
     long query_timeout_;
     long idle_timeout_;
@@ -741,6 +833,7 @@ ExitCode Session::run_relay(upstream::Transport& server, int upstream_fd, char s
     else
         client = std::make_unique<upstream::PlainTransport>(client_.get());
     std::optional<PolicyGate> gate;
+    SessionControl* control_ptr = nullptr;  // set below; the gate's override callback needs it
     if (policy_ || trail_)
         gate.emplace(policy_, [this](char type, protocol::ByteSpan body, const std::string& kind,
                                      const std::string& reason) {
@@ -749,10 +842,16 @@ ExitCode Session::run_relay(upstream::Transport& server, int upstream_fd, char s
                 sl->counters.add(ipc::kStatementsDenied, 1);
             if (trail_)
                 trail_->on_denied(type, body, policy_->name, kind, reason);
+        }, [this, &control_ptr](const std::string& setting, long value) {
+            if (control_ptr && policy_)
+                control_ptr->set_cap(setting, value, *policy_);
         });
     const long query_timeout = policy_ && policy_->query_timeout >= 0 ? policy_->query_timeout : cfg_.query_timeout;
     SessionControl control(cfg_, slot(), std::move(cancel), client_.get(), upstream_fd, gate ? &*gate : nullptr,
                            trail_ ? &*trail_ : nullptr, query_timeout, policy_ ? policy_->client_idle_timeout : 0);
+    control_ptr = &control;
+    if (policy_)
+        control.set_caps(policy_->max_rows, policy_->max_bytes, policy_->allow_override);
     control.on_ready_for_query(status);
     const auto started = net::Clock::now();
     RelayOutcome out = relay(*client, server, status, &g_stop_requested, &control);
