@@ -36,6 +36,22 @@ struct ParseState {
 
 std::string where(const ParseState& st) { return st.name + ":" + std::to_string(st.line); }
 
+bool is_policy_section(const std::string& sec) { return sec.rfind("policy.", 0) == 0 && sec.size() > 7; }
+
+// The policy of that name, created (at the current line) on first sight: at its section
+// header, so that a section without settings still defines an allow-all policy.
+policy::Policy& policy_at(ParseState& st, const std::string& name)
+{
+    for (auto& existing : st.cfg.policies)
+        if (existing.name == name)
+            return existing;
+    policy::Policy& p = st.cfg.policies.emplace_back();
+    p.name = name;
+    p.file = st.name;
+    p.line = st.line;
+    return p;
+}
+
 // Reads one physical line into buf, counting lines so the handler can cite them.
 char* read_line(char* buf, int size, void* stream)
 {
@@ -78,6 +94,13 @@ char* read_line(char* buf, int size, void* stream)
         // inih forgets the previous name at a section header; so do we.
         st->last_section.clear();
         st->last_name.clear();
+        // inih reports only name = value lines; a policy exists from its header on.
+        size_t close = line.find(']', first);
+        if (close != std::string::npos) {
+            std::string sec = line.substr(first + 1, close - first - 1);
+            if (is_policy_section(sec))
+                policy_at(*st, sec.substr(7));
+        }
     }
     line.push_back('\n');
     std::memcpy(buf, line.c_str(), line.size() + 1);
@@ -227,20 +250,9 @@ int on_entry(void* user, const char* section, const char* name, const char* valu
         add_database(*st, key, val, continues);
     } else if (sec == "peers") {
         add_peer(*st, key, val);
-    } else if (sec.rfind("policy.", 0) == 0 && sec.size() > 7) {
-        const std::string policy_name = sec.substr(7);
-        policy::Policy* p = nullptr;
-        for (auto& existing : st->cfg.policies)
-            if (existing.name == policy_name)
-                p = &existing;
-        if (!p) {
-            st->cfg.policies.emplace_back();
-            p = &st->cfg.policies.back();
-            p->name = policy_name;
-            p->file = st->name;
-            p->line = st->line;
-        }
-        if (auto ok = policy::set_policy_value(*p, key, val); !ok)
+    } else if (is_policy_section(sec)) {
+        policy::Policy& p = policy_at(*st, sec.substr(7));
+        if (auto ok = policy::set_policy_value(p, key, val, continues); !ok)
             st->errors.push_back(where(*st) + ": [" + sec + "] " + key + ": " + ok.error());
     } else if (sec == "database_policies") {
         if (!st->cfg.database_policies.emplace(key, val).second)

@@ -67,9 +67,11 @@ Status parse_number(std::string_view v, long max, long& out)
     return ok_status();
 }
 
-Status parse_kinds(std::string_view v, std::vector<Kind>& out)
+// append: an indented continuation line adds to the list given on the lines before.
+Status parse_kinds(std::string_view v, std::vector<Kind>& out, bool append)
 {
-    out.clear();
+    if (!append)
+        out.clear();
     for (const auto& name : split(v)) {
         auto k = kind_from_name(name);
         if (!k) {
@@ -83,13 +85,24 @@ Status parse_kinds(std::string_view v, std::vector<Kind>& out)
     return ok_status();
 }
 
-bool listed(const std::vector<Kind>& list, const Statement& s)
+std::uint64_t mask_of(const std::vector<Kind>& list)
 {
+    std::uint64_t m = 0;
     for (Kind k : list)
-        if (s.involves(k))
-            return true;
-    return false;
+        m |= std::uint64_t(1) << unsigned(k);
+    return m;
 }
+
+// The first kind set in mask, in declaration order.
+Kind first_kind(std::uint64_t mask)
+{
+    for (Kind k : all_kinds())
+        if ((mask >> unsigned(k)) & 1u)
+            return k;
+    return Kind::Other;
+}
+
+
 
 } // namespace
 
@@ -105,15 +118,24 @@ std::vector<std::pair<std::string, std::string>> Policy::upstream_settings() con
     return out;
 }
 
-Status set_policy_value(Policy& p, std::string_view name, std::string_view value)
+Status set_policy_value(Policy& p, std::string_view name, std::string_view value, bool continues)
 {
     constexpr long kDay = 86400, kDayMs = 86400000;
+    if (name == "allow")
+        return parse_kinds(value, p.allow, continues);
+    if (name == "deny")
+        return parse_kinds(value, p.deny, continues);
+    if (name == "read_only_functions") {
+        if (!continues)
+            p.read_only_functions.clear();
+        for (auto& f : split(value))
+            p.read_only_functions.push_back(std::move(f));
+        return ok_status();
+    }
+    if (continues)
+        return Error{"only lists (allow, deny, read_only_functions) may continue on an indented line"};
     if (name == "read_only")
         return parse_bool(value, p.read_only);
-    if (name == "allow")
-        return parse_kinds(value, p.allow);
-    if (name == "deny")
-        return parse_kinds(value, p.deny);
     if (name == "allow_copy")
         return parse_bool(value, p.allow_copy);
     if (name == "allow_listen")
@@ -132,10 +154,6 @@ Status set_policy_value(Policy& p, std::string_view name, std::string_view value
         return parse_number(value, 1L << 40, p.max_bytes);
     if (name == "allow_override")
         return parse_bool(value, p.allow_override);
-    if (name == "read_only_functions") {
-        p.read_only_functions = split(value);
-        return ok_status();
-    }
     std::string all;
     for (const auto& s : kSettings)
         all += (all.empty() ? "" : ", ") + std::string(s.name);
@@ -158,12 +176,18 @@ Verdict check(const Policy& p, const std::vector<Statement>& statements)
     for (const auto& s : statements) {
         Verdict v;
         v.kind = std::string(kind_name(s.kind));
-        if (listed(p.deny, s)) {
+        // Deny: any kind in it is enough. Allow: every kind in it must be listed, so a
+        // list of kinds that do not write lets nothing nested that writes through.
+        if (std::uint64_t denied = s.kinds & mask_of(p.deny)) {
+            Kind k = (denied >> unsigned(s.kind)) & 1u ? s.kind : first_kind(denied);
             v.allowed = false;
-            v.reason = "its kind is on the policy's deny list";
-        } else if (!p.allow.empty() && !listed(p.allow, s)) {
+            v.reason = k == s.kind ? "its kind is on the policy's deny list"
+                                   : "it contains " + std::string(kind_name(k)) + ", which is on the policy's deny list";
+        } else if (std::uint64_t missing = p.allow.empty() ? 0 : s.kinds & ~mask_of(p.allow)) {
+            Kind k = (missing >> unsigned(s.kind)) & 1u ? s.kind : first_kind(missing);
             v.allowed = false;
-            v.reason = "its kind is not on the policy's allow list";
+            v.reason = k == s.kind ? "its kind is not on the policy's allow list"
+                                   : "it contains " + std::string(kind_name(k)) + ", which is not on the policy's allow list";
         } else if (!p.allow_copy && (s.involves(Kind::CopyTo) || s.involves(Kind::CopyFrom))) {
             v.allowed = false;
             v.reason = "the policy does not allow COPY";

@@ -46,7 +46,8 @@ struct PolicySetting {
 std::span<const PolicySetting> policy_settings();
 
 // Applies one `name = value` line of a [policy.NAME] section; the error names the setting.
-Status set_policy_value(Policy& p, std::string_view name, std::string_view value);
+// continues: an indented line that adds to the previous line's list.
+Status set_policy_value(Policy& p, std::string_view name, std::string_view value, bool continues = false);
 // After the section is read (builds the function allowlist).
 Status finish_policy(Policy& p);
 

@@ -64,6 +64,11 @@ jwt_groups_claim = roles
 jwt_oauth_scope = openid email
 jwt_leeway = 30
 default_policy = careful
+audit_file = /var/log/pgwicket/audit.jsonl
+audit_journald = 1
+audit_statement_text = full
+audit_failure = continue
+log_statements = 1
 
 [databases]
 * = host=10.0.0.1 port=5432
@@ -134,14 +139,14 @@ BOOST_AUTO_TEST_CASE(databases_with_wildcard_named_entries_and_continuations)
     BOOST_TEST_REQUIRE(dbs.size() == 3u);
     BOOST_TEST(dbs[0].name == "*");
     BOOST_TEST(dbs[0].conninfo == "host=10.0.0.1 port=5432");
-    BOOST_TEST(dbs[0].line == 44);
+    BOOST_TEST(dbs[0].line == 49);
     // Indented lines (blank or tab) continue the connection string above them.
     BOOST_TEST(dbs[1].name == "sales");
     BOOST_TEST(dbs[1].conninfo == "host=10.0.0.2 port=5433 dbname=sales_prod");
-    BOOST_TEST(dbs[1].line == 45);
+    BOOST_TEST(dbs[1].line == 50);
     BOOST_TEST(dbs[2].name == "hr");
     BOOST_TEST(dbs[2].conninfo == "host=/var/run/postgresql dbname=hr");
-    BOOST_TEST(dbs[2].line == 48);
+    BOOST_TEST(dbs[2].line == 53);
 }
 
 BOOST_AUTO_TEST_CASE(defaults_match_the_options_table)

@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# Policy cost: read-only pgbench (-S) against PostgreSQL directly and through pgwicket with
+# no policy, an allow-all policy (every statement classified and checked, none denied), a
+# read_only policy, and a read_only policy with an audit file, on a fresh throwaway
+# cluster. One pgwicket instance per case, all started up front on their own ports, so the
+# runs of one mode follow each other closely. Prints a table of TPS and ratios.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=contrib/lib.sh
+source "$root/contrib/lib.sh"
+
+secs=${BENCH_SECONDS:-10}
+scale=${BENCH_SCALE:-10}
+pgbench=$PG_BINDIR/pgbench
+
+bin=$(pgw_binary "$root" "policy bench") || exit 1
+for tool in "$PG_BINDIR/initdb" "$PG_BINDIR/pg_ctl" "$pgbench"; do
+    if [ ! -x "$tool" ]; then
+        echo "policy bench: $tool not found; run contrib/install-deps.sh" >&2
+        exit 1
+    fi
+done
+
+work=$(work_dir pgwicket-policy-bench)
+pgdata=$work/pg
+# The pgwicket cases, in the order they run: name, then the lines each adds to [pgwicket]
+# and the sections after [databases] (a policy applies through default_policy).
+cases=(nopolicy allowall readonly audit)
+declare -A case_label=(
+    [nopolicy]="pgwicket, no policy"
+    [allowall]="pgwicket, allow-all policy"
+    [readonly]="pgwicket, read_only"
+    [audit]="pgwicket, read_only + audit"
+)
+declare -A case_port=() case_pid=()
+
+# shellcheck disable=SC2317  # run by the EXIT trap
+cleanup()
+{
+    trap - EXIT INT TERM
+    local name
+    for name in "${cases[@]}"; do
+        pgw_pid=${case_pid[$name]:-}
+        pgw_stop
+    done
+    pg_stop "$pgdata"
+    if [ "${BENCH_KEEP:-0}" = 1 ]; then
+        echo "policy bench: logs and data kept in $work"
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+echo "policy bench: PostgreSQL 15 cluster in $work"
+pg_init "$pgdata"
+pgport=$(free_port 55432)
+pg_start "$pgdata" "$pgport" "-c max_connections=200 -c fsync=off -c synchronous_commit=off"
+
+# pgw_case_start NAME: pgwicket as pgw_start in lib.sh starts it, in $work/NAME, plus the
+# policy settings of case NAME. Sets case_port[NAME] and case_pid[NAME].
+pgw_case_start()
+{
+    local name=$1 dir=$work/$1 port
+    local -a global=() sections=()
+    case $name in
+    nopolicy) ;;
+    allowall)
+        # checkpoint is a kind pgbench never sends: every statement is classified and
+        # checked against the deny list, and allowed.
+        global=("default_policy = all")
+        sections=("[policy.all]" "deny = checkpoint")
+        ;;
+    readonly)
+        global=("default_policy = ro")
+        sections=("[policy.ro]" "read_only = 1")
+        ;;
+    audit)
+        global=("default_policy = ro" "audit_file = $dir/audit.jsonl")
+        sections=("[policy.ro]" "read_only = 1")
+        ;;
+    esac
+    mkdir -p "$dir"
+    port=$(free_port 56432)
+    printf '%s\n' "[pgwicket]" "listen_addr = 127.0.0.1" "listen_port = $port" \
+        "unix_socket_dir = $dir" "logfile = $dir/pgwicket.log" "${global[@]}" "" \
+        "[databases]" "* = host=127.0.0.1 port=$pgport" "" "${sections[@]}" >"$dir/pgwicket.ini"
+    "$bin" -c "$dir/pgwicket.ini" 2>>"$dir/pgwicket.log" &
+    case_pid[$name]=$!
+    case_port[$name]=$port
+    if ! wait_listening "$port" 10; then
+        echo "policy bench: pgwicket ($name) did not start; its log:" >&2
+        cat "$dir/pgwicket.log" >&2
+        return 1
+    fi
+}
+
+for name in "${cases[@]}"; do
+    pgw_case_start "$name" || exit 1
+done
+
+echo "policy bench: pgbench -i -s $scale"
+"$pgbench" -i -q -s "$scale" -h 127.0.0.1 -p "$pgport" -U postgres postgres >"$work/init.log" 2>&1 || {
+    cat "$work/init.log" >&2
+    exit 1
+}
+
+# tps PORT ARGS...: runs pgbench against PORT and prints its TPS, or "fail".
+tps()
+{
+    local port=$1 out
+    shift
+    out=$work/pgbench-$port-$RANDOM.log
+    if "$pgbench" -n -S -T "$secs" "$@" -h 127.0.0.1 -p "$port" -U postgres postgres >"$out" 2>&1; then
+        sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | head -n 1 | awk '{ printf "%.0f\n", $1 }'
+    else
+        echo "policy bench: pgbench $* on port $port failed:" >&2
+        tail -n 5 "$out" >&2
+        echo fail
+    fi
+}
+
+ratio()
+{
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else printf "-" }'
+}
+
+# below A B: whether A/B is a number under 0.9 (the target for the policy cases).
+below()
+{
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        exit !(a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0 && a / b < 0.9) }'
+}
+
+echo "policy bench: warm-up (not counted)"
+for port in "$pgport" "${case_port[@]}"; do
+    secs=2 tps "$port" -c 2 -j 2 >/dev/null
+done
+
+rows=()
+run_mode()
+{
+    local mode=$1 direct base t name mark
+    shift
+    echo "policy bench: -M $mode, 5 targets ($secs s each)"
+    direct=$(tps "$pgport" -M "$mode" "$@")
+    base=$(tps "${case_port[nopolicy]}" -M "$mode" "$@")
+    rows+=("$(printf '%-42s %10s %12s %12s' "-M $mode: direct" "$direct" "-" "1.00")")
+    rows+=("$(printf '%-42s %10s %12s %12s' "-M $mode: ${case_label[nopolicy]}" "$base" "1.00" \
+        "$(ratio "$base" "$direct")")")
+    for name in "${cases[@]:1}"; do
+        t=$(tps "${case_port[$name]}" -M "$mode" "$@")
+        mark=
+        if below "$t" "$base"; then
+            mark="  < 0.9"
+        fi
+        rows+=("$(printf '%-42s %10s %12s %12s%s' "-M $mode: ${case_label[$name]}" "$t" \
+            "$(ratio "$t" "$base")" "$(ratio "$t" "$direct")" "$mark")")
+    done
+}
+
+for mode in simple prepared; do
+    run_mode "$mode" -c 8 -j 2
+done
+
+echo
+echo "pgbench -n -S -c 8 -j 2 (select only), scale $scale, $secs s per run, $(nproc) CPUs, all on one host;"
+echo "target: every policy case >= 0.9 of pgwicket with no policy; TPS:"
+printf '%-42s %10s %12s %12s\n' "case" "TPS" "/no policy" "/direct"
+for row in "${rows[@]}"; do
+    echo "$row"
+done
+
+# Whether the policies applied, and anything that went wrong, as each pgwicket saw it. A
+# denial is always a bug here: pgbench -S sends nothing but reads.
+echo
+for name in "${cases[@]}"; do
+    log=$work/$name/pgwicket.log
+    sessions=$(grep -c 'policy "' "$log" || true)
+    denied=$(grep -c 'denied by policy' "$log" || true)
+    problems=$(grep -ciE 'error|fatal|warning|panic' "$log" || true)
+    line="policy bench: $name: $sessions sessions with a policy, $denied denials, $problems error/warning lines"
+    if [ -f "$work/$name/audit.jsonl" ]; then
+        line+=", $(wc -l <"$work/$name/audit.jsonl") audit records"
+    fi
+    echo "$line"
+    if [ "$denied" -gt 0 ]; then
+        grep 'denied by policy' "$log" | head -n 5
+    fi
+    if [ "$problems" -gt 0 ]; then
+        grep -iE 'error|fatal|warning|panic' "$log" | head -n 5
+    fi
+done
