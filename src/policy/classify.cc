@@ -13,6 +13,10 @@
 #include <functional>
 #include <utility>
 
+// libpg_query's copy of the server's setting: a per-thread global of its scanner
+// (exported by libpg_query 15; see classify_readings).
+extern "C" __thread bool standard_conforming_strings;
+
 namespace pgw::policy {
 namespace {
 
@@ -1024,6 +1028,76 @@ Result<std::vector<Statement>> classify(std::string_view sql)
     return on_parser_stack<std::vector<Statement>>(sql, [sql] { return parse_and_classify(sql); });
 }
 
+namespace {
+
+// The text as a client-only encoding's server-side conversion leaves it for the lexer:
+// every byte inside a multibyte character becomes 'x' (an identifier or string byte to
+// the lexer, as the converted character is), following PostgreSQL's character lengths
+// for the encoding (pg_*_mblen). `kind`: 'S' SJIS, 'B' BIG5/GBK/UHC, 'G' GB18030,
+// 'J' JOHAB (EUC rules).
+std::string as_client_only_encoding(std::string_view sql, char kind)
+{
+    std::string out(sql);
+    for (size_t i = 0; i < out.size();) {
+        const unsigned char c = static_cast<unsigned char>(out[i]);
+        size_t len = 1;
+        if (c >= 0x80) {
+            if (kind == 'S')
+                len = (c >= 0xa1 && c <= 0xdf) ? 1 : 2;
+            else if (kind == 'G')
+                len = (i + 1 < out.size() && out[i + 1] >= '0' && out[i + 1] <= '9') ? 4 : 2;
+            else if (kind == 'J')
+                len = c == 0x8f ? 3 : 2;
+            else
+                len = 2;
+        }
+        for (size_t j = i + 1; j < i + len && j < out.size(); ++j)
+            out[j] = 'x';
+        i += len;
+    }
+    return out;
+}
+
+Result<std::vector<Statement>> classify_with(std::string_view sql, bool scs)
+{
+    const bool saved = standard_conforming_strings;
+    standard_conforming_strings = scs;
+    auto r = classify(sql);
+    standard_conforming_strings = saved;
+    return r;
+}
+
+} // namespace
+
+Classified classify_readings(std::string_view sql)
+{
+    Classified c{classify(sql), {}};
+    // Without a backslash neither setting changes how the text lexes: a string ends at
+    // its quote in every reading, and no multibyte character can swallow a quote (no
+    // client-only encoding has 0x27 as a second byte).
+    if (sql.find('\\') == std::string_view::npos)
+        return c;
+    c.others.push_back({"standard_conforming_strings = off", classify_with(sql, false)});
+    bool high = false;
+    for (char ch : sql)
+        high |= static_cast<unsigned char>(ch) >= 0x80;
+    if (!high)
+        return c;
+    static constexpr std::pair<char, std::string_view> kEncodings[] = {
+        {'S', "client_encoding = SJIS"}, {'B', "client_encoding = BIG5, GBK or UHC"},
+        {'G', "client_encoding = GB18030"}, {'J', "client_encoding = JOHAB"}};
+    std::vector<std::string> seen;
+    for (const auto& [kind, how] : kEncodings) {
+        std::string text = as_client_only_encoding(sql, kind);
+        if (text == sql || std::find(seen.begin(), seen.end(), text) != seen.end())
+            continue;
+        seen.push_back(text);
+        c.others.push_back({how, classify_with(text, true)});
+        c.others.push_back({how, classify_with(text, false)});
+    }
+    return c;
+}
+
 Result<std::string> normalize(std::string_view sql)
 {
     return on_parser_stack<std::string>(sql, [sql]() -> Result<std::string> {
@@ -1179,16 +1253,24 @@ namespace {
 
 // Roughly what an entry holds on the heap; the byte budget only has to be in the right
 // order of magnitude.
-std::size_t cost_of(std::string_view text, const Result<std::vector<Statement>>& r)
+std::size_t cost_of(const Result<std::vector<Statement>>& r)
 {
-    std::size_t cost = 128 + text.size();
     if (!r)
-        return cost + r.error().size();
+        return r.error().size();
+    std::size_t cost = 0;
     for (const Statement& s : r.value()) {
         cost += sizeof(Statement) + s.setting.size();
         for (const std::string& fn : s.functions)
             cost += sizeof(std::string) + fn.size();
     }
+    return cost;
+}
+
+std::size_t cost_of(std::string_view text, const Classified& c)
+{
+    std::size_t cost = 128 + text.size() + cost_of(c.primary);
+    for (const Reading& r : c.others)
+        cost += sizeof(Reading) + cost_of(r.statements);
     return cost;
 }
 
@@ -1212,7 +1294,7 @@ ClassifyCache::Value ClassifyCache::get(std::string_view sql)
         return it->second->value;
     }
     ++misses_;
-    auto value = std::make_shared<const Result<std::vector<Statement>>>(classify(sql));
+    auto value = std::make_shared<const Classified>(classify_readings(sql));
     std::size_t cost = cost_of(sql, *value);
     // One huge statement must not push out hundreds of small ones.
     if (max_entries_ == 0 || cost > max_bytes_ / 8)

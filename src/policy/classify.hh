@@ -116,6 +116,25 @@ inline constexpr std::size_t kMaxClassifyBytes = 1u << 20;
 // text over kMaxClassifyBytes gives an Error with PostgreSQL's message and position.
 Result<std::vector<Statement>> classify(std::string_view sql);
 
+// A query string as the server may read it. The server lexes with the session's
+// standard_conforming_strings and after converting from its client_encoding; pgwicket
+// does not follow either (a pipelined SET could change them before the server reads the
+// next text), so a text that the two can change is read every way they can: a policy
+// must allow every reading that parses.
+struct Reading {
+    std::string_view how;  // "" for the primary reading; else e.g. "standard_conforming_strings = off"
+    Result<std::vector<Statement>> statements;
+};
+struct Classified {
+    // As UTF-8 (or any ASCII-safe encoding) with standard_conforming_strings on.
+    Result<std::vector<Statement>> primary;
+    // Only for texts with a backslash: standard_conforming_strings off, and the
+    // client-only encodings (SJIS, BIG5, GBK, UHC, GB18030, JOHAB) whose multibyte
+    // characters may hide an ASCII byte (a backslash, a semicolon) from the server.
+    std::vector<Reading> others;
+};
+Classified classify_readings(std::string_view sql);
+
 // Functions known to neither write nor reach outside the statement (no sequences,
 // advisory locks, large objects, signals, files, settings, sleeps, other databases).
 class FunctionAllowlist {
@@ -196,11 +215,11 @@ Result<std::string> fingerprint(std::string_view sql);
 // One per worker; not thread-safe.
 class ClassifyCache {
 public:
-    using Value = std::shared_ptr<const Result<std::vector<Statement>>>;
+    using Value = std::shared_ptr<const Classified>;
 
     explicit ClassifyCache(std::size_t max_entries = 1024, std::size_t max_bytes = 1u << 20);
 
-    // classify(sql), from the cache when it has sql. Parse errors are cached too.
+    // classify_readings(sql), from the cache when it has sql. Parse errors are cached too.
     Value get(std::string_view sql);
 
     std::size_t size() const { return map_.size(); }

@@ -53,6 +53,7 @@ public:
                 return {pos, ScanStatus::Violation};
             if (!waiting_for_body_) {
                 ++messages_;
+                header_size_ = std::uint64_t(len) + 1;
                 const bool wanted = inspect(type);
                 if (wanted && strict_ && size_t(len) + 1 > max_inspect_)
                     return {pos, ScanStatus::TooLarge};
@@ -79,12 +80,15 @@ public:
     // forwarded holds no partial message).
     bool at_boundary() const { return skip_ == 0; }
     std::uint64_t messages() const { return messages_; }
+    // Inside Inspect: the size of the message whose header it is, type byte included.
+    std::uint64_t header_size() const { return header_size_; }
 
 private:
     size_t max_inspect_;
     bool strict_ = false;
     std::uint64_t skip_ = 0;
     std::uint64_t messages_ = 0;
+    std::uint64_t header_size_ = 0;
     bool waiting_for_body_ = false;  // the header at the scan position was inspected already
 };
 

@@ -163,8 +163,9 @@ void AuditTrail::on_refused(char type)
         pending_.push_back({sync_points_sent_, "", "", true});
 }
 
-void AuditTrail::on_server_message(char type)
+void AuditTrail::on_server_message(char type, std::uint64_t size)
 {
+    bytes_ += size;
     if (type == 'D')
         ++rows_;
     else if (type == 'I' || type == 's')

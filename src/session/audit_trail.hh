@@ -37,8 +37,8 @@ public:
                    const std::string& reason);
     // A message refused for another reason (audit failure): completes silently.
     void on_refused(char type);
-    void on_server_message(char type);  // every header: rows, completions without a tag
-    void on_bytes_to_client(std::size_t n) { bytes_ += n; }
+    // Every server message header with its size: rows, bytes, completions without a tag.
+    void on_server_message(char type, std::uint64_t size);
     void on_command_complete(std::string_view tag);
     void on_error(const std::string& sqlstate);
     void on_ready_for_query();

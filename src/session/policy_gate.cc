@@ -1,22 +1,41 @@
 // How a denial works: the denied message is replaced by one carrying the text
-// "pgwicket denied", which the server rejects with a syntax error (42601) before
-// anything runs. The server then behaves exactly as for any failed statement: it
+// "pgwicket_denied_<16 random hex digits>", which the server rejects with a syntax
+// error (42601) before anything runs. The server then behaves exactly as for any failed statement: it
 // aborts a transaction in progress, skips extended-protocol messages until Sync, and
-// sends ReadyForQuery with its real status. We replace its 42601 with our 42501.
+// sends ReadyForQuery with its real status. We replace its 42601 with our 42501, but
+// only when the error quotes our token: when an earlier message of the same batch
+// failed (with its own 42601, say), the server skipped ours and its error stays.
 // The denied text never reaches the server.
 #include "session/policy_gate.hh"
 
 #include "common/log.hh"
 #include "protocol/bytes.hh"
 
+#include <openssl/rand.h>
+
 #include <cstdlib>
+#include <stdexcept>
 #include <string_view>
 #include <vector>
 
 namespace pgw::session {
 namespace {
 
-constexpr std::string_view kDeniedText = "pgwicket denied";
+// The text sent in place of a denied statement: an identifier no client can guess, so
+// the server's "syntax error at or near ..." names it whatever the server's language.
+std::string denied_text()
+{
+    unsigned char raw[8];
+    if (RAND_bytes(raw, sizeof raw) != 1)
+        throw std::runtime_error("RAND_bytes failed");
+    std::string text = "pgwicket_denied_";
+    static const char hex[] = "0123456789abcdef";
+    for (unsigned char b : raw) {
+        text.push_back(hex[b >> 4]);
+        text.push_back(hex[b & 15]);
+    }
+    return text;
+}
 
 // A C string at `at` in body, or nullopt when it has no terminating NUL.
 std::optional<std::string_view> cstring_at(protocol::ByteSpan body, size_t at)
@@ -31,6 +50,11 @@ std::optional<std::string_view> cstring_at(protocol::ByteSpan body, size_t at)
 }
 
 } // namespace
+
+PolicyGate::PolicyGate(const policy::Policy* p, DeniedFn on_denied, OverrideFn on_override)
+    : policy_(p), denied_text_(denied_text()), on_denied_(std::move(on_denied)), on_override_(std::move(on_override))
+{
+}
 
 void PolicyGate::on_client_message(char type)
 {
@@ -53,19 +77,23 @@ std::optional<protocol::Bytes> PolicyGate::deny(char type, protocol::ByteSpan bo
 
 protocol::Bytes PolicyGate::refuse(char type, protocol::ByteSpan body, const protocol::ErrorFields& error)
 {
-    // Parse is answered at the next Sync; Query and FunctionCall at their own point.
-    pending_[type == 'P' ? sync_points_sent_ + 1 : sync_points_sent_] = protocol::error_response(error);
+    // Query and FunctionCall are answered at their own point; extended-protocol messages
+    // at the next Sync.
+    const bool simple = type == 'Q' || type == 'F';
+    pending_[simple ? sync_points_sent_ : sync_points_sent_ + 1] = protocol::error_response(error);
     protocol::Writer w;
-    if (type == 'P') {
-        // Same statement name, so the client's later Bind/Describe fail as they would.
-        auto name = cstring_at(body, 0);
+    if (!simple) {
+        // A Parse keeps its statement name, so the client's later Bind/Describe fail as
+        // they would; anything else (a Bind refused because audit failed) becomes a Parse
+        // of the unnamed statement, which fails the same way.
+        auto name = type == 'P' ? cstring_at(body, 0) : std::nullopt;
         w.begin('P');
         w.cstring(name ? *name : std::string_view());
-        w.cstring(kDeniedText);
+        w.cstring(denied_text_);
         w.u16(0);
     } else {
         w.begin('Q');
-        w.cstring(kDeniedText);
+        w.cstring(denied_text_);
     }
     w.finish();
     return w.take();
@@ -84,14 +112,29 @@ std::optional<protocol::Bytes> PolicyGate::check(char type, protocol::ByteSpan b
     if (!text)
         return deny(type, body, "other", "the message is malformed");
     auto classified = cache_.get(*text);
-    if (!classified->ok())
-        return deny(type, body, "other", "pgwicket could not parse it: " + classified->error());
-    policy::Verdict v = policy::check(*policy_, classified->value());
-    if (!v.allowed)
-        return deny(type, body, v.kind, v.reason);
+    // Every reading that parses must be allowed (the server reads it one of these ways);
+    // the first that parses stands for the statement below.
+    const std::vector<policy::Statement>* statements = nullptr;
+    if (classified->primary.ok()) {
+        statements = &classified->primary.value();
+        policy::Verdict v = policy::check(*policy_, *statements);
+        if (!v.allowed)
+            return deny(type, body, v.kind, v.reason);
+    }
+    for (const auto& reading : classified->others) {
+        if (!reading.statements.ok())
+            continue;
+        if (!statements)
+            statements = &reading.statements.value();
+        policy::Verdict v = policy::check(*policy_, reading.statements.value());
+        if (!v.allowed)
+            return deny(type, body, v.kind, v.reason + " (as the server reads it with " + std::string(reading.how) + ")");
+    }
+    if (!statements)
+        return deny(type, body, "other", "pgwicket could not parse it: " + classified->primary.error());
     // The caps' override: SET / RESET pgwicket.max_rows and pgwicket.max_bytes.
     std::vector<std::pair<std::string, long>> overrides;
-    for (const auto& s : classified->value()) {
+    for (const auto& s : *statements) {
         if ((s.kind != policy::Kind::Set && s.kind != policy::Kind::Reset) ||
             (s.setting != "pgwicket.max_rows" && s.setting != "pgwicket.max_bytes" && s.setting != "all"))
             continue;
@@ -132,7 +175,7 @@ std::optional<protocol::Bytes> PolicyGate::on_server_error(const protocol::Error
     // The error of the sync point being answered now; only the server's reply to our
     // replacement text (42601) is ours to replace.
     auto it = pending_.find(sync_points_done_ + 1);
-    if (it == pending_.end() || e.sqlstate != "42601")
+    if (it == pending_.end() || e.sqlstate != "42601" || e.message.find(denied_text_) == std::string::npos)
         return std::nullopt;
     protocol::Bytes ours = std::move(it->second);
     pending_.erase(it);

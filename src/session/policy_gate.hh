@@ -25,10 +25,7 @@ public:
     // pgwicket.max_rows / pgwicket.max_bytes that the policy allows; it still goes upstream,
     // where PostgreSQL keeps it as a placeholder setting (so SHOW works too).
     using OverrideFn = std::function<void(const std::string&, long)>;
-    PolicyGate(const policy::Policy* p, DeniedFn on_denied, OverrideFn on_override = nullptr)
-        : policy_(p), on_denied_(std::move(on_denied)), on_override_(std::move(on_override))
-    {
-    }
+    PolicyGate(const policy::Policy* p, DeniedFn on_denied, OverrideFn on_override = nullptr);
 
     // Query, Parse and FunctionCall are checked whole.
     static bool checks(char type) { return type == 'Q' || type == 'P' || type == 'F'; }
@@ -51,6 +48,7 @@ private:
                                         const std::string& reason);
 
     const policy::Policy* policy_;
+    std::string denied_text_;  // what goes upstream in place of a denied statement
     DeniedFn on_denied_;
     OverrideFn on_override_;
     policy::ClassifyCache cache_;

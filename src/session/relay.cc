@@ -188,7 +188,7 @@ bool Relay::pump(Direction& d, bool from_client)
         size_t cut = 0;
         auto res = d.framer.scan(
             d.pipe.unscanned(),
-            [this, from_client](char type) {
+            [this, from_client, &d](char type) {
                 if (from_client) {
                     if (!observer_)
                         return type == 'X';
@@ -197,7 +197,7 @@ bool Relay::pump(Direction& d, bool from_client)
                 }
                 if (!observer_)
                     return type == 'Z' || type == 'E' || type == 'C';
-                observer_->on_server_message(type);
+                observer_->on_server_message(type, d.framer.header_size());
                 return type == 'Z' || type == 'E' || type == 'C' || observer_->inspect_server(type);
             },
             [this, from_client, &d, &cut](char type, protocol::ByteSpan body) {

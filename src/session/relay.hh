@@ -59,8 +59,9 @@ public:
     // True while the client's bytes must wait before going upstream (they are still
     // read and framed; on_wake() is called again when the reason may have passed).
     virtual bool hold_client_input() { return false; }
-    // Every message header from the server, once per message.
-    virtual void on_server_message(char /*type*/) {}
+    // Every message header from the server, once per message, with the message's size
+    // (type byte and length included).
+    virtual void on_server_message(char /*type*/, std::uint64_t /*size*/) {}
     // Whether the session must see this server message whole (besides Z, E and C), and
     // what goes to the client in its place (an empty message drops it). CommandComplete
     // is offered here too, after on_command_complete.

@@ -74,40 +74,47 @@ public:
 
     std::optional<Bytes> on_client_body(char type, protocol::ByteSpan body) override
     {
-        if (gate_ && PolicyGate::checks(type)) {
-            // audit_failure = block: nothing runs that cannot be recorded.
-            if (trail_ && trail_->failed() && cfg_.audit_failure == "block") {
-                trail_->on_refused(type);
-                protocol::ErrorFields e;
-                e.severity = "ERROR";
-                e.sqlstate = "58030";
-                e.message = "pgwicket cannot write its audit trail, so it runs no statements";
-                e.hint = "The statement was not sent to the server. Tell the pgwicket operator (audit_file).";
-                return gate_->refuse(type, body, e);
-            }
+        // audit_failure = block: nothing runs that cannot be recorded, not even a
+        // statement prepared before the trail failed (its Bind is refused).
+        if (gate_ && trail_ && trail_->failed() && cfg_.audit_failure == "block" &&
+            (PolicyGate::checks(type) || type == 'B')) {
+            trail_->on_refused(type);
+            protocol::ErrorFields e;
+            e.severity = "ERROR";
+            e.sqlstate = "58030";
+            e.message = "pgwicket cannot write its audit trail, so it runs no statements";
+            e.hint = "The statement was not sent to the server. Tell the pgwicket operator (audit_file).";
+            return gate_->refuse(type, body, e);
+        }
+        if (gate_ && PolicyGate::checks(type))
             if (auto replacement = gate_->check(type, body))
                 return replacement;  // the denial callback recorded it
-        }
         if (trail_)
             trail_->on_client_body(type, body);
         return std::nullopt;
     }
 
-    void on_server_message(char type) override
+    void on_server_message(char type, std::uint64_t size) override
     {
-        if (trail_)
-            trail_->on_server_message(type);
-        if (!max_rows_ && !max_bytes_)
-            return;
-        if (type == 'T') {
-            result_rows_ = result_bytes_ = 0;
-            in_result_ = true;
-        } else if (type == 'D' && !capped_) {
-            if (max_rows_ && result_rows_ >= std::uint64_t(max_rows_))
-                start_cap("max_rows", max_rows_);
-            else
-                ++result_rows_;
+        if (max_rows_ || max_bytes_) {
+            if (type == 'T') {
+                result_rows_ = result_bytes_ = 0;
+                in_result_ = true;
+            } else if (type == 'D' && !capped_) {
+                // The row that would pass a cap is the first one dropped.
+                if (max_rows_ && result_rows_ >= std::uint64_t(max_rows_))
+                    start_cap("max_rows", max_rows_);
+                else if (max_bytes_ && in_result_ && result_bytes_ + size > std::uint64_t(max_bytes_))
+                    start_cap("max_bytes", max_bytes_);
+                else {
+                    ++result_rows_;
+                    result_bytes_ += size;
+                }
+            }
         }
+        // Rows past a cap never reach the client: neither audited nor counted.
+        if (trail_ && !(capped_ && type == 'D'))
+            trail_->on_server_message(type, size);
     }
 
     // Rows past a cap are dropped; the CommandComplete of a cut result is rewritten.
@@ -197,13 +204,6 @@ public:
 
     void on_bytes(bool from_client, size_t n) override
     {
-        if (trail_ && !from_client)
-            trail_->on_bytes_to_client(n);
-        if (!from_client && in_result_ && max_bytes_ && !capped_) {
-            result_bytes_ += n;
-            if (result_bytes_ > std::uint64_t(max_bytes_))
-                start_cap("max_bytes", max_bytes_);
-        }
         if (slot_)
             slot_->counters.add(from_client ? ipc::kBytesFromClient : ipc::kBytesFromServer, n);
     }
@@ -532,6 +532,7 @@ private:
     }
     std::uint32_t key_pid() const { return ipc::encode_key_pid(table_.peer_id(), handoff_.slot, handoff_.generation); }
     ExitCode run_relay(upstream::Transport& server, int upstream_fd, char status, std::function<Status()> cancel);
+    std::optional<ExitCode> audit_session_start();
     ExitCode pass_through(const config::DatabaseEntry& entry, const upstream::ClientInfo& info,
                           const protocol::StartupMessage& startup);
 
@@ -792,6 +793,10 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
     default:
         break;
     }
+    if (trail_)
+        trail_->info().upstream = where;
+    if (auto refused = audit_session_start())
+        return *refused;
     greeting.raw(protocol::ready_for_query(status));
     if (!send(greeting.bytes()))
         return kExitOk;
@@ -812,21 +817,26 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
             return Error{err};
         return ok_status();
     };
-    if (trail_)
-        trail_->info().upstream = where;
     return run_relay(*server, upstream_fd, status, pg_cancel ? std::function<Status()>(cancel) : nullptr);
 }
 
 // The established session, whichever way the upstream was reached: relay until the
 // end, then log it and name the exit.
+// The session_start record, written before the client's first ReadyForQuery: with
+// audit_failure = block, a session that cannot be recorded never looks established.
+std::optional<ExitCode> Session::audit_session_start()
+{
+    if (!trail_ || trail_->write(audit::Event::SessionStart))
+        return std::nullopt;
+    log_error("AUDIT FAILURE: %s", trail_->error().c_str());
+    if (cfg_.audit_failure != "block")
+        return std::nullopt;
+    return fail("58030", "pgwicket cannot write its audit trail, so it accepts no sessions", kExitRefused,
+                "Tell the pgwicket operator (audit_file).");
+}
+
 ExitCode Session::run_relay(upstream::Transport& server, int upstream_fd, char status, std::function<Status()> cancel)
 {
-    if (trail_ && !trail_->write(audit::Event::SessionStart)) {
-        log_error("AUDIT FAILURE: %s", trail_->error().c_str());
-        if (cfg_.audit_failure == "block")
-            return fail("58030", "pgwicket cannot write its audit trail, so it accepts no sessions", kExitRefused,
-                        "Tell the pgwicket operator (audit_file).");
-    }
     std::unique_ptr<upstream::Transport> client;
     if (conn_.is_tls())
         client = std::make_unique<upstream::TlsTransport>(conn_.ssl(), client_.get());
@@ -949,6 +959,10 @@ ExitCode Session::pass_through(const config::DatabaseEntry& entry, const upstrea
     };
     if (trail_)
         trail_->info().upstream = target->describe();
+    if (auto refused = audit_session_start())
+        return *refused;
+    if (!send(protocol::ready_for_query(up.status)))
+        return kExitOk;
     return run_relay(*server, up.fd.get(), up.status, cancel);
 }
 

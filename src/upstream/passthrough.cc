@@ -287,13 +287,14 @@ pass_through_login(const PassThroughTarget& target, const std::vector<std::pair<
         }
         if (!authenticated && m.type != 'N' && m.type != 'v')
             return failure("08P01", std::string("unexpected message '") + m.type + "' from the upstream server during login");
-        // ParameterStatus, notices, NegotiateProtocolVersion, ReadyForQuery: as they are.
-        if (!write_message(client, m.type, m.body, deadline))
-            return failure("08006", "could not write to the client", "client gone");
+        // The first ReadyForQuery is the caller's to send (after its own checks).
         if (m.type == 'Z') {
             s.status = m.body.empty() ? 'I' : m.body[0];
             return s;
         }
+        // ParameterStatus, notices, NegotiateProtocolVersion: as they are.
+        if (!write_message(client, m.type, m.body, deadline))
+            return failure("08006", "could not write to the client", "client gone");
     }
 }
 

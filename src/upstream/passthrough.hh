@@ -36,7 +36,7 @@ struct PassThroughSession {
     std::unique_ptr<tls::Conn> conn;  // plain or TLS on fd
     std::uint32_t backend_pid = 0;     // the server's own cancel key, never shown to the client
     std::uint32_t backend_secret = 0;
-    char status = 'I';  // from the first ReadyForQuery
+    char status = 'I';  // from the first ReadyForQuery, which is not yet sent to the client
 };
 
 struct PassThroughFailure {

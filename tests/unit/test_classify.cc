@@ -730,8 +730,8 @@ BOOST_AUTO_TEST_CASE(cache_hits_and_misses)
     BOOST_TEST(cache.misses() == 1u);
     BOOST_TEST(cache.hits() == 1u);
     BOOST_TEST(a.get() == b.get());  // the same classification, not parsed again
-    BOOST_TEST_REQUIRE(a->ok());
-    BOOST_TEST(pol::kind_name(a->value().at(0).kind) == "select");
+    BOOST_TEST_REQUIRE(a->primary.ok());
+    BOOST_TEST(pol::kind_name(a->primary.value().at(0).kind) == "select");
 
     cache.get("SELECT 2");
     BOOST_TEST(cache.misses() == 2u);
@@ -740,7 +740,7 @@ BOOST_AUTO_TEST_CASE(cache_hits_and_misses)
     // Parse errors are cached too (the caller fails closed every time).
     auto e1 = cache.get("SELEC 1");
     auto e2 = cache.get("SELEC 1");
-    BOOST_TEST(!e1->ok());
+    BOOST_TEST(!e1->primary.ok());
     BOOST_TEST(e1.get() == e2.get());
     BOOST_TEST(cache.misses() == 3u);
     BOOST_TEST(cache.hits() == 2u);
@@ -764,7 +764,7 @@ BOOST_AUTO_TEST_CASE(cache_evicts_least_recently_used)
     pol::ClassifyCache small(100, 8192);
     std::string big = "SELECT '" + std::string(2000, 'x') + "'";
     auto v = small.get(big);
-    BOOST_TEST(v->ok());
+    BOOST_TEST(v->primary.ok());
     BOOST_TEST(small.size() == 0u);
     for (int i = 0; i < 100; ++i)
         small.get("SELECT " + std::to_string(i) + ", '" + std::string(200, 'y') + "'");
@@ -775,6 +775,46 @@ BOOST_AUTO_TEST_CASE(cache_evicts_least_recently_used)
     pol::ClassifyCache none(0, 8192);
     none.get("SELECT 1");
     BOOST_TEST(none.size() == 0u);
+}
+
+// Texts the server may lex differently from the primary reading are read every way.
+BOOST_AUTO_TEST_CASE(readings_cover_lexing_settings_and_client_only_encodings)
+{
+    // No backslash: one reading.
+    BOOST_TEST(pol::classify_readings("SELECT 'a''b'; SELECT 2").others.empty());
+    BOOST_TEST(pol::classify_readings("SELECT 'héllo'").others.empty());
+
+    // standard_conforming_strings off turns a string into a string and a DELETE.
+    const std::string smuggled = "SELECT 'a\\''; DELETE FROM t; --'";
+    pol::Classified c = pol::classify_readings(smuggled);
+    BOOST_TEST_REQUIRE(c.primary.ok());
+    BOOST_TEST(c.primary.value().size() == 1u);
+    BOOST_TEST_REQUIRE(c.others.size() == 1u);
+    BOOST_TEST(c.others[0].how == "standard_conforming_strings = off");
+    BOOST_TEST_REQUIRE(c.others[0].statements.ok());
+    BOOST_TEST_REQUIRE(c.others[0].statements.value().size() == 2u);
+    BOOST_TEST(pol::kind_name(c.others[0].statements.value()[1].kind) == "delete");
+    // ... and the setting is back as it was for the next primary reading.
+    BOOST_TEST(pol::classify(smuggled).value().size() == 1u);
+
+    // A text valid only with standard_conforming_strings off still has a reading.
+    pol::Classified off = pol::classify_readings("SELECT 'it\\'s'");
+    BOOST_TEST(!off.primary.ok());
+    BOOST_TEST_REQUIRE(off.others.size() == 1u);
+    BOOST_TEST(off.others[0].statements.ok());
+
+    // In SJIS, 0x95 0x5C is one character: E'\x95\' is not closed at its second quote
+    // for the server, so the DELETE that the primary reading sees inside the string runs.
+    const std::string sjis = "SELECT E'\x95\\'; DELETE FROM t; --'";
+    pol::Classified e = pol::classify_readings(sjis);
+    BOOST_TEST_REQUIRE(e.primary.ok());
+    BOOST_TEST(e.primary.value().size() == 1u);
+    bool delete_seen = false;
+    for (const auto& r : e.others)
+        if (r.statements.ok())
+            for (const auto& st : r.statements.value())
+                delete_seen |= st.kind == pol::Kind::Delete && r.how.find("SJIS") != std::string_view::npos;
+    BOOST_TEST(delete_seen);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
