@@ -3,6 +3,7 @@
 #include "audit/audit.hh"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <systemd/sd-journal.h>
 #include <unistd.h>
 
@@ -157,6 +158,21 @@ bool Sink::open()
     return true;
 }
 
+// A record cut short (the disk filled up in the middle of it) would glue the next
+// record, from any session, onto a broken line. With O_APPEND our offset is the end of
+// what we wrote; when nobody has appended since, cut the file back to where the record
+// began. (Another worker appending between the fstat and the ftruncate would lose its
+// record; on a full disk its write fails anyway, and the failure is logged either way.)
+void Sink::drop_partial_line(size_t written)
+{
+    off_t end = ::lseek(fd_.get(), 0, SEEK_CUR);
+    struct stat st;
+    if (end < off_t(written) || ::fstat(fd_.get(), &st) != 0 || st.st_size != end)
+        return;
+    if (::ftruncate(fd_.get(), end - off_t(written)) != 0)
+        error_ += "; the partial record could not be removed: " + std::string(std::strerror(errno));
+}
+
 bool Sink::write(const SessionInfo& s, const Record& r)
 {
     bool ok = true;
@@ -170,6 +186,8 @@ bool Sink::write(const SessionInfo& s, const Record& r)
                 error_ = "could not write to audit_file \"" + path_ + "\": " +
                          (n < 0 ? std::strerror(errno) : "short write (disk full?)");
                 ok = false;
+                if (n > 0)
+                    drop_partial_line(size_t(n));
             }
         }
     }
@@ -187,7 +205,10 @@ bool Sink::write(const SessionInfo& s, const Record& r)
             "PGWICKET_STATEMENT=%s", r.statement.c_str(), "PGWICKET_FINGERPRINT=%s", r.fingerprint.c_str(),
             "PGWICKET_DURATION_MS=%.3f", r.duration_ms, "PGWICKET_ROWS=%llu", (unsigned long long)r.rows,
             "PGWICKET_TAG=%s", r.tag.c_str(), "PGWICKET_SQLSTATE=%s", r.sqlstate.c_str(), "PGWICKET_DENIED_BY=%s",
-            r.denied_by.c_str(), nullptr);
+            r.denied_by.c_str(), "PGWICKET_BYTES=%llu", (unsigned long long)r.bytes, "PGWICKET_TRUNCATED=%d",
+            int(r.truncated), "PGWICKET_APPLICATION_NAME=%s", s.application_name.c_str(), "PGWICKET_UPSTREAM=%s",
+            s.upstream.c_str(), "PGWICKET_POLICY=%s", s.policy.c_str(), "PGWICKET_DETAIL=%s", r.detail.c_str(),
+            nullptr);
         if (rc < 0) {
             error_ = std::string("could not send the audit record to journald: ") + std::strerror(-rc);
             ok = false;

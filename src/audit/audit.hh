@@ -36,7 +36,7 @@ struct Record {
     std::uint64_t bytes = 0;  // sent to the client for this statement
     std::string tag;          // CommandComplete tag
     std::string sqlstate;     // of the error that ended it, if any
-    bool truncated = false;   // cut by a row or byte cap (not built yet: always false)
+    bool truncated = false;   // cut by a row or byte cap (max_rows, max_bytes)
     std::string denied_by;    // the policy that refused it
     std::string detail;       // denial reason; session end reason
 };
@@ -56,6 +56,7 @@ public:
     const std::string& error() const { return error_; }
 
 private:
+    void drop_partial_line(size_t written);
     std::string path_;
     bool journald_;
     UniqueFd fd_;

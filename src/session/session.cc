@@ -178,6 +178,7 @@ public:
             }
         }
         greeted_ = true;
+        idle_since_cancel_ = true;
         idle_since_ = net::Clock::now();
         in_transaction_ = status != 'I';
         if (active_ && slot_) {
@@ -256,6 +257,9 @@ public:
 
     int poll_timeout_ms() override
     {
+        // A held statement waits for the cancel child, whose exit wakes nobody.
+        if (hold_client_input())
+            return 1;
         if (!active_ && idle_timeout_ > 0 && !in_transaction_)
             return net::ms_until(idle_since_ + std::chrono::seconds(idle_timeout_));
         if (!active_ || query_timeout_ <= 0 || timeout_fired_)
@@ -269,8 +273,10 @@ public:
     // its process group). If the backend handles the first before the second lands,
     // the second can cancel whatever runs next; our relay forwards the client's next
     // statement within a millisecond of the error, so hold it until the cancel
-    // child has exited: by then the postmaster has sent both signals.
-    bool hold_client_input() override { return cancellers_ > 0 && !active_; }
+    // child has exited: by then the postmaster has sent both signals. Held from the
+    // ReadyForQuery that ends the cancelled query (the next statement's header must
+    // not release it).
+    bool hold_client_input() override { return cancellers_ > 0 && idle_since_cancel_; }
 
     void on_wake() override
     {
@@ -410,6 +416,7 @@ private:
             _exit(0);
         }
         ++cancellers_;
+        idle_since_cancel_ = false;
         log_info("cancelling the upstream query after %s", why);
     }
 
@@ -436,6 +443,7 @@ private:
     int client_fd_;
     int upstream_fd_;
     int cancellers_ = 0;
+    bool idle_since_cancel_ = false;  // a ReadyForQuery came after the last cancel started
     std::uint32_t seen_seq_ = 0;
     bool active_ = false;
     bool timeout_fired_ = false;     // query_timeout cancelled the running query
