@@ -179,3 +179,27 @@ work_dir()
     fi
     echo "$dir"
 }
+
+# pgbench_tps LABEL CONNINFO ARGS...: runs `pgbench -n -S -T $secs ARGS CONNINFO` (the
+# caller sets $pgbench, $secs and $work) and prints its TPS, or "fail" with the
+# end of pgbench's output on stderr.
+pgbench_tps()
+{
+    local label=$1 conninfo=$2 out
+    shift 2
+    out=$work/pgbench-$RANDOM-$RANDOM.log
+    if "$pgbench" -n -S -T "$secs" "$@" "$conninfo" >"$out" 2>&1; then
+        sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | head -n 1 | awk '{ printf "%.0f\n", $1 }'
+    else
+        echo "$label: pgbench $* ($conninfo) failed:" >&2
+        tail -n 5 "$out" >&2
+        echo fail
+    fi
+}
+
+# ratio A B: A / B with two decimals, or "-" when either is not a number.
+ratio()
+{
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else printf "-" }'
+}

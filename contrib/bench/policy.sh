@@ -111,23 +111,11 @@ echo "policy bench: pgbench -i -s $scale"
 # tps PORT ARGS...: runs pgbench against PORT and prints its TPS, or "fail".
 tps()
 {
-    local port=$1 out
+    local port=$1
     shift
-    out=$work/pgbench-$port-$RANDOM.log
-    if "$pgbench" -n -S -T "$secs" "$@" -h 127.0.0.1 -p "$port" -U postgres postgres >"$out" 2>&1; then
-        sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | head -n 1 | awk '{ printf "%.0f\n", $1 }'
-    else
-        echo "policy bench: pgbench $* on port $port failed:" >&2
-        tail -n 5 "$out" >&2
-        echo fail
-    fi
+    pgbench_tps "policy bench" "host=127.0.0.1 port=$port user=postgres dbname=postgres" "$@"
 }
 
-ratio()
-{
-    awk -v a="$1" -v b="$2" 'BEGIN {
-        if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else printf "-" }'
-}
 
 # below A B: whether A/B is a number under 0.9 (the target for the policy cases).
 below()

@@ -96,23 +96,11 @@ echo "bench: pgbench -i -s $scale"
 # tps PORT ARGS...: runs pgbench against PORT and prints its TPS, or "fail".
 tps()
 {
-    local port=$1 out
+    local port=$1
     shift
-    out=$work/pgbench-$port-$RANDOM.log
-    if "$pgbench" -n -S -T "$secs" "$@" -h 127.0.0.1 -p "$port" -U postgres postgres >"$out" 2>&1; then
-        sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | head -n 1 | awk '{ printf "%.0f\n", $1 }'
-    else
-        echo "bench: pgbench $* on port $port failed:" >&2
-        tail -n 5 "$out" >&2
-        echo fail
-    fi
+    pgbench_tps bench "host=127.0.0.1 port=$port user=postgres dbname=postgres" "$@"
 }
 
-ratio()
-{
-    awk -v a="$1" -v b="$2" 'BEGIN {
-        if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else printf "-" }'
-}
 
 echo "bench: warm-up (not counted)"
 secs=2 tps "$pgport" -c 2 -j 2 >/dev/null

@@ -151,24 +151,11 @@ echo "tls bench: pgbench -i -s $scale"
 # prints its TPS, or "fail".
 tps()
 {
-    local port=$1 sslmode=$2 out
+    local port=$1 sslmode=$2
     shift 2
-    out=$work/pgbench-$port-$sslmode-$RANDOM.log
-    if "$pgbench" -n -S -T "$secs" "$@" \
-        "host=127.0.0.1 port=$port user=postgres dbname=postgres sslmode=$sslmode" >"$out" 2>&1; then
-        sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | head -n 1 | awk '{ printf "%.0f\n", $1 }'
-    else
-        echo "tls bench: pgbench $* sslmode=$sslmode on port $port failed:" >&2
-        tail -n 5 "$out" >&2
-        echo fail
-    fi
+    pgbench_tps "tls bench" "host=127.0.0.1 port=$port user=postgres dbname=postgres sslmode=$sslmode" "$@"
 }
 
-ratio()
-{
-    awk -v a="$1" -v b="$2" 'BEGIN {
-        if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else printf "-" }'
-}
 
 echo "tls bench: warm-up (not counted)"
 for port in "$pgwport" ${pgbport:+"$pgbport"} "$pgport"; do

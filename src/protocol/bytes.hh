@@ -21,6 +21,18 @@ inline ByteSpan as_bytes(std::string_view s)
     return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
 }
 
+// The NUL-terminated string that starts at `at` in body, or nullopt when there is none.
+inline std::optional<std::string_view> cstring_at(ByteSpan body, size_t at)
+{
+    std::string_view all(reinterpret_cast<const char*>(body.data()), body.size());
+    if (at > all.size())
+        return std::nullopt;
+    size_t nul = all.find('\0', at);
+    if (nul == std::string_view::npos)
+        return std::nullopt;
+    return all.substr(at, nul - at);
+}
+
 inline std::uint32_t load_be32(const std::byte* p)
 {
     return (std::uint32_t(p[0]) << 24) | (std::uint32_t(p[1]) << 16) |

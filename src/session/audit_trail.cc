@@ -9,20 +9,10 @@
 #include <optional>
 
 namespace pgw::session {
+using protocol::cstring_at;
 namespace {
 
 constexpr size_t kMaxCachedTexts = 1024;
-
-std::optional<std::string_view> cstring_at(protocol::ByteSpan body, size_t at)
-{
-    std::string_view all(reinterpret_cast<const char*>(body.data()), body.size());
-    if (at > all.size())
-        return std::nullopt;
-    size_t nul = all.find('\0', at);
-    if (nul == std::string_view::npos)
-        return std::nullopt;
-    return all.substr(at, nul - at);
-}
 
 std::string trim(std::string_view s)
 {

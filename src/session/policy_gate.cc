@@ -19,6 +19,7 @@
 #include <vector>
 
 namespace pgw::session {
+using protocol::cstring_at;
 namespace {
 
 // The text sent in place of a denied statement: an identifier no client can guess, so
@@ -35,18 +36,6 @@ std::string denied_text()
         text.push_back(hex[b & 15]);
     }
     return text;
-}
-
-// A C string at `at` in body, or nullopt when it has no terminating NUL.
-std::optional<std::string_view> cstring_at(protocol::ByteSpan body, size_t at)
-{
-    std::string_view all(reinterpret_cast<const char*>(body.data()), body.size());
-    if (at > all.size())
-        return std::nullopt;
-    size_t nul = all.find('\0', at);
-    if (nul == std::string_view::npos)
-        return std::nullopt;
-    return all.substr(at, nul - at);
 }
 
 } // namespace

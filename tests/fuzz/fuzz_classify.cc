@@ -12,7 +12,14 @@ namespace pol = pgw::policy;
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size)
 {
     std::string_view sql(reinterpret_cast<const char*>(data), size);
+    // The other readings parse cleanly or fail cleanly, and leave the lexing setting
+    // as it was (the primary reading after them equals the one before).
+    auto readings = pol::classify_readings(sql);
+    for (const auto& other : readings.others)
+        FUZZ_CHECK(!other.how.empty() && (other.statements.ok() || !other.statements.error().empty()));
+    FUZZ_CHECK(readings.others.empty() || sql.find('\\') != std::string_view::npos);
     auto r = pol::classify(sql);
+    FUZZ_CHECK(r.ok() == readings.primary.ok());
     // Classifying twice gives the same answer (no state leaks between calls).
     auto again = pol::classify(sql);
     FUZZ_CHECK(r.ok() == again.ok());
