@@ -201,9 +201,9 @@ void AuditTrail::complete(const std::string& tag, const std::string& sqlstate)
         r.sqlstate = sqlstate;
         r.truncated = truncated_;
         if (log_statements_)
-            log_info("statement: %s%s%s, %llu rows, %llu bytes, %.3f ms", tag.empty() ? "" : tag.c_str(),
+            log_info("statement: %s%s%s, %llu rows, %llu bytes, %.3f ms%s", tag.empty() ? "" : tag.c_str(),
                      sqlstate.empty() ? "" : "error ", sqlstate.c_str(), (unsigned long long)r.rows,
-                     (unsigned long long)r.bytes, r.duration_ms);
+                     (unsigned long long)r.bytes, r.duration_ms, r.truncated ? ", truncated by a cap" : "");
         if (sink_.enabled()) {
             bool ok = sink_.write(info_, r);
             failed_ |= !ok;

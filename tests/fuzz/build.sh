@@ -25,7 +25,10 @@ sources_for() {
     startup) echo "$top/src/protocol/startup.cc" ;;
     framer) echo "" ;;
     error_fields) echo "$top/src/protocol/messages.cc" ;;
-    config) echo "$top/src/config/config.cc $top/src/config/options.cc" ;;
+    config) echo "$top/src/config/config.cc $top/src/config/options.cc $top/src/common/log.cc" \
+        "$top/src/auth/rules.cc $top/src/auth/userlist.cc $top/src/auth/scram.cc $top/src/auth/base64.cc" \
+        "$top/src/auth/ossl.cc $top/src/auth/jwt.cc $top/src/auth/json_util.cc" \
+        "$top/src/policy/policy.cc $top/src/policy/classify.cc $top/src/policy/deep_stack.cc" ;;
     jwt) echo "$top/src/auth/base64.cc $top/src/auth/json_util.cc $top/src/auth/jwt.cc $top/src/auth/ossl.cc $top/src/auth/oauthbearer.cc" ;;
     scram) echo "$top/src/auth/base64.cc $top/src/auth/ossl.cc $top/src/auth/scram.cc" ;;
     classify) echo "$top/src/policy/classify.cc $top/src/policy/deep_stack.cc" ;;
@@ -35,7 +38,7 @@ sources_for() {
 
 libs_for() {
     case $1 in
-    config) pkg-config --cflags --libs libpq inih ;;
+    config) echo "-lpg_query $(pkg-config --cflags --libs libpq inih openssl nlohmann_json libsystemd libprotobuf-c)" ;;
     jwt) pkg-config --cflags --libs openssl nlohmann_json ;;
     scram) pkg-config --cflags --libs openssl ;;
     classify) echo "-lpg_query $(pkg-config --cflags --libs libprotobuf-c)" ;;

@@ -290,7 +290,7 @@ BOOST_AUTO_TEST_CASE(max_bytes_cuts_wide_rows)
 BOOST_AUTO_TEST_CASE(set_overrides_the_cap_when_the_policy_allows_it_and_is_audited)
 {
     const std::string audit = fresh_audit_path("caps-override");
-    Proxy p("pgwicket-caps-override", capped("max_rows = 5\nallow_override = 1\n", "audit_file = " + audit + "\n"));
+    Proxy p("pgwicket-caps-override", capped("max_rows = 5\nallow_override = 1\n", "audit_file = " + audit + "\nlog_statements = 1\n"));
     std::vector<Notice> notices;
     Conn c = connect_noticed(p.conninfo("postgres", "postgres", "application_name=caps_override"), notices);
     const std::string thousand = "SELECT generate_series(1, 1000) AS caps_thousand";
@@ -374,6 +374,13 @@ BOOST_AUTO_TEST_CASE(set_overrides_the_cap_when_the_policy_allows_it_and_is_audi
     BOOST_TEST(truncated == 7);  // every capped query but the uncapped thousand
     BOOST_TEST(whole == 1);
     check_clean_stop(p);
+    // log_statements says so too, once per cut statement.
+    const std::string log = read_file(p.log_path());
+    size_t cut_lines = 0;
+    for (size_t at = log.find(", truncated by a cap"); at != std::string::npos;
+         at = log.find(", truncated by a cap", at + 1))
+        ++cut_lines;
+    BOOST_TEST(cut_lines == 7u, excerpt(log));
 }
 
 BOOST_AUTO_TEST_CASE(extended_protocol_is_capped_too)
