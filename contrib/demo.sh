@@ -72,9 +72,20 @@ listen_addr = 127.0.0.1
 listen_port = $port
 unix_socket_dir = $socket_dir
 log_level = info
+audit_file = $demo/audit.jsonl
 
 [databases]
+; readonly is the same database as postgres, behind a read-only policy with a row cap
+readonly = host=127.0.0.1 port=$pgport dbname=postgres
 * = host=127.0.0.1 port=$pgport
+
+[policy.readonly]
+read_only = 1
+max_rows = 1000
+allow_override = 1
+
+[database_policies]
+readonly = readonly
 EOF
 
 "$bin" --check-config -c "$demo/pgwicket.ini"
@@ -98,6 +109,13 @@ cat <<EOF
   or over the Unix socket:
 
     psql -h $socket_dir -p $port -U postgres postgres
+
+  The database "readonly" is postgres again, behind a read-only policy that
+  cuts results at 1000 rows (SET pgwicket.max_rows = N raises it):
+
+    psql "host=127.0.0.1 port=$port dbname=readonly user=postgres"
+
+  Every session and statement is recorded in $demo/audit.jsonl.
 
   Press Ctrl-C to stop pgwicket and PostgreSQL.
 
