@@ -129,25 +129,68 @@ for port in "$pgport" "${case_port[@]}"; do
     secs=2 tps "$port" -c 2 -j 2 >/dev/null
 done
 
+# worker_cpu_ticks NAME: CPU time (user + system, clock ticks) of the finished, reaped
+# session workers of case NAME, as its supervisor's cutime + cstime.
+worker_cpu_ticks()
+{
+    awk '{ print $16 + $17 }' "/proc/${case_pid[$1]}/stat"
+}
+
+median()
+{
+    printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -n | awk '{ v[NR] = $1 } END {
+        if (NR == 0) print "fail"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# Each round runs every target once, starting at a different one, so a slow stretch of
+# the machine does not always fall on the same case; the table shows the median round.
+# Beside TPS, the CPU the pgwicket workers spent per transaction (from the supervisor's
+# cutime/cstime; pgbench's sessions end, and are reaped, with each run): what a policy
+# costs, whatever else the machine is doing.
+rounds=${BENCH_ROUNDS:-3}
+hz=$(getconf CLK_TCK)
 rows=()
 run_mode()
 {
-    local mode=$1 direct base t name mark
+    local mode=$1 targets=(direct "${cases[@]}") round i n name t before after
     shift
-    echo "policy bench: -M $mode, 5 targets ($secs s each)"
-    direct=$(tps "$pgport" -M "$mode" "$@")
-    base=$(tps "${case_port[nopolicy]}" -M "$mode" "$@")
-    rows+=("$(printf '%-42s %10s %12s %12s' "-M $mode: direct" "$direct" "-" "1.00")")
-    rows+=("$(printf '%-42s %10s %12s %12s' "-M $mode: ${case_label[nopolicy]}" "$base" "1.00" \
-        "$(ratio "$base" "$direct")")")
-    for name in "${cases[@]:1}"; do
-        t=$(tps "${case_port[$name]}" -M "$mode" "$@")
-        mark=
-        if below "$t" "$base"; then
+    declare -A runs=() cpu=()
+    echo "policy bench: -M $mode, ${#targets[@]} targets x $rounds rounds ($secs s each)"
+    for ((round = 0; round < rounds; round++)); do
+        n=${#targets[@]}
+        for ((i = 0; i < n; i++)); do
+            name=${targets[$(((i + round) % n))]}
+            if [ "$name" = direct ]; then
+                t=$(tps "$pgport" -M "$mode" "$@")
+            else
+                before=$(worker_cpu_ticks "$name")
+                t=$(tps "${case_port[$name]}" -M "$mode" "$@")
+                sleep 0.5  # the workers exit and are reaped after pgbench disconnects
+                after=$(worker_cpu_ticks "$name")
+                if [[ $t =~ ^[0-9]+$ ]] && [ "$t" -gt 0 ]; then
+                    cpu[$name]+="$(awk -v d=$((after - before)) -v hz="$hz" -v x=$((t * secs)) \
+                        'BEGIN { printf "%.1f", d / hz * 1e6 / x }') "
+                fi
+            fi
+            runs[$name]+="$t "
+        done
+    done
+    local direct base
+    # shellcheck disable=SC2086 # the lists are words
+    direct=$(median ${runs[direct]})
+    # shellcheck disable=SC2086
+    base=$(median ${runs[nopolicy]})
+    rows+=("$(printf '%-40s %8s %11s %9s %12s   %s' "-M $mode: direct" "$direct" "-" "1.00" "-" "${runs[direct]}")")
+    for name in "${cases[@]}"; do
+        # shellcheck disable=SC2086
+        t=$(median ${runs[$name]})
+        local mark=
+        if [ "$name" != nopolicy ] && below "$t" "$base"; then
             mark="  < 0.9"
         fi
-        rows+=("$(printf '%-42s %10s %12s %12s%s' "-M $mode: ${case_label[$name]}" "$t" \
-            "$(ratio "$t" "$base")" "$(ratio "$t" "$direct")" "$mark")")
+        # shellcheck disable=SC2086
+        rows+=("$(printf '%-40s %8s %11s %9s %12s   %s%s' "-M $mode: ${case_label[$name]}" "$t" \
+            "$(ratio "$t" "$base")" "$(ratio "$t" "$direct")" "$(median ${cpu[$name]:-})" "${runs[$name]}" "$mark")")
     done
 }
 
@@ -157,8 +200,9 @@ done
 
 echo
 echo "pgbench -n -S -c 8 -j 2 (select only), scale $scale, $secs s per run, $(nproc) CPUs, all on one host;"
-echo "target: every policy case >= 0.9 of pgwicket with no policy; TPS:"
-printf '%-42s %10s %12s %12s\n' "case" "TPS" "/no policy" "/direct"
+echo "median of $rounds rounds; target: every policy case >= 0.9 of pgwicket with no policy."
+echo "worker us/xact: CPU time of pgwicket's session workers per transaction (median round)"
+printf '%-40s %8s %11s %9s %12s   %s\n' "case" "TPS" "/no policy" "/direct" "worker us/xact" "TPS of each round"
 for row in "${rows[@]}"; do
     echo "$row"
 done

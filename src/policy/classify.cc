@@ -1276,6 +1276,101 @@ std::size_t cost_of(std::string_view text, const Classified& c)
 
 } // namespace
 
+std::optional<std::string> literal_key(std::string_view sql)
+{
+    auto ident = [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '$';
+    };
+    auto digit = [](char c) { return c >= '0' && c <= '9'; };
+    std::string out(sql);
+    const std::size_t n = out.size();
+    // Skips a quoted run from i (at its opening quote q) to just past its closing quote,
+    // a doubled quote standing for one; false when it does not end.
+    auto skip_quoted = [&](std::size_t& i, char q) {
+        for (++i; i < n; ++i)
+            if (out[i] == q) {
+                if (i + 1 < n && out[i + 1] == q) {
+                    ++i;
+                    continue;
+                }
+                ++i;
+                return true;
+            }
+        return false;
+    };
+    for (char c : out)
+        if (c == '\\' || c == '\0' || static_cast<unsigned char>(c) >= 0x80)
+            return std::nullopt;
+    std::size_t i = 0;
+    while (i < n) {
+        const char c = out[i];
+        const char prev = i > 0 ? out[i - 1] : ' ';
+        if (c == '-' && i + 1 < n && out[i + 1] == '-') {
+            while (i < n && out[i] != '\n')
+                ++i;
+        } else if (c == '/' && i + 1 < n && out[i + 1] == '*') {
+            int depth = 0;  // comments nest
+            do {
+                if (i + 1 < n && out[i] == '/' && out[i + 1] == '*') {
+                    ++depth;
+                    i += 2;
+                } else if (i + 1 < n && out[i] == '*' && out[i + 1] == '/') {
+                    --depth;
+                    i += 2;
+                } else {
+                    ++i;
+                }
+            } while (depth > 0 && i < n);
+            if (depth > 0)
+                return std::nullopt;
+        } else if (c == '\'' || c == '"') {
+            if (!skip_quoted(i, c))
+                return std::nullopt;
+        } else if (c == '$' && !ident(prev)) {
+            if (i + 1 < n && digit(out[i + 1])) {  // a parameter, $1
+                for (++i; i < n && digit(out[i]); ++i) {
+                }
+                continue;
+            }
+            // A dollar quote: $tag$ ... $tag$ (the tag does not start with a digit).
+            std::size_t end = i + 1;
+            while (end < n && ident(out[end]) && out[end] != '$')
+                ++end;
+            if (end < n && out[end] == '$') {
+                const std::string delim = out.substr(i, end - i + 1);
+                std::size_t close = out.find(delim, end + 1);
+                if (close == std::string::npos)
+                    return std::nullopt;
+                i = close + delim.size();
+            } else {
+                ++i;
+            }
+        } else if (ident(c)) {
+            // An identifier or keyword (digits in it stay), or a number (they go).
+            const bool number = digit(c) && !ident(prev);
+            for (; i < n && ident(out[i]); ++i)
+                if (number && digit(out[i]))
+                    out[i] = '0';
+                else if (number)
+                    break;  // 12abc: PostgreSQL 15 reads 12, then the identifier abc
+        } else {
+            ++i;
+        }
+    }
+    return out;
+}
+
+bool shareable_by_literal_key(const std::vector<Statement>& statements)
+{
+    const std::uint64_t kShareable = bit(Kind::Select) | bit(Kind::SelectForUpdate) |
+                                         bit(Kind::SelectForShare) | bit(Kind::Insert) | bit(Kind::Update) |
+                                         bit(Kind::Delete);
+    for (const Statement& s : statements)
+        if ((s.kinds & ~kShareable) != 0 || !s.setting.empty())
+            return false;
+    return true;
+}
+
 void ClassifyCache::evict_until(std::size_t entries, std::size_t bytes)
 {
     while (!lru_.empty() && (map_.size() > entries || bytes_ > bytes)) {
@@ -1288,19 +1383,34 @@ void ClassifyCache::evict_until(std::size_t entries, std::size_t bytes)
 
 ClassifyCache::Value ClassifyCache::get(std::string_view sql)
 {
+    // The exact text first (an entry stored by key whose key is this very text is a
+    // classification of a text that differs from it only in numbers: equally valid).
     if (auto it = map_.find(sql); it != map_.end()) {
         ++hits_;
         lru_.splice(lru_.begin(), lru_, it->second);
         return it->second->value;
     }
+    std::optional<std::string> key = literal_key(sql);
+    if (key && *key != sql)
+        if (auto it = map_.find(*key); it != map_.end() && it->second->by_key) {
+            ++hits_;
+            ++key_hits_;
+            lru_.splice(lru_.begin(), lru_, it->second);
+            return it->second->value;
+        }
     ++misses_;
     auto value = std::make_shared<const Classified>(classify_readings(sql));
     std::size_t cost = cost_of(sql, *value);
     // One huge statement must not push out hundreds of small ones.
     if (max_entries_ == 0 || cost > max_bytes_ / 8)
         return value;
+    const bool by_key = key && value->primary.ok() && value->others.empty() &&
+                        shareable_by_literal_key(value->primary.value());
+    const std::string& stored = by_key ? *key : std::string(sql);
+    if (map_.count(stored))
+        return value;  // an exact entry with the key's text: keep it
     evict_until(max_entries_ - 1, max_bytes_ - cost);
-    lru_.push_front(Entry{std::string(sql), value, cost});
+    lru_.push_front(Entry{stored, value, cost, by_key});
     map_.emplace(std::string_view(lru_.front().text), lru_.begin());
     bytes_ += cost;
     return value;

@@ -135,6 +135,19 @@ struct Classified {
 };
 Classified classify_readings(std::string_view sql);
 
+// The text with every digit of its numeric constants turned into '0' (same length, so
+// statement offsets stay valid), for caching by shape: texts that differ only in their
+// numbers share it. nullopt when the text is not plain enough to be sure where its
+// numbers are: a backslash, a byte above 127 or a NUL (other readings, see above), or an
+// unterminated string, quoted identifier, dollar quote or comment. Digits inside those,
+// inside identifiers (t1, "a 1") and in parameters ($1) are kept.
+std::optional<std::string> literal_key(std::string_view sql);
+
+// Whether a classification holds for every text with the same literal_key: only
+// plain queries and DML, whose kind, functions and row locks no number can change
+// (a SET's, EXPLAIN's or VACUUM's options can be numbers: never shared).
+bool shareable_by_literal_key(const std::vector<Statement>& statements);
+
 // Functions known to neither write nor reach outside the statement (no sequences,
 // advisory locks, large objects, signals, files, settings, sleeps, other databases).
 class FunctionAllowlist {
@@ -226,12 +239,14 @@ public:
     std::size_t bytes() const { return bytes_; }
     std::uint64_t hits() const { return hits_; }
     std::uint64_t misses() const { return misses_; }
+    std::uint64_t key_hits() const { return key_hits_; }  // of hits(): by literal_key
 
 private:
     struct Entry {
-        std::string text;
+        std::string text;  // the exact text, or its literal_key when by_key
         Value value;
         std::size_t cost;
+        bool by_key = false;  // stands for every text with this literal_key
     };
     void evict_until(std::size_t entries, std::size_t bytes);
 
@@ -242,6 +257,7 @@ private:
     std::size_t bytes_ = 0;
     std::uint64_t hits_ = 0;
     std::uint64_t misses_ = 0;
+    std::uint64_t key_hits_ = 0;
 };
 
 } // namespace pgw::policy

@@ -43,6 +43,16 @@ const std::vector<AuditTrail::Text>& AuditTrail::texts(std::string_view sql)
     auto it = cache_.find(std::string(sql));
     if (it != cache_.end())
         return it->second;
+    // Texts that differ only in numbers normalize alike, when every number became a
+    // placeholder: such results are kept under the literal_key (marked by a leading NUL,
+    // which no text from the client has), so that pgbench-like traffic, a new constant
+    // every time, is normalized once per shape.
+    std::optional<std::string> key = policy::literal_key(sql);
+    if (key) {
+        key->insert(key->begin(), '\0');
+        if (auto k = cache_.find(*key); k != cache_.end())
+            return k->second;
+    }
     if (cache_.size() >= kMaxCachedTexts)
         cache_.clear();
     std::vector<Text> out;
@@ -67,7 +77,12 @@ const std::vector<AuditTrail::Text>& AuditTrail::texts(std::string_view sql)
         if (out.empty())
             out.push_back({"", ""});  // an empty query string still gets EmptyQueryResponse
     }
-    return cache_.emplace(std::string(sql), std::move(out)).first->second;
+    // Shared by shape only when no number is left in what is recorded (normalize
+    // replaced them all) and the statements are the same for every number.
+    bool shareable = key && statements && policy::shareable_by_literal_key(*statements);
+    for (const Text& t : out)
+        shareable = shareable && policy::literal_key(t.statement) == t.statement;
+    return cache_.emplace(shareable ? *key : std::string(sql), std::move(out)).first->second;
 }
 
 void AuditTrail::on_client_message(char type)

@@ -50,6 +50,19 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             FUZZ_CHECK(!canon.ok() || canon.value() == fn);
         }
     }
+    // A text and its literal_key classify alike when the cache would share them: the
+    // same statements, kinds, functions and places.
+    if (auto key = pol::literal_key(sql); key && pol::shareable_by_literal_key(r.value())) {
+        FUZZ_CHECK(key->size() == size);
+        auto k = pol::classify(*key);
+        FUZZ_CHECK(k.ok() && k.value().size() == r.value().size());
+        for (std::size_t i = 0; i < r.value().size(); ++i) {
+            const pol::Statement& a = r.value()[i];
+            const pol::Statement& b = k.value()[i];
+            FUZZ_CHECK(a.kind == b.kind && a.kinds == b.kinds && a.functions == b.functions);
+            FUZZ_CHECK(a.offset == b.offset && a.length == b.length && a.writes == b.writes);
+        }
+    }
     // Parseable text normalizes and fingerprints too.
     FUZZ_CHECK(pol::fingerprint(sql).ok());
     (void)pol::normalize(sql);

@@ -749,15 +749,16 @@ BOOST_AUTO_TEST_CASE(cache_hits_and_misses)
 BOOST_AUTO_TEST_CASE(cache_evicts_least_recently_used)
 {
     pol::ClassifyCache cache(2, 1u << 20);
-    cache.get("SELECT 1");
-    cache.get("SELECT 2");
-    cache.get("SELECT 1");  // now SELECT 2 is the least recently used
-    cache.get("SELECT 3");
+    // (Texts that differ in more than numbers: those that differ only in numbers share.)
+    cache.get("SELECT a");
+    cache.get("SELECT b");
+    cache.get("SELECT a");  // now SELECT b is the least recently used
+    cache.get("SELECT c");
     BOOST_TEST(cache.size() == 2u);
     auto misses = cache.misses();
-    cache.get("SELECT 1");
+    cache.get("SELECT a");
     BOOST_TEST(cache.misses() == misses);  // still there
-    cache.get("SELECT 2");
+    cache.get("SELECT b");
     BOOST_TEST(cache.misses() == misses + 1);  // was evicted
 
     // The byte budget: a statement bigger than an eighth of it is classified, not kept.
@@ -767,7 +768,7 @@ BOOST_AUTO_TEST_CASE(cache_evicts_least_recently_used)
     BOOST_TEST(v->primary.ok());
     BOOST_TEST(small.size() == 0u);
     for (int i = 0; i < 100; ++i)
-        small.get("SELECT " + std::to_string(i) + ", '" + std::string(200, 'y') + "'");
+        small.get("SELECT c" + std::to_string(i) + ", '" + std::string(200, 'y') + "'");
     BOOST_TEST(small.bytes() <= 8192u);
     BOOST_TEST(small.size() < 100u);
     BOOST_TEST(small.size() > 0u);
@@ -775,6 +776,57 @@ BOOST_AUTO_TEST_CASE(cache_evicts_least_recently_used)
     pol::ClassifyCache none(0, 8192);
     none.get("SELECT 1");
     BOOST_TEST(none.size() == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(literal_key_zeroes_numbers_only)
+{
+    auto key = [](const std::string& sql) { return pol::literal_key(sql).value_or("<none>"); };
+    BOOST_TEST(key("SELECT abalance FROM pgbench_accounts WHERE aid = 834212;") ==
+               "SELECT abalance FROM pgbench_accounts WHERE aid = 000000;");
+    BOOST_TEST(key("SELECT 1.5, -7, 1e5, 12abc") == "SELECT 0.0, -0, 0e5, 00abc");
+    // Identifiers, quoted identifiers, strings, comments, parameters, dollar quotes keep theirs.
+    BOOST_TEST(key("SELECT t1.c2, \"f 1\"(3) FROM t1") == "SELECT t1.c2, \"f 1\"(0) FROM t1");
+    BOOST_TEST(key("SELECT '12', 'it''s 3', $1, 4 -- 5\n/* 6 /* 7 */ 8 */ 9") ==
+               "SELECT '12', 'it''s 3', $1, 0 -- 5\n/* 6 /* 7 */ 8 */ 0");
+    BOOST_TEST(key("SELECT $q$ 1 $q$, $$2$$, a$3, 4") == "SELECT $q$ 1 $q$, $$2$$, a$3, 0");
+    // Length is kept, so statement offsets fit every text of the key.
+    BOOST_TEST(key("SELECT 123; SELECT 4").size() == std::string("SELECT 123; SELECT 4").size());
+    // Not plain enough: no key.
+    for (const char* sql : {"SELECT E'\\n', 1", "SELECT 'é', 1", "SELECT 'open", "SELECT \"open", "SELECT $a$ open",
+                            "SELECT /* open", "SELECT 1 /* /* */"})
+        BOOST_TEST(!pol::literal_key(sql).has_value(), sql);
+}
+
+// Texts that differ only in numbers share a cache entry when nothing a number could
+// change is in them; SET and EXPLAIN options never do.
+BOOST_AUTO_TEST_CASE(cache_shares_classifications_by_literal_key)
+{
+    pol::ClassifyCache cache;
+    auto a = cache.get("SELECT abalance FROM pgbench_accounts WHERE aid = 17");
+    auto b = cache.get("SELECT abalance FROM pgbench_accounts WHERE aid = 42");
+    BOOST_TEST(a.get() == b.get());
+    BOOST_TEST(cache.key_hits() == 1u);
+    BOOST_TEST(cache.misses() == 1u);
+    cache.get("SELECT abalance FROM pgbench_accounts WHERE aid = 4242");  // another length
+    BOOST_TEST(cache.misses() == 2u);
+
+    auto on = cache.get("SET transaction_read_only = 1");
+    auto off = cache.get("SET transaction_read_only = 0");
+    BOOST_TEST(on.get() != off.get());
+    auto plain = cache.get("EXPLAIN (ANALYZE 0) DELETE FROM t");
+    auto analyze = cache.get("EXPLAIN (ANALYZE 1) DELETE FROM t");
+    BOOST_TEST(plain.get() != analyze.get());
+    BOOST_TEST(pol::kind_name(analyze->primary.value().at(0).kind) == "explain_analyze");
+    BOOST_TEST(pol::kind_name(plain->primary.value().at(0).kind) == "explain");
+    // An exact entry stored under a text that is also a key is not taken for the key's.
+    cache.get("SET work_mem = 0");
+    auto four = cache.get("SET work_mem = 4");
+    BOOST_TEST(four->primary.value().at(0).setting == "work_mem");
+    BOOST_TEST(cache.key_hits() == 1u);
+    // Function names with digits are not numbers.
+    auto f1 = cache.get("SELECT sha1(x) FROM t");
+    auto f2 = cache.get("SELECT sha2(x) FROM t");
+    BOOST_TEST(f1.get() != f2.get());
 }
 
 // Texts the server may lex differently from the primary reading are read every way.
