@@ -1,5 +1,6 @@
 // The audit trail on real sessions: completeness under 20 concurrent clients, what the
 // records hold, sink failure (full disk, read-only file) as audit_failure says, logrotate.
+#include "audit_file.hh"
 #include "harness.hh"
 
 #include <boost/test/unit_test.hpp>
@@ -69,45 +70,6 @@ std::string with_app(const Proxy& p, const std::string& app)
 }
 
 // ---- reading the audit file ------------------------------------------------------------------
-
-struct AuditLines {
-    std::vector<json> records;     // lines that are one JSON object each, in file order
-    std::vector<std::string> bad;  // the others: torn, interleaved or not JSON
-    bool ends_with_newline = true;
-};
-
-AuditLines read_audit(const std::string& path)
-{
-    AuditLines out;
-    const std::string all = read_file(path);
-    out.ends_with_newline = all.empty() || all.back() == '\n';
-    size_t at = 0;
-    while (at < all.size()) {
-        size_t nl = all.find('\n', at);
-        std::string line = all.substr(at, nl == std::string::npos ? std::string::npos : nl - at);
-        at = nl == std::string::npos ? all.size() : nl + 1;
-        json j = json::parse(line, nullptr, false);
-        if (j.is_discarded() || !j.is_object())
-            out.bad.push_back(line);
-        else
-            out.records.push_back(std::move(j));
-    }
-    return out;
-}
-
-// A field as text for comparisons and messages: "<missing>", "<null>", a string's value, or
-// the JSON of anything else (numbers, booleans).
-std::string text(const json& r, const char* key)
-{
-    auto it = r.find(key);
-    if (it == r.end())
-        return "<missing>";
-    if (it->is_null())
-        return "<null>";
-    if (it->is_string())
-        return it->get<std::string>();
-    return it->dump();
-}
 
 // Records of one application_name (optionally of one event kind), in file order.
 std::vector<json> of_app(const AuditLines& a, const std::string& app, const std::string& event = "")

@@ -1,6 +1,7 @@
 // Result caps end to end: max_rows and max_bytes cut a result, cancel the upstream query and
 // end it with a WARNING (an ERROR inside a transaction), through psql and libpq (simple and
 // extended); SET pgwicket.max_rows overrides and their audit records; the late cancel.
+#include "audit_file.hh"
 #include "harness.hh"
 
 #include <boost/test/unit_test.hpp>
@@ -123,29 +124,12 @@ std::string fresh_audit_path(const std::string& name)
     return path;
 }
 
-std::vector<json> read_audit(const std::string& path)
+// Every line of the audit file, which must all be JSON objects.
+std::vector<json> audit_records(const std::string& path)
 {
-    std::vector<json> out;
-    const std::string all = read_file(path);
-    size_t at = 0;
-    while (at < all.size()) {
-        size_t nl = all.find('\n', at);
-        std::string line = all.substr(at, nl == std::string::npos ? std::string::npos : nl - at);
-        at = nl == std::string::npos ? all.size() : nl + 1;
-        json j = json::parse(line, nullptr, false);
-        BOOST_TEST((!j.is_discarded() && j.is_object()), "not a JSON object: " << line);
-        if (!j.is_discarded() && j.is_object())
-            out.push_back(std::move(j));
-    }
-    return out;
-}
-
-std::string text(const json& r, const char* key)
-{
-    auto it = r.find(key);
-    if (it == r.end())
-        return "<missing>";
-    return it->is_string() ? it->get<std::string>() : it->dump();
+    AuditLines a = read_audit(path);
+    BOOST_TEST(a.bad.empty(), "not JSON objects: " << (a.bad.empty() ? "" : a.bad.front()));
+    return a.records;
 }
 
 } // namespace
@@ -354,7 +338,7 @@ BOOST_AUTO_TEST_CASE(set_overrides_the_cap_when_the_policy_allows_it_and_is_audi
     // Every override has its record; the cut statements are marked truncated.
     std::vector<std::string> overrides;
     int truncated = 0, whole = 0;
-    for (const json& r : read_audit(audit)) {
+    for (const json& r : audit_records(audit)) {
         if (text(r, "application_name") != "caps_override")
             continue;
         if (text(r, "event") == "override")
