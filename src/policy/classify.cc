@@ -1072,16 +1072,20 @@ Result<std::vector<Statement>> classify_with(std::string_view sql, bool scs)
 Classified classify_readings(std::string_view sql)
 {
     Classified c{classify(sql), {}};
-    // Without a backslash neither setting changes how the text lexes: a string ends at
-    // its quote in every reading, and no multibyte character can swallow a quote (no
-    // client-only encoding has 0x27 as a second byte).
-    if (sql.find('\\') == std::string_view::npos)
-        return c;
-    c.others.push_back({"standard_conforming_strings = off", classify_with(sql, false)});
-    bool high = false;
-    for (char ch : sql)
-        high |= static_cast<unsigned char>(ch) >= 0x80;
-    if (!high)
+    // Only a backslash makes standard_conforming_strings matter. A client-only encoding
+    // matters only where a byte above 127 is followed by an ASCII byte that its
+    // multibyte characters can hold and that is not an identifier character here: no
+    // quote, dollar, dash, slash or star is ever a second byte, so strings, comments
+    // and dollar quotes end where this parser sees them end, but a backslash or a
+    // semicolon (JOHAB) can vanish into a character.
+    const bool backslash = sql.find('\\') != std::string_view::npos;
+    bool swallowable = false;
+    for (std::size_t i = 0; i + 1 < sql.size() && !swallowable; ++i)
+        swallowable = static_cast<unsigned char>(sql[i]) >= 0x80 &&
+                      std::string_view(":;<=>?@[\\]^`{|}~").find(sql[i + 1]) != std::string_view::npos;
+    if (backslash)
+        c.others.push_back({"standard_conforming_strings = off", classify_with(sql, false)});
+    if (!swallowable)
         return c;
     static constexpr std::pair<char, std::string_view> kEncodings[] = {
         {'S', "client_encoding = SJIS"}, {'B', "client_encoding = BIG5, GBK or UHC"},
@@ -1093,7 +1097,8 @@ Classified classify_readings(std::string_view sql)
             continue;
         seen.push_back(text);
         c.others.push_back({how, classify_with(text, true)});
-        c.others.push_back({how, classify_with(text, false)});
+        if (backslash)
+            c.others.push_back({how, classify_with(text, false)});
     }
     return c;
 }

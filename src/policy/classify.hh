@@ -128,9 +128,10 @@ struct Reading {
 struct Classified {
     // As UTF-8 (or any ASCII-safe encoding) with standard_conforming_strings on.
     Result<std::vector<Statement>> primary;
-    // Only for texts with a backslash: standard_conforming_strings off, and the
-    // client-only encodings (SJIS, BIG5, GBK, UHC, GB18030, JOHAB) whose multibyte
-    // characters may hide an ASCII byte (a backslash, a semicolon) from the server.
+    // standard_conforming_strings off, for texts with a backslash; and the client-only
+    // encodings (SJIS, BIG5, GBK, UHC, GB18030, JOHAB) whose multibyte characters may
+    // hide an ASCII byte (a backslash, a semicolon) from the server, for texts where a
+    // byte above 127 is followed by such a byte.
     std::vector<Reading> others;
 };
 Classified classify_readings(std::string_view sql);

@@ -855,6 +855,22 @@ BOOST_AUTO_TEST_CASE(readings_cover_lexing_settings_and_client_only_encodings)
     BOOST_TEST_REQUIRE(off.others.size() == 1u);
     BOOST_TEST(off.others[0].statements.ok());
 
+    // In JOHAB, 0x84 0x3B is one character: where this parser sees two statements, the
+    // server sees "SELECT 1 AS a?SELECT 2", one that does not parse; the reading says so.
+    pol::Classified j = pol::classify_readings("SELECT 1 AS a\x84;SELECT 2");
+    BOOST_TEST_REQUIRE(j.primary.ok());
+    BOOST_TEST(j.primary.value().size() == 2u);
+    // (Encodings that leave the text alike share one reading: here BIG5's rule is JOHAB's.)
+    bool encoding_seen = false;
+    for (const auto& r : j.others)
+        if (r.how.rfind("client_encoding", 0) == 0) {
+            encoding_seen = true;
+            BOOST_TEST(!r.statements.ok(), r.how);
+        }
+    BOOST_TEST(encoding_seen);
+    // A multibyte character followed by a letter, a blank or a quote reads the same.
+    BOOST_TEST(pol::classify_readings("SELECT 'caf\xc3\xa9', 'x\xc3\xa9s' AS \"\xc3\xa9\"").others.empty());
+
     // In SJIS, 0x95 0x5C is one character: E'\x95\' is not closed at its second quote
     // for the server, so the DELETE that the primary reading sees inside the string runs.
     const std::string sjis = "SELECT E'\x95\\'; DELETE FROM t; --'";
