@@ -203,3 +203,19 @@ ratio()
     awk -v a="$1" -v b="$2" 'BEGIN {
         if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else printf "-" }'
 }
+
+# bench_setup ROOT LABEL: what every bench script starts with: sets $secs (BENCH_SECONDS,
+# 10), $pgbench and $bin (pgw_binary), and checks PostgreSQL's tools are there.
+bench_setup()
+{
+    local root=$1 label=$2 tool
+    secs=${BENCH_SECONDS:-10}
+    pgbench=$PG_BINDIR/pgbench
+    bin=$(pgw_binary "$root" "$label") || return 1
+    for tool in "$PG_BINDIR/initdb" "$PG_BINDIR/pg_ctl" "$pgbench"; do
+        if [ ! -x "$tool" ]; then
+            echo "$label: $tool not found; run contrib/install-deps.sh" >&2
+            return 1
+        fi
+    done
+}

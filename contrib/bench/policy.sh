@@ -10,17 +10,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=contrib/lib.sh
 source "$root/contrib/lib.sh"
 
-secs=${BENCH_SECONDS:-10}
+bench_setup "$root" "policy bench" || exit 1
 scale=${BENCH_SCALE:-10}
-pgbench=$PG_BINDIR/pgbench
-
-bin=$(pgw_binary "$root" "policy bench") || exit 1
-for tool in "$PG_BINDIR/initdb" "$PG_BINDIR/pg_ctl" "$pgbench"; do
-    if [ ! -x "$tool" ]; then
-        echo "policy bench: $tool not found; run contrib/install-deps.sh" >&2
-        exit 1
-    fi
-done
 
 work=$(work_dir pgwicket-policy-bench)
 pgdata=$work/pg

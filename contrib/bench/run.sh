@@ -7,17 +7,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=contrib/lib.sh
 source "$root/contrib/lib.sh"
 
-secs=${BENCH_SECONDS:-10}
+bench_setup "$root" "bench" || exit 1
 scale=${BENCH_SCALE:-10}
-pgbench=$PG_BINDIR/pgbench
-
-bin=$(pgw_binary "$root" "bench") || exit 1
-for tool in "$PG_BINDIR/initdb" "$PG_BINDIR/pg_ctl" "$pgbench"; do
-    if [ ! -x "$tool" ]; then
-        echo "bench: $tool not found; run contrib/install-deps.sh" >&2
-        exit 1
-    fi
-done
 have_pgbouncer=0
 if command -v pgbouncer >/dev/null 2>&1; then
     have_pgbouncer=1
