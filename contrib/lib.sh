@@ -219,3 +219,15 @@ bench_setup()
         fi
     done
 }
+
+# pgbench_init LABEL PORT: `pgbench -i -s $scale` on the cluster at PORT (the caller sets
+# $pgbench, $scale and $work); prints pgbench's output and fails when it fails.
+pgbench_init()
+{
+    local label=$1 port=$2
+    echo "$label: pgbench -i -s $scale"
+    if ! "$pgbench" -i -q -s "$scale" -h 127.0.0.1 -p "$port" -U postgres postgres >"$work/init.log" 2>&1; then
+        cat "$work/init.log" >&2
+        return 1
+    fi
+}

@@ -78,11 +78,7 @@ EOF
     fi
 fi
 
-echo "bench: pgbench -i -s $scale"
-"$pgbench" -i -q -s "$scale" -h 127.0.0.1 -p "$pgport" -U postgres postgres >"$work/init.log" 2>&1 || {
-    cat "$work/init.log" >&2
-    exit 1
-}
+pgbench_init "bench" "$pgport" || exit 1
 
 # tps PORT ARGS...: runs pgbench against PORT and prints its TPS, or "fail".
 tps()

@@ -132,11 +132,7 @@ EOF
     fi
 fi
 
-echo "tls bench: pgbench -i -s $scale"
-"$pgbench" -i -q -s "$scale" -h 127.0.0.1 -p "$pgport" -U postgres postgres >"$work/init.log" 2>&1 || {
-    cat "$work/init.log" >&2
-    exit 1
-}
+pgbench_init "tls bench" "$pgport" || exit 1
 
 # tps PORT SSLMODE ARGS...: runs pgbench against PORT with a conninfo carrying SSLMODE and
 # prints its TPS, or "fail".

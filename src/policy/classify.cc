@@ -1388,20 +1388,20 @@ void ClassifyCache::evict_until(std::size_t entries, std::size_t bytes)
 
 ClassifyCache::Value ClassifyCache::get(std::string_view sql)
 {
-    // The exact text first (an entry stored by key whose key is this very text is a
-    // classification of a text that differs from it only in numbers: equally valid).
-    if (auto it = map_.find(sql); it != map_.end()) {
+    auto hit = [this](auto it) {
         ++hits_;
         lru_.splice(lru_.begin(), lru_, it->second);
         return it->second->value;
-    }
+    };
+    // The exact text first (an entry stored by key whose key is this very text is a
+    // classification of a text that differs from it only in numbers: equally valid).
+    if (auto it = map_.find(sql); it != map_.end())
+        return hit(it);
     std::optional<std::string> key = literal_key(sql);
     if (key && *key != sql)
         if (auto it = map_.find(*key); it != map_.end() && it->second->by_key) {
-            ++hits_;
             ++key_hits_;
-            lru_.splice(lru_.begin(), lru_, it->second);
-            return it->second->value;
+            return hit(it);
         }
     ++misses_;
     auto value = std::make_shared<const Classified>(classify_readings(sql));

@@ -93,16 +93,18 @@ std::uint64_t mask_of(const std::vector<Kind>& list)
     return m;
 }
 
-// The first kind set in mask, in declaration order.
-Kind first_kind(std::uint64_t mask)
+// Why a list refuses s, whose kinds in `hit` are the offending ones: its own kind when
+// that is among them, else the first nested one (in declaration order). `list`: "on the
+// policy's deny list", "not on the policy's allow list".
+std::string list_reason(const Statement& s, std::uint64_t hit, std::string_view list)
 {
+    if ((hit >> unsigned(s.kind)) & 1u)
+        return "its kind is " + std::string(list);
     for (Kind k : all_kinds())
-        if ((mask >> unsigned(k)) & 1u)
-            return k;
-    return Kind::Other;
+        if ((hit >> unsigned(k)) & 1u)
+            return "it contains " + std::string(kind_name(k)) + ", which is " + std::string(list);
+    return "its kind is " + std::string(list);
 }
-
-
 
 } // namespace
 
@@ -179,15 +181,11 @@ Verdict check(const Policy& p, const std::vector<Statement>& statements)
         // Deny: any kind in it is enough. Allow: every kind in it must be listed, so a
         // list of kinds that do not write lets nothing nested that writes through.
         if (std::uint64_t denied = s.kinds & mask_of(p.deny)) {
-            Kind k = (denied >> unsigned(s.kind)) & 1u ? s.kind : first_kind(denied);
             v.allowed = false;
-            v.reason = k == s.kind ? "its kind is on the policy's deny list"
-                                   : "it contains " + std::string(kind_name(k)) + ", which is on the policy's deny list";
+            v.reason = list_reason(s, denied, "on the policy's deny list");
         } else if (std::uint64_t missing = p.allow.empty() ? 0 : s.kinds & ~mask_of(p.allow)) {
-            Kind k = (missing >> unsigned(s.kind)) & 1u ? s.kind : first_kind(missing);
             v.allowed = false;
-            v.reason = k == s.kind ? "its kind is not on the policy's allow list"
-                                   : "it contains " + std::string(kind_name(k)) + ", which is not on the policy's allow list";
+            v.reason = list_reason(s, missing, "not on the policy's allow list");
         } else if (!p.allow_copy && (s.involves(Kind::CopyTo) || s.involves(Kind::CopyFrom))) {
             v.allowed = false;
             v.reason = "the policy does not allow COPY";

@@ -828,8 +828,6 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
     return run_relay(*server, upstream_fd, status, pg_cancel ? std::function<Status()>(cancel) : nullptr);
 }
 
-// The established session, whichever way the upstream was reached: relay until the
-// end, then log it and name the exit.
 // The session_start record, written before the client's first ReadyForQuery: with
 // audit_failure = block, a session that cannot be recorded never looks established.
 std::optional<ExitCode> Session::audit_session_start()
@@ -843,6 +841,8 @@ std::optional<ExitCode> Session::audit_session_start()
                 "Tell the pgwicket operator (audit_file).");
 }
 
+// The established session, whichever way the upstream was reached: relay until the
+// end, then log it and name the exit.
 ExitCode Session::run_relay(upstream::Transport& server, int upstream_fd, char status, std::function<Status()> cancel)
 {
     std::unique_ptr<upstream::Transport> client;
