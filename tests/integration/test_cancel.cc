@@ -624,7 +624,20 @@ BOOST_AUTO_TEST_CASE(stale_key_after_slot_reuse)
     Proxy proxy("pgwicket-cancel-slot", opts);
     Monitor mon;
 
-    RawSession a = raw_login(proxy.port(), "pgw_it_slot_a");
+    // The only slot may still be held by the harness's readiness probe for a moment.
+    std::optional<RawSession> a_login;
+    wait_for(
+        [&] {
+            try {
+                a_login = raw_login(proxy.port(), "pgw_it_slot_a");
+                return true;
+            } catch (const std::exception&) {
+                return false;  // refused while the slot is still taken
+            }
+        },
+        10000);
+    BOOST_TEST_REQUIRE(a_login.has_value(), "session A was not admitted; log:\n" << proxy.log_tail());
+    RawSession& a = *a_login;
     pid_t worker_a = worker_serving(a.sock->fd(), proxy.port(), proxy.pid());
     BOOST_TEST_REQUIRE(worker_a > 0, "the worker of session A was not found");
     BOOST_TEST_REQUIRE(::kill(worker_a, SIGKILL) == 0);
