@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -95,6 +96,23 @@ ReadStatus read_exact(int fd, void* buf, size_t n, Clock::time_point deadline)
             return ReadStatus::Error;
     }
     return ReadStatus::Ok;
+}
+
+bool readable_now(int fd)
+{
+    char b;
+    return ::recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+}
+
+void discard_pending(int fd, size_t limit)
+{
+    char buf[4096];
+    for (size_t total = 0; total < limit;) {
+        ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n <= 0)
+            return;
+        total += size_t(n);
+    }
 }
 
 bool write_all(int fd, const void* buf, size_t n, Clock::time_point deadline)

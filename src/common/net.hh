@@ -34,6 +34,11 @@ enum class ReadStatus { Ok, Eof, Timeout, Error };
 // Eof means the peer closed before sending anything of this read or part of it.
 ReadStatus read_exact(int fd, void* buf, size_t n, Clock::time_point deadline);
 
+// Whether bytes are waiting to be read on fd right now (not an EOF); never blocks.
+bool readable_now(int fd);
+// Reads and drops what has already arrived on fd (up to `limit` bytes); never blocks.
+void discard_pending(int fd, size_t limit = 64 * 1024);
+
 // Writes all of buf to a non-blocking fd before the deadline; false on error or timeout.
 bool write_all(int fd, const void* buf, size_t n, Clock::time_point deadline);
 

@@ -14,11 +14,25 @@ const std::string* StartupMessage::get(std::string_view name) const
     return nullptr;
 }
 
+namespace {
+
+StartupError silent_bad_length() { return StartupError{"08P01", "invalid length of startup packet", false}; }
+
+} // namespace
+
 std::optional<StartupError> check_startup_length(std::uint32_t length)
 {
     if (length < 8 || length - 4 > kMaxStartupPacket)
-        return StartupError{"08P01", "invalid length of startup packet"};
+        return silent_bad_length();
     return std::nullopt;
+}
+
+StartupError unsupported_protocol(std::uint32_t code)
+{
+    char msg[160];
+    std::snprintf(msg, sizeof msg, "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0", code >> 16,
+                  code & 0xffff);
+    return StartupError{"0A000", msg};
 }
 
 std::variant<FirstPacket, StartupError> decode_first_packet(ByteSpan body)
@@ -26,12 +40,11 @@ std::variant<FirstPacket, StartupError> decode_first_packet(ByteSpan body)
     Reader r(body);
     auto code = r.u32();
     if (!code)
-        return StartupError{"08P01", "invalid length of startup packet"};
+        return silent_bad_length();
 
     FirstPacket fp;
     if (*code == kSslRequestCode || *code == kGssEncRequestCode) {
-        if (!r.empty())
-            return StartupError{"08P01", "invalid length of encryption request packet"};
+        // PostgreSQL 15 ignores whatever else such a packet holds.
         fp.kind = *code == kSslRequestCode ? FirstPacketKind::SslRequest
                                            : FirstPacketKind::GssEncRequest;
         return fp;
@@ -41,7 +54,7 @@ std::variant<FirstPacket, StartupError> decode_first_packet(ByteSpan body)
         auto secret = r.u32();
         auto hops = r.u32();
         if (!pid || !secret || !hops || !r.empty())
-            return StartupError{"08P01", "invalid length of forwarded cancel request packet"};
+            return silent_bad_length();
         fp.kind = FirstPacketKind::Cancel;
         fp.cancel = {*pid, *secret};
         fp.hops = *hops;
@@ -51,20 +64,15 @@ std::variant<FirstPacket, StartupError> decode_first_packet(ByteSpan body)
         auto pid = r.u32();
         auto secret = r.u32();
         if (!pid || !secret || !r.empty())
-            return StartupError{"08P01", "invalid length of cancel request packet"};
+            return silent_bad_length();
         fp.kind = FirstPacketKind::Cancel;
         fp.cancel = {*pid, *secret};
         return fp;
     }
 
     std::uint16_t major = std::uint16_t(*code >> 16), minor = std::uint16_t(*code & 0xffff);
-    if (major != 3) {
-        char msg[160];
-        std::snprintf(msg, sizeof msg,
-                      "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0", major,
-                      minor);
-        return StartupError{"0A000", msg};
-    }
+    if (major != 3)
+        return unsupported_protocol(*code);
     fp.kind = FirstPacketKind::Startup;
     fp.startup.major = major;
     fp.startup.minor = minor;

@@ -56,18 +56,27 @@ struct FirstPacket {
 // The packet a peer sends to forward a cancel request (length word included).
 Bytes forwarded_cancel_packet(const CancelRequest& c, std::uint32_t hops);
 
-// A startup-phase failure: the SQLSTATE and message to send before closing.
+// A startup-phase failure: the SQLSTATE and message to send before closing, or,
+// where PostgreSQL answers nothing (it logs a COMMERROR and closes: an impossible
+// length, a malformed CancelRequest), `reply` false: drivers rely on that silence
+// (node-postgres sends Terminate before its startup packet and must not see a FATAL).
 struct StartupError {
     const char* sqlstate;
     std::string message;
+    bool reply = true;
 };
 
 // Checks the 4-byte length prefix (which counts itself) before the body is read.
-// Returns an error message for an impossible length, else empty.
+// Returns the (silent) error for an impossible length, else empty.
 std::optional<StartupError> check_startup_length(std::uint32_t length);
 
 // Decodes a whole packet body (the bytes after the length word).
-// On failure returns the error the client should get.
+// On failure returns the error the client should get (or none, see StartupError).
+// Like PostgreSQL 15, an SSLRequest or GSSENCRequest is known by its code alone.
 std::variant<FirstPacket, StartupError> decode_first_packet(ByteSpan body);
+
+// PostgreSQL's answer to a protocol version outside 3.x, which is also what a second
+// SSLRequest (1234.5679) or GSSENCRequest (1234.5680) gets.
+StartupError unsupported_protocol(std::uint32_t code);
 
 } // namespace pgw::protocol

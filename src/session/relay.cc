@@ -299,6 +299,14 @@ size_t Relay::push(Direction& d, protocol::ByteSpan bytes)
 
 bool Relay::finished(RelayOutcome& out)
 {
+    // The client's Terminate ends the session as the client's own doing, whatever the
+    // upstream does next: a backend that exits on it closes its socket at once, and
+    // seeing that close first must not send the client a FATAL it never expects.
+    if (c2s_.stopped &&
+        (c2s_.pipe.forwardable().empty() || c2s_.dst_failed || s2c_.src_done || s2c_.dst_failed)) {
+        out.end = RelayEnd::ClientTerminate;
+        return true;
+    }
     if (c2s_.dst_failed || s2c_.src_done) {
         out.end = RelayEnd::UpstreamClosed;
         out.detail = c2s_.dst_failed ? c2s_.dst.error() : s2c_.src.error();
@@ -307,10 +315,6 @@ bool Relay::finished(RelayOutcome& out)
     if (s2c_.dst_failed || (c2s_.src_done && !c2s_.stopped)) {
         out.end = RelayEnd::ClientClosed;
         out.detail = s2c_.dst_failed ? s2c_.dst.error() : c2s_.src.error();
-        return true;
-    }
-    if (c2s_.stopped && c2s_.pipe.forwardable().empty()) {
-        out.end = RelayEnd::ClientTerminate;
         return true;
     }
     if (c2s_.violation) {

@@ -519,6 +519,18 @@ private:
         e.hint = hint;
         return fail(e, code);
     }
+    // A startup packet PostgreSQL would refuse: with its FATAL, or by closing without a
+    // word where the server does (see protocol::StartupError).
+    ExitCode refuse_startup(const protocol::StartupError& err)
+    {
+        if (!err.reply) {
+            // Read what the client already sent, so the close is a FIN, not a reset
+            // that a driver would report as an error of its own.
+            net::discard_pending(client_.get());
+            return kExitClientError;
+        }
+        return fail(err.sqlstate, err.message, kExitClientError);
+    }
     // Our own cancel key: where the session lives (peer, slot, generation) and a random
     // secret, published in the slot (with who and where) before the client can know it.
     std::optional<std::uint32_t> publish_session(const std::string& user, const std::string& database,
@@ -586,7 +598,7 @@ std::variant<protocol::StartupMessage, ExitCode> Session::read_startup()
         std::uint32_t len = protocol::load_be32(reinterpret_cast<const std::byte*>(len_bytes));
         if (auto err = protocol::check_startup_length(len)) {
             log_info("rejected startup: %s (length %u)", err->message.c_str(), len);
-            return fail(err->sqlstate, err->message, kExitClientError);
+            return refuse_startup(*err);
         }
         std::vector<std::byte> body(len - 4);
         rs = conn_.read_exact(body.data(), body.size(), deadline);
@@ -602,22 +614,41 @@ std::variant<protocol::StartupMessage, ExitCode> Session::read_startup()
         auto decoded = protocol::decode_first_packet(body);
         if (auto* err = std::get_if<protocol::StartupError>(&decoded)) {
             log_info("rejected startup: %s", err->message.c_str());
-            return fail(err->sqlstate, err->message, kExitClientError);
+            return refuse_startup(*err);
         }
         auto& fp = std::get<protocol::FirstPacket>(decoded);
         switch (fp.kind) {
         case protocol::FirstPacketKind::SslRequest:
         case protocol::FirstPacketKind::GssEncRequest: {
-            bool& seen = fp.kind == protocol::FirstPacketKind::SslRequest ? ssl_refused : gss_refused;
-            if (seen)
-                return fail("08P01", "duplicate encryption request packet", kExitClientError);
+            const bool ssl = fp.kind == protocol::FirstPacketKind::SslRequest;
+            bool& seen = ssl ? ssl_refused : gss_refused;
+            if (seen) {
+                // PostgreSQL takes a second request's code for a protocol version.
+                log_info("rejected startup: a second %s", ssl ? "SSLRequest" : "GSSENCRequest");
+                return refuse_startup(
+                    protocol::unsupported_protocol(ssl ? protocol::kSslRequestCode : protocol::kGssEncRequestCode));
+            }
             seen = true;
+            // Bytes sent behind the request, before our answer, were not protected by
+            // the TLS the client asked for: refuse them, as PostgreSQL does (CVE-2021-23214),
+            // after the answer. Looked for before it: later bytes are the client's reply.
+            const bool injected = !conn_.is_tls() && net::readable_now(client_.get());
             // GSS encryption is always declined, TLS when it is off; libpq then goes on in
             // plaintext on the same socket (or gives up, if it requires encryption).
-            const bool tls = fp.kind == protocol::FirstPacketKind::SslRequest && tls_ctx_ && !conn_.is_tls();
+            const bool tls = ssl && tls_ctx_ && !conn_.is_tls();
             const char answer = tls ? 'S' : 'N';
             if (!conn_.write_all(&answer, 1, deadline))
                 return kExitClientError;
+            if (injected) {
+                protocol::ErrorFields e;
+                e.sqlstate = "08P01";
+                e.message = ssl ? "received unencrypted data after SSL request"
+                                : "received unencrypted data after GSSAPI encryption request";
+                e.detail = "This could be either a client-software bug or evidence of an attempted "
+                           "man-in-the-middle attack.";
+                log_info("rejected startup: %s", e.message.c_str());
+                return fail(e, kExitClientError);
+            }
             if (tls) {
                 if (auto st = conn_.start_tls(tls_ctx_, deadline); !st) {
                     log_info("%s", st.error().c_str());

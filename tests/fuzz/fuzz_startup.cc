@@ -16,7 +16,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (size >= 4) {
         std::uint32_t len = p::load_be32(in.data());
         auto err = p::check_startup_length(len);
-        FUZZ_CHECK(err.has_value() == (len < 8 || len > p::kMaxStartupPacket));
+        FUZZ_CHECK(err.has_value() == (len < 8 || len - 4 > p::kMaxStartupPacket));
+        FUZZ_CHECK(!err || !err->reply);
     }
 
     auto r = p::decode_first_packet(in);
@@ -29,7 +30,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     switch (fp.kind) {
     case p::FirstPacketKind::SslRequest:
     case p::FirstPacketKind::GssEncRequest:
-        FUZZ_CHECK(size == 4);
+        FUZZ_CHECK(size >= 4);
         break;
     case p::FirstPacketKind::Cancel:
         // A client's CancelRequest (12 bytes, no hops) or a peer's forwarded one

@@ -528,8 +528,8 @@ BOOST_AUTO_TEST_CASE(cancel_after_ssl_request)
     s.sock->send(terminate_message());
 }
 
-// A CancelRequest of the wrong length is a protocol violation, like any broken first packet;
-// it cancels nothing.
+// A CancelRequest of the wrong length cancels nothing and, as from PostgreSQL, gets no
+// answer: the connection is closed.
 BOOST_AUTO_TEST_CASE(malformed_cancel_request)
 {
     Monitor mon;
@@ -542,11 +542,8 @@ BOOST_AUTO_TEST_CASE(malformed_cancel_request)
           be32(20) + be32(kCancelCode) + be32(s.key.pid) + be32(s.key.secret) + be32(0)}) {
         RawSocket c(env().proxy->port());
         c.send(packet);
-        std::map<char, std::string> f;
-        while (auto m = c.read_message(5000))
-            if (m->type == 'E')
-                f = error_fields(m->payload);
-        BOOST_TEST(f['C'] == "08P01", fields_text(f));
+        std::string answer = c.read_exact(4096, 5000);
+        BOOST_TEST(answer.empty(), "answered " << answer.size() << " bytes");
         BOOST_TEST(c.eof(), "the connection stays open after a malformed cancel request");
     }
     Outcome o = read_outcome(*s.sock, t0);
