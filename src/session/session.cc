@@ -983,7 +983,7 @@ ExitCode Session::pass_through(const config::DatabaseEntry& entry, const upstrea
                     f->sqlstate == "08006" ? "could not connect to upstream server for database \"" + info.database +
                                                  "\" (" + target->describe() + "): " + f->message
                                            : f->message,
-                    kExitUpstreamFailure);
+                    kExitUpstreamFailure, f->hint);
     }
     auto& up = std::get<upstream::PassThroughSession>(login);
     log_info("connected to upstream (pass-through, %s)%s", target->describe().c_str(),

@@ -274,11 +274,22 @@ pass_through_login(const PassThroughTarget& target, const std::vector<std::pair<
                     size_t nul = reply.body.find('\0');
                     if (nul != std::string::npos && reply.body.size() >= nul + 7 &&
                         reply.body.compare(nul + 5, 2, "y,") == 0)
-                        return failure("28000",
-                                       "SCRAM through pgwicket cannot use channel binding, and the upstream server "
-                                       "offers it: connect with channel_binding=disable",
-                                       "client supports channel binding and the upstream server offers it; the exchange "
-                                       "would fail as a downgrade");
+                    {
+                        // libpq's default (channel_binding=prefer) lands here whenever client and
+                        // upstream both use TLS; the hint is the way in.
+                        PassThroughFailure f = failure(
+                            "28000",
+                            "SCRAM through pgwicket cannot use channel binding, which the upstream server "
+                            "offers on its TLS connection: connect with channel_binding=disable",
+                            "client supports channel binding and the upstream server offers it; the exchange "
+                            "would fail as a downgrade");
+                        f.hint = "Add channel_binding=disable to the connection string (or set "
+                                 "PGCHANNELBINDING=disable), and keep sslmode=verify-full so that the client "
+                                 "still checks pgwicket's certificate. Channel binding cannot reach a server "
+                                 "behind a proxy that ends TLS, so nothing that works through pgwicket is lost. "
+                                 "A plaintext upstream for this database would avoid this too.";
+                        return f;
+                    }
                 }
                 if (!write_message(up, 'p', reply.body, deadline))
                     return failure("08006", "the upstream server closed the connection during authentication");

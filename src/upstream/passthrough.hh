@@ -42,6 +42,7 @@ struct PassThroughSession {
 struct PassThroughFailure {
     std::string sqlstate;   // for our FATAL, when `forwarded` is false
     std::string message;
+    std::string hint;  // what the person can do about it
     std::string log;
     bool forwarded = false;  // the server's own error already went to the client
     bool client_left = false;
