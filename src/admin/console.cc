@@ -13,7 +13,6 @@
 #include "session/session.hh"
 
 #include <libpq-fe.h>
-#include <openssl/rand.h>
 #include <poll.h>
 #include <signal.h>
 #include <unistd.h>
@@ -302,14 +301,15 @@ int Console::run()
     };
     for (const auto& [name, value] : params)
         greet.raw(protocol::parameter_status(name, value));
-    std::uint32_t secret = 0;
-    while (secret == 0)
-        RAND_bytes(reinterpret_cast<unsigned char*>(&secret), sizeof secret);
-    if (s_.slot) {
-        s_.slot->secret.store(secret, std::memory_order_release);
+    // No backend here: the key's pid is this worker's own, a real process as drivers expect.
+    auto secret = ipc::new_cancel_secret();
+    if (!secret)
+        return session::kExitInternal;
+    const auto pid = std::uint32_t(::getpid());
+    ipc::publish_cancel_key(s_.slot, pid, *secret);
+    if (s_.slot)
         s_.slot->state.store(std::uint32_t(ipc::SlotState::Idle), std::memory_order_release);
-    }
-    greet.raw(protocol::backend_key_data(s_.key_pid, secret));
+    greet.raw(protocol::backend_key_data(pid, *secret));
     greet.raw(protocol::ready_for_query('I'));
     if (!send(greet.bytes()))
         return session::kExitOk;

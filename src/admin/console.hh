@@ -18,7 +18,6 @@ struct ConsoleSession {
     const ipc::SessionTable& table;
     tls::Conn& conn;  // the startup packet has been read, the user authenticated
     ipc::Slot* slot;  // this session's slot, or null
-    std::uint32_t key_pid;  // BackendKeyData process id field
     std::string user;
     std::string application_name;
 };

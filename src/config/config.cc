@@ -526,13 +526,6 @@ const std::string* Config::role_for(const std::vector<std::string>& groups) cons
     return nullptr;
 }
 
-const PeerEntry* Config::find_peer(long id) const
-{
-    for (const auto& p : peers)
-        if (p.id == id)
-            return &p;
-    return nullptr;
-}
 
 std::vector<std::string> Config::listen_addresses() const { return split_list(listen_addr); }
 

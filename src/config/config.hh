@@ -108,7 +108,6 @@ struct Config {
 
     // The entry for a client database name: the exact name, else "*", else null.
     const DatabaseEntry* find_database(const std::string& name) const;
-    const PeerEntry* find_peer(long id) const;
     // listen_addr split on commas and blanks; "*" stays "*".
     std::vector<std::string> listen_addresses() const;
     bool is_admin_user(const std::string& user) const;

@@ -12,7 +12,7 @@
 namespace pgw::ipc {
 
 inline constexpr std::uint32_t kHandoffMagic = 0x50475748;  // "PGWH"
-inline constexpr std::uint32_t kHandoffVersion = 3;
+inline constexpr std::uint32_t kHandoffVersion = 4;
 inline constexpr std::uint32_t kNoSlot = ~std::uint32_t(0);
 
 enum class HandoffType : std::uint32_t {
@@ -31,7 +31,6 @@ struct Handoff {
     std::uint32_t listener_kind = 0;  // 0 TCP, 1 Unix
     std::uint64_t session_id = 0;
     std::uint32_t slot = kNoSlot;     // the session table slot claimed for this session
-    std::uint32_t generation = 0;     // that slot's generation, for the cancel key
     sockaddr_storage peer{};
     socklen_t peer_len = 0;
 };

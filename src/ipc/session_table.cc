@@ -4,6 +4,7 @@
 #include "ipc/session_table.hh"
 
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 #include <signal.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -116,6 +117,7 @@ void SessionTable::claim(std::uint32_t index, pid_t owner, std::uint64_t session
     Slot& s = slot(index);
     s.session_id.store(session_id, std::memory_order_relaxed);
     s.secret.store(0, std::memory_order_relaxed);
+    s.backend_pid.store(0, std::memory_order_relaxed);
     s.state_since_ms.store(now_ms(), std::memory_order_relaxed);
     s.kill_requested.store(0, std::memory_order_relaxed);
     // A reused slot must not show its last session's client while the new one starts.
@@ -143,13 +145,11 @@ void SessionTable::release(std::uint32_t index) const
     s.state.store(std::uint32_t(SlotState::Free), std::memory_order_relaxed);
     s.owner_pid.store(0, std::memory_order_relaxed);
     s.secret.store(0, std::memory_order_relaxed);
-    // New generation, cancel sequence back to 0: every key of the old session is void,
-    // and a cancel racing with this store fails its compare-and-swap.
+    s.backend_pid.store(0, std::memory_order_relaxed);
+    // New generation, cancel sequence back to 0: a cancel that matched the old
+    // session's key and races with this store fails its compare-and-swap.
     std::uint64_t old = s.gen_cancel.load(std::memory_order_relaxed);
-    std::uint32_t gen = generation_of(old) + 1;
-    if ((gen & 0xff) == 0)
-        ++gen;  // keeps the key's pid field nonzero: some drivers read 0 as "no key"
-    s.gen_cancel.store(std::uint64_t(gen) << 32, std::memory_order_release);
+    s.gen_cancel.store(std::uint64_t(generation_of(old) + 1) << 32, std::memory_order_release);
 }
 
 bool SessionTable::may_log_bad_cancel() const
@@ -193,30 +193,13 @@ StatsSnapshot read_stats(const SessionTable& table)
     }
 }
 
-std::uint32_t encode_key_pid(std::uint32_t peer_id, std::uint32_t slot, std::uint32_t generation)
-{
-    return ((peer_id & 0x3f) << 25) | ((slot & (kMaxSlots - 1)) << 8) | (generation & 0xff);
-}
-
-CancelKey decode_key(std::uint32_t pid_field, std::uint32_t secret)
-{
-    CancelKey k;
-    k.peer_id = (pid_field >> 25) & 0x3f;
-    k.slot = (pid_field >> 8) & (kMaxSlots - 1);
-    k.generation_low = pid_field & 0xff;
-    k.secret = secret;
-    return k;
-}
-
 const char* cancel_verdict_name(CancelVerdict v)
 {
     switch (v) {
     case CancelVerdict::Routed:
         return "routed to the session's worker";
-    case CancelVerdict::NoSuchSlot:
-        return "no such session slot";
-    case CancelVerdict::Stale:
-        return "the key's session has ended";
+    case CancelVerdict::NoSuchSession:
+        return "no session has that backend pid";
     case CancelVerdict::WrongSecret:
         return "wrong secret";
     case CancelVerdict::NotActive:
@@ -229,33 +212,58 @@ const char* cancel_verdict_name(CancelVerdict v)
     return "?";
 }
 
-CancelVerdict route_cancel(const SessionTable& table, const CancelKey& key)
+std::optional<std::uint32_t> new_cancel_secret()
 {
-    if (key.slot >= table.capacity())
-        return CancelVerdict::NoSuchSlot;
-    Slot& s = table.slot(key.slot);
-    std::uint64_t word = s.gen_cancel.load(std::memory_order_acquire);
-    if ((generation_of(word) & 0xff) != key.generation_low ||
-        s.state.load(std::memory_order_acquire) == std::uint32_t(SlotState::Free))
-        return CancelVerdict::Stale;
-    std::uint32_t secret = s.secret.load(std::memory_order_acquire);
-    // A zero secret means the owner has not published its key yet: nothing matches.
-    if (secret == 0 || CRYPTO_memcmp(&secret, &key.secret, sizeof secret) != 0)
-        return CancelVerdict::WrongSecret;
-    auto state = SlotState(s.state.load(std::memory_order_acquire));
-    if (state != SlotState::Active)
-        return CancelVerdict::NotActive;
-    pid_t owner = s.owner_pid.load(std::memory_order_acquire);
-    // Bump the sequence without letting it carry into the generation.
-    std::uint64_t bumped = (word & 0xffffffff00000000ull) | std::uint32_t(cancel_seq_of(word) + 1);
-    if (!s.gen_cancel.compare_exchange_strong(word, bumped, std::memory_order_acq_rel))
-        return CancelVerdict::Raced;
-    // The kernel does not reuse a pid before it is reaped, and the supervisor
-    // clears owner_pid right after reaping; what remains is the few instructions
-    // between its waitpid() and release().
-    if (owner <= 0 || kill(owner, SIGUSR1) != 0)
-        return CancelVerdict::OwnerGone;
-    return CancelVerdict::Routed;
+    std::uint32_t secret = 0;
+    while (secret == 0)
+        if (RAND_bytes(reinterpret_cast<unsigned char*>(&secret), sizeof secret) != 1)
+            return std::nullopt;
+    return secret;
+}
+
+void publish_cancel_key(Slot* slot, std::uint32_t backend_pid, std::uint32_t secret)
+{
+    if (!slot)
+        return;
+    slot->backend_pid.store(backend_pid, std::memory_order_relaxed);
+    slot->secret.store(secret, std::memory_order_release);
+}
+
+CancelRoute route_cancel(const SessionTable& table, const CancelKey& key)
+{
+    CancelRoute out;
+    for (std::uint32_t i = 0; i < table.capacity(); ++i) {
+        Slot& s = table.slot(i);
+        // The word first: if the slot is freed and claimed again after this, the
+        // compare-and-swap below fails, so a cancel never lands on a slot's next owner.
+        std::uint64_t word = s.gen_cancel.load(std::memory_order_acquire);
+        std::uint32_t secret = s.secret.load(std::memory_order_acquire);
+        // A zero secret: a free slot, or an owner that has not published its key.
+        if (secret == 0 || s.backend_pid.load(std::memory_order_relaxed) != key.pid)
+            continue;
+        if (CRYPTO_memcmp(&secret, &key.secret, sizeof secret) != 0) {
+            out.verdict = CancelVerdict::WrongSecret;
+            continue;  // another host's backend may have the same pid
+        }
+        out.session_id = s.session_id.load(std::memory_order_relaxed);
+        if (SlotState(s.state.load(std::memory_order_acquire)) != SlotState::Active) {
+            out.verdict = CancelVerdict::NotActive;
+            return out;
+        }
+        pid_t owner = s.owner_pid.load(std::memory_order_acquire);
+        // Bump the sequence without letting it carry into the generation.
+        std::uint64_t bumped = (word & 0xffffffff00000000ull) | std::uint32_t(cancel_seq_of(word) + 1);
+        if (!s.gen_cancel.compare_exchange_strong(word, bumped, std::memory_order_acq_rel)) {
+            out.verdict = CancelVerdict::Raced;
+            return out;
+        }
+        // The kernel does not reuse a pid before it is reaped, and the supervisor
+        // clears owner_pid right after reaping; what remains is the few instructions
+        // between its waitpid() and release().
+        out.verdict = owner > 0 && kill(owner, SIGUSR1) == 0 ? CancelVerdict::Routed : CancelVerdict::OwnerGone;
+        return out;
+    }
+    return out;
 }
 
 } // namespace pgw::ipc

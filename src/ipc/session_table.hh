@@ -18,7 +18,7 @@
 namespace pgw::ipc {
 
 inline constexpr std::uint32_t kTableMagic = 0x50475754;  // "PGWT"
-inline constexpr std::uint32_t kTableVersion = 3;
+inline constexpr std::uint32_t kTableVersion = 4;
 
 enum class SlotState : std::uint32_t {
     Free = 0,
@@ -95,7 +95,11 @@ struct alignas(64) Slot {
     std::atomic<std::uint64_t> gen_cancel;
     std::atomic<std::int32_t> owner_pid;  // 0 when free
     std::atomic<std::uint32_t> state;     // SlotState
-    std::atomic<std::uint32_t> secret;    // the cancel key's random part, set by the owner
+    // The client's cancel key: the upstream backend's own pid (what pg_backend_pid()
+    // says; set first) and pgwicket's random secret (set last, with release: a reader
+    // that sees a nonzero secret sees the pid that goes with it).
+    std::atomic<std::uint32_t> backend_pid;
+    std::atomic<std::uint32_t> secret;
     std::atomic<std::int64_t> state_since_ms;  // CLOCK_REALTIME
     std::atomic<std::uint64_t> session_id;
     // Written by the owner once, before the state leaves Startup (release); read
@@ -192,27 +196,25 @@ struct StatsSnapshot {
 StatsSnapshot read_stats(const SessionTable& table);
 
 // --- Cancel keys ---------------------------------------------------------------
-// BackendKeyData's process id field (kept positive, 31 bits, never 0):
-//   peer id (6 bits) | slot index (17 bits) | generation (low 8 bits, never 0)
-// and its secret field is 32 random bits from OpenSSL's RNG.
-inline constexpr std::uint32_t kMaxPeerId = 63;
+// BackendKeyData carries the upstream backend's real process id, so what a driver
+// reports (PQbackendPID, the pid of the session's own notifications) is what
+// pg_backend_pid() and pg_stat_activity say, and pg_terminate_backend on it ends
+// this session's backend; the secret is pgwicket's own, 32 bits from OpenSSL's RNG
+// (the upstream's secret never leaves the worker). A CancelRequest finds its session
+// by scanning the live slots for that pid and comparing the secret in constant time:
+// several upstream hosts can give the same pid, and a reused slot is safe because a
+// new session brings a new pid and a new secret.
 inline constexpr std::uint32_t kMaxSlots = 1u << 17;
 
 struct CancelKey {
-    std::uint32_t peer_id = 0;
-    std::uint32_t slot = 0;
-    std::uint32_t generation_low = 0;  // generation & 0xff
+    std::uint32_t pid = 0;
     std::uint32_t secret = 0;
 };
 
-std::uint32_t encode_key_pid(std::uint32_t peer_id, std::uint32_t slot, std::uint32_t generation);
-CancelKey decode_key(std::uint32_t pid_field, std::uint32_t secret);
-
 enum class CancelVerdict {
     Routed,         // the owner was asked to cancel
-    NoSuchSlot,     // slot index outside the table
-    Stale,          // generation mismatch: the key's session is gone
-    WrongSecret,
+    NoSuchSession,  // no live session has that pid (never here, or ended)
+    WrongSecret,    // a session has that pid, but another secret
     NotActive,      // the session is idle: nothing to cancel
     Raced,          // the slot changed owner while we looked
     OwnerGone,      // the owner could not be signalled
@@ -220,8 +222,20 @@ enum class CancelVerdict {
 
 const char* cancel_verdict_name(CancelVerdict v);
 
-// Checks the key against the table and, if it is good, bumps the slot's cancel
-// sequence and signals the owner (SIGUSR1). The secret is compared in constant time.
-CancelVerdict route_cancel(const SessionTable& table, const CancelKey& key);
+struct CancelRoute {
+    CancelVerdict verdict = CancelVerdict::NoSuchSession;
+    std::uint64_t session_id = 0;  // of the session whose key matched, if one did
+};
+
+// A new secret for a session's cancel key: nonzero (zero marks a slot without a key),
+// from OpenSSL's RNG; nullopt if the RNG fails.
+std::optional<std::uint32_t> new_cancel_secret();
+// The owner publishes its session's key in its slot (null: no table): the pid, then the
+// secret, so that a cancel can find the session by it.
+void publish_cancel_key(Slot* slot, std::uint32_t backend_pid, std::uint32_t secret);
+
+// Finds the session of `key` and, if the key is good and the session is running a
+// query, bumps the slot's cancel sequence and signals the owner (SIGUSR1).
+CancelRoute route_cancel(const SessionTable& table, const CancelKey& key);
 
 } // namespace pgw::ipc

@@ -87,50 +87,57 @@ void handle_cancel_request(const config::Config& cfg, const ipc::SessionTable& t
                            const protocol::CancelRequest& req, std::uint32_t hops,
                            const std::string& from, ipc::Counters* counters)
 {
-    auto count = [counters](ipc::Counter c) {
+    auto count = [counters](ipc::Counter c, std::uint64_t n = 1) {
         if (counters)
-            counters->add(c, 1);
+            counters->add(c, n);
     };
-    const ipc::CancelKey key = ipc::decode_key(req.pid, req.secret);
-    if (key.peer_id != table.peer_id()) {
-        const config::PeerEntry* peer = cfg.find_peer(long(key.peer_id));
-        if (!peer) {
-            count(ipc::kCancelRejected);
-            if (table.may_log_bad_cancel())
-                log_info("ignored cancel request from %s: its key belongs to peer %u, which is not in [peers]",
-                         from.c_str(), key.peer_id);
-            return;
-        }
-        if (hops + 1 >= protocol::kMaxCancelHops) {
-            count(ipc::kCancelRejected);
-            if (table.may_log_bad_cancel())
-                log_warning("cancel request from %s for peer %u was already forwarded %u time(s); "
-                            "not forwarding again (do two instances share a peer_id?)",
-                            from.c_str(), key.peer_id, hops);
-            return;
-        }
-        auto st = forward_to_peer(*peer, protocol::forwarded_cancel_packet(req, hops + 1),
-                                  net::Clock::now() + 2s);
-        count(st ? ipc::kCancelForwarded : ipc::kCancelForwardFailed);
-        if (st)
-            log_info("cancel request from %s forwarded to peer %u (%s:%s)", from.c_str(),
-                     key.peer_id, peer->host.c_str(), peer->port.c_str());
-        else
-            log_warning("could not forward cancel request to peer %u (%s:%s): %s", key.peer_id,
-                        peer->host.c_str(), peer->port.c_str(), st.error().c_str());
+    const ipc::CancelRoute route = ipc::route_cancel(table, {req.pid, req.secret});
+    if (route.verdict == ipc::CancelVerdict::Routed) {
+        count(ipc::kCancelRouted);
+        log_info("cancel request from %s for session C-%llu routed to its worker", from.c_str(),
+                 (unsigned long long)route.session_id);
         return;
     }
-    ipc::CancelVerdict v = ipc::route_cancel(table, key);
-    count(v == ipc::CancelVerdict::Routed      ? ipc::kCancelRouted
-          : v == ipc::CancelVerdict::NotActive ? ipc::kCancelNotActive
-                                               : ipc::kCancelRejected);
-    if (v == ipc::CancelVerdict::Routed) {
-        log_info("cancel request from %s for session C-%llu routed to its worker", from.c_str(),
-                 (unsigned long long)table.slot(key.slot).session_id.load(std::memory_order_relaxed));
-    } else if (v == ipc::CancelVerdict::NotActive) {
-        log_debug("cancel request from %s ignored: %s", from.c_str(), ipc::cancel_verdict_name(v));
-    } else if (table.may_log_bad_cancel()) {
-        log_info("cancel request from %s ignored: %s", from.c_str(), ipc::cancel_verdict_name(v));
+    if (route.verdict == ipc::CancelVerdict::NotActive || route.verdict == ipc::CancelVerdict::Raced ||
+        route.verdict == ipc::CancelVerdict::OwnerGone) {
+        // The key is one of ours: nothing to forward.
+        count(route.verdict == ipc::CancelVerdict::NotActive ? ipc::kCancelNotActive : ipc::kCancelRejected);
+        log_debug("cancel request from %s for session C-%llu ignored: %s", from.c_str(),
+                  (unsigned long long)route.session_id, ipc::cancel_verdict_name(route.verdict));
+        return;
+    }
+    // Not a session of this instance: behind a load balancer, the CancelRequest may have
+    // landed on another instance than its session. Each peer is asked once; a request a
+    // peer forwarded is never forwarded again, so a misconfiguration cannot loop.
+    if (cfg.peers.empty()) {
+        count(ipc::kCancelRejected);
+        if (table.may_log_bad_cancel())
+            log_info("cancel request from %s ignored: %s", from.c_str(), ipc::cancel_verdict_name(route.verdict));
+        return;
+    }
+    if (hops + 1 >= protocol::kMaxCancelHops) {
+        count(ipc::kCancelRejected);
+        if (table.may_log_bad_cancel())
+            log_info("cancel request from %s, forwarded by a peer, ignored: %s; not forwarding again",
+                     from.c_str(), ipc::cancel_verdict_name(route.verdict));
+        return;
+    }
+    const protocol::Bytes packet = protocol::forwarded_cancel_packet(req, hops + 1);
+    std::string sent_to;
+    for (const config::PeerEntry& peer : cfg.peers) {
+        auto st = forward_to_peer(peer, packet, net::Clock::now() + 2s);
+        if (st) {
+            sent_to += (sent_to.empty() ? "" : ", ") + std::to_string(peer.id);
+        } else {
+            count(ipc::kCancelForwardFailed);
+            log_warning("could not forward cancel request to peer %ld (%s:%s): %s", peer.id, peer.host.c_str(),
+                        peer.port.c_str(), st.error().c_str());
+        }
+    }
+    if (!sent_to.empty()) {
+        count(ipc::kCancelForwarded);
+        log_info("cancel request from %s is for no session here; forwarded to peer(s) %s", from.c_str(),
+                 sent_to.c_str());
     }
 }
 

@@ -18,7 +18,6 @@
 #include "upstream/passthrough.hh"
 #include "upstream/transport.hh"
 
-#include <openssl/rand.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -531,26 +530,17 @@ private:
         }
         return fail(err.sqlstate, err.message, kExitClientError);
     }
-    // Our own cancel key: where the session lives (peer, slot, generation) and a random
-    // secret, published in the slot (with who and where) before the client can know it.
-    std::optional<std::uint32_t> publish_session(const std::string& user, const std::string& database,
-                                                 const protocol::StartupMessage& startup)
+    // Who and where, in the slot, for SHOW SESSIONS and the metrics.
+    void publish_client(const std::string& user, const std::string& database, const protocol::StartupMessage& startup)
     {
-        std::uint32_t secret = 0;
-        while (secret == 0)
-            if (RAND_bytes(reinterpret_cast<unsigned char*>(&secret), sizeof secret) != 1)
-                return std::nullopt;
         if (ipc::Slot* sl = slot()) {
             sl->client_addr.set(peer_);
             sl->user.set(user);
             sl->database.set(database);
             const std::string* app = startup.get("application_name");
             sl->application_name.set(app ? *app : "");
-            sl->secret.store(secret, std::memory_order_release);
         }
-        return secret;
     }
-    std::uint32_t key_pid() const { return ipc::encode_key_pid(table_.peer_id(), handoff_.slot, handoff_.generation); }
     ExitCode run_relay(upstream::Transport& server, int upstream_fd, char status, std::function<Status()> cancel);
     std::optional<ExitCode> audit_session_start();
     ExitCode pass_through(const config::DatabaseEntry& entry, const upstream::ClientInfo& info,
@@ -737,9 +727,7 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
             sl->database.set(database);
             sl->application_name.set(app ? *app : "");
         }
-        admin::ConsoleSession cs{cfg_, table_, conn_, slot(),
-                                 ipc::encode_key_pid(table_.peer_id(), handoff_.slot, handoff_.generation),
-                                 user, app ? *app : ""};
+        admin::ConsoleSession cs{cfg_, table_, conn_, slot(), user, app ? *app : ""};
         return ExitCode(admin::run_console(cs));
     }
 
@@ -817,10 +805,15 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
     for (const char* name : upstream::reported_parameters())
         if (const char* value = PQparameterStatus(pg, name))
             greeting.raw(protocol::parameter_status(name, value));
-    auto secret = publish_session(user, database, startup);
+    // The cancel key: the backend's own pid, so that drivers, pg_stat_activity and the
+    // server's log agree, and our secret (the upstream's stays here). Published in the
+    // slot before the client can know it.
+    publish_client(user, database, startup);
+    auto secret = ipc::new_cancel_secret();
     if (!secret)
         return fail("XX000", "could not generate a cancel key", kExitInternal);
-    greeting.raw(protocol::backend_key_data(key_pid(), *secret));
+    ipc::publish_cancel_key(slot(), std::uint32_t(PQbackendPID(pg)), *secret);
+    greeting.raw(protocol::backend_key_data(std::uint32_t(PQbackendPID(pg)), *secret));
     char status = 'I';
     switch (PQtransactionStatus(pg)) {
     case PQTRANS_INTRANS:
@@ -958,11 +951,12 @@ ExitCode Session::pass_through(const config::DatabaseEntry& entry, const upstrea
     params.emplace_back("application_name", app);
     for (const auto& setting : info.settings)
         params.push_back(setting);
-    auto secret = publish_session(info.user, info.database, startup);
+    publish_client(info.user, info.database, startup);
+    auto secret = ipc::new_cancel_secret();
     if (!secret)
         return fail("XX000", "could not generate a cancel key", kExitInternal);
     const auto deadline = net::Clock::now() + std::chrono::seconds(cfg_.server_connect_timeout);
-    auto login = upstream::pass_through_login(*target, params, conn_, key_pid(), *secret, deadline);
+    auto login = upstream::pass_through_login(*target, params, conn_, *secret, deadline);
     if (auto* f = std::get_if<upstream::PassThroughFailure>(&login)) {
         if (f->client_left) {
             log_debug("%s", f->log.c_str());
@@ -986,8 +980,11 @@ ExitCode Session::pass_through(const config::DatabaseEntry& entry, const upstrea
                     kExitUpstreamFailure, f->hint);
     }
     auto& up = std::get<upstream::PassThroughSession>(login);
-    log_info("connected to upstream (pass-through, %s)%s", target->describe().c_str(),
-             up.conn->is_tls() ? ", TLS" : "");
+    log_info("connected to upstream (pass-through, %s), backend pid %u%s", target->describe().c_str(),
+             up.backend_pid, up.conn->is_tls() ? ", TLS" : "");
+    // The client got the server's pid with our secret; nothing can be cancelled before
+    // its first ReadyForQuery, which comes below.
+    ipc::publish_cancel_key(slot(), up.backend_pid, *secret);
     std::unique_ptr<upstream::Transport> server;
     if (up.conn->is_tls())
         server = std::make_unique<upstream::TlsTransport>(up.conn->ssl(), up.fd.get());

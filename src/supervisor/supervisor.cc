@@ -295,7 +295,6 @@ void Supervisor::dispatch(UniqueFd client, const sockaddr_storage& peer, socklen
             h.slot = free_slots_.back();
             free_slots_.pop_back();
             table_.claim(h.slot, pid, h.session_id);
-            h.generation = ipc::generation_of(table_.slot(h.slot).gen_cancel.load());
             w.slot = h.slot;
         }
         auto st = ipc::send_handoff(w.channel.get(), h, client.get());

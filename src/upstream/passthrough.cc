@@ -160,7 +160,7 @@ Result<PassThroughTarget> pass_through_target(const config::DatabaseEntry& entry
 
 std::variant<PassThroughSession, PassThroughFailure>
 pass_through_login(const PassThroughTarget& target, const std::vector<std::pair<std::string, std::string>>& params,
-                   tls::Conn& client, std::uint32_t our_pid, std::uint32_t our_secret,
+                   tls::Conn& client, std::uint32_t our_secret,
                    net::Clock::time_point deadline)
 {
     PassThroughSession s;
@@ -222,7 +222,7 @@ pass_through_login(const PassThroughTarget& target, const std::vector<std::pair<
         if (m.type == 'K' && m.body.size() == 8) {
             s.backend_pid = protocol::load_be32(reinterpret_cast<const std::byte*>(m.body.data()));
             s.backend_secret = protocol::load_be32(reinterpret_cast<const std::byte*>(m.body.data() + 4));
-            auto ours = protocol::backend_key_data(our_pid, our_secret);
+            auto ours = protocol::backend_key_data(s.backend_pid, our_secret);
             if (!client.write_all(ours.data(), ours.size(), deadline))
                 return failure("08006", "could not write to the client", "client gone");
             continue;

@@ -34,7 +34,8 @@ Result<PassThroughTarget> pass_through_target(const config::DatabaseEntry& entry
 struct PassThroughSession {
     UniqueFd fd;
     std::unique_ptr<tls::Conn> conn;  // plain or TLS on fd
-    std::uint32_t backend_pid = 0;     // the server's own cancel key, never shown to the client
+    std::uint32_t backend_pid = 0;     // the server's own cancel key: the pid goes to the client,
+                                       // the secret never does
     std::uint32_t backend_secret = 0;
     char status = 'I';  // from the first ReadyForQuery, which is not yet sent to the client
 };
@@ -50,12 +51,12 @@ struct PassThroughFailure {
 
 // Connects, logs in with the client's startup parameters (user, database, the rest,
 // application_name naming the client), relays every authentication message, and
-// forwards the greeting with our cancel key (`our_pid`, `our_secret`) in place of the
-// server's. SCRAM-SHA-256-PLUS is never offered to the client: channel binding would
+// forwards the greeting with the server's pid and our secret in the cancel key (the
+// server's own secret stays in the returned session). SCRAM-SHA-256-PLUS is never offered to the client: channel binding would
 // bind the client's TLS connection, which ends here, so the server could not check it.
 std::variant<PassThroughSession, PassThroughFailure>
 pass_through_login(const PassThroughTarget& target, const std::vector<std::pair<std::string, std::string>>& params,
-                   tls::Conn& client, std::uint32_t our_pid, std::uint32_t our_secret,
+                   tls::Conn& client, std::uint32_t our_secret,
                    net::Clock::time_point deadline);
 
 // A CancelRequest for the server's key, sent the way PostgreSQL expects it (plain TCP,

@@ -470,8 +470,8 @@ BOOST_AUTO_TEST_CASE(ssl_and_gssenc_requests_then_startup)
         if (m.type == 'D')
             upstream_pid = m.payload.substr(6);
     BOOST_TEST_REQUIRE(!upstream_pid.empty());
-    // The key is the proxy's own, never the upstream's (a client must not cancel by itself).
-    BOOST_TEST(std::to_string(get32(*key, 0)) != upstream_pid);
+    // The key's pid is the upstream backend's own (its secret is the proxy's).
+    BOOST_TEST(std::to_string(get32(*key, 0)) == upstream_pid);
 
     // The ParameterStatus values are the upstream's real ones.
     RawSocket d(env().pg_port);

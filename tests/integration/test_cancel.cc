@@ -64,15 +64,6 @@ struct Key {
     uint32_t secret = 0;
 };
 
-// The pid field's layout (see src/ipc/session_table.hh): peer 6 bits | slot 17 | generation 8.
-uint32_t key_peer(uint32_t pid) { return (pid >> 25) & 0x3f; }
-uint32_t key_slot(uint32_t pid) { return (pid >> 8) & 0x1ffff; }
-uint32_t key_generation(uint32_t pid) { return pid & 0xff; }
-uint32_t make_pid(uint32_t peer, uint32_t slot, uint32_t generation)
-{
-    return (peer << 25) | (slot << 8) | (generation & 0xff);
-}
-
 std::string cancel_packet(Key k) { return be32(16) + be32(kCancelCode) + be32(k.pid) + be32(k.secret); }
 
 std::string forwarded_cancel_packet(Key k, uint32_t hops)
@@ -499,9 +490,6 @@ BOOST_AUTO_TEST_CASE(cancel_after_ssl_request)
     Monitor mon;
     size_t log_from = env().proxy->log_size();
     RawSession s = raw_login(env().proxy->port(), "pgw_it_sslcancel");
-    BOOST_TEST(key_peer(s.key.pid) == 0u, "the shared proxy has peer_id 0");
-    BOOST_TEST(key_generation(s.key.pid) != 0u);
-    BOOST_TEST(s.key.pid <= 0x7fffffffu);
     auto t0 = Clock::now();
     s.sock->send(query_message("SELECT pg_sleep(30)"));
     BOOST_TEST_REQUIRE(mon.wait_sleeping("pgw_it_sslcancel"));
@@ -663,22 +651,22 @@ BOOST_AUTO_TEST_CASE(stale_key_after_slot_reuse)
         10000);
     BOOST_TEST_REQUIRE(b_login.has_value(), "session B was not admitted; log:\n" << proxy.log_tail());
     RawSession& b = *b_login;
-    BOOST_TEST(key_slot(b.key.pid) == key_slot(a.key.pid), "B did not get A's slot");
-    BOOST_TEST(key_generation(b.key.pid) != key_generation(a.key.pid));
-    BOOST_TEST(key_generation(b.key.pid) != 0u);
+    // B has the only slot, A's, with a backend and a secret of its own.
+    BOOST_TEST(b.key.pid != a.key.pid);
+    BOOST_TEST(b.key.secret != a.key.secret);
 
     size_t log_from = proxy.log_size();
     auto t0 = Clock::now();
     b.sock->send(query_message("SELECT pg_sleep(3), 'B done'"));
     BOOST_TEST_REQUIRE(mon.wait_sleeping("pgw_it_slot_b"));
     BOOST_TEST(send_cancel(proxy.port(), a.key));
-    // And A's key with B's generation but A's secret: still not B's key.
+    // And B's backend pid with A's secret: still not B's key.
     BOOST_TEST(send_cancel(proxy.port(), Key{b.key.pid, a.key.secret}));
     Outcome o = read_outcome(*b.sock, t0);
     BOOST_TEST(o.error.empty(), "A's old key cancelled B: " << o.describe());
     BOOST_TEST((o.row.size() == 2 && o.row[1] == "B done"), o.describe());
     BOOST_TEST(o.ms >= 2500, o.describe());
-    BOOST_TEST(count_in_log(proxy, "ignored: the key's session has ended", log_from) == 1u,
+    BOOST_TEST(count_in_log(proxy, "ignored: no session has that backend pid", log_from) == 1u,
                proxy.log_tail(20));
     BOOST_TEST(count_in_log(proxy, "ignored: wrong secret", log_from) == 1u, proxy.log_tail(20));
     BOOST_TEST(count_in_log(proxy, "routed to its worker", log_from) == 0u, proxy.log_tail(20));
@@ -726,8 +714,8 @@ BOOST_AUTO_TEST_CASE(bad_keys_and_a_flood)
     BOOST_TEST(send_cancel(proxy.port(), Key{v.key.pid, 0}));
     Key random_key{random32() & 0x7fffffffu, random32()};
     BOOST_TEST(send_cancel(proxy.port(), random_key));
-    Key random_local{make_pid(0, random32() % 200, (random32() % 255) + 1), random32()};
-    BOOST_TEST(send_cancel(proxy.port(), random_local));
+    // The right secret with another pid is no key either.
+    BOOST_TEST(send_cancel(proxy.port(), Key{v.key.pid + 1, v.key.secret}));
     Outcome o = read_outcome(*v.sock, t0);
     BOOST_TEST(o.error.empty(), "a bad key cancelled the session: " << o.describe());
     BOOST_TEST((o.row.size() == 2 && o.row[1] == "slept"), o.describe());
@@ -735,7 +723,7 @@ BOOST_AUTO_TEST_CASE(bad_keys_and_a_flood)
     BOOST_TEST(count_in_log(proxy, "routed to its worker", log_from) == 0u, proxy.log_tail(20));
 
     // The flood, while one session streams a million rows, another runs pgbench, and the
-    // victim sleeps again (a third of the flood aims at its slot and generation).
+    // victim sleeps again (a third of the flood aims at its backend pid).
     log_from = proxy.log_size();
     const auto flood_start_wall = std::chrono::system_clock::now();
     v.sock->send(query_message("SELECT pg_sleep(4), 'slept again'"));
@@ -789,10 +777,12 @@ BOOST_AUTO_TEST_CASE(bad_keys_and_a_flood)
                 case 0:  // anything at all
                     k = {static_cast<uint32_t>(r()), static_cast<uint32_t>(r())};
                     break;
-                case 1:  // this instance's peer id, any slot of the table, any generation
-                    k = {make_pid(0, r() % 100, r() % 256), static_cast<uint32_t>(r())};
+                case 1:  // a pid near the victim's backend, a guessed secret
+                    k = {v.key.pid - 100 + static_cast<uint32_t>(r() % 200), static_cast<uint32_t>(r())};
+                    if (k.pid == v.key.pid && k.secret == v.key.secret)
+                        k.secret ^= 1;
                     break;
-                default:  // the sleeping victim's slot and generation, a guessed secret
+                default:  // the sleeping victim's backend pid, a guessed secret
                     k = {v.key.pid, static_cast<uint32_t>(r())};
                     if (k.secret == v.key.secret)
                         k.secret ^= 1;
@@ -863,6 +853,54 @@ BOOST_AUTO_TEST_CASE(bad_keys_and_a_flood)
     BOOST_TEST(count_in_log(proxy, "routed to its worker", log_from) == 0u);
     v.sock->send(terminate_message());
     check_clean_stop(proxy);
+}
+
+// The pid a driver shows (BackendKeyData) is the upstream backend's own: what
+// pg_backend_pid() and pg_stat_activity say, the pid of the session's own notifications,
+// and a pid pg_terminate_backend ends this very session with. (It was once a routing key
+// in the range of real pids: terminating "your" pid could end another session's backend.)
+BOOST_AUTO_TEST_CASE(the_pid_a_client_sees_is_its_backends)
+{
+    Monitor mon;
+    for (const std::string db : {"postgres", "tlsdb"}) {
+        BOOST_TEST_CONTEXT(db)
+        {
+            Conn c = connect_ok(env().proxied(db, "postgres", "application_name=pgw_it_pid"));
+            const std::string pid = std::to_string(PQbackendPID(c.get()));
+            BOOST_TEST(scalar(c.get(), "SELECT pg_backend_pid()") == pid);
+            BOOST_TEST(direct_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = " + pid +
+                                     " AND application_name LIKE '%pgw_it_pid%'") == "1");
+
+            // The session's own notification carries that pid.
+            Result listen(PQexec(c.get(), "LISTEN pgw_it_pid_chan"));
+            BOOST_TEST_REQUIRE(PQresultStatus(listen.get()) == PGRES_COMMAND_OK, PQerrorMessage(c.get()));
+            Result notify(PQexec(c.get(), "NOTIFY pgw_it_pid_chan, 'mine'"));
+            BOOST_TEST_REQUIRE(PQresultStatus(notify.get()) == PGRES_COMMAND_OK, PQerrorMessage(c.get()));
+            PQconsumeInput(c.get());
+            std::unique_ptr<PGnotify, void (*)(void*)> n(PQnotifies(c.get()), PQfreemem);
+            BOOST_TEST_REQUIRE(n != nullptr, "no notification");
+            BOOST_TEST(std::to_string(n->be_pid) == pid);
+            BOOST_TEST(std::string(n->extra) == "mine");
+
+            // PQcancel sends that pid with our secret: it still reaches the right query.
+            auto t0 = Clock::now();
+            BOOST_TEST_REQUIRE(PQsendQuery(c.get(), "SELECT pg_sleep(30)") == 1);
+            BOOST_TEST_REQUIRE(mon.wait_sleeping("pgw_it_pid"));
+            std::string err;
+            BOOST_TEST(pq_cancel(c.get(), &err), err);
+            PgOutcome o = wait_result(c.get(), t0, 10000);
+            BOOST_TEST(o.sqlstate == "57014", o.describe());
+
+            // pg_terminate_backend on that pid ends this session, and the client hears the
+            // server say so.
+            BOOST_TEST(direct_scalar("SELECT pg_terminate_backend(" + pid + ")") == "t");
+            Result after(PQexec(c.get(), "SELECT 1"));
+            BOOST_TEST(PQresultStatus(after.get()) != PGRES_TUPLES_OK);
+            BOOST_TEST(contains(PQerrorMessage(c.get()), "terminating connection due to administrator command"),
+                       PQerrorMessage(c.get()));
+            BOOST_TEST(PQstatus(c.get()) == CONNECTION_BAD);
+        }
+    }
 }
 
 // 6. A key for a session that runs nothing does nothing, now or later.
@@ -1001,8 +1039,9 @@ BOOST_AUTO_TEST_CASE(query_timeout)
     check_clean_stop(proxy);
 }
 
-// 8. Two instances in front of one PostgreSQL: a cancel sent to the wrong one is forwarded to
-// the instance whose key it is; a forwarded request is never forwarded again.
+// 8. Two instances in front of one PostgreSQL: a cancel sent to the wrong one, which has no
+// session with that backend pid, is forwarded to its peers, and the instance whose session it
+// is routes it; a forwarded request is never forwarded again.
 BOOST_AUTO_TEST_CASE(peers_forward_once)
 {
     const int port1 = free_port(), port2 = free_port();
@@ -1018,7 +1057,6 @@ BOOST_AUTO_TEST_CASE(peers_forward_once)
     Monitor mon;
 
     RawSession s = raw_login(p1.port(), "pgw_it_peer");
-    BOOST_TEST(key_peer(s.key.pid) == 1u, "instance 1 hands out keys of peer 1");
     auto t0 = Clock::now();
     s.sock->send(query_message("SELECT pg_sleep(30)"));
     BOOST_TEST_REQUIRE(mon.wait_sleeping("pgw_it_peer"));
@@ -1028,7 +1066,7 @@ BOOST_AUTO_TEST_CASE(peers_forward_once)
                                             << "\ninstance 2:\n" << p2.log_tail(10)
                                             << "\ninstance 1:\n" << p1.log_tail(10));
     BOOST_TEST(o.ms < 5000, o.describe());
-    BOOST_TEST(count_in_log(p2, "forwarded to peer 1") == 1u, p2.log_tail(10));
+    BOOST_TEST(count_in_log(p2, "forwarded to peer(s) 1") == 1u, p2.log_tail(10));
     BOOST_TEST(count_in_log(p1, "routed to its worker") == 1u, p1.log_tail(10));
 
     // Over a Unix socket too (a peer host that is a directory, as in libpq), from a third
@@ -1044,7 +1082,7 @@ BOOST_AUTO_TEST_CASE(peers_forward_once)
     o = read_outcome(*s.sock, t0, 10000);
     BOOST_TEST(o.error['C'] == "57014", "not cancelled through a Unix-socket peer: "
                                             << o.describe() << "\n" << p3.log_tail(10));
-    BOOST_TEST(count_in_log(p3, "forwarded to peer 1") == 1u, p3.log_tail(10));
+    BOOST_TEST(count_in_log(p3, "forwarded to peer(s) 1") == 1u, p3.log_tail(10));
 
     // A request that already made its hop is still routed by the instance that owns the key.
     t0 = Clock::now();
@@ -1059,40 +1097,36 @@ BOOST_AUTO_TEST_CASE(peers_forward_once)
     BOOST_TEST(o.error['C'] == "57014", o.describe());
     s.sock->send(terminate_message());
 
-    // The loop guard: A (peer 4) and B (peer 5) each say peer 1 lives at the other. A key of
-    // peer 1 sent to A goes to B once, and B does not send it back.
+    // The loop guard: A (peer 4) and B (peer 5) each list only the other. A key of no
+    // session anywhere, sent to A, goes to B once, and B does not send it back.
     const int port_a = free_port(), port_b = free_port();
     ProxyOptions oa, ob;
     oa.port = port_a;
     oa.extra_settings = "peer_id = 4\n";
-    oa.extra_sections = peers_section({{1, tcp_peer(port_b)}});
+    oa.extra_sections = peers_section({{5, tcp_peer(port_b)}});
     ob.port = port_b;
     ob.extra_settings = "peer_id = 5\n";
-    ob.extra_sections = peers_section({{1, tcp_peer(port_a)}});
+    ob.extra_sections = peers_section({{4, tcp_peer(port_a)}});
     Proxy pa("pgwicket-cancel-loop-a", oa);
     Proxy pb("pgwicket-cancel-loop-b", ob);
-    BOOST_TEST(send_cancel(pa.port(), Key{make_pid(1, 3, 7), 0x12345678u}));
+    const Key nobodys{12345, 0x12345678u};
+    BOOST_TEST(send_cancel(pa.port(), nobodys));
     // Give a loop, if there were one, time to go round many times.
     sleep_ms(1500);
     const size_t forwards = count_in_log(pa, "forwarded to peer") + count_in_log(pb, "forwarded to peer");
     BOOST_TEST(forwards == 1u, "forwarded " << forwards << " times\nA:\n"
                                             << pa.log_tail(10) << "\nB:\n" << pb.log_tail(10));
-    BOOST_TEST(count_in_log(pa, "forwarded to peer 1") == 1u, pa.log_tail(10));
+    BOOST_TEST(count_in_log(pa, "forwarded to peer(s) 5") == 1u, pa.log_tail(10));
     BOOST_TEST(count_in_log(pb, "not forwarding again") == 1u, pb.log_tail(10));
     BOOST_TEST(count_in_log(pa, "not forwarding again") == 0u, pa.log_tail(10));
     // A forged packet claiming a hop is not forwarded either.
     {
         RawSocket c(pa.port());
-        c.send(forwarded_cancel_packet(Key{make_pid(1, 3, 7), 1}, 1));
+        c.send(forwarded_cancel_packet(nobodys, 1));
         BOOST_TEST(c.wait_closed(10000));
     }
-    sleep_ms(300);
+    BOOST_TEST(wait_for([&] { return count_in_log(pa, "not forwarding again") == 1u; }, 3000), pa.log_tail(10));
     BOOST_TEST(count_in_log(pa, "forwarded to peer") == 1u, pa.log_tail(10));
-    BOOST_TEST(count_in_log(pa, "not forwarding again") == 1u, pa.log_tail(10));
-    // A peer id nobody lists is dropped where it lands.
-    BOOST_TEST(send_cancel(p1.port(), Key{make_pid(9, 0, 1), 1}));
-    BOOST_TEST(wait_for([&] { return count_in_log(p1, "belongs to peer 9") == 1u; }, 3000),
-               p1.log_tail(10));
 
     for (Proxy* p : {&pa, &pb, &p3, &p2, &p1})
         check_clean_stop(*p);

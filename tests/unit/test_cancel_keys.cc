@@ -1,5 +1,5 @@
-// Unit tests for cancel keys and the shared session table: the key's bit layout, the slot
-// life cycle (claim, release, generations) and route_cancel's verdicts on a real table in
+// Unit tests for cancel keys and the shared session table: the slot life cycle (claim,
+// release, generations), publishing a key, and route_cancel's verdicts on a real table in
 // this process, with a forked child standing in for the owning worker.
 #include "admin/stats.hh"
 #include "ipc/session_table.hh"
@@ -50,19 +50,16 @@ std::string state(const SessionTable& t, std::uint32_t slot)
 
 std::string name(SlotState s) { return ipc::slot_state_name(s); }
 
-// The key a worker would hand out for `slot` right now.
-CancelKey key_for(const SessionTable& t, std::uint32_t slot, std::uint32_t secret)
+// What a worker does once its session is up: publish its key (the upstream backend's pid
+// and its own secret), then a state.
+void publish(const SessionTable& t, std::uint32_t slot, std::uint32_t backend_pid, std::uint32_t secret,
+             SlotState st)
 {
-    return ipc::decode_key(ipc::encode_key_pid(t.peer_id(), slot, generation(t, slot)), secret);
-}
-
-// What a worker does once its session is up: publish the secret, then a state.
-void publish(const SessionTable& t, std::uint32_t slot, std::uint32_t secret, SlotState st)
-{
-    t.slot(slot).secret.store(secret);
+    ipc::publish_cancel_key(&t.slot(slot), backend_pid, secret);
     t.slot(slot).state.store(std::uint32_t(st));
 }
 
+std::string verdict(const ipc::CancelRoute& r) { return ipc::cancel_verdict_name(r.verdict); }
 std::string verdict(CancelVerdict v) { return ipc::cancel_verdict_name(v); }
 
 // A child process that stands in for the owning worker: it writes one byte ('U') to a pipe
@@ -150,55 +147,6 @@ private:
 
 BOOST_AUTO_TEST_SUITE(cancel_keys)
 
-BOOST_AUTO_TEST_CASE(key_round_trip)
-{
-    for (std::uint32_t peer : {0u, 1u, 2u, 31u, 62u, 63u})
-        for (std::uint32_t slot : {0u, 1u, 255u, 256u, 12345u, ipc::kMaxSlots - 2, ipc::kMaxSlots - 1})
-            for (std::uint32_t gen : {1u, 2u, 0x7fu, 0x80u, 0xffu, 0x101u, 0x1ffu, 0xdeadbe01u, 0xffffffffu}) {
-                BOOST_TEST_CONTEXT("peer " << peer << " slot " << slot << " generation " << gen)
-                {
-                    std::uint32_t pid = ipc::encode_key_pid(peer, slot, gen);
-                    // BackendKeyData's process id is a signed int32 to most drivers: keep it positive.
-                    BOOST_TEST(pid <= 0x7fffffffu);
-                    BOOST_TEST(pid != 0u);
-                    CancelKey k = ipc::decode_key(pid, 0xa5a5a5a5u);
-                    BOOST_TEST(k.peer_id == peer);
-                    BOOST_TEST(k.slot == slot);
-                    BOOST_TEST(k.generation_low == (gen & 0xffu));
-                    BOOST_TEST(k.secret == 0xa5a5a5a5u);
-                }
-            }
-}
-
-BOOST_AUTO_TEST_CASE(key_bit_limits)
-{
-    // The exact layout: peer 6 bits << 25 | slot 17 bits << 8 | generation low byte.
-    BOOST_TEST(ipc::encode_key_pid(0, 0, 1) == 1u);
-    BOOST_TEST(ipc::encode_key_pid(0, 1, 1) == 0x101u);
-    BOOST_TEST(ipc::encode_key_pid(1, 0, 1) == (1u << 25 | 1u));
-    BOOST_TEST(ipc::encode_key_pid(63, ipc::kMaxSlots - 1, 0xff) == 0x7fffffffu);
-    BOOST_TEST(ipc::kMaxSlots == 131072u);
-    BOOST_TEST(ipc::kMaxPeerId == 63u);
-    // Oversized inputs never bleed into a neighbour's bits (and never set the sign bit).
-    for (std::uint32_t gen : {0x100u, 0x1234u, 0xffffff01u}) {
-        CancelKey k = ipc::decode_key(ipc::encode_key_pid(5, 77, gen), 1);
-        BOOST_TEST(k.peer_id == 5u);
-        BOOST_TEST(k.slot == 77u);
-    }
-    CancelKey k = ipc::decode_key(ipc::encode_key_pid(5, ipc::kMaxSlots, 3), 1);
-    BOOST_TEST(k.peer_id == 5u, "slot overflow changed the peer id");
-    BOOST_TEST(k.generation_low == 3u);
-    BOOST_TEST(ipc::encode_key_pid(64, 9, 3) <= 0x7fffffffu);
-    BOOST_TEST(ipc::decode_key(ipc::encode_key_pid(64, 9, 3), 1).slot == 9u);
-    // Decoding any 32-bit value stays within the limits.
-    for (std::uint32_t pid : {0u, 0xffffffffu, 0x80000000u, 0x7fffffffu}) {
-        CancelKey d = ipc::decode_key(pid, 0);
-        BOOST_TEST(d.peer_id <= ipc::kMaxPeerId);
-        BOOST_TEST(d.slot < ipc::kMaxSlots);
-        BOOST_TEST(d.generation_low <= 0xffu);
-    }
-}
-
 BOOST_AUTO_TEST_CASE(table_create)
 {
     BOOST_TEST(!SessionTable::create(0, 0).ok());
@@ -243,12 +191,13 @@ BOOST_AUTO_TEST_CASE(claim_and_release)
     BOOST_TEST(state(t, 0) == name(SlotState::Free));
     BOOST_TEST(state(t, 2) == name(SlotState::Free));
 
-    publish(t, 1, 0x1234, SlotState::Active);
+    publish(t, 1, 4321, 0x1234, SlotState::Active);
     t.slot(1).gen_cancel.store((std::uint64_t(1) << 32) | 7);  // seven cancels routed
     t.release(1);
     BOOST_TEST(state(t, 1) == name(SlotState::Free));
     BOOST_TEST(t.slot(1).owner_pid.load() == 0);
     BOOST_TEST(t.slot(1).secret.load() == 0u);
+    BOOST_TEST(t.slot(1).backend_pid.load() == 0u);
     BOOST_TEST(generation(t, 1) == 2u);
     BOOST_TEST(cancel_seq(t, 1) == 0u, "the cancel sequence must start again at 0");
     BOOST_TEST(generation(t, 0) == 1u);
@@ -259,25 +208,18 @@ BOOST_AUTO_TEST_CASE(claim_and_release)
     BOOST_TEST(t.slot(1).secret.load() == 0u);
 }
 
-BOOST_AUTO_TEST_CASE(generation_low_byte_is_never_zero)
+BOOST_AUTO_TEST_CASE(new_secrets_are_nonzero_and_differ)
 {
-    SessionTable t = make_table(1);
-    std::uint32_t last = generation(t, 0);
+    std::uint32_t last = 0;
+    int repeats = 0;
     for (int i = 0; i < 1000; ++i) {
-        t.claim(0, 1000 + i, std::uint64_t(i));
-        t.release(0);
-        std::uint32_t g = generation(t, 0);
-        BOOST_TEST_REQUIRE(g > last, "generation did not grow at release " << i);
-        BOOST_TEST_REQUIRE((g & 0xffu) != 0u, "generation " << g << " gives a key ending in 0");
-        BOOST_TEST_REQUIRE(ipc::encode_key_pid(0, 0, g) != 0u);
-        last = g;
+        auto s = ipc::new_cancel_secret();
+        BOOST_TEST_REQUIRE(s.has_value());
+        BOOST_TEST_REQUIRE(*s != 0u, "zero marks a slot without a key");
+        repeats += *s == last ? 1 : 0;
+        last = *s;
     }
-    BOOST_TEST(last >= 1000u);
-    // The step over a zero low byte, exactly.
-    t.slot(0).gen_cancel.store(std::uint64_t(0x2ff) << 32 | 3);
-    t.release(0);
-    BOOST_TEST(generation(t, 0) == 0x301u);
-    BOOST_TEST(cancel_seq(t, 0) == 0u);
+    BOOST_TEST(repeats == 0);
 }
 
 BOOST_AUTO_TEST_CASE(bad_cancel_log_rate_limit)
@@ -303,95 +245,96 @@ BOOST_AUTO_TEST_CASE(route_cancel_verdicts)
     SessionTable t = make_table(4);
     FakeWorker owner;
     const std::uint32_t slot = 2;
-    const std::uint32_t secret = 0x5eed1234;
+    const std::uint32_t backend = 31337, secret = 0x5eed1234;
+    const CancelKey good{backend, secret};
     t.claim(slot, owner.pid(), 77);
 
-    // Startup: no secret published yet; even a zero secret must not match the zero in the slot.
-    BOOST_TEST(verdict(ipc::route_cancel(t, key_for(t, slot, 0))) ==
-               verdict(CancelVerdict::WrongSecret));
-    BOOST_TEST(verdict(ipc::route_cancel(t, key_for(t, slot, secret))) ==
-               verdict(CancelVerdict::WrongSecret));
+    // Startup: no key published yet; even a zero secret must not match the zeros in the slot.
+    BOOST_TEST(verdict(ipc::route_cancel(t, {0, 0})) == verdict({CancelVerdict::NoSuchSession}));
+    BOOST_TEST(verdict(ipc::route_cancel(t, good)) == verdict({CancelVerdict::NoSuchSession}));
     t.slot(slot).state.store(std::uint32_t(SlotState::Active));
-    BOOST_TEST(verdict(ipc::route_cancel(t, key_for(t, slot, 0))) ==
-               verdict(CancelVerdict::WrongSecret), "secret 0 matched an unpublished secret");
+    BOOST_TEST(verdict(ipc::route_cancel(t, {0, 0})) == verdict({CancelVerdict::NoSuchSession}),
+               "a zero key matched an unpublished one");
 
-    publish(t, slot, secret, SlotState::Active);
-    CancelKey good = key_for(t, slot, secret);
+    publish(t, slot, backend, secret, SlotState::Active);
 
     // Wrong secrets: off by one bit, all bits, zero.
     for (std::uint32_t bad : {secret ^ 1u, secret ^ 0x80000000u, ~secret, 0u})
-        BOOST_TEST(verdict(ipc::route_cancel(t, key_for(t, slot, bad))) ==
-                   verdict(CancelVerdict::WrongSecret));
-    // Slot out of range, and a slot of the table that is free.
-    for (std::uint32_t s : {4u, 5u, ipc::kMaxSlots - 1}) {
-        CancelKey k = good;
-        k.slot = s;
-        BOOST_TEST(verdict(ipc::route_cancel(t, k)) == verdict(CancelVerdict::NoSuchSlot));
-    }
-    {
-        CancelKey k = good;
-        k.slot = 0;  // free, generation 1 like ours
-        BOOST_TEST(verdict(ipc::route_cancel(t, k)) == verdict(CancelVerdict::Stale));
-    }
-    // Another generation.
-    for (std::uint32_t g : {0u, 2u, 0xffu}) {
-        CancelKey k = good;
-        k.generation_low = g;
-        BOOST_TEST(verdict(ipc::route_cancel(t, k)) == verdict(CancelVerdict::Stale));
-    }
+        BOOST_TEST(verdict(ipc::route_cancel(t, {backend, bad})) == verdict({CancelVerdict::WrongSecret}));
+    // Another pid with the right secret, and pids of nothing.
+    for (std::uint32_t pid : {backend + 1, backend - 1, 0u, 0xffffffffu})
+        BOOST_TEST(verdict(ipc::route_cancel(t, {pid, secret})) == verdict({CancelVerdict::NoSuchSession}));
     // Idle states: nothing to cancel.
     for (SlotState st : {SlotState::Idle, SlotState::IdleInTransaction,
                          SlotState::IdleInFailedTransaction, SlotState::Startup}) {
         t.slot(slot).state.store(std::uint32_t(st));
-        BOOST_TEST(verdict(ipc::route_cancel(t, good)) == verdict(CancelVerdict::NotActive),
+        BOOST_TEST(verdict(ipc::route_cancel(t, good)) == verdict({CancelVerdict::NotActive}),
                    "state " << ipc::slot_state_name(st));
     }
     BOOST_TEST(cancel_seq(t, slot) == 0u, "a refused request bumped the cancel sequence");
     BOOST_TEST(owner.read_reports(300) == "", "the owner was signalled for a refused request");
 
-    // The right key on an active session: exactly one signal, one sequence step.
+    // The right key on an active session: exactly one signal, one sequence step, and the
+    // session named.
     t.slot(slot).state.store(std::uint32_t(SlotState::Active));
-    BOOST_TEST(verdict(ipc::route_cancel(t, good)) == verdict(CancelVerdict::Routed));
+    ipc::CancelRoute routed = ipc::route_cancel(t, good);
+    BOOST_TEST(verdict(routed) == verdict({CancelVerdict::Routed}));
+    BOOST_TEST(routed.session_id == 77u);
     BOOST_TEST(cancel_seq(t, slot) == 1u);
     BOOST_TEST(owner.read_reports(5000) == "U");
-    BOOST_TEST(verdict(ipc::route_cancel(t, good)) == verdict(CancelVerdict::Routed));
+    BOOST_TEST(verdict(ipc::route_cancel(t, good)) == verdict({CancelVerdict::Routed}));
     BOOST_TEST(cancel_seq(t, slot) == 2u);
     BOOST_TEST(owner.read_reports(5000) == "U");
     BOOST_TEST(generation(t, slot) == 1u, "routing changed the generation");
 
     // The sequence wraps without carrying into the generation.
     t.slot(slot).gen_cancel.store((std::uint64_t(1) << 32) | 0xffffffffu);
-    BOOST_TEST(verdict(ipc::route_cancel(t, good)) == verdict(CancelVerdict::Routed));
+    BOOST_TEST(verdict(ipc::route_cancel(t, good)) == verdict({CancelVerdict::Routed}));
     BOOST_TEST(generation(t, slot) == 1u);
     BOOST_TEST(cancel_seq(t, slot) == 0u);
     BOOST_TEST(owner.read_reports(5000) == "U");
 
-    // The session ends: the old key is stale, even once the slot has a new active owner
-    // whose secret happens to be the same.
+    // Two upstream hosts may give the same pid: each slot's secret is compared, and only
+    // the session whose secret matches is signalled, wherever it is in the table.
+    FakeWorker other;
+    t.claim(0, other.pid(), 90);
+    publish(t, 0, backend, 0x0badf00d, SlotState::Active);
+    BOOST_TEST(verdict(ipc::route_cancel(t, {backend, 0x0badf00d})) == verdict({CancelVerdict::Routed}));
+    BOOST_TEST(other.read_reports(5000) == "U");
+    BOOST_TEST(owner.read_reports(300) == "", "the other session with the same pid was signalled");
+    ipc::CancelRoute second = ipc::route_cancel(t, good);
+    BOOST_TEST(verdict(second) == verdict({CancelVerdict::Routed}));
+    BOOST_TEST(second.session_id == 77u);
+    BOOST_TEST(owner.read_reports(5000) == "U");
+    BOOST_TEST(other.read_reports(300) == "");
+    BOOST_TEST(verdict(ipc::route_cancel(t, {backend, 0x12345678})) == verdict({CancelVerdict::WrongSecret}));
+    t.release(0);
+
+    // The session ends: its key finds nothing, and the slot's next session, with a new
+    // backend and secret, is not reached by the old key.
     t.release(slot);
-    BOOST_TEST(verdict(ipc::route_cancel(t, good)) == verdict(CancelVerdict::Stale));
+    BOOST_TEST(verdict(ipc::route_cancel(t, good)) == verdict({CancelVerdict::NoSuchSession}));
     t.claim(slot, owner.pid(), 78);
-    publish(t, slot, secret, SlotState::Active);
-    BOOST_TEST(verdict(ipc::route_cancel(t, good)) == verdict(CancelVerdict::Stale));
-    BOOST_TEST(owner.read_reports(300) == "", "a stale key reached the slot's next owner");
-    CancelKey fresh = key_for(t, slot, secret);
-    BOOST_TEST(fresh.generation_low != good.generation_low);
-    BOOST_TEST(verdict(ipc::route_cancel(t, fresh)) == verdict(CancelVerdict::Routed));
+    BOOST_TEST(t.slot(slot).backend_pid.load() == 0u, "a claimed slot kept the old backend pid");
+    publish(t, slot, backend + 7, 0x77777777, SlotState::Active);
+    BOOST_TEST(verdict(ipc::route_cancel(t, good)) == verdict({CancelVerdict::NoSuchSession}));
+    BOOST_TEST(owner.read_reports(300) == "", "an old key reached the slot's next owner");
+    const CancelKey fresh{backend + 7, 0x77777777};
+    BOOST_TEST(verdict(ipc::route_cancel(t, fresh)) == verdict({CancelVerdict::Routed}));
     BOOST_TEST(owner.read_reports(5000) == "U");
 
     // An owner that is gone, or none at all.
     owner.stop();
-    BOOST_TEST(verdict(ipc::route_cancel(t, fresh)) == verdict(CancelVerdict::OwnerGone));
+    BOOST_TEST(verdict(ipc::route_cancel(t, fresh)) == verdict({CancelVerdict::OwnerGone}));
     t.slot(slot).owner_pid.store(0);
-    BOOST_TEST(verdict(ipc::route_cancel(t, fresh)) == verdict(CancelVerdict::OwnerGone));
+    BOOST_TEST(verdict(ipc::route_cancel(t, fresh)) == verdict({CancelVerdict::OwnerGone}));
 }
 
 BOOST_AUTO_TEST_CASE(verdict_names_are_distinct)
 {
     std::vector<std::string> names;
-    for (CancelVerdict v : {CancelVerdict::Routed, CancelVerdict::NoSuchSlot, CancelVerdict::Stale,
-                            CancelVerdict::WrongSecret, CancelVerdict::NotActive,
-                            CancelVerdict::Raced, CancelVerdict::OwnerGone}) {
+    for (CancelVerdict v : {CancelVerdict::Routed, CancelVerdict::NoSuchSession, CancelVerdict::WrongSecret,
+                            CancelVerdict::NotActive, CancelVerdict::Raced, CancelVerdict::OwnerGone}) {
         std::string n = ipc::cancel_verdict_name(v);
         BOOST_TEST(n != "?");
         for (const auto& seen : names)

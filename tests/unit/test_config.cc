@@ -391,11 +391,12 @@ BOOST_AUTO_TEST_CASE(peers_section_is_parsed_and_checked)
     BOOST_TEST_REQUIRE(r.ok(), why(r));
     const auto& c = r.value();
     BOOST_TEST_REQUIRE(c.peers.size() == 2u);
-    BOOST_TEST(c.find_peer(1)->host == "10.0.0.11");
-    BOOST_TEST(c.find_peer(1)->port == "6432");
-    BOOST_TEST(c.find_peer(2)->host == "/run/pgwicket");
-    BOOST_TEST(c.find_peer(2)->port == "7432");
-    BOOST_TEST(c.find_peer(3) == nullptr);
+    BOOST_TEST(c.peers[0].id == 1);
+    BOOST_TEST(c.peers[0].host == "10.0.0.11");
+    BOOST_TEST(c.peers[0].port == "6432");
+    BOOST_TEST(c.peers[1].id == 2);
+    BOOST_TEST(c.peers[1].host == "/run/pgwicket");
+    BOOST_TEST(c.peers[1].port == "7432");
 
     const std::string db = "[databases]\n* = host=a\n";
     struct Case {
