@@ -124,6 +124,9 @@ private:
     protocol::Writer out_;
 };
 
+// A pid, or empty while there is none yet (a session still logging in).
+std::string pid_text(std::uint32_t pid) { return pid ? std::to_string(pid) : std::string(); }
+
 void Console::show_sessions()
 {
     std::vector<Row> rows;
@@ -136,11 +139,12 @@ void Console::show_sessions()
         rows.push_back({std::to_string(sl.session_id.load(std::memory_order_relaxed)), ipc::slot_state_name(st),
                         iso_time(sl.state_since_ms.load(std::memory_order_relaxed)), sl.client_addr.get(),
                         sl.database.get(), sl.user.get(), sl.identity.get(), sl.application_name.get(),
-                        std::to_string(sl.owner_pid.load(std::memory_order_relaxed)), cnt(ipc::kQueries),
+                        std::to_string(sl.owner_pid.load(std::memory_order_relaxed)),
+                        pid_text(sl.backend_pid.load(std::memory_order_relaxed)), cnt(ipc::kQueries),
                         cnt(ipc::kBytesFromClient), cnt(ipc::kBytesFromServer)});
     }
     result({"session", "state", "state_since", "client_addr", "database", "user", "identity", "application_name",
-            "worker_pid", "queries", "bytes_from_client", "bytes_from_server"},
+            "worker_pid", "backend_pid", "queries", "bytes_from_client", "bytes_from_server"},
            rows, "SHOW");
 }
 

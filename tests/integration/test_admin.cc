@@ -149,11 +149,18 @@ BOOST_AUTO_TEST_CASE(kill_reload_and_shutdown)
     // Find the victim's session id in SHOW SESSIONS, then KILL it.
     Result sessions(PQexec(boss.get(), "SHOW SESSIONS"));
     BOOST_TEST_REQUIRE(PQresultStatus(sessions.get()) == PGRES_TUPLES_OK);
-    std::string id;
+    std::string id, backend_pid;
+    const int pid_col = PQfnumber(sessions.get(), "backend_pid");
+    BOOST_TEST_REQUIRE(pid_col >= 0, "SHOW SESSIONS has no backend_pid column");
     for (int i = 0; i < PQntuples(sessions.get()); ++i)
-        if (std::string(PQgetvalue(sessions.get(), i, 7)) == "kill_me")
+        if (std::string(PQgetvalue(sessions.get(), i, 7)) == "kill_me") {
             id = PQgetvalue(sessions.get(), i, 0);
+            backend_pid = PQgetvalue(sessions.get(), i, pid_col);
+        }
     BOOST_TEST_REQUIRE(!id.empty());
+    // The pid the victim's driver shows, which the server's views and logs name too.
+    BOOST_TEST(backend_pid == std::to_string(PQbackendPID(victim.get())));
+    BOOST_TEST(backend_pid == scalar(victim.get(), "SELECT pg_backend_pid()"));
     Result missing(PQexec(boss.get(), "KILL 999999"));
     BOOST_TEST(sqlstate_of(missing.get()) == "42704");
     Result bad_arg(PQexec(boss.get(), "KILL everyone"));
