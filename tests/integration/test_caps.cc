@@ -271,6 +271,29 @@ BOOST_AUTO_TEST_CASE(max_bytes_cuts_wide_rows)
     check_clean_stop(p);
 }
 
+// Rows are dropped by their header, so a row larger than the relay's buffer (128 KiB) that
+// comes after the cap does not reach the client either.
+BOOST_AUTO_TEST_CASE(rows_larger_than_the_relay_buffer_are_dropped_too)
+{
+    Proxy p("pgwicket-caps-huge", capped("max_rows = 2\n"));
+    std::vector<Notice> notices;
+    Conn c = connect_noticed(p.conninfo(), notices);
+    Result r(PQexec(c.get(), "SELECT repeat('x', 300000) AS caps_huge, generate_series(1, 100000000) AS n"));
+    BOOST_TEST_REQUIRE(PQresultStatus(r.get()) == PGRES_TUPLES_OK, PQresultErrorMessage(r.get()));
+    BOOST_TEST(PQntuples(r.get()) == 2);
+    for (int i = 0; i < PQntuples(r.get()); ++i) {
+        BOOST_TEST(PQgetlength(r.get(), i, 0) == 300000);
+        BOOST_TEST(std::string(PQgetvalue(r.get(), i, 1)) == std::to_string(i + 1));
+    }
+    BOOST_TEST(std::string(PQcmdStatus(r.get())) == "SELECT 2");
+    BOOST_TEST_REQUIRE(notices.size() == 1u, notices_text(notices));
+    BOOST_TEST(notices[0].message == cut_message("max_rows = 2", 2, true));
+    BOOST_TEST(scalar(c.get(), "SELECT 'after'") == "after");
+    sleep_ms(1000);
+    BOOST_TEST(still_running("AS caps_huge") == "0");
+    check_clean_stop(p);
+}
+
 BOOST_AUTO_TEST_CASE(set_overrides_the_cap_when_the_policy_allows_it_and_is_audited)
 {
     const std::string audit = fresh_audit_path("caps-override");
