@@ -54,6 +54,7 @@ public:
             if (!waiting_for_body_) {
                 ++messages_;
                 header_size_ = std::uint64_t(len) + 1;
+                header_offset_ = pos;
                 const bool wanted = inspect(type);
                 if (wanted && strict_ && size_t(len) + 1 > max_inspect_)
                     return {pos, ScanStatus::TooLarge};
@@ -82,6 +83,8 @@ public:
     std::uint64_t messages() const { return messages_; }
     // Inside Inspect: the size of the message whose header it is, type byte included.
     std::uint64_t header_size() const { return header_size_; }
+    // Inside Inspect: where that message starts in the span being scanned.
+    size_t header_offset() const { return header_offset_; }
 
 private:
     size_t max_inspect_;
@@ -89,6 +92,7 @@ private:
     std::uint64_t skip_ = 0;
     std::uint64_t messages_ = 0;
     std::uint64_t header_size_ = 0;
+    size_t header_offset_ = 0;
     bool waiting_for_body_ = false;  // the header at the scan position was inspected already
 };
 

@@ -10,8 +10,10 @@
 #include <poll.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <deque>
 #include <memory>
 
 namespace pgw::session {
@@ -29,6 +31,8 @@ using upstream::Transport;
 
 // A fixed buffer with three cursors: [read, scanned) may be forwarded,
 // [scanned, write) waits for the framer (an incomplete header or inspected message).
+// Cuts mark scanned messages that do not go on: forwarding stops at the first one,
+// its replacement (if any) goes out, and its bytes are dropped.
 class Pipe {
 public:
     explicit Pipe(size_t cap) : data_(new std::byte[cap]), cap_(cap) {}
@@ -36,14 +40,8 @@ public:
     size_t space()
     {
         // Compact when the tail is short so a whole inspected message always fits.
-        if (rpos_ > 0 && cap_ - wpos_ < cap_ / 4) {
-            std::memmove(data_.get(), data_.get() + rpos_, wpos_ - rpos_);
-            spos_ -= rpos_;
-            wpos_ -= rpos_;
-            if (cut_len_)
-                cut_at_ -= rpos_;
-            rpos_ = 0;
-        }
+        if (rpos_ > 0 && cap_ - wpos_ < cap_ / 4)
+            compact();
         return cap_ - wpos_;
     }
     std::byte* tail() { return data_.get() + wpos_; }
@@ -52,39 +50,89 @@ public:
     protocol::ByteSpan unscanned() const { return {data_.get() + spos_, wpos_ - spos_}; }
     void scanned(size_t n) { spos_ += n; }
 
-    // Forwarding stops at a cut: a scanned message that is replaced by other bytes.
+    // Forwarding stops at a cut.
     protocol::ByteSpan forwardable() const
     {
-        size_t end = cut_len_ ? cut_at_ : spos_;
+        size_t end = cuts_.empty() ? spos_ : cuts_.front().at;
         return {data_.get() + rpos_, end - rpos_};
     }
     void consumed(size_t n)
     {
         rpos_ += n;
         if (rpos_ == wpos_)
-            rpos_ = spos_ = wpos_ = 0;
+            compact();  // nothing to move: only the cursors start over
     }
 
-    // Marks the `len` bytes ending at the scan position as a message to drop.
-    void cut_last(size_t len)
+    // Marks the `len` bytes that start `offset` bytes into unscanned() as a message that
+    // does not go on, with `replacement` written in its place (empty: only dropped). A cut
+    // that starts where the previous one ends joins it: a run of dropped rows is one cut,
+    // dropped at once, however many messages it holds.
+    void cut(size_t offset, std::uint64_t len, protocol::Bytes replacement)
     {
-        cut_at_ = spos_ - len;
-        cut_len_ = len;
+        const size_t at = spos_ + offset;
+        if (!cuts_.empty() && cuts_.back().at + cuts_.back().len == at) {
+            Cut& last = cuts_.back();
+            last.len += len;
+            last.replacement.insert(last.replacement.end(), replacement.begin(), replacement.end());
+            return;
+        }
+        cuts_.push_back({at, len, std::move(replacement), 0});
     }
-    bool has_cut() const { return cut_len_ != 0; }
-    bool at_cut() const { return cut_len_ != 0 && rpos_ == cut_at_; }
-    void drop_cut()
+    bool has_cut() const { return !cuts_.empty(); }
+    bool at_cut() const { return !cuts_.empty() && rpos_ == cuts_.front().at; }
+    // What is still to be written of the first cut's replacement.
+    protocol::ByteSpan replacement_left() const
     {
-        size_t n = cut_len_;
-        cut_len_ = 0;
+        const Cut& c = cuts_.front();
+        return {c.replacement.data() + c.written, c.replacement.size() - c.written};
+    }
+    void replacement_written(size_t n) { cuts_.front().written += n; }
+    // The destination has part of a replacement: it is inside one of our messages.
+    bool mid_replacement() const
+    {
+        return !cuts_.empty() && cuts_.front().written > 0 &&
+               cuts_.front().written < cuts_.front().replacement.size();
+    }
+    // Whether there are bytes to write: framed ones, or a replacement at a cut.
+    bool has_output() const { return !forwardable().empty() || (at_cut() && !replacement_left().empty()); }
+    // Drops the first cut's bytes as far as they are scanned; the rest of a message longer
+    // than what has arrived goes as it is scanned. Returns the bytes dropped.
+    size_t drop_cut()
+    {
+        Cut& c = cuts_.front();
+        const size_t n = size_t(std::min<std::uint64_t>(c.len, spos_ - c.at));
+        c.at += n;
+        c.len -= n;
+        if (c.len == 0)
+            cuts_.pop_front();
         consumed(n);
+        return n;
     }
 
 private:
+    struct Cut {
+        size_t at;           // where it starts in the buffer
+        std::uint64_t len;   // bytes still to drop, some perhaps not read yet
+        protocol::Bytes replacement;
+        size_t written;      // of the replacement
+    };
+
+    void compact()
+    {
+        std::memmove(data_.get(), data_.get() + rpos_, wpos_ - rpos_);
+        spos_ -= rpos_;
+        wpos_ -= rpos_;
+        for (Cut& c : cuts_)
+            c.at -= rpos_;
+        rpos_ = 0;
+    }
+
     std::unique_ptr<std::byte[]> data_;
     size_t cap_;
     size_t rpos_ = 0, spos_ = 0, wpos_ = 0;
-    size_t cut_at_ = 0, cut_len_ = 0;
+    // In stream order. More than one only when forwarded messages stand between dropped
+    // ones; a replacement pauses the scan until every cut is out.
+    std::deque<Cut> cuts_;
 };
 
 struct Direction {
@@ -103,8 +151,6 @@ struct Direction {
     bool dst_failed = false;   // writing failed
     bool stopped = false;      // the framer was asked to stop (Terminate)
     bool paused = false;       // scanning waits until a replacement has been written
-    protocol::Bytes replacement;  // written in place of the cut message
-    size_t replacement_written = 0;
     bool violation = false;
     bool too_large = false;  // a message the session had to see did not fit (strict framer)
     std::uint64_t bytes = 0;
@@ -112,7 +158,7 @@ struct Direction {
     // The destination has seen only whole messages.
     bool dst_at_boundary() const
     {
-        return framer.at_boundary() && pipe.forwardable().empty() && replacement_written == 0;
+        return framer.at_boundary() && pipe.forwardable().empty() && !pipe.mid_replacement();
     }
 };
 
@@ -185,9 +231,17 @@ bool Relay::pump(Direction& d, bool from_client)
         }
     }
     if (!d.stopped && !d.paused && !d.violation && !d.pipe.unscanned().empty()) {
-        size_t cut = 0;
+        const protocol::ByteSpan unscanned = d.pipe.unscanned();
+        bool replaced = false;
+        // Our bytes go to the destination in place of the message whose body this is;
+        // scanning pauses after it until they are out.
+        auto replace = [&d, &replaced, unscanned](protocol::ByteSpan body, protocol::Bytes bytes) {
+            d.pipe.cut(size_t(body.data() - unscanned.data()) - 5, body.size() + 5, std::move(bytes));
+            replaced = true;
+            return false;
+        };
         auto res = d.framer.scan(
-            d.pipe.unscanned(),
+            unscanned,
             [this, from_client, &d](char type) {
                 if (from_client) {
                     if (!observer_)
@@ -198,18 +252,20 @@ bool Relay::pump(Direction& d, bool from_client)
                 if (!observer_)
                     return type == 'Z' || type == 'E' || type == 'C';
                 observer_->on_server_message(type, d.framer.header_size());
-                return type == 'Z' || type == 'E' || type == 'C' || observer_->inspect_server(type);
+                if (type == 'Z' || type == 'E' || type == 'C')
+                    return true;
+                if (observer_->drop_server(type)) {
+                    d.pipe.cut(d.framer.header_offset(), d.framer.header_size(), {});
+                    return false;  // its body is skipped as it arrives, never held whole
+                }
+                return observer_->inspect_server(type);
             },
-            [this, from_client, &d, &cut](char type, protocol::ByteSpan body) {
+            [this, from_client, &replace](char type, protocol::ByteSpan body) {
                 if (from_client) {
                     if (type == 'X')
                         return false;  // stop after Terminate: nothing follows it
-                    if (auto replacement = observer_->on_client_body(type, body)) {
-                        d.replacement = std::move(*replacement);
-                        d.replacement_written = 0;
-                        cut = body.size() + 5;
-                        return false;  // pause here until the replacement is out
-                    }
+                    if (auto replacement = observer_->on_client_body(type, body))
+                        return replace(body, std::move(*replacement));
                     return true;
                 }
                 if (type == 'Z' && body.size() == 1) {
@@ -223,24 +279,15 @@ bool Relay::pump(Direction& d, bool from_client)
                         std::string_view tag(reinterpret_cast<const char*>(body.data()), body.size());
                         observer_->on_command_complete(tag.substr(0, tag.find('\0')));
                     }
-                    // Messages the session asked to see (DataRow past a cap): maybe replaced.
-                    if (auto replacement = observer_->on_server_body(type, body)) {
-                        d.replacement = std::move(*replacement);
-                        d.replacement_written = 0;
-                        cut = body.size() + 5;
-                        return false;
-                    }
+                    // Messages the session asked to see (the CommandComplete of a cut result).
+                    if (auto replacement = observer_->on_server_body(type, body))
+                        return replace(body, std::move(*replacement));
                 } else if (type == 'E') {
                     auto e = protocol::decode_error_fields(body);
                     last_server_error_fatal_ = e && (e->severity == "FATAL" || e->severity == "PANIC");
-                    if (e && observer_) {
-                        if (auto replacement = observer_->on_server_error(*e)) {
-                            d.replacement = std::move(*replacement);
-                            d.replacement_written = 0;
-                            cut = body.size() + 5;
-                            return false;  // pause here until the replacement is out
-                        }
-                    }
+                    if (e && observer_)
+                        if (auto replacement = observer_->on_server_error(*e))
+                            return replace(body, std::move(*replacement));
                 }
                 return true;
             });
@@ -248,12 +295,10 @@ bool Relay::pump(Direction& d, bool from_client)
             progress = true;
         d.pipe.scanned(res.scanned);
         if (res.status == protocol::ScanStatus::Stopped) {
-            if (cut) {
-                d.pipe.cut_last(cut);
+            if (replaced)
                 d.paused = true;
-            } else {
+            else
                 d.stopped = true;
-            }
         } else if (res.status == protocol::ScanStatus::Violation) {
             d.violation = true;
         } else if (res.status == protocol::ScanStatus::TooLarge) {
@@ -262,18 +307,16 @@ bool Relay::pump(Direction& d, bool from_client)
         }
     }
     if (!d.dst_failed && d.pipe.at_cut()) {
-        // Our message goes out where the replaced one stood, then the original is dropped
-        // (an empty replacement only drops it).
-        size_t n = d.replacement.empty() ? 0
-                                         : push(d, {d.replacement.data() + d.replacement_written,
-                                                    d.replacement.size() - d.replacement_written});
-        d.replacement_written += n;
+        // Our message goes out where the cut starts, then the cut's bytes are dropped, as
+        // far as they have arrived.
+        protocol::ByteSpan left = d.pipe.replacement_left();
+        size_t n = left.empty() ? 0 : push(d, left);
+        d.pipe.replacement_written(n);
         progress = progress || n > 0 || d.dst_failed;
-        if (d.replacement_written == d.replacement.size()) {
-            d.pipe.drop_cut();
-            d.replacement.clear();
-            d.replacement_written = 0;
-            d.paused = false;
+        if (d.pipe.replacement_left().empty()) {
+            progress = d.pipe.drop_cut() > 0 || progress;
+            if (!d.pipe.has_cut())
+                d.paused = false;
         }
     }
     const bool held = from_client && observer_ && observer_->hold_client_input();
@@ -340,11 +383,11 @@ void Relay::wait()
     if (!c2s_.src_done && !c2s_.stopped && !c2s_.may_read && c2s_.pipe.space() > 0)
         fds[0].events |= poll_bit(c2s_.read_wait);
     const bool held = observer_ && observer_->hold_client_input();
-    if ((!c2s_.pipe.forwardable().empty() || c2s_.pipe.at_cut()) && !held)
+    if (c2s_.pipe.has_output() && !held)
         fds[1].events |= poll_bit(c2s_.write_wait);
     if (!s2c_.src_done && !s2c_.may_read && s2c_.pipe.space() > 0)
         fds[1].events |= poll_bit(s2c_.read_wait);
-    if (!s2c_.pipe.forwardable().empty() || s2c_.pipe.at_cut())
+    if (s2c_.pipe.has_output())
         fds[0].events |= poll_bit(s2c_.write_wait);
     // The session's signals (stop, routed cancel) are blocked while the relay runs and
     // unblocked only inside ppoll(): one that arrives between our last look at the

@@ -62,6 +62,11 @@ public:
     // Every message header from the server, once per message, with the message's size
     // (type byte and length included).
     virtual void on_server_message(char /*type*/, std::uint64_t /*size*/) {}
+    // Whether this server message must not reach the client (a row past a cap). Asked
+    // right after on_server_message, from the header alone: the body is never buffered
+    // whole, so a message of any size can be dropped, and a run of dropped messages
+    // goes in one step, not one relay round each.
+    virtual bool drop_server(char /*type*/) { return false; }
     // Whether the session must see this server message whole (besides Z, E and C), and
     // what goes to the client in its place (an empty message drops it). CommandComplete
     // is offered here too, after on_command_complete.

@@ -116,16 +116,14 @@ public:
             trail_->on_server_message(type, size);
     }
 
-    // Rows past a cap are dropped; the CommandComplete of a cut result is rewritten.
-    bool inspect_server(char type) override { return capped_ && type == 'D'; }
+    // Rows past a cap are dropped by the relay from their headers, a run of them at once
+    // (the server goes on sending until the cancel lands); the CommandComplete of a cut
+    // result is rewritten.
+    bool drop_server(char type) override { return capped_ && type == 'D'; }
 
     std::optional<Bytes> on_server_body(char type, protocol::ByteSpan) override
     {
-        if (!capped_)
-            return std::nullopt;
-        if (type == 'D')
-            return Bytes{};
-        if (type == 'C')
+        if (capped_ && type == 'C')
             return cut_result(false);
         return std::nullopt;
     }

@@ -9,7 +9,6 @@
 
 #include <unistd.h>
 
-#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -19,8 +18,6 @@ using namespace pgw::it;
 using nlohmann::json;
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 // Streams rows from the first one on. `SELECT g FROM generate_series(...) g` would not do:
 // a function in FROM is materialized whole before its first row (5 s and gigabytes of temp
@@ -37,11 +34,6 @@ std::string field_of(const PGresult* r, int code)
 }
 
 std::string sqlstate_of(const PGresult* r) { return field_of(r, PG_DIAG_SQLSTATE); }
-
-long elapsed_ms(Clock::time_point since)
-{
-    return long(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - since).count());
-}
 
 // A pgwicket whose sessions all get [policy.capped] with these settings.
 ProxyOptions capped(const std::string& policy_lines, const std::string& extra_settings = "")
@@ -152,11 +144,11 @@ BOOST_AUTO_TEST_CASE(psql_prints_the_rows_up_to_max_rows_then_the_warning)
         "count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%AS caps_psql%' "
         "AND pid <> pg_backend_pid()\"\n"
         "SELECT 'after' AS next;\n";
-    const auto t0 = Clock::now();
+    // Cancelled, not drained (that would take minutes): the WARNING says the query was
+    // cancelled, the server no longer runs it, and psql is given 60 s, not minutes. No tighter
+    // clock: a busy machine must not fail this test.
     RunResult r = psql(p.conninfo(), script, PsqlOptions{{}, {}, true, 60});
-    const long ms = elapsed_ms(t0);
     BOOST_TEST(r.ok(), r.status() << "\n" << r.out);
-    BOOST_TEST(ms < 15000, ms << " ms:\n" << r.out);  // draining 100M rows takes minutes
 
     const std::string rows = " caps_psql \n"
                              "-----------\n"
@@ -184,9 +176,9 @@ BOOST_AUTO_TEST_CASE(libpq_gets_max_rows_rows_and_a_notice)
     Proxy p("pgwicket-caps-libpq", capped("max_rows = 5\n"));
     std::vector<Notice> notices;
     Conn c = connect_noticed(p.conninfo(), notices);
-    const auto t0 = Clock::now();
+    // check_cut's message says the query was cancelled (the server's 57014 ended it), not
+    // drained; the server-side check below says it is gone. No clock: a busy machine may be slow.
     check_cut(c.get(), notices, big_query("caps_libpq"), "max_rows = 5", 5);
-    BOOST_TEST(elapsed_ms(t0) < 10000);
     BOOST_TEST(contains(notices.at(0).message, "max_rows"));
     BOOST_TEST(notices.at(0).hint == "Ask the pgwicket operator to raise the policy's max_rows.");
     BOOST_TEST(PQtransactionStatus(c.get()) == PQTRANS_IDLE);
@@ -250,10 +242,8 @@ BOOST_AUTO_TEST_CASE(max_bytes_cuts_wide_rows)
     Proxy p("pgwicket-caps-bytes", capped("max_bytes = " + std::to_string(kMaxBytes) + "\n"));
     std::vector<Notice> notices;
     Conn c = connect_noticed(p.conninfo(), notices);
-    const auto t0 = Clock::now();
     Result r(PQexec(c.get(), "SELECT repeat('x', 1000) AS caps_wide FROM generate_series(1, 1000000)"));
     BOOST_TEST_REQUIRE(PQresultStatus(r.get()) == PGRES_TUPLES_OK, PQresultErrorMessage(r.get()));
-    BOOST_TEST(elapsed_ms(t0) < 10000);
     const int n = PQntuples(r.get());
     BOOST_TEST(n > 0);
     // Bytes are counted as they arrive, a read (up to 128 KiB) at a time: approximate.
@@ -268,6 +258,29 @@ BOOST_AUTO_TEST_CASE(max_bytes_cuts_wide_rows)
     sleep_ms(1000);
     BOOST_TEST(still_running("AS caps_wide") == "0");
     BOOST_TEST(scalar(c.get(), "SELECT 'after'") == "after");
+    check_clean_stop(p);
+}
+
+// Rows are dropped by their header, so a row larger than the relay's buffer (128 KiB) that
+// comes after the cap does not reach the client either.
+BOOST_AUTO_TEST_CASE(rows_larger_than_the_relay_buffer_are_dropped_too)
+{
+    Proxy p("pgwicket-caps-huge", capped("max_rows = 2\n"));
+    std::vector<Notice> notices;
+    Conn c = connect_noticed(p.conninfo(), notices);
+    Result r(PQexec(c.get(), "SELECT repeat('x', 300000) AS caps_huge, generate_series(1, 100000000) AS n"));
+    BOOST_TEST_REQUIRE(PQresultStatus(r.get()) == PGRES_TUPLES_OK, PQresultErrorMessage(r.get()));
+    BOOST_TEST(PQntuples(r.get()) == 2);
+    for (int i = 0; i < PQntuples(r.get()); ++i) {
+        BOOST_TEST(PQgetlength(r.get(), i, 0) == 300000);
+        BOOST_TEST(std::string(PQgetvalue(r.get(), i, 1)) == std::to_string(i + 1));
+    }
+    BOOST_TEST(std::string(PQcmdStatus(r.get())) == "SELECT 2");
+    BOOST_TEST_REQUIRE(notices.size() == 1u, notices_text(notices));
+    BOOST_TEST(notices[0].message == cut_message("max_rows = 2", 2, true));
+    BOOST_TEST(scalar(c.get(), "SELECT 'after'") == "after");
+    sleep_ms(1000);
+    BOOST_TEST(still_running("AS caps_huge") == "0");
     check_clean_stop(p);
 }
 

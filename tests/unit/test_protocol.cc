@@ -657,6 +657,34 @@ BOOST_AUTO_TEST_CASE(largest_declared_length_is_skipped_not_buffered)
     BOOST_TEST(calls == 0);
 }
 
+// The relay drops a message from its header alone, so Inspect must be able to tell where
+// the message starts in the span scanned and how long it is, its body not there yet.
+BOOST_AUTO_TEST_CASE(inspect_sees_where_each_message_starts)
+{
+    const std::string stream = frame_all(sample_messages());
+    const Expected e = expected_for(sample_messages(), kMaxInspect);
+    const std::string part = stream.substr(0, e.starts[1] + 7);  // ends inside the DataRow
+    p::Framer framer(kMaxInspect);
+    std::vector<std::pair<size_t, std::uint64_t>> headers;
+    auto inspect = [&](char type) {
+        headers.emplace_back(framer.header_offset(), framer.header_size());
+        return inspect_q_and_p(type);
+    };
+    p::ScanResult r = framer.scan(span_of(part), inspect, [](char, p::ByteSpan) { return true; });
+    BOOST_TEST(r.scanned == part.size());
+    BOOST_TEST_REQUIRE(headers.size() == 2u);
+    BOOST_TEST(headers[0].first == 0u);
+    BOOST_TEST(headers[0].second == e.starts[1]);
+    BOOST_TEST(headers[1].first == e.starts[1]);
+    BOOST_TEST(headers[1].second == e.starts[2] - e.starts[1]);
+    // The next scan starts where this one ended: offsets are in the new span.
+    headers.clear();
+    r = framer.scan(span_of(stream.substr(part.size())), inspect, [](char, p::ByteSpan) { return true; });
+    BOOST_TEST_REQUIRE(headers.size() == sample_messages().size() - 2);
+    BOOST_TEST(headers[0].first == e.starts[2] - part.size());
+    BOOST_TEST(headers[1].first == e.starts[3] - part.size());
+}
+
 BOOST_AUTO_TEST_CASE(inspected_type_over_max_inspect_is_passed_uninspected)
 {
     // Only the header has arrived, yet the message is already known to be too big
