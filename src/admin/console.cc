@@ -306,7 +306,7 @@ int Console::run()
     for (const auto& [name, value] : params)
         greet.raw(protocol::parameter_status(name, value));
     // No backend here: the key's pid is this worker's own, a real process as drivers expect.
-    auto secret = ipc::new_cancel_secret();
+    auto secret = ipc::new_cancel_secret(s_.secret_length);
     if (!secret)
         return session::kExitInternal;
     const auto pid = std::uint32_t(::getpid());

@@ -20,6 +20,7 @@ struct ConsoleSession {
     ipc::Slot* slot;  // this session's slot, or null
     std::string user;
     std::string application_name;
+    std::size_t secret_length;  // of the cancel key's secret: 4, or 32 for a protocol 3.2 client
 };
 
 // Checks admin_users/stats_users, greets, and serves commands until the client

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <new>
@@ -116,7 +117,7 @@ void SessionTable::claim(std::uint32_t index, pid_t owner, std::uint64_t session
 {
     Slot& s = slot(index);
     s.session_id.store(session_id, std::memory_order_relaxed);
-    s.secret.store(0, std::memory_order_relaxed);
+    s.secret_len.store(0, std::memory_order_relaxed);
     s.backend_pid.store(0, std::memory_order_relaxed);
     s.state_since_ms.store(now_ms(), std::memory_order_relaxed);
     s.kill_requested.store(0, std::memory_order_relaxed);
@@ -144,7 +145,7 @@ void SessionTable::release(std::uint32_t index) const
     h->fold_seq.fetch_add(1, std::memory_order_release);
     s.state.store(std::uint32_t(SlotState::Free), std::memory_order_relaxed);
     s.owner_pid.store(0, std::memory_order_relaxed);
-    s.secret.store(0, std::memory_order_relaxed);
+    s.secret_len.store(0, std::memory_order_relaxed);
     s.backend_pid.store(0, std::memory_order_relaxed);
     // New generation, cancel sequence back to 0: a cancel that matched the old
     // session's key and races with this store fails its compare-and-swap.
@@ -212,22 +213,39 @@ const char* cancel_verdict_name(CancelVerdict v)
     return "?";
 }
 
-std::optional<std::uint32_t> new_cancel_secret()
+std::optional<std::vector<std::byte>> new_cancel_secret(std::size_t length)
 {
-    std::uint32_t secret = 0;
-    while (secret == 0)
-        if (RAND_bytes(reinterpret_cast<unsigned char*>(&secret), sizeof secret) != 1)
-            return std::nullopt;
+    std::vector<std::byte> secret(std::min(length, kSecretBytes));
+    if (RAND_bytes(reinterpret_cast<unsigned char*>(secret.data()), int(secret.size())) != 1)
+        return std::nullopt;
     return secret;
 }
 
-void publish_cancel_key(Slot* slot, std::uint32_t backend_pid, std::uint32_t secret)
+void publish_cancel_key(Slot* slot, std::uint32_t backend_pid, std::span<const std::byte> secret)
 {
-    if (!slot)
+    if (!slot || secret.empty() || secret.size() > kSecretBytes)
         return;
+    std::uint64_t words[4] = {};
+    std::memcpy(words, secret.data(), secret.size());
     slot->backend_pid.store(backend_pid, std::memory_order_relaxed);
-    slot->secret.store(secret, std::memory_order_release);
+    for (std::size_t i = 0; i < 4; ++i)
+        slot->secret_words[i].store(words[i], std::memory_order_relaxed);
+    slot->secret_len.store(std::uint32_t(secret.size()), std::memory_order_release);
 }
+
+namespace {
+
+// Whether the slot's published secret is `secret`, in time that depends only on the
+// length the key claims.
+bool secret_matches(const Slot& s, std::uint32_t len, std::span<const std::byte> secret)
+{
+    std::uint64_t words[4];
+    for (std::size_t i = 0; i < 4; ++i)
+        words[i] = s.secret_words[i].load(std::memory_order_relaxed);
+    return len == secret.size() && CRYPTO_memcmp(words, secret.data(), len) == 0;
+}
+
+} // namespace
 
 CancelRoute route_cancel(const SessionTable& table, const CancelKey& key)
 {
@@ -237,11 +255,11 @@ CancelRoute route_cancel(const SessionTable& table, const CancelKey& key)
         // The word first: if the slot is freed and claimed again after this, the
         // compare-and-swap below fails, so a cancel never lands on a slot's next owner.
         std::uint64_t word = s.gen_cancel.load(std::memory_order_acquire);
-        std::uint32_t secret = s.secret.load(std::memory_order_acquire);
-        // A zero secret: a free slot, or an owner that has not published its key.
-        if (secret == 0 || s.backend_pid.load(std::memory_order_relaxed) != key.pid)
+        std::uint32_t len = s.secret_len.load(std::memory_order_acquire);
+        // No length: a free slot, or an owner that has not published its key.
+        if (len == 0 || s.backend_pid.load(std::memory_order_relaxed) != key.pid)
             continue;
-        if (CRYPTO_memcmp(&secret, &key.secret, sizeof secret) != 0) {
+        if (!secret_matches(s, len, key.secret)) {
             out.verdict = CancelVerdict::WrongSecret;
             continue;  // another host's backend may have the same pid
         }

@@ -11,14 +11,16 @@
 #include <cstdint>
 #include <iterator>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <vector>
 
 namespace pgw::ipc {
 
 inline constexpr std::uint32_t kTableMagic = 0x50475754;  // "PGWT"
-inline constexpr std::uint32_t kTableVersion = 4;
+inline constexpr std::uint32_t kTableVersion = 5;
 
 enum class SlotState : std::uint32_t {
     Free = 0,
@@ -96,10 +98,12 @@ struct alignas(64) Slot {
     std::atomic<std::int32_t> owner_pid;  // 0 when free
     std::atomic<std::uint32_t> state;     // SlotState
     // The client's cancel key: the upstream backend's own pid (what pg_backend_pid()
-    // says; set first) and pgwicket's random secret (set last, with release: a reader
-    // that sees a nonzero secret sees the pid that goes with it).
+    // says) and pgwicket's random secret, 4 bytes (protocol 3.0) or 32 (3.2), in
+    // secret_words. Both are written first; secret_len last, with release: a reader
+    // that sees a nonzero length sees the pid and the bytes that go with it.
     std::atomic<std::uint32_t> backend_pid;
-    std::atomic<std::uint32_t> secret;
+    std::atomic<std::uint32_t> secret_len;  // 0: no key published
+    std::atomic<std::uint64_t> secret_words[4];
     std::atomic<std::int64_t> state_since_ms;  // CLOCK_REALTIME
     std::atomic<std::uint64_t> session_id;
     // Written by the owner once, before the state leaves Startup (release); read
@@ -146,6 +150,7 @@ static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 static_assert(std::atomic<std::int64_t>::is_always_lock_free);
 static_assert(std::is_standard_layout_v<Slot> && std::is_standard_layout_v<TableHeader>);
 static_assert(std::is_trivially_copyable_v<SlotText>);
+static_assert(sizeof(Slot::secret_words) == 32, "a protocol 3.2 secret (kSecretBytes) must fit");
 
 inline std::uint32_t generation_of(std::uint64_t gen_cancel) { return std::uint32_t(gen_cancel >> 32); }
 inline std::uint32_t cancel_seq_of(std::uint64_t gen_cancel) { return std::uint32_t(gen_cancel); }
@@ -206,9 +211,12 @@ StatsSnapshot read_stats(const SessionTable& table);
 // new session brings a new pid and a new secret.
 inline constexpr std::uint32_t kMaxSlots = 1u << 17;
 
+// The longest secret pgwicket hands out (protocol 3.2, as PostgreSQL 18).
+inline constexpr std::size_t kSecretBytes = 32;
+
 struct CancelKey {
     std::uint32_t pid = 0;
-    std::uint32_t secret = 0;
+    std::span<const std::byte> secret;
 };
 
 enum class CancelVerdict {
@@ -227,12 +235,12 @@ struct CancelRoute {
     std::uint64_t session_id = 0;  // of the session whose key matched, if one did
 };
 
-// A new secret for a session's cancel key: nonzero (zero marks a slot without a key),
-// from OpenSSL's RNG; nullopt if the RNG fails.
-std::optional<std::uint32_t> new_cancel_secret();
-// The owner publishes its session's key in its slot (null: no table): the pid, then the
-// secret, so that a cancel can find the session by it.
-void publish_cancel_key(Slot* slot, std::uint32_t backend_pid, std::uint32_t secret);
+// A new secret for a session's cancel key, `length` bytes (4, or kSecretBytes for a
+// protocol 3.2 client) from OpenSSL's RNG; nullopt if the RNG fails.
+std::optional<std::vector<std::byte>> new_cancel_secret(std::size_t length);
+// The owner publishes its session's key in its slot (null: no table): the pid and the
+// secret, then the length, so that a cancel can find the session by it.
+void publish_cancel_key(Slot* slot, std::uint32_t backend_pid, std::span<const std::byte> secret);
 
 // Finds the session of `key` and, if the key is good and the session is running a
 // query, bumps the slot's cancel sequence and signals the owner (SIGUSR1).

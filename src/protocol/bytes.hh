@@ -75,6 +75,15 @@ public:
             return std::nullopt;
         return static_cast<std::int32_t>(*v);
     }
+    // The next n bytes, or nothing when fewer are left.
+    std::optional<ByteSpan> bytes(size_t n)
+    {
+        if (remaining() < n)
+            return std::nullopt;
+        ByteSpan out = data_.subspan(pos_, n);
+        pos_ += n;
+        return out;
+    }
     // A NUL-terminated string; fails when no NUL is left.
     std::optional<std::string_view> cstring()
     {

@@ -56,12 +56,12 @@ Bytes parameter_status(std::string_view name, std::string_view value)
     return w.take();
 }
 
-Bytes backend_key_data(std::uint32_t pid, std::uint32_t secret)
+Bytes backend_key_data(std::uint32_t pid, ByteSpan secret)
 {
     Writer w;
     w.begin('K');
     w.u32(pid);
-    w.u32(secret);
+    w.raw(secret);
     w.finish();
     return w.take();
 }

@@ -49,24 +49,17 @@ std::variant<FirstPacket, StartupError> decode_first_packet(ByteSpan body)
                                            : FirstPacketKind::GssEncRequest;
         return fp;
     }
-    if (*code == kForwardedCancelCode) {
+    if (*code == kForwardedCancelCode || *code == kCancelRequestCode) {
+        auto hops = *code == kForwardedCancelCode ? r.u32() : std::optional<std::uint32_t>(0);
         auto pid = r.u32();
-        auto secret = r.u32();
-        auto hops = r.u32();
-        if (!pid || !secret || !hops || !r.empty())
+        // The secret is the rest: 4 bytes from a 3.0 client, up to 256 from 3.2 on.
+        auto secret = r.bytes(r.remaining());
+        if (!hops || !pid || !secret || secret->size() < kMinCancelSecret || secret->size() > kMaxCancelSecret)
             return silent_bad_length();
         fp.kind = FirstPacketKind::Cancel;
-        fp.cancel = {*pid, *secret};
+        fp.cancel.pid = *pid;
+        fp.cancel.secret.assign(secret->begin(), secret->end());
         fp.hops = *hops;
-        return fp;
-    }
-    if (*code == kCancelRequestCode) {
-        auto pid = r.u32();
-        auto secret = r.u32();
-        if (!pid || !secret || !r.empty())
-            return silent_bad_length();
-        fp.kind = FirstPacketKind::Cancel;
-        fp.cancel = {*pid, *secret};
         return fp;
     }
 
@@ -101,11 +94,11 @@ std::variant<FirstPacket, StartupError> decode_first_packet(ByteSpan body)
 Bytes forwarded_cancel_packet(const CancelRequest& c, std::uint32_t hops)
 {
     Writer w;
-    w.u32(20);
+    w.u32(std::uint32_t(16 + c.secret.size()));
     w.u32(kForwardedCancelCode);
-    w.u32(c.pid);
-    w.u32(c.secret);
     w.u32(hops);
+    w.u32(c.pid);
+    w.raw(c.secret);
     return w.take();
 }
 

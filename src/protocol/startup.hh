@@ -22,9 +22,16 @@ inline constexpr std::uint32_t kSslRequestCode = 80877103;
 inline constexpr std::uint32_t kGssEncRequestCode = 80877104;
 inline constexpr std::uint32_t kCancelRequestCode = 80877102;
 // pgwicket's own: a CancelRequest forwarded by a peer instance, with a hop count
-// (1234.5696, a code PostgreSQL does not use).
-inline constexpr std::uint32_t kForwardedCancelCode = (1234u << 16) | 5696u;
+// (1234.5697, a code PostgreSQL does not use; 1234.5696 was the layout before keys of
+// protocol 3.2, and is no longer read).
+inline constexpr std::uint32_t kForwardedCancelCode = (1234u << 16) | 5697u;
 inline constexpr std::uint32_t kMaxCancelHops = 2;
+// A cancel key's secret: 4 bytes in protocol 3.0, up to 256 from 3.2 on (PostgreSQL 18
+// sends 32; so does pgwicket).
+inline constexpr size_t kMinCancelSecret = 4;
+inline constexpr size_t kMaxCancelSecret = 256;
+// The newest protocol minor version pgwicket speaks with clients (3.2).
+inline constexpr std::uint16_t kNewestMinor = 2;
 
 inline constexpr std::uint32_t protocol_version(std::uint16_t major, std::uint16_t minor)
 {
@@ -41,7 +48,7 @@ struct StartupMessage {
 
 struct CancelRequest {
     std::uint32_t pid = 0;
-    std::uint32_t secret = 0;
+    Bytes secret;  // kMinCancelSecret to kMaxCancelSecret bytes
 };
 
 enum class FirstPacketKind { SslRequest, GssEncRequest, Cancel, Startup };

@@ -143,6 +143,7 @@ private:
     std::optional<AuditTrail> trail_;  // when audit or log_statements is on
     net::Clock::time_point login_deadline_{};  // client_login_timeout: startup and authentication
     std::string peer_, peer_host_;
+    std::size_t secret_length_ = 4;  // of the client's cancel secret: 4 (protocol 3.0), 32 (3.2)
 };
 
 std::variant<protocol::StartupMessage, ExitCode> Session::read_startup()
@@ -244,11 +245,14 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
     log::set_prefix("C-" + std::to_string(handoff_.session_id) + ": " + database + "/" + user +
                     "@" + peer_);
 
-    if (startup.minor > 0 || !startup.unknown_protocol_options.empty()) {
-        // Like PostgreSQL: offer 3.0 and list the _pq_ options we do not know.
-        if (!send(protocol::negotiate_protocol_version(0, startup.unknown_protocol_options)))
+    // 3.2 as asked, and its 32-byte cancel secret (as PostgreSQL 18); a newer minor is
+    // offered 3.2; 3.1, which no client uses, 3.0, as PostgreSQL 15 answers it. Unknown
+    // _pq_ options are listed, as the server does.
+    const std::uint16_t minor = startup.minor == 1 ? 0 : std::min(startup.minor, protocol::kNewestMinor);
+    if (startup.minor != minor || !startup.unknown_protocol_options.empty())
+        if (!send(protocol::negotiate_protocol_version(minor, startup.unknown_protocol_options)))
             return kExitClientError;
-    }
+    secret_length_ = minor >= 2 ? ipc::kSecretBytes : 4;
     if (const std::string* repl = startup.get("replication");
         repl && *repl != "false" && *repl != "off" && *repl != "no" && *repl != "0") {
         log_info("refused replication connection");
@@ -304,7 +308,7 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
             sl->database.set(database);
             sl->application_name.set(app ? *app : "");
         }
-        admin::ConsoleSession cs{cfg_, table_, conn_, slot(), user, app ? *app : ""};
+        admin::ConsoleSession cs{cfg_, table_, conn_, slot(), user, app ? *app : "", secret_length_};
         return ExitCode(admin::run_console(cs));
     }
 
@@ -386,7 +390,7 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
     // server's log agree, and our secret (the upstream's stays here). Published in the
     // slot before the client can know it.
     publish_client(user, database, startup);
-    auto secret = ipc::new_cancel_secret();
+    auto secret = ipc::new_cancel_secret(secret_length_);
     if (!secret)
         return fail("XX000", "could not generate a cancel key", kExitInternal);
     ipc::publish_cancel_key(slot(), std::uint32_t(PQbackendPID(pg)), *secret);
@@ -529,7 +533,7 @@ ExitCode Session::pass_through(const config::DatabaseEntry& entry, const upstrea
     for (const auto& setting : info.settings)
         params.push_back(setting);
     publish_client(info.user, info.database, startup);
-    auto secret = ipc::new_cancel_secret();
+    auto secret = ipc::new_cancel_secret(secret_length_);
     if (!secret)
         return fail("XX000", "could not generate a cancel key", kExitInternal);
     const auto deadline = net::Clock::now() + std::chrono::seconds(cfg_.server_connect_timeout);

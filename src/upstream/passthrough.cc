@@ -160,7 +160,7 @@ Result<PassThroughTarget> pass_through_target(const config::DatabaseEntry& entry
 
 std::variant<PassThroughSession, PassThroughFailure>
 pass_through_login(const PassThroughTarget& target, const std::vector<std::pair<std::string, std::string>>& params,
-                   tls::Conn& client, std::uint32_t our_secret,
+                   tls::Conn& client, protocol::ByteSpan our_secret,
                    net::Clock::time_point deadline)
 {
     PassThroughSession s;

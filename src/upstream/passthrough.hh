@@ -56,7 +56,7 @@ struct PassThroughFailure {
 // bind the client's TLS connection, which ends here, so the server could not check it.
 std::variant<PassThroughSession, PassThroughFailure>
 pass_through_login(const PassThroughTarget& target, const std::vector<std::pair<std::string, std::string>>& params,
-                   tls::Conn& client, std::uint32_t our_secret,
+                   tls::Conn& client, protocol::ByteSpan our_secret,
                    net::Clock::time_point deadline);
 
 // A CancelRequest for the server's key, sent the way PostgreSQL expects it (plain TCP,

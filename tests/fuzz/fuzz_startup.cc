@@ -33,17 +33,17 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         FUZZ_CHECK(size >= 4);
         break;
     case p::FirstPacketKind::Cancel:
-        // A client's CancelRequest (12 bytes, no hops) or a peer's forwarded one
-        // (16 bytes, the last four its hop count).
-        if (p::load_be32(in.data()) == p::kForwardedCancelCode) {
-            FUZZ_CHECK(size == 16);
-            FUZZ_CHECK(fp.hops == p::load_be32(in.data() + 12));
-        } else {
-            FUZZ_CHECK(size == 12);
-            FUZZ_CHECK(fp.hops == 0);
+        // A client's CancelRequest (code, pid, a secret of 4 to 256 bytes, no hops) or a
+        // peer's forwarded one (code, hops, pid, secret).
+        {
+            const bool forwarded = p::load_be32(in.data()) == p::kForwardedCancelCode;
+            const size_t head = forwarded ? 12 : 8;
+            FUZZ_CHECK(size >= head + p::kMinCancelSecret && size <= head + p::kMaxCancelSecret);
+            FUZZ_CHECK(fp.hops == (forwarded ? p::load_be32(in.data() + 4) : 0));
+            FUZZ_CHECK(fp.cancel.pid == p::load_be32(in.data() + head - 4));
+            FUZZ_CHECK(fp.cancel.secret.size() == size - head);
+            FUZZ_CHECK(std::memcmp(fp.cancel.secret.data(), in.data() + head, size - head) == 0);
         }
-        FUZZ_CHECK(fp.cancel.pid == p::load_be32(in.data() + 4));
-        FUZZ_CHECK(fp.cancel.secret == p::load_be32(in.data() + 8));
         break;
     case p::FirstPacketKind::Startup: {
         FUZZ_CHECK(fp.startup.major == 3);

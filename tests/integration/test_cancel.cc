@@ -31,7 +31,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr uint32_t kCancelCode = 80877102;
-constexpr uint32_t kForwardedCancelCode = (1234u << 16) | 5696u;
+constexpr uint32_t kForwardedCancelCode = (1234u << 16) | 5697u;
 
 long ms_since(Clock::time_point t)
 {
@@ -68,7 +68,7 @@ std::string cancel_packet(Key k) { return be32(16) + be32(kCancelCode) + be32(k.
 
 std::string forwarded_cancel_packet(Key k, uint32_t hops)
 {
-    return be32(20) + be32(kForwardedCancelCode) + be32(k.pid) + be32(k.secret) + be32(hops);
+    return be32(20) + be32(kForwardedCancelCode) + be32(hops) + be32(k.pid) + be32(k.secret);
 }
 
 // Sends a CancelRequest as its own connection, as libpq does, optionally after an SSLRequest
@@ -513,8 +513,9 @@ BOOST_AUTO_TEST_CASE(cancel_after_ssl_request)
     s.sock->send(terminate_message());
 }
 
-// A CancelRequest of the wrong length cancels nothing and, as from PostgreSQL, gets no
-// answer: the connection is closed.
+// A CancelRequest without its secret, or with a secret of another length than the
+// session's, cancels nothing and, as from PostgreSQL, gets no answer: the connection is
+// closed.
 BOOST_AUTO_TEST_CASE(malformed_cancel_request)
 {
     Monitor mon;
@@ -896,6 +897,98 @@ BOOST_AUTO_TEST_CASE(the_pid_a_client_sees_is_its_backends)
             BOOST_TEST(PQstatus(c.get()) == CONNECTION_BAD);
         }
     }
+}
+
+// Protocol 3.2 (libpq 18 with max_protocol_version=3.2 or latest): no NegotiateProtocolVersion
+// round trip, a 32-byte secret in BackendKeyData that cancels the query, also through a peer,
+// where nothing shorter or altered does; a newer minor is offered 3.2; 3.0 keeps 4 bytes.
+BOOST_AUTO_TEST_CASE(protocol_3_2_gets_a_32_byte_secret)
+{
+    const int port1 = free_port(), port2 = free_port();
+    ProxyOptions o1, o2;
+    o1.port = port1;
+    o1.extra_settings = "peer_id = 1\n";
+    o1.extra_sections = peers_section({{2, tcp_peer(port2)}});
+    o2.port = port2;
+    o2.extra_settings = "peer_id = 2\n";
+    o2.extra_sections = peers_section({{1, tcp_peer(port1)}});
+    Proxy p1("pgwicket-cancel-v32-a", o1);
+    Proxy p2("pgwicket-cancel-v32-b", o2);
+    Monitor mon;
+    const auto login = [](int port, uint32_t version, const std::vector<std::pair<std::string, std::string>>& extra,
+                          std::string* negotiated) {
+        auto sock = std::make_unique<RawSocket>(port);
+        std::vector<std::pair<std::string, std::string>> params = {
+            {"user", "postgres"}, {"database", "postgres"}, {"application_name", "pgw_it_v32"}};
+        params.insert(params.end(), extra.begin(), extra.end());
+        sock->send(startup_packet(params, version));
+        std::string key;
+        for (const auto& m : sock->read_until_ready(15000)) {
+            if (m.type == 'v')
+                *negotiated = m.payload;
+            if (m.type == 'K')
+                key = m.payload;
+            BOOST_TEST(m.type != 'E', fields_text(error_fields(m.payload)));
+        }
+        return std::make_pair(std::move(sock), key);
+    };
+    const auto cancel_with = [](int port, uint32_t pid, const std::string& secret) {
+        RawSocket c(port);
+        c.send(be32(uint32_t(12 + secret.size())) + be32(kCancelCode) + be32(pid) + secret);
+        BOOST_TEST(c.read_exact(4096, 10000).empty(), "a CancelRequest got an answer");
+        BOOST_TEST(c.eof());
+    };
+
+    std::string negotiated;
+    auto [s, key] = login(port1, 0x00030002, {}, &negotiated);
+    BOOST_TEST(negotiated.empty(), "3.2 was negotiated instead of accepted");
+    BOOST_TEST_REQUIRE(key.size() == 4u + 32u, "BackendKeyData of " << key.size() << " bytes");
+    const uint32_t pid = get32(key, 0);
+    const std::string secret = key.substr(4);
+    s->send(query_message("SELECT pg_backend_pid()"));
+    Outcome who = read_outcome(*s, Clock::now());
+    BOOST_TEST_REQUIRE(who.row.size() == 1u, who.describe());
+    BOOST_TEST(who.row[0] == std::to_string(pid));
+
+    auto t0 = Clock::now();
+    s->send(query_message("SELECT pg_sleep(30)"));
+    BOOST_TEST_REQUIRE(mon.wait_sleeping("pgw_it_v32"));
+    std::string flipped = secret;
+    flipped[31] = char(flipped[31] ^ 1);
+    for (const std::string& bad : {secret.substr(0, 4), secret.substr(0, 31), flipped, secret + "x"})
+        cancel_with(port1, pid, bad);
+    sleep_ms(300);
+    BOOST_TEST(mon.sleeping("pgw_it_v32") == 1, "a wrong secret cancelled the query");
+    // The whole secret, sent to the other instance: forwarded with it, and routed.
+    cancel_with(port2, pid, secret);
+    Outcome o = read_outcome(*s, t0, 10000);
+    BOOST_TEST(o.error['C'] == "57014", o.describe() << "\n" << p2.log_tail(10) << "\n" << p1.log_tail(10));
+    BOOST_TEST(count_in_log(p2, "forwarded to peer(s) 1") == 1u, p2.log_tail(10));
+    s->send(terminate_message());
+
+    // A newer minor is offered 3.2 (and gets the long secret); so is 3.2 with an unknown
+    // _pq_ option, which is listed.
+    auto [n, nkey] = login(port1, 0x00030007, {}, &negotiated);
+    BOOST_TEST_REQUIRE(negotiated.size() >= 8u);
+    BOOST_TEST(get32(negotiated, 0) == 0x00030002u);
+    BOOST_TEST(get32(negotiated, 4) == 0u);
+    BOOST_TEST(nkey.size() == 36u);
+    negotiated.clear();
+    auto [q, qkey] = login(port1, 0x00030002, {{"_pq_.pgw_test", "1"}}, &negotiated);
+    BOOST_TEST_REQUIRE(negotiated.size() >= 8u);
+    BOOST_TEST(get32(negotiated, 0) == 0x00030002u);
+    BOOST_TEST(get32(negotiated, 4) == 1u);
+    BOOST_TEST(contains(negotiated, "_pq_.pgw_test"));
+    BOOST_TEST(qkey.size() == 36u);
+    // 3.0: unchanged, 4 bytes.
+    negotiated.clear();
+    auto [z, zkey] = login(port1, 0x00030000, {}, &negotiated);
+    BOOST_TEST(negotiated.empty());
+    BOOST_TEST(zkey.size() == 8u);
+    for (RawSocket* sock : {n.get(), q.get(), z.get()})
+        sock->send(terminate_message());
+    check_clean_stop(p2);
+    check_clean_stop(p1);
 }
 
 // 6. A key for a session that runs nothing does nothing, now or later.

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <ctime>
 #include <string>
+#include <vector>
 
 using namespace pgw;
 using ipc::CancelKey;
@@ -50,10 +51,30 @@ std::string state(const SessionTable& t, std::uint32_t slot)
 
 std::string name(SlotState s) { return ipc::slot_state_name(s); }
 
+// A secret of 4 bytes (protocol 3.0) from a number, or of any length from a pattern.
+std::vector<std::byte> secret_of(std::uint32_t v)
+{
+    return {std::byte(v >> 24), std::byte(v >> 16), std::byte(v >> 8), std::byte(v)};
+}
+std::vector<std::byte> long_secret(std::size_t len, unsigned seed)
+{
+    std::vector<std::byte> out(len);
+    for (std::size_t i = 0; i < len; ++i)
+        out[i] = std::byte(seed * 31 + i * 7);
+    return out;
+}
+
+// A cancel key that owns its secret's bytes.
+struct Key {
+    std::uint32_t pid;
+    std::vector<std::byte> secret;
+    operator CancelKey() const { return {pid, secret}; }
+};
+
 // What a worker does once its session is up: publish its key (the upstream backend's pid
 // and its own secret), then a state.
-void publish(const SessionTable& t, std::uint32_t slot, std::uint32_t backend_pid, std::uint32_t secret,
-             SlotState st)
+void publish(const SessionTable& t, std::uint32_t slot, std::uint32_t backend_pid,
+             const std::vector<std::byte>& secret, SlotState st)
 {
     ipc::publish_cancel_key(&t.slot(slot), backend_pid, secret);
     t.slot(slot).state.store(std::uint32_t(st));
@@ -165,13 +186,13 @@ BOOST_AUTO_TEST_CASE(table_create)
             BOOST_TEST(cancel_seq(t, i) == 0u);
             BOOST_TEST(state(t, i) == name(SlotState::Free));
             BOOST_TEST(t.slot(i).owner_pid.load() == 0);
-            BOOST_TEST(t.slot(i).secret.load() == 0u);
+            BOOST_TEST(t.slot(i).secret_len.load() == 0u);
         }
     }
     // The biggest table is allowed (and its last slot addressable).
     SessionTable big = make_table(ipc::kMaxSlots, 63);
-    big.slot(ipc::kMaxSlots - 1).secret.store(42);
-    BOOST_TEST(big.slot(ipc::kMaxSlots - 1).secret.load() == 42u);
+    big.slot(ipc::kMaxSlots - 1).secret_len.store(4);
+    BOOST_TEST(big.slot(ipc::kMaxSlots - 1).secret_len.load() == 4u);
     // A move leaves one owner of the mapping.
     SessionTable moved = std::move(t);
     BOOST_TEST(moved.valid());
@@ -185,18 +206,18 @@ BOOST_AUTO_TEST_CASE(claim_and_release)
     BOOST_TEST(state(t, 1) == name(SlotState::Startup));
     BOOST_TEST(t.slot(1).owner_pid.load() == 4242);
     BOOST_TEST(t.slot(1).session_id.load() == 99u);
-    BOOST_TEST(t.slot(1).secret.load() == 0u, "no secret before the owner publishes one");
+    BOOST_TEST(t.slot(1).secret_len.load() == 0u, "no secret before the owner publishes one");
     BOOST_TEST(generation(t, 1) == 1u, "claim must not change the generation");
     // Slots are independent.
     BOOST_TEST(state(t, 0) == name(SlotState::Free));
     BOOST_TEST(state(t, 2) == name(SlotState::Free));
 
-    publish(t, 1, 4321, 0x1234, SlotState::Active);
+    publish(t, 1, 4321, secret_of(0x1234), SlotState::Active);
     t.slot(1).gen_cancel.store((std::uint64_t(1) << 32) | 7);  // seven cancels routed
     t.release(1);
     BOOST_TEST(state(t, 1) == name(SlotState::Free));
     BOOST_TEST(t.slot(1).owner_pid.load() == 0);
-    BOOST_TEST(t.slot(1).secret.load() == 0u);
+    BOOST_TEST(t.slot(1).secret_len.load() == 0u);
     BOOST_TEST(t.slot(1).backend_pid.load() == 0u);
     BOOST_TEST(generation(t, 1) == 2u);
     BOOST_TEST(cancel_seq(t, 1) == 0u, "the cancel sequence must start again at 0");
@@ -205,21 +226,23 @@ BOOST_AUTO_TEST_CASE(claim_and_release)
     // A claim after a release keeps the new generation and clears the old secret.
     t.claim(1, 4343, 100);
     BOOST_TEST(generation(t, 1) == 2u);
-    BOOST_TEST(t.slot(1).secret.load() == 0u);
+    BOOST_TEST(t.slot(1).secret_len.load() == 0u);
 }
 
-BOOST_AUTO_TEST_CASE(new_secrets_are_nonzero_and_differ)
+BOOST_AUTO_TEST_CASE(new_secrets_have_their_length_and_differ)
 {
-    std::uint32_t last = 0;
-    int repeats = 0;
-    for (int i = 0; i < 1000; ++i) {
-        auto s = ipc::new_cancel_secret();
-        BOOST_TEST_REQUIRE(s.has_value());
-        BOOST_TEST_REQUIRE(*s != 0u, "zero marks a slot without a key");
-        repeats += *s == last ? 1 : 0;
-        last = *s;
+    for (std::size_t len : {std::size_t(4), ipc::kSecretBytes}) {
+        std::vector<std::byte> last;
+        int repeats = 0;
+        for (int i = 0; i < 1000; ++i) {
+            auto s = ipc::new_cancel_secret(len);
+            BOOST_TEST_REQUIRE(s.has_value());
+            BOOST_TEST_REQUIRE(s->size() == len);
+            repeats += *s == last ? 1 : 0;
+            last = *s;
+        }
+        BOOST_TEST(repeats == 0);
     }
-    BOOST_TEST(repeats == 0);
 }
 
 BOOST_AUTO_TEST_CASE(bad_cancel_log_rate_limit)
@@ -245,25 +268,33 @@ BOOST_AUTO_TEST_CASE(route_cancel_verdicts)
     SessionTable t = make_table(4);
     FakeWorker owner;
     const std::uint32_t slot = 2;
-    const std::uint32_t backend = 31337, secret = 0x5eed1234;
-    const CancelKey good{backend, secret};
+    const std::uint32_t backend = 31337;
+    const Key good{backend, secret_of(0x5eed1234)};
     t.claim(slot, owner.pid(), 77);
 
     // Startup: no key published yet; even a zero secret must not match the zeros in the slot.
-    BOOST_TEST(verdict(ipc::route_cancel(t, {0, 0})) == verdict({CancelVerdict::NoSuchSession}));
+    BOOST_TEST(verdict(ipc::route_cancel(t, Key{0, secret_of(0)})) == verdict({CancelVerdict::NoSuchSession}));
     BOOST_TEST(verdict(ipc::route_cancel(t, good)) == verdict({CancelVerdict::NoSuchSession}));
     t.slot(slot).state.store(std::uint32_t(SlotState::Active));
-    BOOST_TEST(verdict(ipc::route_cancel(t, {0, 0})) == verdict({CancelVerdict::NoSuchSession}),
+    BOOST_TEST(verdict(ipc::route_cancel(t, Key{0, secret_of(0)})) == verdict({CancelVerdict::NoSuchSession}),
                "a zero key matched an unpublished one");
 
-    publish(t, slot, backend, secret, SlotState::Active);
+    publish(t, slot, backend, good.secret, SlotState::Active);
 
-    // Wrong secrets: off by one bit, all bits, zero.
-    for (std::uint32_t bad : {secret ^ 1u, secret ^ 0x80000000u, ~secret, 0u})
-        BOOST_TEST(verdict(ipc::route_cancel(t, {backend, bad})) == verdict({CancelVerdict::WrongSecret}));
+    // Wrong secrets: off by one bit, all bits, zero, and the right bytes at another length.
+    for (std::uint32_t bad : {0x5eed1234u ^ 1u, 0x5eed1234u ^ 0x80000000u, ~0x5eed1234u, 0u})
+        BOOST_TEST(verdict(ipc::route_cancel(t, Key{backend, secret_of(bad)})) ==
+                   verdict({CancelVerdict::WrongSecret}));
+    {
+        Key longer = good;
+        longer.secret.push_back(std::byte(0));
+        BOOST_TEST(verdict(ipc::route_cancel(t, longer)) == verdict({CancelVerdict::WrongSecret}));
+        Key shorter{backend, {good.secret.begin(), good.secret.begin() + 3}};
+        BOOST_TEST(verdict(ipc::route_cancel(t, shorter)) == verdict({CancelVerdict::WrongSecret}));
+    }
     // Another pid with the right secret, and pids of nothing.
     for (std::uint32_t pid : {backend + 1, backend - 1, 0u, 0xffffffffu})
-        BOOST_TEST(verdict(ipc::route_cancel(t, {pid, secret})) == verdict({CancelVerdict::NoSuchSession}));
+        BOOST_TEST(verdict(ipc::route_cancel(t, Key{pid, good.secret})) == verdict({CancelVerdict::NoSuchSession}));
     // Idle states: nothing to cancel.
     for (SlotState st : {SlotState::Idle, SlotState::IdleInTransaction,
                          SlotState::IdleInFailedTransaction, SlotState::Startup}) {
@@ -295,19 +326,28 @@ BOOST_AUTO_TEST_CASE(route_cancel_verdicts)
     BOOST_TEST(owner.read_reports(5000) == "U");
 
     // Two upstream hosts may give the same pid: each slot's secret is compared, and only
-    // the session whose secret matches is signalled, wherever it is in the table.
+    // the session whose secret matches is signalled, wherever it is in the table. This
+    // one's client speaks protocol 3.2: a 32-byte secret.
     FakeWorker other;
+    const Key other_key{backend, long_secret(ipc::kSecretBytes, 9)};
     t.claim(0, other.pid(), 90);
-    publish(t, 0, backend, 0x0badf00d, SlotState::Active);
-    BOOST_TEST(verdict(ipc::route_cancel(t, {backend, 0x0badf00d})) == verdict({CancelVerdict::Routed}));
+    publish(t, 0, backend, other_key.secret, SlotState::Active);
+    BOOST_TEST(verdict(ipc::route_cancel(t, other_key)) == verdict({CancelVerdict::Routed}));
     BOOST_TEST(other.read_reports(5000) == "U");
     BOOST_TEST(owner.read_reports(300) == "", "the other session with the same pid was signalled");
+    for (std::size_t i : {std::size_t(0), std::size_t(17), ipc::kSecretBytes - 1}) {
+        Key off = other_key;
+        off.secret[i] ^= std::byte(0x40);
+        BOOST_TEST(verdict(ipc::route_cancel(t, off)) == verdict({CancelVerdict::WrongSecret}), "byte " << i);
+    }
+    Key first_four{backend, {other_key.secret.begin(), other_key.secret.begin() + 4}};
+    BOOST_TEST(verdict(ipc::route_cancel(t, first_four)) == verdict({CancelVerdict::WrongSecret}));
+    BOOST_TEST(other.read_reports(300) == "", "a wrong long secret reached its session");
     ipc::CancelRoute second = ipc::route_cancel(t, good);
     BOOST_TEST(verdict(second) == verdict({CancelVerdict::Routed}));
     BOOST_TEST(second.session_id == 77u);
     BOOST_TEST(owner.read_reports(5000) == "U");
     BOOST_TEST(other.read_reports(300) == "");
-    BOOST_TEST(verdict(ipc::route_cancel(t, {backend, 0x12345678})) == verdict({CancelVerdict::WrongSecret}));
     t.release(0);
 
     // The session ends: its key finds nothing, and the slot's next session, with a new
@@ -316,10 +356,10 @@ BOOST_AUTO_TEST_CASE(route_cancel_verdicts)
     BOOST_TEST(verdict(ipc::route_cancel(t, good)) == verdict({CancelVerdict::NoSuchSession}));
     t.claim(slot, owner.pid(), 78);
     BOOST_TEST(t.slot(slot).backend_pid.load() == 0u, "a claimed slot kept the old backend pid");
-    publish(t, slot, backend + 7, 0x77777777, SlotState::Active);
+    const Key fresh{backend + 7, secret_of(0x77777777)};
+    publish(t, slot, fresh.pid, fresh.secret, SlotState::Active);
     BOOST_TEST(verdict(ipc::route_cancel(t, good)) == verdict({CancelVerdict::NoSuchSession}));
     BOOST_TEST(owner.read_reports(300) == "", "an old key reached the slot's next owner");
-    const CancelKey fresh{backend + 7, 0x77777777};
     BOOST_TEST(verdict(ipc::route_cancel(t, fresh)) == verdict({CancelVerdict::Routed}));
     BOOST_TEST(owner.read_reports(5000) == "U");
 
