@@ -296,6 +296,25 @@ std::string peers_section(const std::vector<std::pair<int, std::string>>& peers)
 
 std::string tcp_peer(int port) { return "host=127.0.0.1 port=" + std::to_string(port); }
 
+// Two instances in front of the same PostgreSQL, peers 1 and 2, each listing the other.
+struct PeeredPair {
+    explicit PeeredPair(const std::string& name)
+        : port_one(free_port()), port_two(free_port()), one(name + "-1", options(1, port_one, 2, port_two)),
+          two(name + "-2", options(2, port_two, 1, port_one))
+    {
+    }
+    static ProxyOptions options(int id, int port, int peer, int peer_port)
+    {
+        ProxyOptions o;
+        o.port = port;
+        o.extra_settings = "peer_id = " + std::to_string(id) + "\n";
+        o.extra_sections = peers_section({{peer, tcp_peer(peer_port)}});
+        return o;
+    }
+    int port_one, port_two;
+    Proxy one, two;
+};
+
 
 // A TCP forwarder in front of PostgreSQL that relays the first connection it accepts (a
 // session) and swallows every later one (a cancel request): it reads them and never answers
@@ -904,16 +923,9 @@ BOOST_AUTO_TEST_CASE(the_pid_a_client_sees_is_its_backends)
 // where nothing shorter or altered does; a newer minor is offered 3.2; 3.0 keeps 4 bytes.
 BOOST_AUTO_TEST_CASE(protocol_3_2_gets_a_32_byte_secret)
 {
-    const int port1 = free_port(), port2 = free_port();
-    ProxyOptions o1, o2;
-    o1.port = port1;
-    o1.extra_settings = "peer_id = 1\n";
-    o1.extra_sections = peers_section({{2, tcp_peer(port2)}});
-    o2.port = port2;
-    o2.extra_settings = "peer_id = 2\n";
-    o2.extra_sections = peers_section({{1, tcp_peer(port1)}});
-    Proxy p1("pgwicket-cancel-v32-a", o1);
-    Proxy p2("pgwicket-cancel-v32-b", o2);
+    PeeredPair pair("pgwicket-cancel-v32");
+    Proxy &p1 = pair.one, &p2 = pair.two;
+    const int port1 = p1.port(), port2 = p2.port();
     Monitor mon;
     const auto login = [](int port, uint32_t version, const std::vector<std::pair<std::string, std::string>>& extra,
                           std::string* negotiated) {
@@ -1132,16 +1144,9 @@ BOOST_AUTO_TEST_CASE(query_timeout)
 // is routes it; a forwarded request is never forwarded again.
 BOOST_AUTO_TEST_CASE(peers_forward_once)
 {
-    const int port1 = free_port(), port2 = free_port();
-    ProxyOptions o1, o2;
-    o1.port = port1;
-    o1.extra_settings = "peer_id = 1\n";
-    o1.extra_sections = peers_section({{2, tcp_peer(port2)}});
-    o2.port = port2;
-    o2.extra_settings = "peer_id = 2\n";
-    o2.extra_sections = peers_section({{1, tcp_peer(port1)}});
-    Proxy p1("pgwicket-cancel-peer1", o1);
-    Proxy p2("pgwicket-cancel-peer2", o2);
+    PeeredPair pair("pgwicket-cancel-peer");
+    Proxy &p1 = pair.one, &p2 = pair.two;
+    const int port1 = p1.port();
     Monitor mon;
 
     RawSession s = raw_login(p1.port(), "pgw_it_peer");
