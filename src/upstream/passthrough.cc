@@ -180,6 +180,11 @@ pass_through_login(const PassThroughTarget& target, const std::vector<std::pair<
             up.read_exact(&answer, 1, deadline) != net::ReadStatus::Ok)
             return failure("08006", "the upstream server closed the connection during the TLS request");
         if (answer == 'S') {
+            // Bytes behind the 'S' came before TLS, so anyone on the path could have put
+            // them there (CVE-2021-23222): refuse, as libpq does.
+            if (net::readable_now(s.fd.get()))
+                return failure("08006", "the upstream server sent unencrypted data after its answer to the TLS "
+                                        "request (a server bug, or a man in the middle)");
             if (auto st = up.connect_tls(target.sslmode, target.sslrootcert, target.host, deadline); !st)
                 return failure("08006", "TLS to the upstream server failed: " + st.error());
         } else if (answer != 'N' || target.sslmode != "prefer") {

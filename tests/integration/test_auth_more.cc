@@ -13,7 +13,11 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <ctime>
@@ -22,6 +26,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace pgw::it;
@@ -472,6 +477,53 @@ BOOST_AUTO_TEST_CASE(pass_through_unreachable_upstream)
     check_refused(a, "08006", "could not connect to upstream server for database \"unreachable\"");
     BOOST_TEST(!contains(a.full, kUnreachablePassword), a.full);
     BOOST_TEST(!contains(read_file(p.log_path()), kUnreachablePassword));
+    check_clean_stop(p);
+}
+
+// A fake upstream (a real server cannot be made to do this) that answers the SSLRequest
+// with 'S' and, in the same packet, bytes that did not come through TLS: a man in the
+// middle could have put them there (CVE-2021-23222). pgwicket refuses before any handshake.
+BOOST_AUTO_TEST_CASE(pass_through_upstream_bytes_behind_its_tls_answer)
+{
+    const int fake_port = free_port();
+    int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    BOOST_TEST_REQUIRE(listener >= 0);
+    int one = 1;
+    ::setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(std::uint16_t(fake_port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    BOOST_TEST_REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    BOOST_TEST_REQUIRE(::listen(listener, 4) == 0);
+    std::string request;
+    std::thread fake([&] {
+        int c = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+        if (c < 0)
+            return;
+        char buf[8];
+        size_t got = 0;
+        while (got < sizeof buf) {
+            ssize_t n = ::recv(c, buf + got, sizeof buf - got, 0);
+            if (n <= 0)
+                break;
+            got += size_t(n);
+        }
+        request.assign(buf, got);
+        const std::string answer = "S" + std::string("\x16\x03\x03injected", 12);
+        (void)!::send(c, answer.data(), answer.size(), MSG_NOSIGNAL);
+        char drain[256];
+        while (::recv(c, drain, sizeof drain, 0) > 0) {
+        }
+        ::close(c);
+    });
+    Proxy p("pgwicket-pt-injected", pass_through_options("injected = host=127.0.0.1 port=" + std::to_string(fake_port) +
+                                                        " sslmode=require\n"));
+    Attempt a = attempt(p.conninfo("injected", kMd5User, "password=whatever"));
+    check_refused(a, "08006", "unencrypted data after its answer to the TLS request");
+    fake.join();
+    ::close(listener);
+    BOOST_TEST(request == be32(8) + be32(80877103), "the fake did not get an SSLRequest");
     check_clean_stop(p);
 }
 
