@@ -2,6 +2,8 @@
 // privilege checks, and the Prometheus endpoint through curl, on real sessions.
 #include "harness.hh"
 
+#include "admin/commands.hh"
+
 #include <boost/test/unit_test.hpp>
 
 
@@ -133,6 +135,62 @@ BOOST_AUTO_TEST_CASE(only_listed_users_get_in_and_only_admins_change_things)
     BOOST_TEST(p.running());
     BOOST_TEST(!contains(read_file(p.log_path()), "reloading configuration"));
     check_clean_stop(p);
+}
+
+// Every console command under each kind of user, from a table of its own: a command added
+// to src/admin/commands.cc without a row here fails this test (PgBouncer once let its
+// stats-only users run a command that changes things, CVE-2026-6667).
+BOOST_AUTO_TEST_CASE(every_command_has_a_privilege_row)
+{
+    struct Row {
+        const char* command;  // as in the commands table
+        const char* typed;    // what the test sends
+        bool stats_user_may;  // stats_users may run it (admin_users may run everything)
+    };
+    const Row rows[] = {
+        {"SHOW SESSIONS", "SHOW SESSIONS", true}, {"SHOW STATS", "SHOW STATS", true},
+        {"SHOW DATABASES", "SHOW DATABASES", true}, {"SHOW CONFIG", "SHOW CONFIG", true},
+        {"SHOW VERSION", "SHOW VERSION", true},   {"SHOW HELP", "SHOW HELP", true},
+        {"RELOAD", "RELOAD", false},              {"KILL", "KILL 999999", false},
+        {"SHUTDOWN", "SHUTDOWN", false},
+    };
+    for (const auto& c : pgw::admin::commands()) {
+        bool found = false;
+        for (const Row& r : rows)
+            found = found || c.name == r.command;
+        BOOST_TEST(found, "console command \"" << c.name << "\" has no row in this test");
+    }
+    BOOST_TEST(std::size(rows) == pgw::admin::commands().size(), "a row names no console command");
+
+    Proxy p("pgwicket-admin-every-command", admin_options());
+    Conn stranger = connect(console(p, "postgres"));
+    BOOST_TEST(PQstatus(stranger.get()) == CONNECTION_BAD, "a user in neither list got in");
+    Conn watcher = connect_ok(console(p, "watcher"));
+    Conn boss = connect_ok(console(p, "boss"));
+    Farewell boss_end(boss.get());
+    auto allowed = [](PGconn* c, const char* typed) {
+        Result r(PQexec(c, typed));
+        const std::string state = sqlstate_of(r.get());
+        // KILL of a session that does not exist is allowed and finds nothing (42704).
+        return std::make_pair(state != "42501", state + " " + PQresultErrorMessage(r.get()));
+    };
+    for (const Row& r : rows) {
+        BOOST_TEST_CONTEXT(r.typed)
+        {
+            auto [may, said] = allowed(watcher.get(), r.typed);
+            BOOST_TEST(may == r.stats_user_may, "stats user: " << said);
+            if (std::string(r.command) == "SHUTDOWN")
+                continue;  // the admin's turn comes last
+            auto [admin_may, admin_said] = allowed(boss.get(), r.typed);
+            BOOST_TEST(admin_may, "admin user: " << admin_said);
+        }
+    }
+    BOOST_TEST(p.running(), "a refused command stopped pgwicket");
+    auto [admin_may, admin_said] = allowed(boss.get(), "SHUTDOWN");
+    BOOST_TEST(admin_may, "admin user: " << admin_said);
+    BOOST_TEST(wait_for([&] { return !p.running(); }, 10000), p.log_tail());
+    BOOST_TEST(contains(goodbye(boss.get(), boss_end), "terminating connection due to pgwicket shutdown"));
+    BOOST_TEST(p.stop() == "had already ended: exit 0", p.log_tail());
 }
 
 BOOST_AUTO_TEST_CASE(kill_reload_and_shutdown)
