@@ -87,9 +87,9 @@ void handle_cancel_request(const config::Config& cfg, const ipc::SessionTable& t
                            const protocol::CancelRequest& req, std::uint32_t hops,
                            const std::string& from, ipc::Counters* counters)
 {
-    auto count = [counters](ipc::Counter c, std::uint64_t n = 1) {
+    auto count = [counters](ipc::Counter c) {
         if (counters)
-            counters->add(c, n);
+            counters->add(c, 1);
     };
     const ipc::CancelRoute route = ipc::route_cancel(table, {req.pid, req.secret});
     if (route.verdict == ipc::CancelVerdict::Routed) {
@@ -122,6 +122,8 @@ void handle_cancel_request(const config::Config& cfg, const ipc::SessionTable& t
                      from.c_str(), ipc::cancel_verdict_name(route.verdict));
         return;
     }
+    // Whatever key it carries, good or forged, is forwarded: the lines about it share the
+    // bad-key log budget, so a flood of them cannot flood the log either.
     const protocol::Bytes packet = protocol::forwarded_cancel_packet(req, hops + 1);
     std::string sent_to;
     for (const config::PeerEntry& peer : cfg.peers) {
@@ -130,14 +132,16 @@ void handle_cancel_request(const config::Config& cfg, const ipc::SessionTable& t
             sent_to += (sent_to.empty() ? "" : ", ") + std::to_string(peer.id);
         } else {
             count(ipc::kCancelForwardFailed);
-            log_warning("could not forward cancel request to peer %ld (%s:%s): %s", peer.id, peer.host.c_str(),
-                        peer.port.c_str(), st.error().c_str());
+            if (table.may_log_bad_cancel())
+                log_warning("could not forward cancel request to peer %ld (%s:%s): %s", peer.id,
+                            peer.host.c_str(), peer.port.c_str(), st.error().c_str());
         }
     }
     if (!sent_to.empty()) {
         count(ipc::kCancelForwarded);
-        log_info("cancel request from %s is for no session here; forwarded to peer(s) %s", from.c_str(),
-                 sent_to.c_str());
+        if (table.may_log_bad_cancel())
+            log_info("cancel request from %s is for no session here; forwarded to peer(s) %s", from.c_str(),
+                     sent_to.c_str());
     }
 }
 

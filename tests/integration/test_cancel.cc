@@ -975,7 +975,6 @@ BOOST_AUTO_TEST_CASE(protocol_3_2_gets_a_32_byte_secret)
     cancel_with(port2, pid, secret);
     Outcome o = read_outcome(*s, t0, 10000);
     BOOST_TEST(o.error['C'] == "57014", o.describe() << "\n" << p2.log_tail(10) << "\n" << p1.log_tail(10));
-    BOOST_TEST(count_in_log(p2, "forwarded to peer(s) 1") == 1u, p2.log_tail(10));
     s->send(terminate_message());
 
     // A newer minor is offered 3.2 (and gets the long secret); so is 3.2 with an unknown
