@@ -480,6 +480,51 @@ BOOST_AUTO_TEST_CASE(pass_through_unreachable_upstream)
     check_clean_stop(p);
 }
 
+// Rules and policies see the database PostgreSQL will use: an empty or missing database is
+// the user's name, never "" (a proxy once let an empty database name slip past its rules).
+BOOST_AUTO_TEST_CASE(an_empty_database_is_the_user_name_for_rules_and_policies)
+{
+    using Params = std::vector<std::pair<std::string, std::string>>;
+    // The first message pgwicket answers a startup packet with, as "E <SQLSTATE>" or its type.
+    auto first_answer = [](int port, const Params& params, const std::string& then_query = "") {
+        RawSocket s(port);
+        s.send(startup_packet(params));
+        std::vector<Message> greeting = s.read_until_ready(15000);
+        if (greeting.empty())
+            return std::string("nothing");
+        if (greeting.back().type == 'E')
+            return "E " + error_fields(greeting.back().payload)['C'];
+        if (then_query.empty())
+            return std::string(1, greeting.back().type);
+        s.send(query_message(then_query));
+        std::vector<Message> answer = s.read_until_ready(15000);
+        for (const Message& m : answer)
+            if (m.type == 'E')
+                return "E " + error_fields(m.payload)['C'];
+        return answer.empty() ? std::string("nothing") : std::string(1, answer.back().type);
+    };
+    const std::string hba = tmp_path("defaults.hba");
+    write_file(hba, "host postgres postgres all reject\nhost all all all trust\n");
+    ProxyOptions o;
+    o.extra_settings = "auth_type = hba\nauth_hba_file = " + hba + "\n";
+    Proxy p("pgwicket-defaults", o);
+    for (const Params& params : {Params{{"user", "postgres"}}, Params{{"user", "postgres"}, {"database", ""}},
+                                 Params{{"user", "postgres"}, {"database", "postgres"}}})
+        BOOST_TEST(first_answer(p.port(), params) == "E 28000", "database \"" << (params.size() > 1 ? params[1].second : "(none)") << "\"");
+    BOOST_TEST(first_answer(p.port(), {{"user", "postgres"}, {"database", "template1"}}) == "Z",
+               "the trust rule for another database");
+    check_clean_stop(p);
+
+    ProxyOptions q;
+    q.extra_sections = "[policy.readonly]\nread_only = 1\n[database_policies]\npostgres = readonly\n";
+    Proxy pq("pgwicket-defaults-policy", q);
+    for (const Params& params : {Params{{"user", "postgres"}}, Params{{"user", "postgres"}, {"database", ""}}})
+        BOOST_TEST(first_answer(pq.port(), params, "CREATE TABLE pgw_defaults_never (i int)") == "E 42501",
+                   "the read-only policy of database postgres");
+    BOOST_TEST(first_answer(pq.port(), {{"user", "postgres"}, {"database", "template1"}}, "SELECT 1") == "Z");
+    check_clean_stop(pq);
+}
+
 // A fake upstream (a real server cannot be made to do this) that answers the SSLRequest
 // with 'S' and, in the same packet, bytes that did not come through TLS: a man in the
 // middle could have put them there (CVE-2021-23222). pgwicket refuses before any handshake.
