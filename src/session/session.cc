@@ -302,12 +302,7 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
 
     if (database == admin::kConsoleDatabase) {
         const std::string* app = startup.get("application_name");
-        if (ipc::Slot* sl = slot()) {
-            sl->client_addr.set(peer_);
-            sl->user.set(user);
-            sl->database.set(database);
-            sl->application_name.set(app ? *app : "");
-        }
+        publish_client(user, database, startup);
         admin::ConsoleSession cs{cfg_, table_, conn_, slot(), user, app ? *app : "", secret_length_};
         return ExitCode(admin::run_console(cs));
     }
@@ -393,8 +388,9 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
     auto secret = ipc::new_cancel_secret(secret_length_);
     if (!secret)
         return fail("XX000", "could not generate a cancel key", kExitInternal);
-    ipc::publish_cancel_key(slot(), std::uint32_t(PQbackendPID(pg)), *secret);
-    greeting.raw(protocol::backend_key_data(std::uint32_t(PQbackendPID(pg)), *secret));
+    const auto backend_pid = std::uint32_t(PQbackendPID(pg));
+    ipc::publish_cancel_key(slot(), backend_pid, *secret);
+    greeting.raw(protocol::backend_key_data(backend_pid, *secret));
     char status = 'I';
     switch (PQtransactionStatus(pg)) {
     case PQTRANS_INTRANS:
