@@ -9,24 +9,30 @@ namespace pgw::ipc {
 
 static_assert(std::is_trivially_copyable_v<Handoff>);
 
-Status send_handoff(int channel, const Handoff& h, int client_fd)
+Status send_handoff(int channel, const Handoff& h, int client_fd, std::string_view payload)
 {
+    if (payload.size() > kMaxPayload)
+        return Error{"message payload too large"};
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
     Handoff copy = h;
-    iovec iov{&copy, sizeof copy};
+    copy.payload_len = std::uint32_t(payload.size());
+    iovec iov[2] = {{&copy, sizeof copy}, {const_cast<char*>(payload.data()), payload.size()}};
     msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    cmsghdr* cm = CMSG_FIRSTHDR(&msg);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(cm), &client_fd, sizeof(int));
+    msg.msg_iov = iov;
+    msg.msg_iovlen = payload.empty() ? 1 : 2;
+    if (client_fd >= 0) {
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof control;
+        cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        std::memcpy(CMSG_DATA(cm), &client_fd, sizeof(int));
+    }
+    const ssize_t total = ssize_t(sizeof copy + payload.size());
     for (;;) {
         ssize_t n = ::sendmsg(channel, &msg, MSG_NOSIGNAL);
-        if (n == (ssize_t)sizeof copy)
+        if (n == total)
             return ok_status();
         if (n < 0 && errno == EINTR)
             continue;
@@ -35,14 +41,57 @@ Status send_handoff(int channel, const Handoff& h, int client_fd)
     }
 }
 
+namespace {
+
+bool known_type(HandoffType t)
+{
+    switch (t) {
+    case HandoffType::Session:
+    case HandoffType::Refuse:
+    case HandoffType::ShuttingDown:
+    case HandoffType::Metrics:
+    case HandoffType::NeedRoute:
+    case HandoffType::Warm:
+    case HandoffType::Leaving:
+    case HandoffType::Connect:
+    case HandoffType::MoveClient:
+    case HandoffType::HandedOver:
+    case HandoffType::Retire:
+    case HandoffType::PoolTimeout:
+        return true;
+    }
+    return false;
+}
+
+// Whether a message of this type must, may or must not carry a descriptor.
+enum class FdRule { Required, Optional, None };
+FdRule fd_rule(HandoffType t)
+{
+    switch (t) {
+    case HandoffType::Session:
+    case HandoffType::Refuse:
+    case HandoffType::ShuttingDown:
+    case HandoffType::Metrics:
+    case HandoffType::MoveClient:
+        return FdRule::Required;
+    case HandoffType::NeedRoute:
+        return FdRule::Optional;
+    default:
+        return FdRule::None;
+    }
+}
+
+} // namespace
+
 Result<Received> receive_handoff(int channel)
 {
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)] = {};
     Handoff h;
-    iovec iov{&h, sizeof h};
+    std::string payload(kMaxPayload + 1, '\0');
+    iovec iov[2] = {{&h, sizeof h}, {payload.data(), payload.size()}};
     msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 2;
     msg.msg_control = control;
     msg.msg_controllen = sizeof control;
     ssize_t n;
@@ -69,20 +118,24 @@ Result<Received> receive_handoff(int channel)
                 fd = std::move(owned);
         }
     }
-    if (n != (ssize_t)sizeof h)
+    if (n < (ssize_t)sizeof h)
         return Error{"handoff of wrong size"};
     if (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC))
         return Error{"handoff truncated"};
     if (h.magic != kHandoffMagic || h.version != kHandoffVersion)
         return Error{"handoff with wrong magic or version"};
-    if (h.type != HandoffType::Session && h.type != HandoffType::Refuse &&
-        h.type != HandoffType::ShuttingDown && h.type != HandoffType::Metrics)
+    if (!known_type(h.type))
         return Error{"handoff of unknown type"};
-    if (fds_seen != 1 || !fd.valid())
-        return Error{"handoff without exactly one descriptor"};
+    if (h.payload_len > kMaxPayload || size_t(n) != sizeof h + h.payload_len)
+        return Error{"handoff of wrong size"};
+    const FdRule rule = fd_rule(h.type);
+    if ((rule == FdRule::Required && fds_seen != 1) || (rule == FdRule::Optional && fds_seen > 1) ||
+        (rule == FdRule::None && fds_seen != 0))
+        return Error{"handoff with the wrong number of descriptors"};
     if (h.peer_len > sizeof h.peer)
         return Error{"handoff with bad peer address length"};
-    return Received{h, std::move(fd)};
+    payload.resize(h.payload_len);
+    return Received{h, std::move(fd), std::move(payload)};
 }
 
 } // namespace pgw::ipc

@@ -8,18 +8,34 @@
 #include <sys/socket.h>
 
 #include <cstdint>
+#include <string>
+#include <string_view>
 
 namespace pgw::ipc {
 
 inline constexpr std::uint32_t kHandoffMagic = 0x50475748;  // "PGWH"
-inline constexpr std::uint32_t kHandoffVersion = 4;
+inline constexpr std::uint32_t kHandoffVersion = 5;
 inline constexpr std::uint32_t kNoSlot = ~std::uint32_t(0);
+// The largest payload a message carries (a pooled session's context).
+inline constexpr std::uint32_t kMaxPayload = 48 * 1024;
 
 enum class HandoffType : std::uint32_t {
+    // Supervisor to a spare, with the accepted fd.
     Session = 1,  // run a session on the attached fd
     Refuse = 2,   // read the startup packet, answer 53300 (max_client_conn reached), close
     ShuttingDown = 3,  // draining: serve a cancel request, answer a startup with 57P03
     Metrics = 4,       // an HTTP connection to the metrics listener
+
+    // Pooling (see HACKING.md, "Pooling"). Worker to supervisor:
+    NeedRoute = 10,  // payload: route key; fd: the plaintext client when it may move
+    Warm = 11,       // payload: route key; the session ended, the upstream is reset
+    Leaving = 12,    // a warm worker wants to go (timer, dead upstream); wait for Retire
+    // Supervisor to worker:
+    Connect = 20,     // to the asker: connect upstream yourself (counted in the pool)
+    MoveClient = 21,  // to a warm worker, with the client fd; payload: the session context
+    HandedOver = 22,  // to the asker: the client went to a warm worker; be a spare again
+    Retire = 23,      // to a warm worker: close the upstream and exit
+    PoolTimeout = 24,  // to the asker: query_wait_timeout passed; answer 53300
 };
 
 // Written and read with memcpy by the same binary on both ends of a private
@@ -33,13 +49,16 @@ struct Handoff {
     std::uint32_t slot = kNoSlot;     // the session table slot claimed for this session
     sockaddr_storage peer{};
     socklen_t peer_len = 0;
+    std::uint32_t payload_len = 0;  // bytes that follow the struct in the same message
 };
 
-Status send_handoff(int channel, const Handoff& h, int client_fd);
+// `client_fd` < 0 sends no descriptor (only the pooling messages may omit one).
+Status send_handoff(int channel, const Handoff& h, int client_fd, std::string_view payload = {});
 
 struct Received {
     Handoff handoff;
-    UniqueFd client;
+    UniqueFd client;  // invalid when the message carried none
+    std::string payload;
 };
 
 // Blocks until a handoff arrives. An error (including the supervisor closing the

@@ -128,6 +128,11 @@ void SessionTable::claim(std::uint32_t index, pid_t owner, std::uint64_t session
     s.state.store(std::uint32_t(SlotState::Startup), std::memory_order_release);
 }
 
+void SessionTable::reassign(std::uint32_t index, pid_t owner) const
+{
+    slot(index).owner_pid.store(owner, std::memory_order_release);
+}
+
 void SessionTable::release(std::uint32_t index) const
 {
     Slot& s = slot(index);

@@ -177,6 +177,8 @@ public:
     // folding the slot's counters into the totals).
     void claim(std::uint32_t index, pid_t owner, std::uint64_t session_id) const;
     void release(std::uint32_t index) const;
+    // The session in this slot moved to another worker (a warm one, pooling).
+    void reassign(std::uint32_t index, pid_t owner) const;
 
     // Shared rate limit: true when a bad-cancel log line may be written now.
     bool may_log_bad_cancel() const;

@@ -13,6 +13,8 @@ enum ExitCode : int {
     kExitShutdown = 7,         // ended by SIGTERM/SIGINT (shutdown)
     kExitStartupTimeout = 8,   // the client did not finish its startup in time
     kExitInternal = 70,        // a broken invariant (an exception reached the worker's entry)
+    // Never an exit status: run_session's answer when the client moved to a warm worker.
+    kExitHandedOver = 1000,
 };
 
 inline const char* exit_code_name(int code)

@@ -260,10 +260,13 @@ bool Relay::pump(Direction& d, bool from_client)
                 }
                 return observer_->inspect_server(type);
             },
-            [this, from_client, &replace](char type, protocol::ByteSpan body) {
+            [this, from_client, &replace, &d, unscanned](char type, protocol::ByteSpan body) {
                 if (from_client) {
-                    if (type == 'X')
+                    if (type == 'X') {
+                        if (observer_ && observer_->keep_upstream())
+                            d.pipe.cut(size_t(body.data() - unscanned.data()) - 5, body.size() + 5, {});
                         return false;  // stop after Terminate: nothing follows it
+                    }
                     if (auto replacement = observer_->on_client_body(type, body))
                         return replace(body, std::move(*replacement));
                     return true;

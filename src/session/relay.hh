@@ -79,6 +79,8 @@ public:
     virtual void on_bytes(bool /*from_client*/, size_t /*n*/) {}
     // A CommandComplete from the server, with its tag ("SELECT 3", "INSERT 0 1").
     virtual void on_command_complete(std::string_view /*tag*/) {}
+    // Whether the client's Terminate stays here (a pooled upstream outlives the session).
+    virtual bool keep_upstream() { return false; }
     // The FATAL the client gets when the stop flag ends the relay.
     virtual protocol::Bytes stop_message();
 };

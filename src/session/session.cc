@@ -18,7 +18,10 @@
 #include "tls/server_tls.hh"
 #include "upstream/passthrough.hh"
 #include "upstream/transport.hh"
+#include "pool/context.hh"
+#include "pool/held.hh"
 
+#include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -60,11 +63,23 @@ ipc::Counter auth_failure_counter(auth::Method m)
     return ipc::kAuthFailuresRejected;
 }
 
+// Who authenticated, and how: all a session needs of the login after it.
+struct Login {
+    std::string user;
+    std::string database;
+    std::string identity;  // the SSO identity, else the user name
+    auth::Method method = auth::Method::Trust;
+    std::vector<std::string> groups;
+    std::string rule_policy;
+    bool sso() const { return identity != user; }
+};
+
 class Session {
 public:
-    Session(const config::Config& cfg, const ipc::SessionTable& table, SSL_CTX* tls, ipc::Received&& work)
+    Session(const config::Config& cfg, const ipc::SessionTable& table, SSL_CTX* tls, ipc::Received&& work,
+            WorkerState& ws)
         : cfg_(cfg), table_(table), tls_ctx_(tls), handoff_(work.handoff), client_(std::move(work.client)),
-          conn_(client_.get())
+          conn_(client_.get()), payload_(std::move(work.payload)), ws_(ws)
     {
         peer_ = net::describe_peer(handoff_.peer, handoff_.peer_len);
         peer_host_ = net::peer_host(handoff_.peer, handoff_.peer_len);
@@ -118,7 +133,34 @@ private:
             sl->application_name.set(app ? *app : "");
         }
     }
-    ExitCode run_relay(upstream::Transport& server, int upstream_fd, char status, std::function<Status()> cancel);
+    // What the relay's end means for a pooled connection.
+    struct RelayReport {
+        bool at_boundary = true;
+        bool reusable = false;
+    };
+    ExitCode run_relay(upstream::Transport& server, int upstream_fd, char status, std::function<Status()> cancel,
+                       bool pooled, RelayReport* report);
+    struct Established {
+        ExitCode code = kExitOk;
+        bool at_boundary = true;
+        bool reusable = false;
+    };
+    Established establish(pool::HeldUpstream& up, bool pooled);
+    ExitCode proceed(const Login& login, const protocol::StartupMessage& startup);
+    void set_login_prefix(const Login& login);
+    std::optional<ExitCode> connect_upstream(const upstream::Params& params, const std::string& database,
+                                             upstream::PgConnPtr& conn);
+    ExitCode pooled_session(const Login& login, const protocol::StartupMessage& startup,
+                            const config::DatabaseEntry& entry, const upstream::Params& params);
+    // Asks the supervisor for a pooled route and waits for its answer.
+    struct RouteAnswer {
+        std::optional<ipc::HandoffType> type;
+        std::optional<ExitCode> error_code;
+        explicit operator bool() const { return type.has_value(); }
+    };
+    RouteAnswer ask_for_route(const pool::SessionContext& ctx);
+    // A session moved here from the worker that authenticated it.
+    ExitCode moved_in();
     std::optional<ExitCode> audit_session_start();
     ExitCode pass_through(const config::DatabaseEntry& entry, const upstream::ClientInfo& info,
                           const protocol::StartupMessage& startup);
@@ -144,6 +186,8 @@ private:
     net::Clock::time_point login_deadline_{};  // client_login_timeout: startup and authentication
     std::string peer_, peer_host_;
     std::size_t secret_length_ = 4;  // of the client's cancel secret: 4 (protocol 3.0), 32 (3.2)
+    std::string payload_;  // MoveClient: the session context
+    WorkerState& ws_;      // the worker's channel and pooled upstream, which outlive the session
 };
 
 std::variant<protocol::StartupMessage, ExitCode> Session::read_startup()
@@ -287,25 +331,43 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
         e.hint = who.hint;
         return fail(e, kExitRefused);
     }
-    const std::string identity = who.identity;
-    const bool sso = identity != user;
-    if (sso)
-        log::set_prefix("C-" + std::to_string(handoff_.session_id) + ": " + database + "/" + user + "(" +
-                        identity + ")@" + peer_);
+    Login login{user, database, who.identity, who.method, who.groups, who.rule_policy};
     log_info("%s (%s%s%s)%s%s",
              who.method == auth::Method::PassThrough ? "login handed to the upstream server" : "authenticated",
-             auth::method_name(who.method), sso ? ", identity " : "",
-             sso ? identity.c_str() : "", conn_.is_tls() ? ", " : "",
+             auth::method_name(who.method), login.sso() ? ", identity " : "",
+             login.sso() ? login.identity.c_str() : "", conn_.is_tls() ? ", " : "",
              conn_.is_tls() ? conn_.describe_tls().c_str() : "");
-    if (ipc::Slot* sl = slot())
-        sl->identity.set(identity);
-
     if (database == admin::kConsoleDatabase) {
+        set_login_prefix(login);
+        if (ipc::Slot* sl = slot())
+            sl->identity.set(login.identity);
         const std::string* app = startup.get("application_name");
         publish_client(user, database, startup);
         admin::ConsoleSession cs{cfg_, table_, conn_, slot(), user, app ? *app : "", secret_length_};
         return ExitCode(admin::run_console(cs));
     }
+    return proceed(login, startup);
+}
+
+void Session::set_login_prefix(const Login& login)
+{
+    if (login.sso())
+        log::set_prefix("C-" + std::to_string(handoff_.session_id) + ": " + login.database + "/" + login.user +
+                        "(" + login.identity + ")@" + peer_);
+    else
+        log::set_prefix("C-" + std::to_string(handoff_.session_id) + ": " + login.database + "/" + login.user +
+                        "@" + peer_);
+}
+
+// From an authenticated login to the relay: the entry, the policy, the audit trail,
+// the upstream (connected here, or held from the previous session on a pooled route).
+ExitCode Session::proceed(const Login& login, const protocol::StartupMessage& startup)
+{
+    const std::string& user = login.user;
+    const std::string& database = login.database;
+    set_login_prefix(login);
+    if (ipc::Slot* sl = slot())
+        sl->identity.set(login.identity);
 
     const config::DatabaseEntry* entry = cfg_.find_database(database);
     if (!entry) {
@@ -315,16 +377,17 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
     }
 
     std::string policy_source;
-    policy_ = cfg_.policy_for(who.groups, who.rule_policy, database, &policy_source);
+    policy_ = cfg_.policy_for(login.groups, login.rule_policy, database, &policy_source);
     if (policy_)
         log_info("policy \"%s\" (from %s)", policy_->name.c_str(), policy_source.c_str());
-    upstream::ClientInfo info{user, database, peer_host_, &startup, sso ? identity : std::string(), "", {}};
+    upstream::ClientInfo info{user, database, peer_host_, &startup, login.sso() ? login.identity : std::string(),
+                              "", {}};
     if (policy_)
         info.settings = policy_->upstream_settings();
     if (audit_sink_.enabled() || cfg_.log_statements) {
         audit::SessionInfo ai;
         ai.session_id = handoff_.session_id;
-        ai.identity = identity;
+        ai.identity = login.identity;
         ai.user = user;
         ai.client = peer_;
         const std::string* app = startup.get("application_name");
@@ -333,66 +396,198 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
         ai.policy = policy_ ? policy_->name : "";
         trail_.emplace(audit_sink_, std::move(ai), cfg_.audit_statement_text == "full", cfg_.log_statements != 0);
     }
-    if (const std::string* role = cfg_.role_for(who.groups)) {
+    if (const std::string* role = cfg_.role_for(login.groups)) {
         info.role = *role;
         log_info("upstream role \"%s\" from [roles]", role->c_str());
     }
-    if (who.method == auth::Method::PassThrough)
+    if (login.method == auth::Method::PassThrough)
         return pass_through(*entry, info, startup);
     auto params = upstream::build_params(*entry, info, cfg_.application_name_prefix);
     if (!params)
         return fail("08006", params.error(), kExitUpstreamFailure);
     const std::string where = upstream::describe(*params);
+    publish_client(user, database, startup);
 
-    auto deadline = net::Clock::now() + std::chrono::seconds(cfg_.server_connect_timeout);
-    upstream::ConnectFailure why;
-    auto conn = upstream::connect(*params, deadline, &why);
-    if (!conn) {
-        if (ipc::Slot* sl = slot()) {
-            sl->counters.add(ipc::kUpstreamConnectFailures, 1);
-            if (why.server_sqlstate.compare(0, 2, "28") == 0)
-                sl->counters.add(ipc::kAuthFailuresUpstream, 1);
-        }
-        log_warning("upstream connection failed (%s): %s%s%s", where.c_str(),
-                    why.server_sqlstate.c_str(), why.server_sqlstate.empty() ? "" : ": ",
-                    why.message.c_str());
-        if (!why.server_sqlstate.empty()) {
-            // The server refused this login: pass its own error on, as a direct
-            // connection would show it, and say which upstream said it.
-            protocol::ErrorFields e;
-            e.sqlstate = why.server_sqlstate;
-            e.message = why.message;
-            e.detail = "Reported by the upstream server for database \"" + database + "\" (" +
-                       where + ").";
-            return fail(e, kExitUpstreamFailure);
-        }
-        return fail("08006",
-                    "could not connect to upstream server for database \"" + database + "\" (" +
-                        where + "): " + why.message,
-                    kExitUpstreamFailure);
-    }
-    PGconn* pg = conn->get();
+    if (entry->pool.pooled)
+        return pooled_session(login, startup, *entry, *params);
+
+    upstream::PgConnPtr conn;
+    if (auto code = connect_upstream(*params, database, conn))
+        return *code;
+    PGconn* pg = conn.get();
     log_info("connected to upstream (%s), backend pid %d%s", where.c_str(), PQbackendPID(pg),
              PQsslInUse(pg) ? ", TLS" : "");
+    pool::HeldUpstream up = pool::hold(std::move(conn), "", where);
+    return establish(up, false).code;
+}
 
+// Opens the session's own upstream connection; on failure the client has its error
+// and the returned code ends the session.
+std::optional<ExitCode> Session::connect_upstream(const upstream::Params& params, const std::string& database,
+                                                  upstream::PgConnPtr& conn)
+{
+    const std::string where = upstream::describe(params);
+    auto deadline = net::Clock::now() + std::chrono::seconds(cfg_.server_connect_timeout);
+    upstream::ConnectFailure why;
+    auto c = upstream::connect(params, deadline, &why);
+    if (c) {
+        conn = std::move(*c);
+        return std::nullopt;
+    }
+    if (ipc::Slot* sl = slot()) {
+        sl->counters.add(ipc::kUpstreamConnectFailures, 1);
+        if (why.server_sqlstate.compare(0, 2, "28") == 0)
+            sl->counters.add(ipc::kAuthFailuresUpstream, 1);
+    }
+    log_warning("upstream connection failed (%s): %s%s%s", where.c_str(), why.server_sqlstate.c_str(),
+                why.server_sqlstate.empty() ? "" : ": ", why.message.c_str());
+    if (!why.server_sqlstate.empty()) {
+        // The server refused this login: pass its own error on, as a direct
+        // connection would show it, and say which upstream said it.
+        protocol::ErrorFields e;
+        e.sqlstate = why.server_sqlstate;
+        e.message = why.message;
+        e.detail = "Reported by the upstream server for database \"" + database + "\" (" + where + ").";
+        return fail(e, kExitUpstreamFailure);
+    }
+    return fail("08006",
+                "could not connect to upstream server for database \"" + database + "\" (" + where +
+                    "): " + why.message,
+                kExitUpstreamFailure);
+}
+
+// A session on a pooled route. The worker that authenticated the client asks the
+// supervisor for the route: a plaintext client may move to a warm worker (this worker
+// is then a spare again), otherwise this worker connects, or waits for room. A warm
+// worker that received the client carries on with the connection it holds.
+ExitCode Session::pooled_session(const Login& login, const protocol::StartupMessage& startup,
+                                 const config::DatabaseEntry& entry, const upstream::Params& params)
+{
+    const std::string route = pool::route_key(entry.name, params);
+    const std::string where = upstream::describe(params);
+    const std::string* app = nullptr;
+    for (const auto& [k, v] : params)
+        if (k == "application_name")
+            app = &v;
+    if (ws_.held && ws_.held->route != route) {
+        // The supervisor matched the asker's key; ours must agree.
+        log_error("a client for route %s reached a worker warm on %s", route.c_str(), ws_.held->route.c_str());
+        return fail("XX000", "pgwicket internal error: pooled connection of the wrong route", kExitInternal);
+    }
+    if (!ws_.held) {
+        pool::SessionContext ctx;
+        ctx.route = route;
+        ctx.entry = entry.name;
+        ctx.user = login.user;
+        ctx.database = login.database;
+        ctx.identity = login.identity;
+        ctx.rule_policy = login.rule_policy;
+        ctx.method = std::uint32_t(login.method);
+        ctx.secret_length = std::uint32_t(secret_length_);
+        ctx.protocol_minor = startup.minor;
+        ctx.groups = login.groups;
+        ctx.startup = startup.params;
+        auto answer = ask_for_route(ctx);
+        if (!answer)
+            return *answer.error_code;
+        switch (*answer.type) {
+        case ipc::HandoffType::HandedOver:
+            log_info("handed to a warm worker on route %s", pool::route_label(route).c_str());
+            return kExitHandedOver;
+        case ipc::HandoffType::PoolTimeout:
+            log_info("refused: no connection of pool %s within query_wait_timeout (%ld s)",
+                     pool::route_label(route).c_str(), cfg_.query_wait_timeout);
+            return fail("53300",
+                        "no upstream connection of pool \"" + pool::route_label(route) +
+                            "\" became free within query_wait_timeout (" + std::to_string(cfg_.query_wait_timeout) +
+                            " s)",
+                        kExitRefused, "The pool is full (pool_size); try again later, or ask the operator to raise it.");
+        default:
+            break;  // Connect
+        }
+        upstream::PgConnPtr conn;
+        if (auto code = connect_upstream(params, login.database, conn))
+            return *code;
+        log_info("connected to upstream (%s), backend pid %d%s; pooled on %s", where.c_str(),
+                 PQbackendPID(conn.get()), PQsslInUse(conn.get()) ? ", TLS" : "",
+                 pool::route_label(route).c_str());
+        ws_.held = pool::hold(std::move(conn), route, where);
+    } else {
+        // Reused: make sure it still works, and name the new client upstream.
+        auto& held = *ws_.held;
+        const auto now = net::Clock::now();
+        const auto deadline = now + std::chrono::seconds(cfg_.server_connect_timeout);
+        Status ok = ok_status();
+        if (pool::stirred(held))
+            ok = Error{"the server closed it or spoke while it was idle"};
+        else if (now - held.checked >= std::chrono::seconds(cfg_.server_check_delay)) {
+            ok = pool::simple_query(held, cfg_.server_check_query, deadline);
+            held.checked = now;
+        }
+        if (!ok) {
+            log_info("pooled connection (backend pid %u) is not usable (%s); connecting afresh", held.backend_pid,
+                     ok.error().c_str());
+            ws_.held.reset();
+            upstream::PgConnPtr conn;
+            if (auto code = connect_upstream(params, login.database, conn))
+                return *code;
+            ws_.held = pool::hold(std::move(conn), route, where);
+        } else if (app) {
+            char* lit = PQescapeLiteral(held.conn.get(), app->c_str(), app->size());
+            Status named = lit ? pool::simple_query(held, std::string("SET application_name = ") + lit, deadline)
+                               : Status(Error{"could not quote application_name"});
+            PQfreemem(lit);
+            if (!named) {
+                log_warning("pooled connection (backend pid %u): %s; closing it", held.backend_pid,
+                            named.error().c_str());
+                ws_.held.reset();
+                return fail("08006", "pooled upstream connection failed: " + named.error(), kExitUpstreamFailure);
+            }
+        }
+        log_info("reusing pooled connection to %s (backend pid %u, session %u on it)", where.c_str(),
+                 ws_.held->backend_pid, ws_.held->sessions + 1);
+    }
+    auto& held = *ws_.held;
+    ++held.sessions;
+    auto out = establish(held, true);
+    if (!out.reusable) {
+        if (!out.at_boundary)
+            ::shutdown(held.fd(), SHUT_RDWR);
+        ws_.held.reset();
+        return out.code;
+    }
+    const auto deadline = net::Clock::now() + std::chrono::seconds(cfg_.server_connect_timeout);
+    if (auto st = pool::simple_query(held, cfg_.server_reset_query, deadline); !st) {
+        log_info("pooled connection (backend pid %u) not kept: %s", held.backend_pid, st.error().c_str());
+        ws_.held.reset();
+        return out.code;
+    }
+    held.idle_since = held.checked = net::Clock::now();
+    return out.code;
+}
+
+// The greeting on a connected upstream, then the relay. `pooled`: the client's
+// Terminate stays here, and the outcome says whether the connection may be reused.
+Session::Established Session::establish(pool::HeldUpstream& up, bool pooled)
+{
+    Established result;
     // The greeting: the upstream's real parameters and status, our own cancel key.
     protocol::Writer greeting;
     greeting.raw(protocol::authentication_ok());
-    for (const char* name : upstream::reported_parameters())
-        if (const char* value = PQparameterStatus(pg, name))
-            greeting.raw(protocol::parameter_status(name, value));
+    for (const auto& [name, value] : up.parameters)
+        greeting.raw(protocol::parameter_status(name, value));
     // The cancel key: the backend's own pid, so that drivers, pg_stat_activity and the
-    // server's log agree, and our secret (the upstream's stays here). Published in the
-    // slot before the client can know it.
-    publish_client(user, database, startup);
+    // server's log agree, and our secret (the upstream's stays here), new for every
+    // session. Published in the slot before the client can know it.
     auto secret = ipc::new_cancel_secret(secret_length_);
-    if (!secret)
-        return fail("XX000", "could not generate a cancel key", kExitInternal);
-    const auto backend_pid = std::uint32_t(PQbackendPID(pg));
-    ipc::publish_cancel_key(slot(), backend_pid, *secret);
-    greeting.raw(protocol::backend_key_data(backend_pid, *secret));
+    if (!secret) {
+        result.code = fail("XX000", "could not generate a cancel key", kExitInternal);
+        return result;
+    }
+    ipc::publish_cancel_key(slot(), up.backend_pid, *secret);
+    greeting.raw(protocol::backend_key_data(up.backend_pid, *secret));
     char status = 'I';
-    switch (PQtransactionStatus(pg)) {
+    switch (PQtransactionStatus(up.conn.get())) {
     case PQTRANS_INTRANS:
         status = 'T';
         break;
@@ -403,30 +598,37 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
         break;
     }
     if (trail_)
-        trail_->info().upstream = where;
-    if (auto refused = audit_session_start())
-        return *refused;
+        trail_->info().upstream = up.where;
+    if (auto refused = audit_session_start()) {
+        result.code = *refused;
+        return result;
+    }
     greeting.raw(protocol::ready_for_query(status));
-    if (!send(greeting.bytes()))
-        return kExitOk;
+    if (!send(greeting.bytes())) {
+        result.code = kExitOk;
+        result.reusable = pooled;
+        return result;
+    }
 
-    int upstream_fd = PQsocket(pg);
-    if (auto st = net::set_nonblocking(upstream_fd); !st)
-        return fail("08006", "upstream socket: " + st.error(), kExitUpstreamFailure);
-    std::unique_ptr<upstream::Transport> server;
-    if (PQsslInUse(pg))
-        server = std::make_unique<upstream::TlsTransport>(
-            static_cast<SSL*>(PQsslStruct(pg, "OpenSSL")), upstream_fd);
-    else
-        server = std::make_unique<upstream::PlainTransport>(upstream_fd);
-    std::unique_ptr<PGcancel, PgCancelDeleter> pg_cancel(PQgetCancel(pg));
+    int upstream_fd = up.fd();
+    if (auto st = net::set_nonblocking(upstream_fd); !st) {
+        result.code = fail("08006", "upstream socket: " + st.error(), kExitUpstreamFailure);
+        return result;
+    }
+    auto server = up.transport();
+    std::unique_ptr<PGcancel, PgCancelDeleter> pg_cancel(PQgetCancel(up.conn.get()));
     auto cancel = [c = pg_cancel.get()]() -> Status {
         char err[256] = "";
         if (!PQcancel(c, err, sizeof err))
             return Error{err};
         return ok_status();
     };
-    return run_relay(*server, upstream_fd, status, pg_cancel ? std::function<Status()>(cancel) : nullptr);
+    RelayReport report;
+    result.code = run_relay(*server, upstream_fd, status, pg_cancel ? std::function<Status()>(cancel) : nullptr,
+                            pooled, &report);
+    result.at_boundary = report.at_boundary;
+    result.reusable = report.reusable;
+    return result;
 }
 
 // The session_start record, written before the client's first ReadyForQuery: with
@@ -444,7 +646,8 @@ std::optional<ExitCode> Session::audit_session_start()
 
 // The established session, whichever way the upstream was reached: relay until the
 // end, then log it and name the exit.
-ExitCode Session::run_relay(upstream::Transport& server, int upstream_fd, char status, std::function<Status()> cancel)
+ExitCode Session::run_relay(upstream::Transport& server, int upstream_fd, char status, std::function<Status()> cancel,
+                           bool pooled, RelayReport* report)
 {
     std::unique_ptr<upstream::Transport> client;
     if (conn_.is_tls())
@@ -469,6 +672,7 @@ ExitCode Session::run_relay(upstream::Transport& server, int upstream_fd, char s
     SessionControl control(cfg_, slot(), std::move(cancel), client_.get(), upstream_fd, gate ? &*gate : nullptr,
                            trail_ ? &*trail_ : nullptr, query_timeout, policy_ ? policy_->client_idle_timeout : 0);
     control_ptr = &control;
+    control.set_keep_upstream(pooled);
     if (policy_)
         control.set_caps(policy_->max_rows, policy_->max_bytes, policy_->allow_override);
     control.on_ready_for_query(status);
@@ -476,7 +680,16 @@ ExitCode Session::run_relay(upstream::Transport& server, int upstream_fd, char s
     RelayOutcome out = relay(*client, server, status, &g_stop_requested, &control);
     const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(net::Clock::now() - started);
 
-    if (!out.upstream_at_boundary) {
+    // A pooled connection is kept only when nothing of this session can be in flight:
+    // the client left between statements, outside a transaction, with no cancel running.
+    const bool reusable = pooled &&
+                          (out.end == RelayEnd::ClientTerminate || out.end == RelayEnd::ClientClosed) &&
+                          out.upstream_at_boundary && out.transaction_status == 'I' && control.quiescent();
+    if (report) {
+        report->at_boundary = out.upstream_at_boundary;
+        report->reusable = reusable;
+    }
+    if (!out.upstream_at_boundary && !pooled) {
         // libpq would append its Terminate inside a half-sent message; make the
         // upstream see a plain end of stream instead.
         ::shutdown(upstream_fd, SHUT_RDWR);
@@ -576,7 +789,65 @@ ExitCode Session::pass_through(const config::DatabaseEntry& entry, const upstrea
         return *refused;
     if (!send(protocol::ready_for_query(up.status)))
         return kExitOk;
-    return run_relay(*server, up.fd.get(), up.status, cancel);
+    return run_relay(*server, up.fd.get(), up.status, cancel, false, nullptr);
+}
+
+Session::RouteAnswer Session::ask_for_route(const pool::SessionContext& ctx)
+{
+    RouteAnswer answer;
+    ipc::Handoff h = handoff_;
+    h.type = ipc::HandoffType::NeedRoute;
+    // A plaintext client may move to a warm worker; a TLS session cannot leave this process.
+    const int movable = conn_.is_tls() ? -1 : client_.get();
+    if (auto st = ipc::send_handoff(ws_.channel, h, movable, pool::encode(ctx)); !st) {
+        log_error("asking the supervisor for a pooled connection: %s", st.error().c_str());
+        answer.error_code = fail("08006", "pgwicket could not reach its pool", kExitChannelError);
+        return answer;
+    }
+    for (;;) {
+        pollfd p{ws_.channel, POLLIN, 0};
+        int n = ::poll(&p, 1, 1000);
+        if (g_stop_requested) {
+            answer.error_code = fail("57P01", "terminating connection due to administrator command", kExitShutdown);
+            return answer;
+        }
+        if (n <= 0)
+            continue;
+        auto reply = ipc::receive_handoff(ws_.channel);
+        if (!reply) {
+            log_error("waiting for a pooled connection: %s", reply.error().c_str());
+            answer.error_code = fail("08006", "pgwicket could not reach its pool", kExitChannelError);
+            return answer;
+        }
+        switch (reply->handoff.type) {
+        case ipc::HandoffType::Connect:
+        case ipc::HandoffType::HandedOver:
+        case ipc::HandoffType::PoolTimeout:
+            answer.type = reply->handoff.type;
+            return answer;
+        default:
+            log_error("unexpected message %u while waiting for a pooled connection", unsigned(reply->handoff.type));
+            answer.error_code = fail("XX000", "pgwicket internal error while waiting for its pool", kExitInternal);
+            return answer;
+        }
+    }
+}
+
+ExitCode Session::moved_in()
+{
+    auto ctx = pool::decode_context(payload_);
+    if (!ctx) {
+        log_error("session moved in: %s", ctx.error().c_str());
+        return kExitChannelError;
+    }
+    secret_length_ = ctx->secret_length == ipc::kSecretBytes ? ipc::kSecretBytes : 4;
+    protocol::StartupMessage startup;
+    startup.major = 3;
+    startup.minor = ctx->protocol_minor;
+    startup.params = std::move(ctx->startup);
+    Login login{ctx->user, ctx->database, ctx->identity, auth::Method(ctx->method), std::move(ctx->groups),
+                ctx->rule_policy};
+    return proceed(login, startup);
 }
 
 ExitCode Session::run()
@@ -589,6 +860,8 @@ ExitCode Session::run()
         return ExitCode(admin::serve_metrics(client_.get(), table_));
     net::tune_client_socket(client_.get());
     login_deadline_ = net::Clock::now() + std::chrono::seconds(cfg_.client_login_timeout);
+    if (handoff_.type == ipc::HandoffType::MoveClient)
+        return moved_in();
     auto startup = read_startup();
     if (auto* code = std::get_if<ExitCode>(&startup))
         return *code;
@@ -607,9 +880,9 @@ ExitCode Session::run()
 } // namespace
 
 ExitCode run_session(const config::Config& cfg, const ipc::SessionTable& table, SSL_CTX* tls,
-                     ipc::Received&& work)
+                     ipc::Received&& work, WorkerState& ws)
 {
-    Session s(cfg, table, tls, std::move(work));
+    Session s(cfg, table, tls, std::move(work), ws);
     return s.run();
 }
 

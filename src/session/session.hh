@@ -5,11 +5,13 @@
 #include "config/config.hh"
 #include "ipc/fdpass.hh"
 #include "ipc/session_table.hh"
+#include "pool/held.hh"
 #include "session/exit_codes.hh"
 
 #include <openssl/ssl.h>
 
 #include <csignal>
+#include <optional>
 
 namespace pgw::session {
 
@@ -22,7 +24,16 @@ extern volatile std::sig_atomic_t g_reopen_log;
 // Set by the worker's SIGUSR2 handler: pgwicket is draining (only the admin console acts on it).
 extern volatile std::sig_atomic_t g_drain_notice;
 
+// What a worker carries from one session to the next: its channel to the supervisor
+// and, on a pooled route, the upstream connection it holds (empty otherwise).
+struct WorkerState {
+    int channel = -1;
+    std::optional<pool::HeldUpstream> held;
+};
+
+// Runs one session. kExitHandedOver: the client moved to a warm worker and this
+// worker may serve another; `ws.held` set: a pooled connection, reset, to keep warm.
 ExitCode run_session(const config::Config& cfg, const ipc::SessionTable& table, SSL_CTX* tls,
-                     ipc::Received&& work);
+                     ipc::Received&& work, WorkerState& ws);
 
 } // namespace pgw::session

@@ -51,6 +51,18 @@ public:
     int poll_timeout_ms() override;
     bool hold_client_input() override { return canceller_.hold(); }
     void on_wake() override;
+    // Pooled sessions keep the upstream: the client's Terminate is not forwarded.
+    void set_keep_upstream(bool keep) { keep_upstream_ = keep; }
+    bool keep_upstream() override { return keep_upstream_; }
+    // Nothing of the session is in flight upstream: every client message since the
+    // last ReadyForQuery was a Terminate, and no cancel child is running. With the
+    // relay's outcome (at a boundary, status 'I') this is what makes a pooled
+    // connection reusable.
+    bool quiescent()
+    {
+        canceller_.reap();
+        return !active_ && !canceller_.busy();
+    }
 
 private:
     net::Clock::time_point timeout_deadline() const { return started_ + std::chrono::seconds(query_timeout_); }
@@ -66,6 +78,7 @@ private:
     bool in_transaction_ = false;
     bool greeted_ = false;  // the first ReadyForQuery (the greeting's) has been seen
     bool audit_alarmed_ = false;
+    bool keep_upstream_ = false;
     // query_timeout: cancelled the running query; its 57014 was rewritten for the client.
     long query_timeout_;
     bool timeout_fired_ = false;

@@ -32,6 +32,8 @@ public:
     // ReadyForQuery that ends the cancelled query (the next statement's header must
     // not release it); the child's exit (SIGCHLD) wakes the relay.
     bool hold() const { return children_ > 0 && idle_since_cancel_; }
+    // A cancel child is still running (its signal may yet land on the backend).
+    bool busy() const { return children_ > 0; }
 
 private:
     static constexpr unsigned kSeconds = 10;  // bound on one child

@@ -7,9 +7,15 @@
 #include "session/exit_codes.hh"
 #include "session/session.hh"
 
+#include "pool/context.hh"
+#include "pool/held.hh"
+
+#include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <exception>
 
@@ -50,6 +56,101 @@ void reset_signals()
 
 } // namespace
 
+namespace {
+
+// A handoff the worker may start a session with (the others are pooling replies).
+bool starts_session(ipc::HandoffType t)
+{
+    return t == ipc::HandoffType::Session || t == ipc::HandoffType::Refuse || t == ipc::HandoffType::ShuttingDown ||
+           t == ipc::HandoffType::Metrics;
+}
+
+// What one session may have left in the process-wide flags and log prefix.
+void scrub_between_sessions()
+{
+    g_cancel_signal = 0;
+    log::set_prefix("");
+}
+
+// A pooled connection between sessions: the worker tells the supervisor it is warm and
+// waits for a client (MoveClient). The server closing or speaking, server_idle_timeout
+// and server_lifetime make it ask to leave; it goes only when the supervisor answers
+// Retire, because a client may already be on its way to it.
+[[noreturn]] void keep_warm(const config::Config& cfg, const ipc::SessionTable& table, SSL_CTX* tls, WorkerState& ws)
+{
+    using namespace std::chrono;
+    for (;;) {
+        scrub_between_sessions();
+        pool::HeldUpstream& held = *ws.held;
+        log::set_prefix("pool " + pool::route_label(held.route) + " (backend pid " + std::to_string(held.backend_pid) + ")");
+        if (cfg.server_lifetime > 0 && net::Clock::now() >= held.created + seconds(cfg.server_lifetime)) {
+            log_info("closing pooled connection: server_lifetime (%ld s) reached", cfg.server_lifetime);
+            pool::close_gracefully(held);
+            _exit(kExitOk);
+        }
+        ipc::Handoff h;
+        h.type = ipc::HandoffType::Warm;
+        if (auto st = ipc::send_handoff(ws.channel, h, -1, held.route); !st) {
+            log_error("telling the supervisor the connection is warm: %s", st.error().c_str());
+            pool::close_gracefully(held);
+            _exit(kExitChannelError);
+        }
+        log_debug("warm");
+        bool leaving = false;
+        for (;;) {
+            auto deadline = net::Clock::time_point::max();
+            if (cfg.server_idle_timeout > 0)
+                deadline = std::min(deadline, held.idle_since + seconds(cfg.server_idle_timeout));
+            if (cfg.server_lifetime > 0)
+                deadline = std::min(deadline, held.created + seconds(cfg.server_lifetime));
+            pollfd fds[2] = {{ws.channel, POLLIN, 0}, {held.fd(), POLLIN, 0}};
+            const int ms = leaving ? 1000 : std::min(1000, std::max(0, net::ms_until(deadline)));
+            const int n = ::poll(fds, leaving ? 1 : 2, ms);
+            if (g_stop_requested) {
+                pool::close_gracefully(held);
+                _exit(kExitShutdown);
+            }
+            if (n > 0 && fds[0].revents) {
+                auto msg = ipc::receive_handoff(ws.channel);
+                if (!msg || msg->handoff.type == ipc::HandoffType::Retire) {
+                    if (!msg && msg.error() != "channel closed")
+                        log_error("warm worker: %s", msg.error().c_str());
+                    log_debug("retired");
+                    pool::close_gracefully(held);
+                    _exit(kExitOk);
+                }
+                if (msg->handoff.type != ipc::HandoffType::MoveClient) {
+                    log_error("warm worker: unexpected message %u", unsigned(msg->handoff.type));
+                    _exit(kExitChannelError);
+                }
+                int code = run_session(cfg, table, tls, std::move(*msg), ws);
+                if (!ws.held || code != kExitOk)
+                    _exit(code);
+                break;  // warm again
+            }
+            if (leaving)
+                continue;
+            const bool stirred = n > 0 && fds[1].revents;
+            if (stirred || net::Clock::now() >= deadline) {
+                log_info("pooled connection %s; leaving the pool",
+                         stirred ? "was closed or spoken on by the server"
+                                 : cfg.server_lifetime > 0 && net::Clock::now() >= held.created + seconds(cfg.server_lifetime)
+                                       ? "reached server_lifetime"
+                                       : "reached server_idle_timeout");
+                ipc::Handoff bye;
+                bye.type = ipc::HandoffType::Leaving;
+                if (!ipc::send_handoff(ws.channel, bye, -1)) {
+                    pool::close_gracefully(held);
+                    _exit(kExitChannelError);
+                }
+                leaving = true;
+            }
+        }
+    }
+}
+
+} // namespace
+
 void worker_main(const config::Config& cfg, const ipc::SessionTable& table, SSL_CTX* tls, int channel,
                  const std::vector<int>& close_fds)
 {
@@ -64,18 +165,34 @@ void worker_main(const config::Config& cfg, const ipc::SessionTable& table, SSL_
         log::set_process_name("worker");
         log::set_prefix("");
 
-        auto work = ipc::receive_handoff(channel);
-        if (!work) {
-            // The supervisor closes an idle spare's channel to retire it.
-            if (work.error() == "channel closed")
-                _exit(kExitOk);
-            log_error("handoff failed: %s", work.error().c_str());
-            _exit(kExitChannelError);
+        // The channel stays open for the worker's life: pooled sessions talk to the
+        // supervisor on it.
+        WorkerState ws;
+        ws.channel = channel;
+        for (;;) {
+            auto work = ipc::receive_handoff(channel);
+            if (!work) {
+                // The supervisor closes an idle spare's channel to retire it.
+                if (work.error() == "channel closed")
+                    _exit(kExitOk);
+                log_error("handoff failed: %s", work.error().c_str());
+                _exit(kExitChannelError);
+            }
+            if (!starts_session(work->handoff.type)) {
+                log_error("handoff failed: a spare got message %u", unsigned(work->handoff.type));
+                _exit(kExitChannelError);
+            }
+            if (g_stop_requested)
+                _exit(kExitShutdown);
+            code = run_session(cfg, table, tls, std::move(*work), ws);
+            if (code != kExitHandedOver)
+                break;
+            // The client went to a warm worker; this one never touched an upstream and
+            // is a spare again.
+            scrub_between_sessions();
         }
-        ::close(channel);
-        if (g_stop_requested)
-            _exit(kExitShutdown);
-        code = run_session(cfg, table, tls, std::move(*work));
+        if (ws.held && code == kExitOk)
+            keep_warm(cfg, table, tls, ws);
     } catch (const std::exception& e) {
         log_error("internal error: %s", e.what());
         code = kExitInternal;

@@ -7,6 +7,8 @@
 #include "config/options.hh"
 #include "ipc/fdpass.hh"
 #include "ipc/session_table.hh"
+#include "pool/context.hh"
+#include "pool/registry.hh"
 #include "session/exit_codes.hh"
 #include "session/worker.hh"
 #include "supervisor/listeners.hh"
@@ -46,15 +48,23 @@ constexpr auto kShutdownGrace = 10s;
 constexpr auto kStatusInterval = 1s;
 
 constexpr std::uint64_t kSignalTag = ~std::uint64_t(0);
+// epoll tags of worker channels: this bit and the worker's pid.
+constexpr std::uint64_t kChannelTag = std::uint64_t(1) << 62;
 
 struct Worker {
     pid_t pid = 0;
-    UniqueFd channel;  // valid while the worker is a spare waiting for work
+    UniqueFd channel;  // for the worker's life (pooling talks on it); closed to retire a spare
     // Retired: the handoff to it failed; it is killed and waits to be reaped.
-    enum class State { Spare, Busy, Refusing, Retired } state = State::Spare;
+    // Warm: holds a reset pooled connection, no session. Leaving: told to retire.
+    enum class State { Spare, Busy, Refusing, Retired, Warm, Leaving } state = State::Spare;
     std::uint64_t session_id = 0;
     std::uint32_t slot = ipc::kNoSlot;
     Clock::time_point since = Clock::now();
+    std::uint64_t generation = 0;  // of the configuration it was forked with
+    // A pooled client waiting for a decision (NeedRoute): what goes to a warm worker.
+    ipc::Handoff asked{};
+    UniqueFd asked_client;
+    std::string asked_context;
 };
 
 // Running: accepting. Draining (SIGTERM): sessions may finish until
@@ -84,6 +94,12 @@ private:
     void stop_listening();
     void notify_status(bool force);
     int loop_timeout_ms() const;
+    void on_channel(pid_t pid, std::uint32_t events);
+    void on_need_route(Worker& w, ipc::Received&& msg);
+    void on_warm(Worker& w, const std::string& route);
+    void perform(const std::vector<pool::Action>& actions);
+    bool tell(Worker& w, ipc::HandoffType type);
+    pool::Limits limits_for(const std::string& entry) const;
     std::vector<int> fds_to_close_in_child(int own_parent_end) const;
     size_t count(Worker::State s) const;
 
@@ -106,6 +122,8 @@ private:
     std::string last_status_;
     std::deque<Clock::time_point> crashes_;
     Clock::time_point spawn_blocked_until_{};
+    pool::Registry pool_;
+    std::uint64_t generation_ = 0;  // bumped by every reload
 };
 
 size_t Supervisor::count(Worker::State s) const
@@ -224,6 +242,11 @@ bool Supervisor::spawn_spare()
     Worker w;
     w.pid = pid;
     w.channel = std::move(parent_end);
+    w.generation = generation_;
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = kChannelTag | std::uint64_t(pid);
+    epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, w.channel.get(), &ev);
     workers_.emplace(pid, std::move(w));
     spares_.push_back(pid);
     return true;
@@ -298,7 +321,6 @@ void Supervisor::dispatch(UniqueFd client, const sockaddr_storage& peer, socklen
             w.slot = h.slot;
         }
         auto st = ipc::send_handoff(w.channel.get(), h, client.get());
-        w.channel.reset();
         if (!st) {
             log_warning("handoff to worker %d failed: %s", int(pid), st.error().c_str());
             // Its slot is freed when it is reaped.
@@ -351,6 +373,8 @@ void Supervisor::reap()
         const char* role = w.state == Worker::State::Busy       ? "session"
                            : w.state == Worker::State::Refusing ? "refusal"
                            : w.state == Worker::State::Retired  ? "failed handoff"
+                           : w.state == Worker::State::Warm     ? "warm"
+                           : w.state == Worker::State::Leaving  ? "retired pooled"
                                                                 : "spare";
         auto& sc = table_.header()->supervisor;
         if (WIFSIGNALED(status))
@@ -381,6 +405,196 @@ void Supervisor::reap()
             free_slots_.push_back(w.slot);
         }
         workers_.erase(it);
+        // Its pooled connection, or its place in a pool's queue, is free now.
+        perform(pool_.gone(pid, Clock::now()));
+    }
+}
+
+// A message from a worker: a pooled session's request, a warm connection, a warm
+// worker that wants to go. Anything unexpected ends that worker, never the supervisor.
+void Supervisor::on_channel(pid_t pid, std::uint32_t events)
+{
+    auto it = workers_.find(pid);
+    if (it == workers_.end())
+        return;
+    Worker& w = it->second;
+    if (!w.channel.valid())
+        return;
+    if (!(events & EPOLLIN)) {
+        // Hung up: the worker is exiting; it is reaped by SIGCHLD.
+        epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, w.channel.get(), nullptr);
+        return;
+    }
+    auto msg = ipc::receive_handoff(w.channel.get());
+    if (!msg) {
+        epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, w.channel.get(), nullptr);
+        if (msg.error() != "channel closed") {
+            log_warning("worker %d sent a bad message (%s); killing it", int(pid), msg.error().c_str());
+            ::kill(pid, SIGKILL);
+        }
+        return;
+    }
+    switch (msg->handoff.type) {
+    case ipc::HandoffType::NeedRoute:
+        if (w.state == Worker::State::Busy && !w.asked_client.valid() && w.asked_context.empty())
+            return on_need_route(w, std::move(*msg));
+        break;
+    case ipc::HandoffType::Warm:
+        if (w.state == Worker::State::Busy)
+            return on_warm(w, msg->payload);
+        break;
+    case ipc::HandoffType::Leaving:
+        if (w.state == Worker::State::Warm) {
+            std::vector<pool::Action> actions;
+            if (pool_.leaving(pid, actions, Clock::now())) {
+                tell(w, ipc::HandoffType::Retire);
+                w.state = Worker::State::Leaving;
+            }
+            perform(actions);
+        }
+        // Otherwise a client is already on its way to it: it serves that one first.
+        return;
+    default:
+        break;
+    }
+    log_warning("worker %d sent message %u out of turn; killing it", int(pid), unsigned(msg->handoff.type));
+    ::kill(pid, SIGKILL);
+}
+
+bool Supervisor::tell(Worker& w, ipc::HandoffType type)
+{
+    ipc::Handoff h;
+    h.type = type;
+    if (auto st = ipc::send_handoff(w.channel.get(), h, -1); !st) {
+        log_warning("worker %d: %s", int(w.pid), st.error().c_str());
+        return false;
+    }
+    return true;
+}
+
+void Supervisor::on_need_route(Worker& w, ipc::Received&& msg)
+{
+    auto ctx = pool::decode_context(msg.payload);
+    if (!ctx) {
+        log_warning("worker %d: %s; killing it", int(w.pid), ctx.error().c_str());
+        ::kill(w.pid, SIGKILL);
+        return;
+    }
+    // The session's identity is the supervisor's record, not the worker's word.
+    w.asked = msg.handoff;
+    w.asked.session_id = w.session_id;
+    w.asked.slot = w.slot;
+    w.asked.type = ipc::HandoffType::MoveClient;
+    const bool can_move = msg.client.valid();
+    w.asked_client = std::move(msg.client);
+    w.asked_context = std::move(msg.payload);
+    perform(pool_.request(w.pid, ctx->route, limits_for(ctx->entry), can_move, Clock::now()));
+}
+
+// A pool's limits from the entry it belongs to, in the configuration now in force.
+pool::Limits Supervisor::limits_for(const std::string& entry) const
+{
+    pool::Limits limits;
+    limits.database = entry;
+    limits.pool_size = cfg_.default_pool_size;
+    limits.reserve_pool_size = cfg_.reserve_pool_size;
+    limits.max_db_connections = cfg_.max_db_connections;
+    for (const auto& d : cfg_.databases)
+        if (d.name == entry) {
+            limits.pool_size = cfg_.pool_size_for(d);
+            limits.reserve_pool_size = cfg_.reserve_pool_size_for(d);
+            limits.max_db_connections = cfg_.max_db_connections_for(d);
+        }
+    limits.reserve_pool_timeout = std::chrono::seconds(cfg_.reserve_pool_timeout);
+    limits.query_wait_timeout = std::chrono::seconds(cfg_.query_wait_timeout);
+    return limits;
+}
+
+void Supervisor::on_warm(Worker& w, const std::string& route)
+{
+    std::vector<pool::Action> actions;
+    // The session's slot is free: the worker no longer has a session.
+    if (w.slot != ipc::kNoSlot) {
+        table_.release(w.slot);
+        free_slots_.push_back(w.slot);
+        w.slot = ipc::kNoSlot;
+    }
+    w.since = Clock::now();
+    if (phase_ != Phase::Running || w.generation != generation_ || !pool_.warm(w.pid, route, actions, Clock::now())) {
+        // Draining, forked before a reload, or a connection the pool never counted.
+        perform(pool_.gone(w.pid, Clock::now()));
+        tell(w, ipc::HandoffType::Retire);
+        w.state = Worker::State::Leaving;
+        return;
+    }
+    w.state = Worker::State::Warm;
+    perform(actions);
+}
+
+// Carries out the pool's decisions. A worker that cannot be told is dead or dying:
+// it is reaped later, and what it held is freed then.
+void Supervisor::perform(const std::vector<pool::Action>& actions)
+{
+    for (const auto& a : actions) {
+        switch (a.kind) {
+        case pool::Action::Connect:
+        case pool::Action::Timeout: {
+            auto it = workers_.find(a.worker);
+            if (it == workers_.end())
+                break;
+            Worker& w = it->second;
+            w.asked_client.reset();
+            w.asked_context.clear();
+            tell(w, a.kind == pool::Action::Connect ? ipc::HandoffType::Connect : ipc::HandoffType::PoolTimeout);
+            break;
+        }
+        case pool::Action::Retire: {
+            auto it = workers_.find(a.warm);
+            if (it != workers_.end() && it->second.state == Worker::State::Warm) {
+                tell(it->second, ipc::HandoffType::Retire);
+                it->second.state = Worker::State::Leaving;
+            }
+            break;
+        }
+        case pool::Action::Move: {
+            auto asker = workers_.find(a.worker);
+            auto warm = workers_.find(a.warm);
+            if (asker == workers_.end())
+                break;  // the client's worker died; the warm one stays taken until it says Warm again
+            Worker& s = asker->second;
+            if (warm == workers_.end() ||
+                !ipc::send_handoff(warm->second.channel.get(), s.asked, s.asked_client.get(), s.asked_context)) {
+                // The warm worker is gone: ask again for the client.
+                log_warning("a warm worker could not take C-%llu; asking the pool again",
+                            (unsigned long long)s.session_id);
+                if (auto ctx = pool::decode_context(s.asked_context))
+                    perform(pool_.request(s.pid, ctx->route, limits_for(ctx->entry), s.asked_client.valid(),
+                                          Clock::now()));
+                break;
+            }
+            Worker& w = warm->second;
+            w.state = Worker::State::Busy;
+            w.session_id = s.session_id;
+            w.slot = s.slot;
+            w.since = Clock::now();
+            if (w.slot != ipc::kNoSlot)
+                table_.reassign(w.slot, w.pid);
+            s.slot = ipc::kNoSlot;
+            s.asked_client.reset();
+            s.asked_context.clear();
+            if (tell(s, ipc::HandoffType::HandedOver)) {
+                s.state = Worker::State::Spare;
+                s.session_id = 0;
+                s.since = Clock::now();
+                if (s.generation == generation_ && phase_ == Phase::Running)
+                    spares_.push_back(s.pid);
+                else
+                    s.channel.reset();  // forked before a reload, or stopping: it leaves
+            }
+            log_debug("C-%llu moved to warm worker %d", (unsigned long long)w.session_id, int(w.pid));
+            break;
+        }
+        }
     }
 }
 
@@ -486,7 +700,10 @@ void Supervisor::reload()
     cfg_ = std::move(merged);
     ipc::SessionTable::bump(sc.reloads);
     reopen_logs();
-    // Spares were forked with the old configuration; sessions keep theirs.
+    // Spares and warm workers were forked with the old configuration; sessions keep
+    // theirs, and their pooled connections leave when they end.
+    ++generation_;
+    perform(pool_.retire_all_warm(Clock::now()));
     retire_spares();
     replenish();
     log_info("configuration reloaded from %s (%d change%s)", cfg_.path.c_str(), changed,
@@ -510,6 +727,8 @@ void Supervisor::begin_drain()
     phase_ = Phase::Draining;
     drain_deadline_ = Clock::now() + std::chrono::seconds(cfg_.shutdown_timeout);
     retire_spares();
+    // Warm connections close with Terminate; busy ones when their session ends.
+    perform(pool_.retire_all_warm(Clock::now()));
     sd_notify(0, "STOPPING=1");
     // Admin console sessions leave at once (one typed SHUTDOWN would otherwise
     // hold the drain open); client sessions ignore the notice.
@@ -587,6 +806,7 @@ int Supervisor::loop_timeout_ms() const
         until = std::min(until, drain_deadline_);
     if (phase_ == Phase::Ending)
         until = std::min(until, kill_deadline_);
+    until = std::min(until, pool_.next_deadline(Clock::now()));
     return net::ms_until(until);
 }
 
@@ -657,6 +877,8 @@ int Supervisor::run()
         for (int i = 0; i < n; ++i) {
             if (events[i].data.u64 == kSignalTag)
                 on_signal();
+            else if (events[i].data.u64 & kChannelTag)
+                on_channel(pid_t(events[i].data.u64 & ~kChannelTag), events[i].events);
             else if (phase_ != Phase::Ending && events[i].data.u64 < listeners_.size())
                 accept_all(size_t(events[i].data.u64));
         }
@@ -701,6 +923,7 @@ int Supervisor::run()
             spawn_blocked_until_ = now + 1s;
             crashes_.clear();
         }
+        perform(pool_.expire(now));
         replenish();
         notify_status(false);
     }

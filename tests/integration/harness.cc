@@ -665,7 +665,11 @@ pid_t worker_serving(int client_fd, int proxy_port, pid_t supervisor)
     socklen_t len = sizeof me;
     if (getsockname(client_fd, reinterpret_cast<sockaddr*>(&me), &len) != 0)
         return -1;
-    const unsigned client_port = ntohs(me.sin_port);
+    return child_with_socket(supervisor, unsigned(proxy_port), ntohs(me.sin_port));
+}
+
+pid_t child_with_socket(pid_t supervisor, unsigned local_port, unsigned remote_port)
+{
     // Lines: "sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ..."
     std::istringstream tcp(read_file("/proc/net/tcp"));
     std::string line, inode;
@@ -680,7 +684,7 @@ pid_t worker_serving(int client_fd, int proxy_port, pid_t supervisor)
                        ? 0u
                        : static_cast<unsigned>(std::stoul(addr.substr(colon + 1), nullptr, 16));
         };
-        if (port_of(local) == static_cast<unsigned>(proxy_port) && port_of(remote) == client_port) {
+        if (port_of(local) == local_port && port_of(remote) == remote_port) {
             inode = ino;
             break;
         }
@@ -852,6 +856,23 @@ std::string Proxy::crash_findings(size_t from) const
             (has("killed by signal") && !has("signal 15 ")) || has("internal error"))
             out += line + "\n";
     return out;
+}
+
+void check_stop_allowing(Proxy& p, const std::vector<pid_t>& expected_kills)
+{
+    std::string how = p.stop();
+    BOOST_TEST(how == "exit 0", "pgwicket on SIGTERM: " << how << "; log tail:\n" << p.log_tail());
+    std::istringstream in(p.crash_findings());
+    std::string line, left;
+    while (std::getline(in, line)) {
+        bool expected = false;
+        for (pid_t k : expected_kills)
+            expected = expected || (contains(line, "worker " + std::to_string(k) + " ") &&
+                                    contains(line, "killed by signal 9"));
+        if (!expected)
+            left += line + "\n";
+    }
+    BOOST_TEST(left.empty(), "crashes in " << p.log_path() << ":\n" << left);
 }
 
 void check_clean_stop(Proxy& p)

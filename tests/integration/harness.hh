@@ -114,6 +114,8 @@ private:
 // Boost.Test checks: SIGTERM ends `p` with exit 0 within 10 s, and its log has no crash
 // findings.
 void check_clean_stop(Proxy& p);
+// The same, except for "killed by signal 9" lines of the workers the test killed itself.
+void check_stop_allowing(Proxy& p, const std::vector<pid_t>& expected_kills);
 
 // ---- the shared environment ------------------------------------------------------------------
 
@@ -247,6 +249,8 @@ std::vector<pid_t> children_of(pid_t parent);
 // The child of `supervisor` holding the server end of our TCP connection `client_fd`
 // (found through /proc/net/tcp and the children's fd tables), or -1.
 pid_t worker_serving(int client_fd, int proxy_port, pid_t supervisor);
+// The child of `supervisor` holding a TCP socket from local_port to remote_port, or -1.
+pid_t child_with_socket(pid_t supervisor, unsigned local_port, unsigned remote_port);
 // Running (not a zombie).
 bool process_alive(pid_t pid);
 // VmHWM (peak resident set) of a process in KiB, or -1 when it is gone.

@@ -267,25 +267,6 @@ private:
     Conn c_;
 };
 
-// A proxy's stop must be clean and its log free of crashes; `expected_kills` are pids whose
-// "killed by signal 9" line the test caused itself.
-void check_stop_allowing(Proxy& p, const std::vector<pid_t>& expected_kills)
-{
-    std::string how = p.stop();
-    BOOST_TEST(how == "exit 0", "pgwicket on SIGTERM: " << how << "; log tail:\n" << p.log_tail());
-    std::istringstream in(p.crash_findings());
-    std::string line, left;
-    while (std::getline(in, line)) {
-        bool expected = false;
-        for (pid_t k : expected_kills)
-            expected = expected || (contains(line, "worker " + std::to_string(k) + " ") &&
-                                    contains(line, "killed by signal 9"));
-        if (!expected)
-            left += line + "\n";
-    }
-    BOOST_TEST(left.empty(), "crashes in " << p.log_path() << ":\n" << left);
-}
-
 std::string peers_section(const std::vector<std::pair<int, std::string>>& peers)
 {
     std::string s = "[peers]\n";

@@ -1,0 +1,266 @@
+// Session pooling through the real binary and a real server: a second client on a
+// pooled route reuses the first one's backend (same pid) and finds nothing it left;
+// connections of doubtful state are never reused; limits, waits and 53300; a warm
+// connection the server ended; cancel keys that follow the session, not the backend.
+#include "harness.hh"
+
+#include <boost/test/unit_test.hpp>
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+
+using namespace pgw::it;
+
+namespace {
+
+// A proxy whose "pooled" entry shares one upstream connection (pool_size=1), so the
+// second client of a test must get the first one's backend when it is reusable.
+ProxyOptions pooled_options(const std::string& entry_extra = "pool_size=1", const std::string& settings = "")
+{
+    ProxyOptions o;
+    o.extra_databases = "pooled = host=127.0.0.1 port=" + std::to_string(env().pg_port) +
+                        " dbname=postgres user=postgres pool_mode=session " + entry_extra + "\n" +
+                        "pooledtls = host=127.0.0.1 port=" + std::to_string(env().pg_port) +
+                        " dbname=postgres user=postgres sslmode=require pool_mode=session pool_size=1\n";
+    o.extra_settings = "server_check_delay = 0\n" + settings;
+    return o;
+}
+
+std::string pid_of(PGconn* c) { return scalar(c, "SELECT pg_backend_pid()"); }
+
+// Whether a backend with this pid is still connected to the server.
+bool backend_alive(const std::string& pid)
+{
+    return direct_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = " + pid) == "1";
+}
+
+// Connects client after client until one lands on `pid` (the previous client's worker
+// may not be warm yet when the next one asks: with pool_size=1 it then waits for it).
+Conn connect_app(Proxy& p, const std::string& db, const std::string& app)
+{
+    return connect_ok(p.conninfo(db, "postgres", "application_name=" + app));
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(pool)
+
+BOOST_AUTO_TEST_CASE(second_client_reuses_the_backend_and_finds_nothing_left)
+{
+    Proxy p("pool-isolation", pooled_options());
+    std::string first_pid;
+    {
+        Conn a = connect_app(p, "pooled", "first-client");
+        first_pid = pid_of(a.get());
+        for (const char* sql :
+             {"SET search_path = pg_catalog", "SET DateStyle = 'German'", "SELECT set_config('myapp.tag', 'x', false)",
+              "CREATE TEMP TABLE left_behind(i int)", "PREPARE left_stmt AS SELECT 1",
+              "BEGIN", "DECLARE left_cursor CURSOR WITH HOLD FOR SELECT 1", "COMMIT", "LISTEN left_channel",
+              "SELECT pg_advisory_lock(4242)", "SET ROLE alice"}) {
+            Result r(PQexec(a.get(), sql));
+            BOOST_REQUIRE_MESSAGE(PQresultStatus(r.get()) == PGRES_COMMAND_OK || PQresultStatus(r.get()) == PGRES_TUPLES_OK,
+                                  sql << ": " << PQerrorMessage(a.get()));
+        }
+        Result prep(PQprepare(a.get(), "left_protocol_stmt", "SELECT 2", 0, nullptr));
+        BOOST_REQUIRE_EQUAL(PQresultStatus(prep.get()), PGRES_COMMAND_OK);
+        BOOST_CHECK_EQUAL(scalar(a.get(), "SELECT current_user"), "alice");
+    }
+    Conn b = connect_app(p, "pooled", "second-client");
+    BOOST_REQUIRE_MESSAGE(pid_of(b.get()) == first_pid,
+                          "the second client did not reuse the pooled backend\n" << p.log_tail());
+    BOOST_CHECK_EQUAL(scalar(b.get(), "SELECT current_user"), "postgres");
+    BOOST_CHECK_EQUAL(scalar(b.get(), "SHOW search_path"), "\"$user\", public");
+    BOOST_CHECK_EQUAL(scalar(b.get(), "SHOW DateStyle"), "ISO, MDY");
+    BOOST_CHECK_EQUAL(std::string(PQparameterStatus(b.get(), "DateStyle")), "ISO, MDY");
+    BOOST_CHECK_EQUAL(scalar(b.get(), "SELECT coalesce(current_setting('myapp.tag', true), '')"), "");
+    BOOST_CHECK_EQUAL(scalar(b.get(), "SELECT to_regclass('pg_temp.left_behind') IS NULL"), "t");
+    BOOST_CHECK_EQUAL(scalar(b.get(), "SELECT count(*) FROM pg_prepared_statements"), "0");
+    BOOST_CHECK_EQUAL(scalar(b.get(), "SELECT count(*) FROM pg_cursors"), "0");
+    BOOST_CHECK_EQUAL(scalar(b.get(), "SELECT count(*) FROM pg_listening_channels()"), "0");
+    BOOST_CHECK_EQUAL(scalar(b.get(), "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"),
+                      "0");
+    // The upstream application_name names the client using the connection now.
+    const std::string app = scalar(b.get(), "SHOW application_name");
+    BOOST_CHECK_MESSAGE(app.find("second-client") != std::string::npos && app.find("first-client") == std::string::npos,
+                        app);
+    BOOST_CHECK_EQUAL(direct_scalar("SELECT application_name FROM pg_stat_activity WHERE pid = " + first_pid), app);
+    b.reset();
+    check_clean_stop(p);
+}
+
+BOOST_AUTO_TEST_CASE(a_connection_left_in_doubt_is_never_reused)
+{
+    Proxy p("pool-doubt", pooled_options());
+    // Inside an open transaction, and inside a failed one.
+    for (const char* leftover : {"BEGIN", "BEGIN; SELECT 1/0"}) {
+        Conn a = connect_app(p, "pooled", "leaves-a-transaction");
+        const std::string pid = pid_of(a.get());
+        Result r(PQexec(a.get(), leftover));
+        a.reset();  // Terminate inside the transaction
+        Conn b = connect_app(p, "pooled", "next");
+        BOOST_CHECK_MESSAGE(pid_of(b.get()) != pid, leftover << ": the backend was reused");
+        BOOST_CHECK_EQUAL(scalar(b.get(), "SELECT now() = statement_timestamp()"), "t");  // not in a transaction
+        BOOST_CHECK_MESSAGE(wait_for([&] { return !backend_alive(pid); }), leftover << ": the old backend lives on");
+    }
+    // Killed in the middle of a result, with the query still running upstream.
+    {
+        std::string pid;
+        {
+            Conn a = connect_app(p, "pooled", "mid-result");
+            pid = pid_of(a.get());
+        }
+        RawSocket s(p.port());
+        s.send(startup_packet({{"user", "postgres"}, {"database", "pooled"}}));
+        auto greeting = s.read_until_ready();
+        BOOST_REQUIRE(!greeting.empty() && greeting.back().type == 'Z');
+        s.send(query_message("SELECT pg_backend_pid(), repeat('x', 100) FROM generate_series(1, 2000000)"));
+        auto first = s.read_message();
+        BOOST_REQUIRE(first && first->type == 'T');
+        s.close();
+        Conn b = connect_app(p, "pooled", "after-mid-result");
+        BOOST_CHECK_MESSAGE(pid_of(b.get()) != pid, "a backend left mid-result was reused");
+        BOOST_CHECK_MESSAGE(wait_for([&] { return !backend_alive(pid); }), "the backend left mid-result lives on");
+    }
+    check_clean_stop(p);
+}
+
+BOOST_AUTO_TEST_CASE(full_pool_waits_in_order_then_53300)
+{
+    Proxy p("pool-full", pooled_options("pool_size=1", "query_wait_timeout = 2\n"));
+    Conn holder = connect_app(p, "pooled", "holder");
+    const std::string pid = pid_of(holder.get());
+    // A second client waits for the only connection, and gets it when the first leaves.
+    std::thread leave([&] {
+        sleep_ms(500);
+        holder.reset();
+    });
+    Conn waiter = connect_app(p, "pooled", "waiter");
+    leave.join();
+    BOOST_CHECK_EQUAL(pid_of(waiter.get()), pid);
+    // Nobody leaves: the next one is refused after query_wait_timeout, naming the pool.
+    Conn refused = connect(p.conninfo("pooled", "postgres", "application_name=refused"));
+    BOOST_REQUIRE(PQstatus(refused.get()) == CONNECTION_BAD);
+    const std::string err = PQerrorMessage(refused.get());
+    BOOST_CHECK_MESSAGE(contains(err, "pooled/postgres/postgres") && contains(err, "query_wait_timeout"), err);
+    BOOST_CHECK_MESSAGE(contains(p.log_tail(), "53300") || contains(err, "pool"), err);
+    BOOST_CHECK_EQUAL(scalar(waiter.get(), "SELECT 1"), "1");
+    waiter.reset();
+    check_clean_stop(p);
+}
+
+BOOST_AUTO_TEST_CASE(a_warm_connection_the_server_ended_is_replaced)
+{
+    Proxy p("pool-server-ended", pooled_options());
+    std::string pid;
+    {
+        Conn a = connect_app(p, "pooled", "first");
+        pid = pid_of(a.get());
+    }
+    // Let the worker go warm, then end its backend from the server side.
+    sleep_ms(300);
+    direct_scalar("SELECT pg_terminate_backend(" + pid + ")");
+    BOOST_REQUIRE(wait_for([&] { return !backend_alive(pid); }));
+    Conn b = connect_app(p, "pooled", "second");
+    BOOST_CHECK_NE(pid_of(b.get()), pid);
+    BOOST_CHECK_EQUAL(scalar(b.get(), "SELECT 40 + 2"), "42");
+    b.reset();
+    check_clean_stop(p);
+}
+
+BOOST_AUTO_TEST_CASE(cancel_keys_follow_the_session_not_the_backend)
+{
+    Proxy p("pool-cancel", pooled_options());
+    std::string pid;
+    PGcancel* old_key = nullptr;
+    {
+        Conn a = connect_app(p, "pooled", "first");
+        pid = pid_of(a.get());
+        old_key = PQgetCancel(a.get());
+    }
+    Conn b = connect_app(p, "pooled", "second");
+    BOOST_REQUIRE_EQUAL(pid_of(b.get()), pid);
+    BOOST_CHECK_EQUAL(std::to_string(PQbackendPID(b.get())), pid);
+    // The first session's key names the same backend pid but must cancel nothing now.
+    BOOST_REQUIRE(PQsendQuery(b.get(), "SELECT pg_sleep(2)"));
+    sleep_ms(300);
+    char err[256];
+    PQcancel(old_key, err, sizeof err);
+    PQfreeCancel(old_key);
+    Result r(PQgetResult(b.get()));
+    BOOST_CHECK_MESSAGE(PQresultStatus(r.get()) == PGRES_TUPLES_OK,
+                        "the old session's key cancelled the new session's query: " << PQerrorMessage(b.get()));
+    while (Result more{PQgetResult(b.get())})
+        ;
+    // The new session's own key cancels.
+    BOOST_REQUIRE(PQsendQuery(b.get(), "SELECT pg_sleep(30)"));
+    sleep_ms(300);
+    PGcancel* key = PQgetCancel(b.get());
+    BOOST_REQUIRE(PQcancel(key, err, sizeof err));
+    PQfreeCancel(key);
+    Result c(PQgetResult(b.get()));
+    BOOST_CHECK_EQUAL(std::string(PQresultErrorField(c.get(), PG_DIAG_SQLSTATE) ? PQresultErrorField(c.get(), PG_DIAG_SQLSTATE) : ""),
+                      "57014");
+    while (Result more{PQgetResult(b.get())})
+        ;
+    b.reset();
+    check_clean_stop(p);
+}
+
+BOOST_AUTO_TEST_CASE(tls_upstream_is_pooled_too)
+{
+    Proxy p("pool-tls-upstream", pooled_options());
+    std::string pid;
+    {
+        Conn a = connect_app(p, "pooledtls", "first");
+        pid = pid_of(a.get());
+        BOOST_CHECK_EQUAL(scalar(a.get(), "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"), "t");
+    }
+    Conn b = connect_app(p, "pooledtls", "second");
+    BOOST_CHECK_EQUAL(pid_of(b.get()), pid);
+    BOOST_CHECK_EQUAL(scalar(b.get(), "SELECT 1"), "1");
+    b.reset();
+    check_clean_stop(p);
+}
+
+BOOST_AUTO_TEST_CASE(killing_warm_and_busy_workers_frees_their_places)
+{
+    // A leaked place would make one of two clients wait, and query_wait_timeout then refuse it.
+    Proxy p("pool-kill", pooled_options("pool_size=2", "query_wait_timeout = 5\n"));
+    std::vector<pid_t> killed;
+    std::string pid;
+    {
+        Conn a = connect_app(p, "pooled", "first");
+        pid = pid_of(a.get());
+    }
+    // The warm worker holds the backend's other end: the backend's client_port.
+    const std::string port = direct_scalar("SELECT client_port FROM pg_stat_activity WHERE pid = " + pid);
+    pid_t warm = -1;
+    BOOST_REQUIRE(wait_for([&] {
+        warm = child_with_socket(p.pid(), unsigned(std::stoul(port)), unsigned(env().pg_port));
+        return warm > 0;
+    }));
+    BOOST_REQUIRE(::kill(warm, SIGKILL) == 0);
+    killed.push_back(warm);
+    BOOST_REQUIRE_MESSAGE(wait_for([&] { return !backend_alive(pid); }), "the killed warm worker's backend lives on");
+    {
+        Conn b = connect_app(p, "pooled", "b");
+        Conn c = connect_app(p, "pooled", "c");
+        BOOST_CHECK_EQUAL(scalar(b.get(), "SELECT 1"), "1");
+        BOOST_CHECK_EQUAL(scalar(c.get(), "SELECT 1"), "1");
+        // A busy worker killed mid-session frees its place too.
+        pid_t busy = worker_serving(PQsocket(b.get()), p.port(), p.pid());
+        BOOST_REQUIRE(busy > 0);
+        BOOST_REQUIRE(::kill(busy, SIGKILL) == 0);
+        killed.push_back(busy);
+        Conn d = connect_app(p, "pooled", "d");
+        BOOST_CHECK_EQUAL(scalar(d.get(), "SELECT 1"), "1");
+        BOOST_CHECK_EQUAL(scalar(c.get(), "SELECT 2"), "2");
+    }
+    check_stop_allowing(p, killed);
+}
+
+BOOST_AUTO_TEST_SUITE_END()

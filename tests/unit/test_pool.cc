@@ -1,0 +1,182 @@
+// Unit tests for the pool's pieces that need no processes: the supervisor's registry
+// (moves, connects, limits, the reserve, waits in order, timeouts, workers that die),
+// the session context that travels with a moved client, and route keys.
+#include "pool/context.hh"
+#include "pool/registry.hh"
+
+#include <boost/test/unit_test.hpp>
+
+#include <string>
+
+using namespace pgw;
+using pool::Action;
+
+namespace {
+
+using Clock = pool::Registry::Clock;
+using namespace std::chrono_literals;
+
+pool::Limits limits(long size, long reserve = 0, long max_db = 0)
+{
+    pool::Limits l;
+    l.database = "orders";
+    l.pool_size = size;
+    l.reserve_pool_size = reserve;
+    l.max_db_connections = max_db;
+    l.reserve_pool_timeout = 5s;
+    l.query_wait_timeout = 30s;
+    return l;
+}
+
+std::string text(const std::vector<Action>& actions)
+{
+    std::string out;
+    for (const auto& a : actions) {
+        const char* k = a.kind == Action::Move      ? "move"
+                        : a.kind == Action::Connect ? "connect"
+                        : a.kind == Action::Retire  ? "retire"
+                                                    : "timeout";
+        out += std::string(out.empty() ? "" : " ") + k + ":" + std::to_string(a.worker) + "/" + std::to_string(a.warm);
+    }
+    return out;
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(pool_registry)
+
+BOOST_AUTO_TEST_CASE(connect_then_warm_then_move)
+{
+    pool::Registry r;
+    const auto t = Clock::now();
+    BOOST_CHECK_EQUAL(text(r.request(10, "R", limits(2), true, t)), "connect:10/0");
+    std::vector<Action> acts;
+    BOOST_CHECK(r.warm(10, "R", acts, t));
+    BOOST_CHECK_EQUAL(text(acts), "");
+    BOOST_CHECK(r.is_warm(10));
+    // A plaintext client moves to the warm worker; the next one connects (room for 2).
+    BOOST_CHECK_EQUAL(text(r.request(11, "R", limits(2), true, t)), "move:11/10");
+    BOOST_CHECK(!r.is_warm(10));
+    BOOST_CHECK_EQUAL(text(r.request(12, "R", limits(2), true, t)), "connect:12/0");
+    // Full: the next waits, and gets the first connection that goes warm.
+    BOOST_CHECK_EQUAL(text(r.request(13, "R", limits(2), true, t)), "");
+    acts.clear();
+    BOOST_CHECK(r.warm(12, "R", acts, t));
+    BOOST_CHECK_EQUAL(text(acts), "move:13/12");
+    // A worker that never connected for a route cannot go warm on it.
+    BOOST_CHECK(!r.warm(99, "R", acts, t));
+    BOOST_CHECK(!r.warm(10, "other", acts, t));
+}
+
+BOOST_AUTO_TEST_CASE(tls_client_on_a_full_route_replaces_a_warm_connection)
+{
+    pool::Registry r;
+    const auto t = Clock::now();
+    r.request(10, "R", limits(1), true, t);
+    std::vector<Action> acts;
+    r.warm(10, "R", acts, t);
+    // A TLS client cannot move; the warm connection makes way for its own.
+    BOOST_CHECK_EQUAL(text(r.request(11, "R", limits(1), false, t)), "retire:0/10 connect:11/0");
+    BOOST_CHECK(!r.is_warm(10));
+    BOOST_CHECK_EQUAL(r.stats(t).at(0).open, 1u);
+}
+
+BOOST_AUTO_TEST_CASE(dead_workers_free_their_places_and_queue_entries)
+{
+    pool::Registry r;
+    const auto t = Clock::now();
+    r.request(10, "R", limits(1), true, t);
+    BOOST_CHECK_EQUAL(text(r.request(11, "R", limits(1), true, t)), "");
+    BOOST_CHECK_EQUAL(text(r.request(12, "R", limits(1), true, t)), "");
+    // 11 dies while waiting: it leaves the queue; 10 dies holding: 12 may connect.
+    BOOST_CHECK_EQUAL(text(r.gone(11, t)), "");
+    BOOST_CHECK_EQUAL(text(r.gone(10, t)), "connect:12/0");
+    BOOST_CHECK_EQUAL(r.stats(t).at(0).open, 1u);
+    BOOST_CHECK_EQUAL(r.stats(t).at(0).waiting, 0u);
+}
+
+BOOST_AUTO_TEST_CASE(reserve_after_reserve_pool_timeout_and_max_db_connections)
+{
+    pool::Registry r;
+    const auto t = Clock::now();
+    r.request(10, "R", limits(1, 1), true, t);
+    BOOST_CHECK_EQUAL(text(r.request(11, "R", limits(1, 1), true, t)), "");
+    BOOST_CHECK(r.next_deadline(t) == t + 5s);
+    BOOST_CHECK_EQUAL(text(r.expire(t + 4s)), "");
+    BOOST_CHECK_EQUAL(text(r.expire(t + 5s)), "connect:11/0");
+    // max_db_connections counts every route of the entry.
+    pool::Registry d;
+    BOOST_CHECK_EQUAL(text(d.request(20, "A", limits(5, 0, 2), true, t)), "connect:20/0");
+    BOOST_CHECK_EQUAL(text(d.request(21, "B", limits(5, 0, 2), true, t)), "connect:21/0");
+    BOOST_CHECK_EQUAL(text(d.request(22, "C", limits(5, 0, 2), true, t)), "");
+    BOOST_CHECK_EQUAL(text(d.gone(20, t)), "connect:22/0");
+}
+
+BOOST_AUTO_TEST_CASE(waiting_clients_time_out_in_order_and_leaving_is_answered_once)
+{
+    pool::Registry r;
+    const auto t = Clock::now();
+    r.request(10, "R", limits(1), true, t);
+    r.request(11, "R", limits(1), true, t);
+    r.request(12, "R", limits(1), true, t + 10s);
+    BOOST_CHECK_EQUAL(text(r.expire(t + 30s)), "timeout:11/0");
+    BOOST_CHECK_EQUAL(text(r.expire(t + 40s)), "timeout:12/0");
+    std::vector<Action> acts;
+    r.warm(10, "R", acts, t);
+    BOOST_CHECK(r.leaving(10, acts, t));
+    BOOST_CHECK(!r.leaving(10, acts, t));
+    BOOST_CHECK(r.stats(t).empty() || r.stats(t).at(0).open == 0);
+    // A client already on its way: the warm worker may not leave.
+    r.request(30, "S", limits(1), true, t);
+    r.warm(30, "S", acts, t);
+    BOOST_CHECK_EQUAL(text(r.request(31, "S", limits(1), true, t)), "move:31/30");
+    BOOST_CHECK(!r.leaving(30, acts, t));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(pool_context)
+
+BOOST_AUTO_TEST_CASE(round_trip_and_malformed)
+{
+    pool::SessionContext c;
+    c.route = "orders/app/orders/0123";
+    c.entry = "orders";
+    c.user = "alice";
+    c.database = "orders";
+    c.identity = "alice@example.com";
+    c.method = 3;
+    c.secret_length = 32;
+    c.protocol_minor = 2;
+    c.groups = {"dba", "ops"};
+    c.startup = {{"user", "alice"}, {"application_name", "psql"}};
+    const std::string bytes = pool::encode(c);
+    auto d = pool::decode_context(bytes);
+    BOOST_REQUIRE(d);
+    BOOST_CHECK_EQUAL(d->route, c.route);
+    BOOST_CHECK_EQUAL(d->identity, c.identity);
+    BOOST_CHECK_EQUAL(d->secret_length, 32u);
+    BOOST_CHECK_EQUAL(d->protocol_minor, 2);
+    BOOST_CHECK(d->groups == c.groups);
+    BOOST_CHECK(d->startup == c.startup);
+    for (size_t cut = 0; cut < bytes.size(); ++cut)
+        BOOST_CHECK(!pool::decode_context(bytes.substr(0, cut)));
+    BOOST_CHECK(!pool::decode_context(bytes + "x"));
+}
+
+BOOST_AUTO_TEST_CASE(route_keys_ignore_application_name_and_hide_passwords)
+{
+    upstream::Params a = {{"host", "h"}, {"user", "app"}, {"dbname", "orders"}, {"password", "hunter2"},
+                          {"application_name", "one"}};
+    upstream::Params b = {{"dbname", "orders"}, {"application_name", "two"}, {"host", "h"}, {"user", "app"},
+                          {"password", "hunter2"}};
+    upstream::Params c = a;
+    c.emplace_back("options", "-c search_path=x");
+    BOOST_CHECK_EQUAL(pool::route_key("orders", a), pool::route_key("orders", b));
+    BOOST_CHECK_NE(pool::route_key("orders", a), pool::route_key("orders", c));
+    BOOST_CHECK_NE(pool::route_key("orders", a), pool::route_key("other", a));
+    BOOST_CHECK(pool::route_key("orders", a).find("hunter2") == std::string::npos);
+    BOOST_CHECK_EQUAL(pool::route_label(pool::route_key("orders", a)), "orders/app/orders");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
