@@ -76,6 +76,18 @@ struct Config {
     std::string audit_failure;
     long log_statements = 0;
     long jwt_leeway = 0;
+    // Pooling (pooled [databases] entries only; see PoolSettings).
+    long default_pool_size = 0;
+    long min_pool_size = 0;
+    long reserve_pool_size = 0;
+    long reserve_pool_timeout = 0;
+    long max_db_connections = 0;  // 0: no limit
+    std::string server_reset_query;
+    std::string server_check_query;  // empty: an empty query
+    long server_check_delay = 0;
+    long server_lifetime = 0;      // 0: no limit
+    long server_idle_timeout = 0;  // 0: no limit
+    long query_wait_timeout = 0;   // 0: wait forever
 
     // [databases]
     std::vector<DatabaseEntry> databases;

@@ -13,7 +13,7 @@ namespace {
 using T = OptionType;
 using R = ReloadClass;
 
-const std::array<OptionSpec, 43> kOptions = {{
+const std::array<OptionSpec, 54> kOptions = {{
     {"listen_addr", T::String, "127.0.0.1", 0, 0, "", R::Restart,
      "TCP addresses to listen on, comma-separated; * for all, empty for none",
      nullptr, &Config::listen_addr},
@@ -127,6 +127,40 @@ const std::array<OptionSpec, 43> kOptions = {{
     {"application_name_prefix", T::String, "pgwicket", 0, 0, "", R::Reload,
      "prefix of the upstream application_name that names the client", nullptr,
      &Config::application_name_prefix},
+    // Pooling: PgBouncer's names and meanings, for [databases] entries with pool_mode.
+    {"default_pool_size", T::Integer, "20", 1, 10000, "", R::Reload,
+     "upstream connections per pooled route, unless its entry sets pool_size",
+     &Config::default_pool_size, nullptr},
+    {"min_pool_size", T::Integer, "0", 0, 10000, "", R::Reload,
+     "upstream connections a pooled route keeps open while no client uses them",
+     &Config::min_pool_size, nullptr},
+    {"reserve_pool_size", T::Integer, "0", 0, 10000, "", R::Reload,
+     "extra upstream connections a full pooled route may open for clients waiting too long",
+     &Config::reserve_pool_size, nullptr},
+    {"reserve_pool_timeout", T::Seconds, "5", 0, 3600, "", R::Reload,
+     "seconds a client waits on a full pool before the reserve is used", &Config::reserve_pool_timeout,
+     nullptr},
+    {"max_db_connections", T::Integer, "0", 0, 100000, "", R::Reload,
+     "most upstream connections of one pooled entry, all its routes together; 0 for no limit",
+     &Config::max_db_connections, nullptr},
+    {"server_reset_query", T::String, "DISCARD ALL", 0, 0, "", R::Reload,
+     "query that resets a pooled upstream connection before its next client", nullptr,
+     &Config::server_reset_query},
+    {"server_check_query", T::String, "", 0, 0, "", R::Reload,
+     "query that checks an upstream connection idle for server_check_delay; empty sends an empty query",
+     nullptr, &Config::server_check_query},
+    {"server_check_delay", T::Seconds, "30", 0, 86400, "", R::Reload,
+     "seconds a pooled upstream connection may sit idle before it is checked on reuse",
+     &Config::server_check_delay, nullptr},
+    {"server_lifetime", T::Seconds, "3600", 0, 604800, "", R::Reload,
+     "seconds after which a pooled upstream connection is closed once free; 0 for no limit",
+     &Config::server_lifetime, nullptr},
+    {"server_idle_timeout", T::Seconds, "600", 0, 604800, "", R::Reload,
+     "seconds a pooled upstream connection stays open unused; 0 for no limit",
+     &Config::server_idle_timeout, nullptr},
+    {"query_wait_timeout", T::Seconds, "120", 0, 86400, "", R::Reload,
+     "seconds a client waits for a full pool before SQLSTATE 53300; 0 waits forever",
+     &Config::query_wait_timeout, nullptr},
 }};
 
 const std::array<std::string_view, 8> kSections = {"pgwicket",         "databases",         "peers",

@@ -69,6 +69,17 @@ audit_journald = 1
 audit_statement_text = full
 audit_failure = continue
 log_statements = 1
+default_pool_size = 50
+min_pool_size = 5
+reserve_pool_size = 3
+reserve_pool_timeout = 2
+max_db_connections = 200
+server_reset_query = RESET ALL
+server_check_query = SELECT 1
+server_check_delay = 10
+server_lifetime = 1800
+server_idle_timeout = 60
+query_wait_timeout = 30
 
 [databases]
 * = host=10.0.0.1 port=5432
@@ -124,6 +135,10 @@ BOOST_AUTO_TEST_CASE(good_config_sets_every_option)
     BOOST_TEST(c.logfile == "/var/log/pgwicket.log");
     BOOST_TEST(c.pidfile == "/run/pgwicket/pgwicket.pid");
     BOOST_TEST(c.application_name_prefix == "gate");
+    BOOST_TEST(c.default_pool_size == 50);
+    BOOST_TEST(c.server_reset_query == "RESET ALL");
+    BOOST_TEST(c.server_check_query == "SELECT 1");
+    BOOST_TEST(c.query_wait_timeout == 30);
 
     // A new option in the table must get a line in kGoodConfig too.
     const cfg::Config d = cfg::defaults();
@@ -139,14 +154,14 @@ BOOST_AUTO_TEST_CASE(databases_with_wildcard_named_entries_and_continuations)
     BOOST_TEST_REQUIRE(dbs.size() == 3u);
     BOOST_TEST(dbs[0].name == "*");
     BOOST_TEST(dbs[0].conninfo == "host=10.0.0.1 port=5432");
-    BOOST_TEST(dbs[0].line == 49);
+    BOOST_TEST(dbs[0].line == 60);
     // Indented lines (blank or tab) continue the connection string above them.
     BOOST_TEST(dbs[1].name == "sales");
     BOOST_TEST(dbs[1].conninfo == "host=10.0.0.2 port=5433 dbname=sales_prod");
-    BOOST_TEST(dbs[1].line == 50);
+    BOOST_TEST(dbs[1].line == 61);
     BOOST_TEST(dbs[2].name == "hr");
     BOOST_TEST(dbs[2].conninfo == "host=/var/run/postgresql dbname=hr");
-    BOOST_TEST(dbs[2].line == 53);
+    BOOST_TEST(dbs[2].line == 64);
 }
 
 BOOST_AUTO_TEST_CASE(defaults_match_the_options_table)
@@ -164,6 +179,17 @@ BOOST_AUTO_TEST_CASE(defaults_match_the_options_table)
     BOOST_TEST(d.logfile == "");
     BOOST_TEST(d.pidfile == "");
     BOOST_TEST(d.application_name_prefix == "pgwicket");
+    BOOST_TEST(d.default_pool_size == 20);
+    BOOST_TEST(d.min_pool_size == 0);
+    BOOST_TEST(d.reserve_pool_size == 0);
+    BOOST_TEST(d.reserve_pool_timeout == 5);
+    BOOST_TEST(d.max_db_connections == 0);
+    BOOST_TEST(d.server_reset_query == "DISCARD ALL");
+    BOOST_TEST(d.server_check_query == "");
+    BOOST_TEST(d.server_check_delay == 30);
+    BOOST_TEST(d.server_lifetime == 3600);
+    BOOST_TEST(d.server_idle_timeout == 600);
+    BOOST_TEST(d.query_wait_timeout == 120);
     BOOST_TEST(d.databases.empty());
 
     // Writing a default out explicitly must change nothing, and it must be within bounds.
