@@ -4,6 +4,7 @@
 
 #include "auth/userlist.hh"
 #include "config/options.hh"
+#include "config/pool_keys.hh"
 
 #include <ini.h>
 #include <libpq-fe.h>
@@ -386,15 +387,26 @@ void load_auth(ParseState& st)
 Status validate(ParseState& st)
 {
     Config& c = st.cfg;
-    for (const auto& d : c.databases) {
+    for (auto& d : c.databases) {
+        const std::string at = st.name + ":" + std::to_string(d.line) + ": database \"" + d.name + "\": ";
+        // Here, not in add_database: the continuation lines are all in by now.
+        auto split = split_pool_keys(d.conninfo);
+        if (!split) {
+            st.errors.push_back(at + split.error());
+            continue;
+        }
+        d.conninfo = std::move(split->conninfo);
+        d.pool = split->pool;
+        if (d.pool.pooled && c.min_pool_size_for(d) > c.pool_size_for(d))
+            st.errors.push_back(at + "min_pool_size " + std::to_string(c.min_pool_size_for(d)) +
+                                " is more than the pool size " + std::to_string(c.pool_size_for(d)));
         char* errmsg = nullptr;
         PQconninfoOption* opts = PQconninfoParse(d.conninfo.c_str(), &errmsg);
         if (!opts) {
             std::string msg = errmsg ? errmsg : "out of memory";
             while (!msg.empty() && msg.back() == '\n')
                 msg.pop_back();
-            st.errors.push_back(st.name + ":" + std::to_string(d.line) + ": database \"" + d.name +
-                                "\": invalid connection string: " + msg);
+            st.errors.push_back(at + "invalid connection string: " + msg);
         }
         PQfreemem(errmsg);
         PQconninfoFree(opts);
@@ -486,6 +498,26 @@ const DatabaseEntry* Config::find_database(const std::string& name) const
             fallback = &d;
     }
     return fallback;
+}
+
+long Config::pool_size_for(const DatabaseEntry& entry) const
+{
+    return entry.pool.pool_size >= 0 ? entry.pool.pool_size : default_pool_size;
+}
+
+long Config::min_pool_size_for(const DatabaseEntry& entry) const
+{
+    return entry.pool.min_pool_size >= 0 ? entry.pool.min_pool_size : min_pool_size;
+}
+
+long Config::reserve_pool_size_for(const DatabaseEntry& entry) const
+{
+    return entry.pool.reserve_pool_size >= 0 ? entry.pool.reserve_pool_size : reserve_pool_size;
+}
+
+long Config::max_db_connections_for(const DatabaseEntry& entry) const
+{
+    return entry.pool.max_db_connections >= 0 ? entry.pool.max_db_connections : max_db_connections;
 }
 
 const policy::Policy* Config::find_policy(const std::string& name) const

@@ -15,10 +15,23 @@
 
 namespace pgw::config {
 
+// Pooling keys taken out of the entry's connection string (PgBouncer's names);
+// conninfo keeps only what libpq understands.
+struct PoolSettings {
+    bool pooled = false;          // pool_mode was given (only "session" exists so far)
+    long pool_size = -1;          // -1: default_pool_size
+    long min_pool_size = -1;      // -1: [pgwicket] min_pool_size
+    long reserve_pool_size = -1;  // -1: [pgwicket] reserve_pool_size
+    long max_db_connections = -1; // -1: [pgwicket] max_db_connections
+};
+
 struct DatabaseEntry {
     std::string name;      // client-visible database name, or "*"
-    std::string conninfo;  // libpq connection string
+    std::string conninfo;  // libpq connection string, without the pool keys
     int line = 0;
+    // Brace-initialised so that DatabaseEntry{name, conninfo, line} stays free of
+    // -Wmissing-field-initializers.
+    PoolSettings pool{};
 };
 
 // Another pgwicket instance behind the same load balancer, for cancel forwarding.
@@ -120,6 +133,11 @@ struct Config {
 
     // The entry for a client database name: the exact name, else "*", else null.
     const DatabaseEntry* find_database(const std::string& name) const;
+    // An entry's pool settings, its own value or else the [pgwicket] option's.
+    long pool_size_for(const DatabaseEntry& entry) const;
+    long min_pool_size_for(const DatabaseEntry& entry) const;
+    long reserve_pool_size_for(const DatabaseEntry& entry) const;
+    long max_db_connections_for(const DatabaseEntry& entry) const;
     // listen_addr split on commas and blanks; "*" stays "*".
     std::vector<std::string> listen_addresses() const;
     bool is_admin_user(const std::string& user) const;

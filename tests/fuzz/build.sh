@@ -25,7 +25,8 @@ sources_for() {
     startup) echo "$top/src/protocol/startup.cc" ;;
     framer) echo "" ;;
     error_fields) echo "$top/src/protocol/messages.cc" ;;
-    config) echo "$top/src/config/config.cc $top/src/config/options.cc $top/src/common/log.cc" \
+    config) echo "$top/src/config/config.cc $top/src/config/options.cc $top/src/config/pool_keys.cc" \
+        "$top/src/common/log.cc" \
         "$top/src/auth/rules.cc $top/src/auth/userlist.cc $top/src/auth/scram.cc $top/src/auth/base64.cc" \
         "$top/src/auth/ossl.cc $top/src/auth/jwt.cc $top/src/auth/json_util.cc" \
         "$top/src/policy/policy.cc $top/src/policy/classify.cc $top/src/policy/deep_stack.cc" ;;
@@ -74,6 +75,8 @@ seed() {
         printf '[pgwicket]\nlisten_addr = 127.0.0.1, ::1\nlisten_port = 6432\nunix_socket_mode = 0700\nlog_level = debug\n[databases]\n* = host=a port=5432\nsales = host=b\n    dbname=s\n' \
             >"$dir/good"
         printf '[databases]\nx = host=a port\n' >"$dir/bad_conninfo"
+        printf '[databases]\no = host=a pool_mode=session\n    pool_size = 5 options='"'"'-c pool_mode=x'"'"'\n' \
+            >"$dir/pooled"
         ;;
     jwt)
         # First byte picks the decoder: 0 token, 1 JWKS, 2 base64, 3 OAUTHBEARER.

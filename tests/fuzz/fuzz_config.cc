@@ -2,6 +2,7 @@
 // any text either loads into a Config that honours the options table, or gives an error.
 #include "config/config.hh"
 #include "config/options.hh"
+#include "config/pool_keys.hh"
 #include "fuzz_check.hh"
 
 #include <cstdint>
@@ -33,6 +34,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         const cfg::DatabaseEntry* e = c.find_database(d.name);
         FUZZ_CHECK(e && e->name == d.name);
         FUZZ_CHECK(d.line >= 1);
+        // The pool keys are gone from what libpq sees, and a second split changes nothing.
+        auto again = cfg::split_pool_keys(d.conninfo);
+        FUZZ_CHECK(again.ok() && !again->pool.pooled && again->conninfo == d.conninfo);
+        FUZZ_CHECK(!d.pool.pooled || (c.pool_size_for(d) >= 1 && c.min_pool_size_for(d) <= c.pool_size_for(d)));
     }
     FUZZ_CHECK(!c.listen_addresses().empty() || !c.unix_socket_dir.empty());
     for (const auto& a : c.listen_addresses())

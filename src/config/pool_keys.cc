@@ -1,0 +1,175 @@
+// Finds the pool keys in a [databases] connection string with the tokenizer rules of
+// libpq's conninfo_parse, so a key inside another key's quoted value is never taken.
+#include "config/pool_keys.hh"
+
+#include <cerrno>
+#include <cstdlib>
+#include <string_view>
+#include <vector>
+
+namespace pgw::config {
+namespace {
+
+// libpq's isspace() in the C locale.
+bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'; }
+
+struct Token {
+    std::string name;
+    std::string value;  // quotes and backslash escapes resolved
+    size_t begin = 0;   // the token's text in the original string: [begin, end)
+    size_t end = 0;
+};
+
+// The same steps as libpq's conninfo_parse (fe-connect.c): a name ends at '=' or
+// blank, blanks may surround '=', a value is either a run of non-blanks or a
+// single-quoted string, and a backslash takes the next character as it is in both.
+Result<std::vector<Token>> tokenize(const std::string& s)
+{
+    std::vector<Token> out;
+    size_t i = 0;
+    const size_t n = s.size();
+    while (i < n) {
+        if (is_space(s[i])) {
+            ++i;
+            continue;
+        }
+        Token t;
+        t.begin = i;
+        while (i < n && s[i] != '=' && !is_space(s[i]))
+            t.name.push_back(s[i++]);
+        while (i < n && is_space(s[i]))
+            ++i;
+        if (i == n || s[i] != '=')
+            return Error{"missing \"=\" after \"" + t.name + "\" in connection info string"};
+        ++i;
+        while (i < n && is_space(s[i]))
+            ++i;
+        if (i < n && s[i] == '\'') {
+            ++i;
+            for (;;) {
+                if (i == n)
+                    return Error{"unterminated quoted string in connection info string"};
+                if (s[i] == '\\') {
+                    if (++i < n)
+                        t.value.push_back(s[i++]);
+                    continue;
+                }
+                if (s[i] == '\'') {
+                    ++i;
+                    break;
+                }
+                t.value.push_back(s[i++]);
+            }
+        } else {
+            while (i < n && !is_space(s[i])) {
+                if (s[i] == '\\') {
+                    if (++i < n)
+                        t.value.push_back(s[i++]);
+                } else {
+                    t.value.push_back(s[i++]);
+                }
+            }
+        }
+        t.end = i;
+        out.push_back(std::move(t));
+    }
+    return out;
+}
+
+struct NumberKey {
+    std::string_view name;
+    long min, max;
+    long PoolSettings::*field;
+};
+
+constexpr NumberKey kNumberKeys[] = {
+    {"pool_size", 1, 10000, &PoolSettings::pool_size},
+    {"min_pool_size", 0, 10000, &PoolSettings::min_pool_size},
+    {"reserve_pool_size", 0, 10000, &PoolSettings::reserve_pool_size},
+    {"max_db_connections", 0, 100000, &PoolSettings::max_db_connections},
+};
+
+const NumberKey* number_key(std::string_view name)
+{
+    for (const auto& k : kNumberKeys)
+        if (k.name == name)
+            return &k;
+    return nullptr;
+}
+
+// libpq's test, on the string as it is (no blanks skipped).
+bool is_uri(const std::string& s) { return s.rfind("postgresql://", 0) == 0 || s.rfind("postgres://", 0) == 0; }
+
+bool is_pool_key(std::string_view name) { return name == "pool_mode" || number_key(name); }
+
+Status set_number(PoolSettings& pool, const NumberKey& key, const std::string& value)
+{
+    const std::string name(key.name);
+    size_t digits = value.size() > 0 && (value[0] == '-' || value[0] == '+') ? 1 : 0;
+    if (digits == value.size() || value.find_first_not_of("0123456789", digits) != std::string::npos)
+        return Error{name + " \"" + value + "\" is not a whole number"};
+    errno = 0;
+    const long v = std::strtol(value.c_str(), nullptr, 10);
+    if (errno == ERANGE || v < key.min || v > key.max)
+        return Error{name + " " + value + " is out of range (" + std::to_string(key.min) + " to " +
+                     std::to_string(key.max) + ")"};
+    pool.*(key.field) = v;
+    return ok_status();
+}
+
+Status set_mode(PoolSettings& pool, const std::string& value)
+{
+    if (value == "session") {
+        pool.pooled = true;
+        return ok_status();
+    }
+    if (value == "transaction" || value == "statement")
+        return Error{"pool_mode \"" + value + "\" is not supported yet (only session)"};
+    return Error{"pool_mode \"" + value + "\" is not a pool mode (only session)"};
+}
+
+} // namespace
+
+Result<SplitConninfo> split_pool_keys(const std::string& conninfo)
+{
+    // libpq reads these as a URI, whose parameters are no key=value tokens.
+    if (is_uri(conninfo))
+        return SplitConninfo{conninfo, {}};
+    auto tokens = tokenize(conninfo);
+    if (!tokens)
+        return Error{"invalid connection string: " + tokens.error()};
+
+    SplitConninfo out;
+    std::string first_size_key;  // the first sizing key, for "needs pool_mode"
+    bool any = false;
+    for (const auto& t : *tokens) {
+        if (!is_pool_key(t.name)) {
+            // The token's own text, quoting and escapes untouched.
+            if (!out.conninfo.empty())
+                out.conninfo += " ";
+            out.conninfo += conninfo.substr(t.begin, t.end - t.begin);
+            continue;
+        }
+        any = true;
+        // As libpq does for its keys, a later one overrides an earlier one.
+        Status ok = t.name == "pool_mode" ? set_mode(out.pool, t.value)
+                                          : set_number(out.pool, *number_key(t.name), t.value);
+        if (!ok)
+            return Error{ok.error()};
+        if (t.name != "pool_mode" && first_size_key.empty())
+            first_size_key = t.name;
+    }
+    if (!any)
+        return SplitConninfo{conninfo, {}};
+    // Cutting a leading pool key must not turn the rest into a URI for libpq: refuse
+    // the stray name as libpq would have in the string as written.
+    if (is_uri(out.conninfo)) {
+        const std::string name = out.conninfo.substr(0, out.conninfo.find_first_of("= \t\n\v\f\r"));
+        return Error{"invalid connection string: invalid connection option \"" + name + "\""};
+    }
+    if (!out.pool.pooled)
+        return Error{first_size_key + " needs pool_mode=session"};
+    return out;
+}
+
+} // namespace pgw::config
