@@ -123,13 +123,14 @@ pg_stop()
 # pgw_start BIN WORKDIR PGPORT LABEL: writes WORKDIR/pgwicket.ini (a free port, the
 # Unix socket and the log in WORKDIR, every database on 127.0.0.1:PGPORT), starts
 # BIN in the background and waits until it listens. Sets pgwport and pgw_pid.
+# $PGW_EXTRA_SETTINGS and $PGW_EXTRA_DATABASES (lines) go into [pgwicket] and [databases].
 pgw_start()
 {
     local bin=$1 work=$2 pg_port=$3 label=$4
     pgwport=$(free_port 56432)
     printf '%s\n' "[pgwicket]" "listen_addr = 127.0.0.1" "listen_port = $pgwport" \
-        "unix_socket_dir = $work" "logfile = $work/pgwicket.log" "" \
-        "[databases]" "* = host=127.0.0.1 port=$pg_port" >"$work/pgwicket.ini"
+        "unix_socket_dir = $work" "logfile = $work/pgwicket.log" "${PGW_EXTRA_SETTINGS:-}" "" \
+        "[databases]" "* = host=127.0.0.1 port=$pg_port" "${PGW_EXTRA_DATABASES:-}" >"$work/pgwicket.ini"
     "$bin" -c "$work/pgwicket.ini" 2>>"$work/pgwicket.log" &
     pgw_pid=$!
     if ! wait_listening "$pgwport" 10; then

@@ -2,6 +2,7 @@
 #include "pool/held.hh"
 
 #include "protocol/bytes.hh"
+#include "protocol/messages.hh"
 
 #include <poll.h>
 #include <sys/socket.h>
