@@ -17,6 +17,8 @@ namespace pgw::net {
 Status set_nonblocking(int fd)
 {
     int flags = fcntl(fd, F_GETFL);
+    if (flags >= 0 && (flags & O_NONBLOCK))
+        return ok_status();  // already (a pooled upstream, a moved client)
     if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
         return Error{std::string("fcntl(O_NONBLOCK): ") + std::strerror(errno)};
     return ok_status();

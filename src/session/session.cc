@@ -492,7 +492,7 @@ ExitCode Session::pooled_session(const Login& login, const protocol::StartupMess
             return *answer.error_code;
         switch (*answer.type) {
         case ipc::HandoffType::HandedOver:
-            log_info("handed to a warm worker on route %s", pool::route_label(route).c_str());
+            log_debug("handed to a warm worker on route %s", pool::route_label(route).c_str());
             return kExitHandedOver;
         case ipc::HandoffType::PoolTimeout:
             log_info("refused: no connection of pool %s within query_wait_timeout (%ld s)",
@@ -532,7 +532,7 @@ ExitCode Session::pooled_session(const Login& login, const protocol::StartupMess
             if (auto code = connect_upstream(params, login.database, conn))
                 return *code;
             ws_.held = pool::hold(std::move(conn), route, where);
-        } else if (app) {
+        } else if (app && held.parameters["application_name"] != *app) {
             char* lit = PQescapeLiteral(held.conn.get(), app->c_str(), app->size());
             Status named = lit ? pool::simple_query(held, std::string("SET application_name = ") + lit, deadline)
                                : Status(Error{"could not quote application_name"});
@@ -544,8 +544,8 @@ ExitCode Session::pooled_session(const Login& login, const protocol::StartupMess
                 return fail("08006", "pooled upstream connection failed: " + named.error(), kExitUpstreamFailure);
             }
         }
-        log_info("reusing pooled connection to %s (backend pid %u, session %u on it)", where.c_str(),
-                 ws_.held->backend_pid, ws_.held->sessions + 1);
+        log_debug("reusing pooled connection to %s (backend pid %u, session %u on it)", where.c_str(),
+                  ws_.held->backend_pid, ws_.held->sessions + 1);
     }
     auto& held = *ws_.held;
     ++held.sessions;
@@ -858,10 +858,10 @@ ExitCode Session::run()
     }
     if (handoff_.type == ipc::HandoffType::Metrics)
         return ExitCode(admin::serve_metrics(client_.get(), table_));
+    if (handoff_.type == ipc::HandoffType::MoveClient)
+        return moved_in();  // the worker that accepted it has tuned the socket
     net::tune_client_socket(client_.get());
     login_deadline_ = net::Clock::now() + std::chrono::seconds(cfg_.client_login_timeout);
-    if (handoff_.type == ipc::HandoffType::MoveClient)
-        return moved_in();
     auto startup = read_startup();
     if (auto* code = std::get_if<ExitCode>(&startup))
         return *code;
