@@ -7,13 +7,15 @@
 namespace pgw::admin {
 namespace {
 
-const std::array<CommandSpec, 9> kCommands = {{
+const std::array<CommandSpec, 10> kCommands = {{
     {CommandId::ShowSessions, "SHOW SESSIONS", "", false,
      "one row per session: id, state, client, database, user, counters"},
     {CommandId::ShowStats, "SHOW STATS", "", false,
      "every counter and gauge, as the metrics endpoint exports them"},
     {CommandId::ShowDatabases, "SHOW DATABASES", "", false,
      "the [databases] entries, passwords hidden"},
+    {CommandId::ShowPools, "SHOW POOLS", "", false,
+     "one row per pooled route: warm, open and waiting connections, longest wait, pool_size"},
     {CommandId::ShowConfig, "SHOW CONFIG", "", false,
      "every [pgwicket] option with its value, default and reload class"},
     {CommandId::ShowVersion, "SHOW VERSION", "", false, "the pgwicket version"},

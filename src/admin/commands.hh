@@ -7,7 +7,7 @@
 
 namespace pgw::admin {
 
-enum class CommandId { ShowSessions, ShowStats, ShowDatabases, ShowConfig, ShowVersion, ShowHelp, Reload, Kill, Shutdown };
+enum class CommandId { ShowSessions, ShowStats, ShowDatabases, ShowPools, ShowConfig, ShowVersion, ShowHelp, Reload, Kill, Shutdown };
 
 struct CommandSpec {
     CommandId id;

@@ -114,6 +114,7 @@ private:
     void show_sessions();
     void show_stats();
     void show_databases();
+    void show_pools();
     void show_config();
     void show_help();
     bool kill_session(const std::string& arg);
@@ -166,6 +167,22 @@ void Console::show_databases()
     for (const auto& d : s_.cfg.databases)
         rows.push_back({d.name, without_password(d.conninfo), s_.cfg.path + ":" + std::to_string(d.line)});
     result({"name", "upstream", "defined_at"}, rows, "SHOW");
+}
+
+void Console::show_pools()
+{
+    std::vector<Row> rows;
+    const auto* h = s_.table.header();
+    const std::uint32_t n = std::min(h->pool_rows.load(std::memory_order_acquire), ipc::kPoolRows);
+    for (std::uint32_t i = 0; i < n; ++i) {
+        const ipc::PoolRow& r = h->pools[i];
+        const auto warm = r.warm.load(std::memory_order_relaxed), open = r.open.load(std::memory_order_relaxed);
+        rows.push_back({r.route.get(), std::to_string(warm), std::to_string(open >= warm ? open - warm : 0),
+                        std::to_string(r.waiting.load(std::memory_order_relaxed)),
+                        std::to_string(double(r.longest_wait_ms.load(std::memory_order_relaxed)) / 1000.0),
+                        std::to_string(r.pool_size.load(std::memory_order_relaxed))});
+    }
+    result({"pool", "warm", "active", "waiting", "longest_wait_s", "pool_size"}, rows, "SHOW");
 }
 
 void Console::show_config()
@@ -252,6 +269,9 @@ bool Console::execute(const std::string& raw)
             return true;
         case CommandId::ShowDatabases:
             show_databases();
+            return true;
+        case CommandId::ShowPools:
+            show_pools();
             return true;
         case CommandId::ShowConfig:
             show_config();

@@ -20,7 +20,7 @@
 namespace pgw::ipc {
 
 inline constexpr std::uint32_t kTableMagic = 0x50475754;  // "PGWT"
-inline constexpr std::uint32_t kTableVersion = 5;
+inline constexpr std::uint32_t kTableVersion = 6;
 
 enum class SlotState : std::uint32_t {
     Free = 0,
@@ -127,6 +127,18 @@ struct SupervisorCounters {
     std::atomic<std::uint64_t> reload_failures;
 };
 
+// One pooled route, as the supervisor's registry sees it (SHOW POOLS, metrics). Written
+// by the supervisor alone; a reader may see a row mid-update, which monitoring tolerates.
+inline constexpr std::uint32_t kPoolRows = 64;
+struct PoolRow {
+    SlotText route;  // "entry/user/dbname"
+    std::atomic<std::uint32_t> warm;     // reset connections waiting for a client
+    std::atomic<std::uint32_t> open;     // every upstream connection of the route (warm, in use, being made)
+    std::atomic<std::uint32_t> waiting;  // clients waiting for one
+    std::atomic<std::uint32_t> pool_size;
+    std::atomic<std::int64_t> longest_wait_ms;
+};
+
 struct TableHeader {
     std::uint32_t magic;
     std::uint32_t version;
@@ -142,6 +154,8 @@ struct TableHeader {
     std::atomic<std::uint64_t> fold_seq;
     Counters retired;  // counts of sessions whose workers have been reaped
     SupervisorCounters supervisor;
+    std::atomic<std::uint32_t> pool_rows;  // rows of `pools` in use
+    PoolRow pools[kPoolRows];
 };
 
 // The segment's layout is a checked contract between processes of one binary.

@@ -100,6 +100,7 @@ private:
     void perform(const std::vector<pool::Action>& actions);
     bool tell(Worker& w, ipc::HandoffType type);
     pool::Limits limits_for(const std::string& entry) const;
+    void publish_pools(Clock::time_point now);
     std::vector<int> fds_to_close_in_child(int own_parent_end) const;
     size_t count(Worker::State s) const;
 
@@ -491,6 +492,25 @@ void Supervisor::on_need_route(Worker& w, ipc::Received&& msg)
     perform(pool_.request(w.pid, ctx->route, limits_for(ctx->entry), can_move, Clock::now()));
 }
 
+// The registry's routes into the shared header, for SHOW POOLS and the metrics.
+void Supervisor::publish_pools(Clock::time_point now)
+{
+    auto* h = table_.header();
+    std::uint32_t n = 0;
+    for (const auto& r : pool_.stats(now)) {
+        if (n == ipc::kPoolRows)
+            break;
+        ipc::PoolRow& row = h->pools[n++];
+        row.route.set(pool::route_label(r.route));
+        row.warm.store(std::uint32_t(r.warm), std::memory_order_relaxed);
+        row.open.store(std::uint32_t(r.open), std::memory_order_relaxed);
+        row.waiting.store(std::uint32_t(r.waiting), std::memory_order_relaxed);
+        row.pool_size.store(std::uint32_t(r.pool_size), std::memory_order_relaxed);
+        row.longest_wait_ms.store(std::int64_t(r.longest_wait_s * 1000), std::memory_order_relaxed);
+    }
+    h->pool_rows.store(n, std::memory_order_release);
+}
+
 // A pool's limits from the entry it belongs to, in the configuration now in force.
 pool::Limits Supervisor::limits_for(const std::string& entry) const
 {
@@ -661,7 +681,12 @@ void Supervisor::reload()
         return false;
     };
     if (entries_differ(cfg_.databases, merged.databases,
-                       [](const config::DatabaseEntry& d) { return d.name + "=" + d.conninfo; })) {
+                       [](const config::DatabaseEntry& d) {
+                           return d.name + "=" + d.conninfo + (d.pool.pooled ? " pool_mode=session" : "") + " " +
+                                  std::to_string(d.pool.pool_size) + " " + std::to_string(d.pool.min_pool_size) + " " +
+                                  std::to_string(d.pool.reserve_pool_size) + " " +
+                                  std::to_string(d.pool.max_db_connections);
+                       })) {
         ++changed;
         log_info("[databases] changed: %zu entries; new sessions use them", merged.databases.size());
     }
@@ -790,7 +815,8 @@ void Supervisor::notify_status(bool force)
               std::to_string(by_state[size_t(ipc::SlotState::IdleInTransaction)] +
                              by_state[size_t(ipc::SlotState::IdleInFailedTransaction)]) +
               " idle in transaction), " + std::to_string(spares_.size()) +
-              (spares_.size() == 1 ? " spare worker" : " spare workers");
+              (spares_.size() == 1 ? " spare worker" : " spare workers") + ", " +
+              std::to_string(pool_.warm_count()) + " warm pooled";
     if (force || status != last_status_) {
         last_status_ = status;
         sd_notifyf(0, "STATUS=%s", status.c_str());
@@ -924,6 +950,7 @@ int Supervisor::run()
             crashes_.clear();
         }
         perform(pool_.expire(now));
+        publish_pools(now);
         replenish();
         notify_status(false);
     }
