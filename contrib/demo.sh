@@ -73,10 +73,13 @@ listen_port = $port
 unix_socket_dir = $socket_dir
 log_level = info
 audit_file = $demo/audit.jsonl
+stats_users = postgres
 
 [databases]
 ; readonly is the same database as postgres, behind a read-only policy with a row cap
 readonly = host=127.0.0.1 port=$pgport dbname=postgres
+; pooled is postgres again, with warm upstream connections reused between clients
+pooled = host=127.0.0.1 port=$pgport dbname=postgres user=postgres pool_mode=session pool_size=10
 * = host=127.0.0.1 port=$pgport
 
 [policy.readonly]
@@ -114,6 +117,13 @@ cat <<EOF
   cuts results at 1000 rows (SET pgwicket.max_rows = N raises it):
 
     psql "host=127.0.0.1 port=$port dbname=readonly user=postgres"
+
+  The database "pooled" is postgres through a session pool: connect twice and
+  SELECT pg_backend_pid() shows the same backend, reset between clients; the
+  admin console shows the pool:
+
+    psql "host=127.0.0.1 port=$port dbname=pooled user=postgres" -c 'SELECT pg_backend_pid()'
+    psql "host=127.0.0.1 port=$port dbname=pgwicket user=postgres" -c 'SHOW POOLS'
 
   Every session and statement is recorded in $demo/audit.jsonl.
 

@@ -232,3 +232,39 @@ pgbench_init()
         return 1
     fi
 }
+
+# pgbouncer_start LABEL PGPORT [EXTRA_LINES]: PgBouncer 1.18 in session mode (20 server
+# connections per pool, as pgwicket's pooled bench entries) in $work on a free port,
+# every database on 127.0.0.1:PGPORT; EXTRA_LINES go into [pgbouncer]. Sets pgbport.
+pgbouncer_start()
+{
+    local label=$1 pg_port=$2 extra=${3:-}
+    pgbport=$(free_port 57432)
+    echo '"postgres" ""' >"$work/userlist.txt"
+    printf '%s\n' "[databases]" "* = host=127.0.0.1 port=$pg_port" "" "[pgbouncer]" \
+        "listen_addr = 127.0.0.1" "listen_port = $pgbport" "unix_socket_dir = $work" \
+        "auth_type = trust" "auth_file = $work/userlist.txt" "pool_mode = session" \
+        "max_client_conn = 200" "default_pool_size = 20" "logfile = $work/pgbouncer.log" \
+        "pidfile = $work/pgbouncer.pid" "$extra" >"$work/pgbouncer.ini"
+    if [ "$(id -u)" -eq 0 ]; then
+        chown postgres:postgres "$work/pgbouncer.ini" "$work/userlist.txt"
+    fi
+    as_pg pgbouncer -d "$work/pgbouncer.ini"
+    if ! wait_listening "$pgbport" 10; then
+        echo "$label: pgbouncer did not start; its log:" >&2
+        cat "$work/pgbouncer.log" >&2 || true
+        return 1
+    fi
+}
+
+# pgbouncer_stop: stops the PgBouncer of pgbouncer_start, if it runs, and waits for it.
+pgbouncer_stop()
+{
+    if [ -f "$work/pgbouncer.pid" ]; then
+        kill -TERM "$(cat "$work/pgbouncer.pid")" 2>/dev/null || true
+        for _ in $(seq 50); do
+            [ -f "$work/pgbouncer.pid" ] || break
+            sleep 0.1
+        done
+    fi
+}

@@ -23,13 +23,7 @@ cleanup()
 {
     trap - EXIT INT TERM
     pgw_stop
-    if [ -f "$work/pgbouncer.pid" ]; then
-        kill -TERM "$(cat "$work/pgbouncer.pid")" 2>/dev/null || true
-        for _ in $(seq 50); do
-            [ -f "$work/pgbouncer.pid" ] || break
-            sleep 0.1
-        done
-    fi
+    pgbouncer_stop
     pg_stop "$pgdata"
     if [ "${BENCH_KEEP:-0}" = 1 ]; then
         echo "bench: logs and data kept in $work"
@@ -49,33 +43,7 @@ pg_start "$pgdata" "$pgport" "-c max_connections=200 -c fsync=off -c synchronous
 pgw_start "$bin" "$work" "$pgport" "bench" || exit 1
 
 if [ "$have_pgbouncer" = 1 ]; then
-    pgbport=$(free_port 57432)
-    echo '"postgres" ""' >"$work/userlist.txt"
-    cat >"$work/pgbouncer.ini" <<EOF
-[databases]
-* = host=127.0.0.1 port=$pgport
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $pgbport
-unix_socket_dir = $work
-auth_type = trust
-auth_file = $work/userlist.txt
-pool_mode = session
-max_client_conn = 200
-default_pool_size = 20
-logfile = $work/pgbouncer.log
-pidfile = $work/pgbouncer.pid
-EOF
-    if [ "$(id -u)" -eq 0 ]; then
-        chown postgres:postgres "$work/pgbouncer.ini" "$work/userlist.txt"
-    fi
-    as_pg pgbouncer -d "$work/pgbouncer.ini"
-    if ! wait_listening "$pgbport" 10; then
-        echo "bench: pgbouncer did not start; its log:" >&2
-        cat "$work/pgbouncer.log" >&2 || true
-        exit 1
-    fi
+    pgbouncer_start "bench" "$pgport" || exit 1
 fi
 
 pgbench_init "bench" "$pgport" || exit 1
