@@ -36,6 +36,8 @@ void tune_client_socket(int fd)
     setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
 }
 
+void tune_listener(int fd) { tune_client_socket(fd); }
+
 std::string peer_host(const sockaddr_storage& addr, socklen_t len)
 {
     char host[INET6_ADDRSTRLEN] = "?";

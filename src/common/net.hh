@@ -20,6 +20,9 @@ Status set_nonblocking(int fd);
 // two pieces would otherwise wait for the client's delayed ACK) and keepalives.
 // A no-op for Unix sockets.
 void tune_client_socket(int fd);
+// The same options on a TCP listener: accepted sockets inherit them (Linux), which
+// saves each session the system calls.
+void tune_listener(int fd);
 
 // "10.0.0.5:41234", "[::1]:41234", or "[local]" for a Unix socket.
 std::string describe_peer(const sockaddr_storage& addr, socklen_t len);

@@ -53,6 +53,7 @@ bool known_type(HandoffType t)
     case HandoffType::NeedRoute:
     case HandoffType::Warm:
     case HandoffType::Leaving:
+    case HandoffType::Released:
     case HandoffType::Connect:
     case HandoffType::MoveClient:
     case HandoffType::HandedOver:

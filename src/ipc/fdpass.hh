@@ -30,6 +30,7 @@ enum class HandoffType : std::uint32_t {
     NeedRoute = 10,  // payload: route key; fd: the plaintext client when it may move
     Warm = 11,       // payload: route key; the session ended, the upstream is reset
     Leaving = 12,    // a warm worker wants to go (timer, dead upstream); wait for Retire
+    Released = 13,   // a worker closed the pooled connection it held; its session goes on unpooled
     // Supervisor to worker:
     Connect = 20,     // to the asker: connect upstream yourself (counted in the pool)
     MoveClient = 21,  // to a warm worker, with the client fd; payload: the session context

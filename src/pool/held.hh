@@ -23,6 +23,10 @@ struct HeldUpstream {
     std::uint32_t backend_pid = 0;
     net::Clock::time_point created{}, idle_since{}, checked{};
     unsigned sessions = 0;  // served so far
+    // The last client has left and server_reset_query has not run yet: the worker says
+    // it is warm first (so the next client is not sent elsewhere meanwhile), then resets
+    // before it reads its next message.
+    bool reset_pending = false;
 
     int fd() const { return PQsocket(conn.get()); }
     // A transport over libpq's socket (and its TLS session); the connection must outlive it.

@@ -55,6 +55,8 @@ bool Registry::serve_one(const std::string& name, Route& r, const Waiter& w, std
         return true;
     }
     if (room(r, w.since, now)) {
+        // A worker that held another route's connection closes it to open this one.
+        drop_holder(w.worker);
         hold(w.worker, name);
         actions.push_back({Action::Connect, w.worker, 0});
         return true;
@@ -65,6 +67,7 @@ bool Registry::serve_one(const std::string& name, Route& r, const Waiter& w, std
         pid_t warm = r.warm.back();
         drop_holder(warm);
         actions.push_back({Action::Retire, 0, warm});
+        drop_holder(w.worker);
         hold(w.worker, name);
         actions.push_back({Action::Connect, w.worker, 0});
         return true;
@@ -168,6 +171,22 @@ Registry::Clock::time_point Registry::next_deadline(Clock::time_point now) const
                 next = std::min(next, w.since + r.limits.reserve_pool_timeout);
         }
     return next;
+}
+
+pid_t Registry::take_warm(const std::string& route)
+{
+    auto it = routes_.find(route);
+    if (it == routes_.end() || it->second.warm.empty())
+        return 0;
+    pid_t w = it->second.warm.back();
+    it->second.warm.pop_back();
+    return w;
+}
+
+const std::string* Registry::held_route(pid_t worker) const
+{
+    auto it = holders_.find(worker);
+    return it == holders_.end() ? nullptr : &it->second;
 }
 
 bool Registry::is_warm(pid_t worker) const

@@ -68,7 +68,12 @@ public:
     // When the next waiting client times out or may use the reserve (for the loop's timeout).
     Clock::time_point next_deadline(Clock::time_point now) const;
 
+    // Takes a warm worker of `route` for a connection whose route is not known yet (the
+    // supervisor's guess); 0 when there is none. It stays counted in the route.
+    pid_t take_warm(const std::string& route);
     bool is_warm(pid_t worker) const;
+    // Whether the worker holds (or is opening) a connection of some route, and which.
+    const std::string* held_route(pid_t worker) const;
     std::size_t warm_count() const;
     std::vector<RouteStats> stats(Clock::time_point now) const;
 

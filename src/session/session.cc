@@ -400,6 +400,16 @@ ExitCode Session::proceed(const Login& login, const protocol::StartupMessage& st
         info.role = *role;
         log_info("upstream role \"%s\" from [roles]", role->c_str());
     }
+    if ((!entry->pool.pooled || login.method == auth::Method::PassThrough) && ws_.held) {
+        // A warm worker got a client of an unpooled entry: its pooled connection goes,
+        // and the process ends with this session, as every unpooled one does.
+        log_debug("closing the pooled connection of %s for an unpooled session", ws_.held->route.c_str());
+        ws_.held.reset();
+        ipc::Handoff h;
+        h.type = ipc::HandoffType::Released;
+        if (auto st = ipc::send_handoff(ws_.channel, h, -1); !st)
+            log_warning("telling the supervisor of a closed pooled connection: %s", st.error().c_str());
+    }
     if (login.method == auth::Method::PassThrough)
         return pass_through(*entry, info, startup);
     auto params = upstream::build_params(*entry, info, cfg_.application_name_prefix);
@@ -469,12 +479,14 @@ ExitCode Session::pooled_session(const Login& login, const protocol::StartupMess
     for (const auto& [k, v] : params)
         if (k == "application_name")
             app = &v;
-    if (ws_.held && ws_.held->route != route) {
+    if (ws_.held && ws_.held->route != route && handoff_.type == ipc::HandoffType::MoveClient) {
         // The supervisor matched the asker's key; ours must agree.
         log_error("a client for route %s reached a worker warm on %s", route.c_str(), ws_.held->route.c_str());
         return fail("XX000", "pgwicket internal error: pooled connection of the wrong route", kExitInternal);
     }
-    if (!ws_.held) {
+    // A warm worker given a new connection guessed it would be for its route; when it is
+    // for another, it asks for that one as a spare would, keeping its own meanwhile.
+    if (!ws_.held || ws_.held->route != route) {
         pool::SessionContext ctx;
         ctx.route = route;
         ctx.entry = entry.name;
@@ -505,6 +517,7 @@ ExitCode Session::pooled_session(const Login& login, const protocol::StartupMess
         default:
             break;  // Connect
         }
+        ws_.held.reset();  // another route's: the pool no longer counts it
         upstream::PgConnPtr conn;
         if (auto code = connect_upstream(params, login.database, conn))
             return *code;
@@ -518,7 +531,9 @@ ExitCode Session::pooled_session(const Login& login, const protocol::StartupMess
         const auto now = net::Clock::now();
         const auto deadline = now + std::chrono::seconds(cfg_.server_connect_timeout);
         Status ok = ok_status();
-        if (pool::stirred(held))
+        if (!held.conn)
+            ok = Error{"its reset failed"};
+        else if (pool::stirred(held))
             ok = Error{"the server closed it or spoke while it was idle"};
         else if (now - held.checked >= std::chrono::seconds(cfg_.server_check_delay)) {
             ok = pool::simple_query(held, cfg_.server_check_query, deadline);
@@ -556,13 +571,7 @@ ExitCode Session::pooled_session(const Login& login, const protocol::StartupMess
         ws_.held.reset();
         return out.code;
     }
-    const auto deadline = net::Clock::now() + std::chrono::seconds(cfg_.server_connect_timeout);
-    if (auto st = pool::simple_query(held, cfg_.server_reset_query, deadline); !st) {
-        log_info("pooled connection (backend pid %u) not kept: %s", held.backend_pid, st.error().c_str());
-        ws_.held.reset();
-        return out.code;
-    }
-    held.idle_since = held.checked = net::Clock::now();
+    held.reset_pending = true;  // keep_warm resets it
     return out.code;
 }
 
@@ -859,8 +868,8 @@ ExitCode Session::run()
     if (handoff_.type == ipc::HandoffType::Metrics)
         return ExitCode(admin::serve_metrics(client_.get(), table_));
     if (handoff_.type == ipc::HandoffType::MoveClient)
-        return moved_in();  // the worker that accepted it has tuned the socket
-    net::tune_client_socket(client_.get());
+        return moved_in();
+    // TCP_NODELAY and keepalive come from the listener (net::tune_listener).
     login_deadline_ = net::Clock::now() + std::chrono::seconds(cfg_.client_login_timeout);
     auto startup = read_startup();
     if (auto* code = std::get_if<ExitCode>(&startup))

@@ -10,6 +10,7 @@
 #include "pool/context.hh"
 #include "pool/held.hh"
 
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <unistd.h>
@@ -97,6 +98,22 @@ void scrub_between_sessions()
         }
         log_debug("warm");
         bool leaving = false;
+        if (held.reset_pending) {
+            held.reset_pending = false;
+            const auto deadline = net::Clock::now() + seconds(cfg.server_connect_timeout);
+            if (auto st = pool::simple_query(held, cfg.server_reset_query, deadline); !st) {
+                // A client may be on its way already: it gets a fresh connection.
+                log_info("pooled connection not kept: %s", st.error().c_str());
+                held.conn.reset();
+                ipc::Handoff bye;
+                bye.type = ipc::HandoffType::Leaving;
+                if (!ipc::send_handoff(ws.channel, bye, -1))
+                    _exit(kExitChannelError);
+                leaving = true;
+            } else {
+                held.idle_since = held.checked = net::Clock::now();
+            }
+        }
         for (;;) {
             auto deadline = net::Clock::time_point::max();
             if (cfg.server_idle_timeout > 0)
@@ -119,13 +136,17 @@ void scrub_between_sessions()
                     pool::close_gracefully(held);
                     _exit(kExitOk);
                 }
-                if (msg->handoff.type != ipc::HandoffType::MoveClient) {
+                // A client moved here, or a new connection the supervisor guessed is for
+                // this route (it may be for another, a cancel request, the console).
+                if (msg->handoff.type != ipc::HandoffType::MoveClient && !starts_session(msg->handoff.type)) {
                     log_error("warm worker: unexpected message %u", unsigned(msg->handoff.type));
                     _exit(kExitChannelError);
                 }
                 int code = run_session(cfg, table, tls, std::move(*msg), ws);
-                if (!ws.held || code != kExitOk)
-                    _exit(code);
+                // Still holding a reusable connection: warm again, whatever the client did.
+                if (!ws.held || code == kExitShutdown || code == kExitInternal || code == kExitChannelError ||
+                    g_stop_requested)
+                    _exit(code == kExitHandedOver ? kExitOk : code);
                 break;  // warm again
             }
             if (leaving)
@@ -164,6 +185,10 @@ void worker_main(const config::Config& cfg, const ipc::SessionTable& table, SSL_
             ::close(fd);
         log::set_process_name("worker");
         log::set_prefix("");
+        // A worker that serves several sessions (pooling) reuses the relay's buffers
+        // from its heap instead of mapping and faulting in fresh pages for each.
+        mallopt(M_MMAP_THRESHOLD, 1024 * 1024);
+        mallopt(M_TRIM_THRESHOLD, 2 * 1024 * 1024);
 
         // The channel stays open for the worker's life: pooled sessions talk to the
         // supervisor on it.

@@ -3,6 +3,7 @@
 #include "supervisor/listeners.hh"
 
 #include "common/log.hh"
+#include "common/net.hh"
 
 #include <fcntl.h>
 #include <netdb.h>
@@ -61,6 +62,7 @@ Status open_tcp(const std::string& addr, long port, std::vector<Listener>& out)
                          (errno == EADDRINUSE ? " (is another pgwicket or PostgreSQL running on this port?)" : "")};
         if (::listen(fd.get(), kBacklog) != 0)
             return Error{"could not listen on " + name + ": " + std::strerror(errno)};
+        net::tune_listener(fd.get());
         out.push_back(Listener{std::move(fd), ListenerKind::Tcp, name, ""});
     }
     return ok_status();
@@ -158,6 +160,7 @@ Result<std::vector<Listener>> take_activated_listeners()
         } else {
             l.kind = ListenerKind::Tcp;
             l.name = sockaddr_name(reinterpret_cast<sockaddr*>(&ss), len);
+            net::tune_listener(fd);
         }
         if (fd_name == "metrics")
             l.kind = ListenerKind::Metrics;

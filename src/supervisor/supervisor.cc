@@ -61,6 +61,7 @@ struct Worker {
     std::uint32_t slot = ipc::kNoSlot;
     Clock::time_point since = Clock::now();
     std::uint64_t generation = 0;  // of the configuration it was forked with
+    bool speculative = false;      // a warm worker given a new connection of a route not known yet
     // A pooled client waiting for a decision (NeedRoute): what goes to a warm worker.
     ipc::Handoff asked{};
     UniqueFd asked_client;
@@ -125,6 +126,12 @@ private:
     Clock::time_point spawn_blocked_until_{};
     pool::Registry pool_;
     std::uint64_t generation_ = 0;  // bumped by every reload
+    // New connections go straight to a warm worker of the route most recently used (one
+    // process hop instead of three, and TLS clients reuse connections too). After a
+    // guess that missed, the next kSpeculationBackoff connections go to spares.
+    std::string guess_route_;
+    int guess_backoff_ = 0;
+    void missed_guess(Worker& w);
 };
 
 size_t Supervisor::count(Worker::State s) const
@@ -307,6 +314,33 @@ void Supervisor::dispatch(UniqueFd client, const sockaddr_storage& peer, socklen
             h.session_id = next_session_id_++;
         }
     }
+    if (!refuse && kind != ListenerKind::Metrics) {
+        if (guess_backoff_ > 0) {
+            --guess_backoff_;
+        } else if (!guess_route_.empty()) {
+            while (pid_t warm = pool_.take_warm(guess_route_)) {
+                Worker& w = workers_.at(warm);
+                h.slot = free_slots_.back();
+                if (!ipc::send_handoff(w.channel.get(), h, client.get())) {
+                    w.state = Worker::State::Leaving;
+                    perform(pool_.gone(warm, Clock::now()));
+                    ::kill(warm, SIGKILL);
+                    continue;
+                }
+                free_slots_.pop_back();
+                table_.claim(h.slot, warm, h.session_id);
+                w.slot = h.slot;
+                w.state = Worker::State::Busy;
+                w.speculative = true;
+                w.session_id = h.session_id;
+                w.since = Clock::now();
+                log_debug("C-%llu: %s handed to warm worker %d", (unsigned long long)h.session_id,
+                          net::describe_peer(peer, peer_len).c_str(), int(warm));
+                return;
+            }
+            h.slot = ipc::kNoSlot;
+        }
+    }
     // A spare that died since it was forked fails the send; try the next one.
     for (int attempt = 0; attempt < 3; ++attempt) {
         if (spares_.empty() && !spawn_spare())
@@ -444,6 +478,13 @@ void Supervisor::on_channel(pid_t pid, std::uint32_t events)
         if (w.state == Worker::State::Busy)
             return on_warm(w, msg->payload);
         break;
+    case ipc::HandoffType::Released:
+        if (w.state == Worker::State::Busy) {
+            missed_guess(w);
+            perform(pool_.gone(pid, Clock::now()));
+            return;
+        }
+        break;
     case ipc::HandoffType::Leaving:
         if (w.state == Worker::State::Warm) {
             std::vector<pool::Action> actions;
@@ -487,6 +528,10 @@ void Supervisor::on_need_route(Worker& w, ipc::Received&& msg)
     w.asked.slot = w.slot;
     w.asked.type = ipc::HandoffType::MoveClient;
     const bool can_move = msg.client.valid();
+    if (pool_.held_route(w.pid))
+        missed_guess(w);  // a warm worker got a client of another route
+    else
+        guess_route_ = ctx->route;
     w.asked_client = std::move(msg.client);
     w.asked_context = std::move(msg.payload);
     perform(pool_.request(w.pid, ctx->route, limits_for(ctx->entry), can_move, Clock::now()));
@@ -548,7 +593,17 @@ void Supervisor::on_warm(Worker& w, const std::string& route)
         return;
     }
     w.state = Worker::State::Warm;
+    w.speculative = false;
+    guess_route_ = route;
     perform(actions);
+}
+
+void Supervisor::missed_guess(Worker& w)
+{
+    if (!w.speculative)
+        return;
+    w.speculative = false;
+    guess_backoff_ = 16;
 }
 
 // Carries out the pool's decisions. A worker that cannot be told is dead or dying:
@@ -602,7 +657,10 @@ void Supervisor::perform(const std::vector<pool::Action>& actions)
             s.slot = ipc::kNoSlot;
             s.asked_client.reset();
             s.asked_context.clear();
-            if (tell(s, ipc::HandoffType::HandedOver)) {
+            if (pool_.held_route(s.pid)) {
+                // A warm worker that got another route's client: warm again when it says so.
+                tell(s, ipc::HandoffType::HandedOver);
+            } else if (tell(s, ipc::HandoffType::HandedOver)) {
                 s.state = Worker::State::Spare;
                 s.session_id = 0;
                 s.since = Clock::now();
@@ -900,11 +958,16 @@ int Supervisor::run()
             begin_end("internal error");
             break;
         }
+        // Workers' messages first: a connection accepted in the same round then finds the
+        // worker that has just gone warm.
+        for (int i = 0; i < n; ++i)
+            if (events[i].data.u64 != kSignalTag && (events[i].data.u64 & kChannelTag))
+                on_channel(pid_t(events[i].data.u64 & ~kChannelTag), events[i].events);
         for (int i = 0; i < n; ++i) {
             if (events[i].data.u64 == kSignalTag)
                 on_signal();
             else if (events[i].data.u64 & kChannelTag)
-                on_channel(pid_t(events[i].data.u64 & ~kChannelTag), events[i].events);
+                continue;
             else if (phase_ != Phase::Ending && events[i].data.u64 < listeners_.size())
                 accept_all(size_t(events[i].data.u64));
         }

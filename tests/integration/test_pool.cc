@@ -3,6 +3,7 @@
 // connections of doubtful state are never reused; limits, waits and 53300; a warm
 // connection the server ended; cancel keys that follow the session, not the backend.
 #include "harness.hh"
+#include "tls_fixtures.hh"
 
 #include <boost/test/unit_test.hpp>
 
@@ -274,6 +275,85 @@ BOOST_AUTO_TEST_CASE(killing_warm_and_busy_workers_frees_their_places)
         BOOST_CHECK_EQUAL(scalar(c.get(), "SELECT 2"), "2");
     }
     check_stop_allowing(p, killed);
+}
+
+// Every client/upstream TLS combination pools: with client TLS on, psql over TLS and over
+// plaintext, to a plaintext and to a TLS upstream, reuses the first client's backend.
+BOOST_AUTO_TEST_CASE(every_tls_combination_reuses_the_backend)
+{
+    const auto& t = tls_files();
+    ProxyOptions o = pooled_options();
+    o.extra_settings += "client_tls_sslmode = prefer\nclient_tls_cert_file = " + t.server_cert +
+                        "\nclient_tls_key_file = " + t.server_key + "\n";
+    Proxy p("pool-tls-combinations", o);
+    for (const char* db : {"pooled", "pooledtls"})
+        for (const char* sslmode : {"disable", "require"}) {
+            const std::string what = std::string(db) + " with client sslmode=" + sslmode;
+            std::string pid;
+            {
+                Conn a = connect_ok(p.conninfo(db, "postgres", std::string("application_name=first sslmode=") + sslmode));
+                BOOST_CHECK_EQUAL(PQsslInUse(a.get()), std::string(sslmode) == "require" ? 1 : 0);
+                pid = pid_of(a.get());
+            }
+            Conn b = connect_ok(p.conninfo(db, "postgres", std::string("application_name=second sslmode=") + sslmode));
+            BOOST_CHECK_MESSAGE(pid_of(b.get()) == pid, what << ": the backend was not reused\n" << p.log_tail());
+            BOOST_CHECK_EQUAL(scalar(b.get(), "SELECT 1"), "1");
+        }
+    check_clean_stop(p);
+}
+
+// New connections go straight to a warm worker of the route last used. One that turns out
+// to be for the console, an unpooled entry or another pooled route is served correctly,
+// and the warm worker's connection is either kept (console) or closed, never leaked.
+BOOST_AUTO_TEST_CASE(a_warm_worker_given_another_kind_of_client)
+{
+    ProxyOptions o = pooled_options();
+    o.extra_databases += "otherpool = host=127.0.0.1 port=" + std::to_string(env().pg_port) +
+                         " dbname=postgres user=alice pool_mode=session pool_size=1\n";
+    Proxy p("pool-other-clients", o);
+    std::string pid;
+    {
+        Conn a = connect_app(p, "pooled", "first");
+        pid = pid_of(a.get());
+    }
+    // The console: served, and the pooled connection stays warm for the next client.
+    BOOST_CHECK_EQUAL(pool_row(p).substr(0, 2), "1 ");
+    {
+        Conn b = connect_app(p, "pooled", "second");
+        BOOST_CHECK_EQUAL(pid_of(b.get()), pid);
+    }
+    // Another pooled route: its client gets a connection of its own route.
+    {
+        Conn c = connect_ok(p.conninfo("otherpool", "postgres", "application_name=other"));
+        BOOST_CHECK_EQUAL(scalar(c.get(), "SELECT current_user"), "alice");
+        BOOST_CHECK_NE(pid_of(c.get()), pid);
+    }
+    // An unpooled entry: its own connection, closed at its end.
+    std::string unpooled_pid;
+    {
+        Conn d = connect_app(p, "postgres", "unpooled");
+        unpooled_pid = pid_of(d.get());
+        BOOST_CHECK_NE(unpooled_pid, pid);
+    }
+    BOOST_CHECK_MESSAGE(wait_for([&] { return !backend_alive(unpooled_pid); }), "the unpooled backend lives on");
+    // Every pooled client still works, and no backend of the pool was left behind: each
+    // backend of application pgwicket is one SHOW POOLS counts.
+    {
+        Conn e = connect_app(p, "pooled", "third");
+        BOOST_CHECK_EQUAL(scalar(e.get(), "SELECT 1"), "1");
+    }
+    BOOST_CHECK_MESSAGE(wait_for([&] {
+                            const long backends = std::stol(direct_scalar(
+                                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgwicket %'"));
+                            Conn console = connect_ok(p.conninfo("pgwicket", "postgres"));
+                            Result r(PQexec(console.get(), "SHOW POOLS"));
+                            long open = 0;
+                            for (int i = 0; i < PQntuples(r.get()); ++i)
+                                open += std::stol(PQgetvalue(r.get(), i, 1)) + std::stol(PQgetvalue(r.get(), i, 2));
+                            return backends == open;
+                        }),
+                        "pooled backends and SHOW POOLS disagree\n" << p.log_tail());
+    check_clean_stop(p);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
