@@ -1,7 +1,8 @@
 // Session pooling through the real binary and a real server: a second client on a
 // pooled route reuses the first one's backend (same pid) and finds nothing it left;
 // connections of doubtful state are never reused; limits, waits and 53300; a warm
-// connection the server ended; cancel keys that follow the session, not the backend.
+// connection the server ended; cancel keys that follow the session, not the backend;
+// SHOW SERVERS.
 #include "harness.hh"
 
 #include <boost/test/unit_test.hpp>
@@ -9,9 +10,12 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <map>
 #include <string>
 #include <thread>
+#include <vector>
 
 using namespace pgw::it;
 
@@ -274,6 +278,90 @@ BOOST_AUTO_TEST_CASE(killing_warm_and_busy_workers_frees_their_places)
         BOOST_CHECK_EQUAL(scalar(c.get(), "SELECT 2"), "2");
     }
     check_stop_allowing(p, killed);
+}
+
+// SHOW SERVERS' rows, each as column name -> value.
+std::vector<std::map<std::string, std::string>> server_rows(Proxy& p)
+{
+    Conn console = connect_ok(p.conninfo("pgwicket", "postgres"));
+    Result r(PQexec(console.get(), "SHOW SERVERS"));
+    BOOST_REQUIRE_MESSAGE(PQresultStatus(r.get()) == PGRES_TUPLES_OK, PQresultErrorMessage(r.get()));
+    std::vector<std::map<std::string, std::string>> rows;
+    for (int i = 0; i < PQntuples(r.get()); ++i) {
+        auto& row = rows.emplace_back();
+        for (int j = 0; j < PQnfields(r.get()); ++j)
+            row[PQfname(r.get(), j)] = PQgetvalue(r.get(), i, j);
+    }
+    return rows;
+}
+
+std::string text_of(const std::vector<std::map<std::string, std::string>>& rows)
+{
+    std::string out;
+    for (const auto& row : rows) {
+        for (const auto& [k, v] : row)
+            out += k + "=" + v + " ";
+        out += "\n";
+    }
+    return out;
+}
+
+BOOST_AUTO_TEST_CASE(show_servers_follows_a_connection)
+{
+    // sslmode=disable: the "pooled" entry's connection is plaintext (libpq would prefer TLS),
+    // "pooledtls" requires it, so the tls column must tell them apart.
+    Proxy p("pool-servers", pooled_options("pool_size=1 sslmode=disable"));
+    std::string backend, worker;
+    {
+        Conn a = connect_app(p, "pooled", "watched");
+        backend = pid_of(a.get());
+        auto rows = server_rows(p);
+        BOOST_REQUIRE_MESSAGE(rows.size() == 1, text_of(rows));
+        auto& r = rows[0];
+        BOOST_CHECK_EQUAL(r["pool"], "pooled/postgres/postgres");
+        BOOST_CHECK_EQUAL(r["state"], "active");
+        BOOST_CHECK_EQUAL(r["backend_pid"], backend);
+        BOOST_CHECK_EQUAL(r["idle_s"], "0");
+        BOOST_CHECK_EQUAL(r["sessions"], "1");
+        BOOST_CHECK_EQUAL(r["tls"], "f");
+        BOOST_CHECK_EQUAL(direct_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = " + backend), "f");
+        worker = r["worker_pid"];
+        const auto children = children_of(p.pid());
+        BOOST_CHECK_MESSAGE(std::find(children.begin(), children.end(), pid_t(std::stol(worker))) != children.end(),
+                            "worker_pid " << worker << " is not a child of the proxy");
+        // The worker that holds the upstream is the one serving this client.
+        BOOST_CHECK_EQUAL(std::to_string(worker_serving(PQsocket(a.get()), p.port(), p.pid())), worker);
+    }
+    // The worker resets the connection and goes warm after its client has gone.
+    std::vector<std::map<std::string, std::string>> rows;
+    BOOST_CHECK_MESSAGE(wait_for([&] {
+                            rows = server_rows(p);
+                            return rows.size() == 1 && rows[0]["state"] == "warm";
+                        }),
+                        "SHOW SERVERS:\n" << text_of(rows));
+    BOOST_REQUIRE_EQUAL(rows.size(), 1u);
+    BOOST_CHECK_EQUAL(rows[0]["backend_pid"], backend);
+    BOOST_CHECK_EQUAL(rows[0]["worker_pid"], worker);
+    BOOST_CHECK_EQUAL(rows[0]["sessions"], "1");
+
+    // The next client gets the warm connection: the same row, active, its second session.
+    {
+        Conn b = connect_app(p, "pooled", "second");
+        BOOST_REQUIRE_EQUAL(pid_of(b.get()), backend);
+        rows = server_rows(p);
+        BOOST_REQUIRE_MESSAGE(rows.size() == 1, text_of(rows));
+        BOOST_CHECK_EQUAL(rows[0]["state"], "active");
+        BOOST_CHECK_EQUAL(rows[0]["sessions"], "2");
+        BOOST_CHECK_EQUAL(rows[0]["idle_s"], "0");
+        // A TLS upstream says so.
+        Conn c = connect_app(p, "pooledtls", "tls");
+        bool tls = false;
+        for (auto& r : server_rows(p))
+            tls = tls || (r["pool"] == "pooledtls/postgres/postgres" && r["tls"] == "t" && r["state"] == "active" &&
+                          r["backend_pid"] == pid_of(c.get()));
+        BOOST_CHECK_MESSAGE(tls, "SHOW SERVERS:\n" << text_of(server_rows(p)));
+    }
+    check_clean_stop(p);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
