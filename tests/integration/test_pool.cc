@@ -2,7 +2,7 @@
 // pooled route reuses the first one's backend (same pid) and finds nothing it left;
 // connections of doubtful state are never reused; limits, waits and 53300; a warm
 // connection the server ended; cancel keys that follow the session, not the backend;
-// SHOW SERVERS.
+// SHOW SERVERS and the pool gauges.
 #include "harness.hh"
 
 #include <boost/test/unit_test.hpp>
@@ -306,11 +306,20 @@ std::string text_of(const std::vector<std::map<std::string, std::string>>& rows)
     return out;
 }
 
-BOOST_AUTO_TEST_CASE(show_servers_follows_a_connection)
+// A sample's value in a Prometheus text body, or -1.
+double metric(const std::string& body, const std::string& series)
 {
+    size_t at = body.find("\n" + series + " ");
+    return at == std::string::npos ? -1 : std::stod(body.substr(at + series.size() + 2));
+}
+
+BOOST_AUTO_TEST_CASE(show_servers_and_pool_gauges_follow_a_connection)
+{
+    const int mport = free_port();
     // sslmode=disable: the "pooled" entry's connection is plaintext (libpq would prefer TLS),
     // "pooledtls" requires it, so the tls column must tell them apart.
-    Proxy p("pool-servers", pooled_options("pool_size=1 sslmode=disable"));
+    Proxy p("pool-servers", pooled_options("pool_size=1 sslmode=disable",
+                                           "metrics_listen = 127.0.0.1:" + std::to_string(mport) + "\n"));
     std::string backend, worker;
     {
         Conn a = connect_app(p, "pooled", "watched");
@@ -344,6 +353,19 @@ BOOST_AUTO_TEST_CASE(show_servers_follows_a_connection)
     BOOST_CHECK_EQUAL(rows[0]["worker_pid"], worker);
     BOOST_CHECK_EQUAL(rows[0]["sessions"], "1");
 
+    const std::string url = "http://127.0.0.1:" + std::to_string(mport) + "/metrics";
+    const std::string pool = "pool=\"pooled/postgres/postgres\"";
+    std::string body;
+    BOOST_CHECK_MESSAGE(wait_for([&] {
+                            body = run({"curl", "-sS", "--max-time", "10", url}).out;
+                            return metric(body, "pgwicket_pool_connections{" + pool + ",state=\"warm\"}") == 1;
+                        }),
+                        excerpt(body));
+    BOOST_CHECK_EQUAL(metric(body, "pgwicket_pool_connections{" + pool + ",state=\"active\"}"), 0);
+    BOOST_CHECK_EQUAL(metric(body, "pgwicket_pool_waiting_clients{" + pool + "}"), 0);
+    BOOST_CHECK_EQUAL(metric(body, "pgwicket_pool_longest_wait_seconds{" + pool + "}"), 0);
+    BOOST_CHECK_EQUAL(metric(body, "pgwicket_pool_size{" + pool + "}"), 1);
+
     // The next client gets the warm connection: the same row, active, its second session.
     {
         Conn b = connect_app(p, "pooled", "second");
@@ -353,6 +375,12 @@ BOOST_AUTO_TEST_CASE(show_servers_follows_a_connection)
         BOOST_CHECK_EQUAL(rows[0]["state"], "active");
         BOOST_CHECK_EQUAL(rows[0]["sessions"], "2");
         BOOST_CHECK_EQUAL(rows[0]["idle_s"], "0");
+        BOOST_CHECK_MESSAGE(wait_for([&] {
+                                body = run({"curl", "-sS", "--max-time", "10", url}).out;
+                                return metric(body, "pgwicket_pool_connections{" + pool + ",state=\"active\"}") == 1 &&
+                                       metric(body, "pgwicket_pool_connections{" + pool + ",state=\"warm\"}") == 0;
+                            }),
+                            excerpt(body));
         // A TLS upstream says so.
         Conn c = connect_app(p, "pooledtls", "tls");
         bool tls = false;

@@ -1,7 +1,8 @@
 // Unit tests for the pool's pieces that need no processes: the supervisor's registry
 // (moves, connects, limits, the reserve, waits in order, timeouts, workers that die),
-// the session context that travels with a moved client, route keys, and the SHOW
-// SERVERS rows in the shared table.
+// the session context that travels with a moved client, route keys, the SHOW SERVERS
+// rows in the shared table, and the pool gauges.
+#include "admin/stats.hh"
 #include "pool/context.hh"
 #include "pool/held.hh"
 #include "pool/registry.hh"
@@ -267,6 +268,42 @@ BOOST_AUTO_TEST_CASE(a_lease_frees_its_row_once_wherever_it_moved)
     BOOST_TEST(rows_of(t, me) == 1u);
     held.reset();
     BOOST_TEST(rows_of(t, me) == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(pool_gauges_escape_their_label_and_sum_routes_of_one_name)
+{
+    auto t = make_table();
+    auto* h = t.header();
+    auto row = [&](std::uint32_t i, const std::string& name, std::uint32_t warm, std::uint32_t open,
+                   std::uint32_t waiting, std::uint32_t size, std::int64_t wait_ms) {
+        ipc::PoolRow& r = h->pools[i];
+        r.route.set(name);
+        r.warm.store(warm);
+        r.open.store(open);
+        r.waiting.store(waiting);
+        r.pool_size.store(size);
+        r.longest_wait_ms.store(wait_ms);
+    };
+    row(0, "odd\\\"name\n/u/db", 1, 3, 0, 5, 0);
+    row(1, "plain/u/db", 2, 2, 1, 4, 1500);
+    row(2, "plain/u/db", 0, 1, 2, 4, 2500);  // the same name, other startup settings
+    h->pool_rows.store(3);
+    const std::string text = admin::render_prometheus(admin::collect(t));
+    auto has = [&](const std::string& line) { return text.find("\n" + line + "\n") != std::string::npos; };
+    const std::string odd = "pool=\"odd\\\\\\\"name\\n/u/db\"";
+    BOOST_TEST(has("pgwicket_pool_connections{" + odd + ",state=\"warm\"} 1"), text);
+    BOOST_TEST(has("pgwicket_pool_connections{" + odd + ",state=\"active\"} 2"), text);
+    BOOST_TEST(has("pgwicket_pool_size{" + odd + "} 5"), text);
+    BOOST_TEST(has("pgwicket_pool_connections{pool=\"plain/u/db\",state=\"warm\"} 2"), text);
+    BOOST_TEST(has("pgwicket_pool_connections{pool=\"plain/u/db\",state=\"active\"} 1"), text);
+    BOOST_TEST(has("pgwicket_pool_waiting_clients{pool=\"plain/u/db\"} 3"), text);
+    BOOST_TEST(has("pgwicket_pool_longest_wait_seconds{pool=\"plain/u/db\"} 2.5"), text);
+    BOOST_TEST(has("pgwicket_pool_size{pool=\"plain/u/db\"} 8"), text);
+
+    BOOST_TEST(admin::label_value("caf\xc3\xa9") == "caf\xc3\xa9");
+    BOOST_TEST(admin::label_value("cut\xc3") == "cut\xef\xbf\xbd", "a sequence cut short");
+    BOOST_TEST(admin::label_value("\xff\xc0\x80") == "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");
+    BOOST_TEST(admin::label_value("\xed\xa0\x80").find("\xed") == std::string::npos, "a surrogate");
 }
 
 BOOST_AUTO_TEST_SUITE_END()
