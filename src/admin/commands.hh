@@ -7,7 +7,19 @@
 
 namespace pgw::admin {
 
-enum class CommandId { ShowSessions, ShowStats, ShowDatabases, ShowPools, ShowConfig, ShowVersion, ShowHelp, Reload, Kill, Shutdown };
+enum class CommandId {
+    ShowSessions,
+    ShowStats,
+    ShowDatabases,
+    ShowPools,
+    ShowServers,
+    ShowConfig,
+    ShowVersion,
+    ShowHelp,
+    Reload,
+    Kill,
+    Shutdown
+};
 
 struct CommandSpec {
     CommandId id;

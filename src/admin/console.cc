@@ -17,11 +17,13 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <ctime>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace pgw::admin {
@@ -115,6 +117,7 @@ private:
     void show_stats();
     void show_databases();
     void show_pools();
+    void show_servers();
     void show_config();
     void show_help();
     bool kill_session(const std::string& arg);
@@ -183,6 +186,56 @@ void Console::show_pools()
                         std::to_string(r.pool_size.load(std::memory_order_relaxed))});
     }
     result({"pool", "warm", "active", "waiting", "longest_wait_s", "pool_size"}, rows, "SHOW");
+}
+
+void Console::show_servers()
+{
+    struct Server {
+        std::string pool;
+        ipc::ServerState state;
+        std::uint32_t backend_pid;
+        std::int32_t worker_pid;
+        std::int64_t connected_ms, idle_since_ms, checked_ms;
+        std::uint64_t sessions;
+        bool tls;
+    };
+    std::vector<Server> servers;
+    for (const ipc::ServerRow& r : s_.table.header()->servers) {
+        const std::int32_t owner = r.owner_pid.load(std::memory_order_acquire);
+        if (owner == 0)
+            continue;
+        const auto state = ipc::ServerState(r.state.load(std::memory_order_acquire));
+        if (state == ipc::ServerState::Unset)
+            continue;
+        Server sv{r.pool.get(),
+                  state,
+                  r.backend_pid.load(std::memory_order_relaxed),
+                  owner,
+                  r.connected_ms.load(std::memory_order_relaxed),
+                  r.idle_since_ms.load(std::memory_order_relaxed),
+                  r.checked_ms.load(std::memory_order_relaxed),
+                  r.sessions.load(std::memory_order_relaxed),
+                  r.tls.load(std::memory_order_relaxed) != 0};
+        // Released or taken over while we read: the values may be another owner's.
+        if (r.owner_pid.load(std::memory_order_acquire) != owner)
+            continue;
+        servers.push_back(std::move(sv));
+    }
+    std::sort(servers.begin(), servers.end(), [](const Server& a, const Server& b) {
+        return std::tie(a.pool, a.backend_pid) < std::tie(b.pool, b.backend_pid);
+    });
+    const std::int64_t now = ipc::wall_clock_ms();
+    auto secs = [&](std::int64_t since_ms) {
+        return std::to_string(since_ms > 0 && now > since_ms ? (now - since_ms) / 1000 : 0);
+    };
+    std::vector<Row> rows;
+    for (const auto& sv : servers)
+        rows.push_back({sv.pool, ipc::server_state_name(sv.state), pid_text(sv.backend_pid),
+                        std::to_string(sv.worker_pid), secs(sv.connected_ms),
+                        sv.state == ipc::ServerState::Active ? "0" : secs(sv.idle_since_ms), secs(sv.checked_ms),
+                        std::to_string(sv.sessions), sv.tls ? "t" : "f"});
+    result({"pool", "state", "backend_pid", "worker_pid", "age_s", "idle_s", "last_check_s", "sessions", "tls"}, rows,
+           "SHOW");
 }
 
 void Console::show_config()
@@ -272,6 +325,9 @@ bool Console::execute(const std::string& raw)
             return true;
         case CommandId::ShowPools:
             show_pools();
+            return true;
+        case CommandId::ShowServers:
+            show_servers();
             return true;
         case CommandId::ShowConfig:
             show_config();

@@ -1,10 +1,13 @@
 // Turns a consistent snapshot of the session table into metric families.
-// Label values are fixed words chosen here, never client text, so no escaping is needed.
+// Label values are fixed words chosen here, except the pool names (entry/user/dbname),
+// which go through label_value().
 #include "admin/stats.hh"
 
 #include "session/exit_codes.hh"
 
+#include <algorithm>
 #include <cstdio>
+#include <map>
 #include <utility>
 
 namespace pgw::admin {
@@ -45,7 +48,88 @@ std::string number(double v)
     return buf;
 }
 
+// The pools' gauges, one sample per pool name. Routes that differ only in their
+// startup settings share a name (SHOW POOLS lists them apart): they are summed, and
+// the longest wait is the longest of theirs, so that no series appears twice.
+void add_pools(const ipc::TableHeader& h, std::vector<Family>& out)
+{
+    struct Totals {
+        double warm = 0, active = 0, waiting = 0, longest_wait_s = 0, pool_size = 0;
+    };
+    std::map<std::string, Totals> pools;
+    const std::uint32_t n = std::min(h.pool_rows.load(std::memory_order_acquire), ipc::kPoolRows);
+    for (std::uint32_t i = 0; i < n; ++i) {
+        const ipc::PoolRow& r = h.pools[i];
+        const auto warm = r.warm.load(std::memory_order_relaxed), open = r.open.load(std::memory_order_relaxed);
+        Totals& t = pools[r.route.get()];
+        t.warm += warm;
+        t.active += open >= warm ? open - warm : 0;
+        t.waiting += r.waiting.load(std::memory_order_relaxed);
+        t.longest_wait_s =
+            std::max(t.longest_wait_s, double(r.longest_wait_ms.load(std::memory_order_relaxed)) / 1000.0);
+        t.pool_size += r.pool_size.load(std::memory_order_relaxed);
+    }
+    Family conns = family("pgwicket_pool_connections", "gauge",
+                          "Pooled upstream connections by pool and state (warm: reset and waiting; active: in a "
+                          "session or being opened).");
+    Family waiting = family("pgwicket_pool_waiting_clients", "gauge", "Clients waiting for a connection of the pool.");
+    Family longest = family("pgwicket_pool_longest_wait_seconds", "gauge",
+                            "How long the pool's first waiting client has waited.");
+    Family size = family("pgwicket_pool_size", "gauge", "The pool's pool_size.");
+    for (const auto& [name, t] : pools) {
+        const std::string pool = "pool=\"" + label_value(name) + "\"";
+        add(conns, pool + ",state=\"warm\"", t.warm);
+        add(conns, pool + ",state=\"active\"", t.active);
+        add(waiting, pool, t.waiting);
+        add(longest, pool, t.longest_wait_s);
+        add(size, pool, t.pool_size);
+    }
+    for (Family* f : {&conns, &waiting, &longest, &size})
+        out.push_back(std::move(*f));
+}
+
 } // namespace
+
+std::string label_value(std::string_view v)
+{
+    std::string out;
+    out.reserve(v.size());
+    for (size_t i = 0; i < v.size();) {
+        const auto c = static_cast<unsigned char>(v[i]);
+        if (c < 0x80) {
+            if (c == '\\')
+                out += "\\\\";
+            else if (c == '"')
+                out += "\\\"";
+            else if (c == '\n')
+                out += "\\n";
+            else
+                out.push_back(char(c));
+            ++i;
+            continue;
+        }
+        // The exposition format is UTF-8: a byte that starts no whole sequence (a name
+        // cut at its 63rd byte, say) becomes U+FFFD rather than an unparsable scrape.
+        const size_t len = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+        bool whole = len != 0 && i + len <= v.size();
+        for (size_t k = 1; whole && k < len; ++k)
+            whole = (static_cast<unsigned char>(v[i + k]) & 0xC0) == 0x80;
+        if (whole && len == 3)  // no overlong forms, no surrogates
+            whole = !(c == 0xE0 && static_cast<unsigned char>(v[i + 1]) < 0xA0) &&
+                    !(c == 0xED && static_cast<unsigned char>(v[i + 1]) >= 0xA0);
+        if (whole && len == 4)  // no overlong forms, nothing above U+10FFFF
+            whole = !(c == 0xF0 && static_cast<unsigned char>(v[i + 1]) < 0x90) &&
+                    !(c == 0xF4 && static_cast<unsigned char>(v[i + 1]) >= 0x90);
+        if (whole) {
+            out.append(v.substr(i, len));
+            i += len;
+        } else {
+            out += "\xEF\xBF\xBD";
+            ++i;
+        }
+    }
+    return out;
+}
 
 std::vector<Family> collect(const ipc::SessionTable& table)
 {
@@ -157,6 +241,8 @@ std::vector<Family> collect(const ipc::SessionTable& table)
     add(reloads, "result=\"ok\"", load(sup.reloads));
     add(reloads, "result=\"failed\"", load(sup.reload_failures));
     out.push_back(reloads);
+
+    add_pools(*table.header(), out);
     return out;
 }
 

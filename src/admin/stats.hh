@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace pgw::admin {
@@ -24,6 +25,10 @@ struct Family {
 };
 
 std::vector<Family> collect(const ipc::SessionTable& table);
+
+// A label value as the text format wants it between its double quotes: backslash,
+// double quote and newline escaped; bytes that are not UTF-8 replaced by U+FFFD.
+std::string label_value(std::string_view v);
 
 // The text exposition format (version 0.0.4).
 std::string render_prometheus(const std::vector<Family>& families);

@@ -20,12 +20,7 @@
 namespace pgw::ipc {
 namespace {
 
-std::int64_t now_ms()
-{
-    timespec ts{};
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return std::int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
+std::int64_t now_ms() { return wall_clock_ms(); }
 
 size_t header_size() { return (sizeof(TableHeader) + 63) & ~size_t(63); }
 
@@ -46,6 +41,30 @@ const char* slot_state_name(SlotState s)
         return "idle in transaction";
     case SlotState::IdleInFailedTransaction:
         return "idle in transaction (aborted)";
+    }
+    return "?";
+}
+
+std::int64_t wall_clock_ms()
+{
+    timespec ts{};
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return std::int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+const char* server_state_name(ServerState s)
+{
+    switch (s) {
+    case ServerState::Unset:
+        return "unset";
+    case ServerState::Active:
+        return "active";
+    case ServerState::Warm:
+        return "warm";
+    case ServerState::Checking:
+        return "checking";
+    case ServerState::Resetting:
+        return "resetting";
     }
     return "?";
 }
@@ -131,6 +150,39 @@ void SessionTable::claim(std::uint32_t index, pid_t owner, std::uint64_t session
 void SessionTable::reassign(std::uint32_t index, pid_t owner) const
 {
     slot(index).owner_pid.store(owner, std::memory_order_release);
+}
+
+ServerRow* SessionTable::claim_server_row(pid_t owner) const
+{
+    for (ServerRow& row : header()->servers) {
+        std::int32_t expected = 0;
+        if (row.owner_pid.load(std::memory_order_relaxed) == 0 &&
+            row.owner_pid.compare_exchange_strong(expected, owner, std::memory_order_acq_rel)) {
+            // The last owner left it Unset; readers skip it until the new owner publishes a state.
+            row.state.store(std::uint32_t(ServerState::Unset), std::memory_order_relaxed);
+            return &row;
+        }
+    }
+    return nullptr;
+}
+
+void SessionTable::release_server_row(ServerRow& row, pid_t owner)
+{
+    // Unset first, so that a reader never shows the row under its next owner with
+    // this owner's values.
+    row.state.store(std::uint32_t(ServerState::Unset), std::memory_order_release);
+    std::int32_t expected = owner;
+    row.owner_pid.compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
+}
+
+void SessionTable::release_servers_of(pid_t owner) const
+{
+    // The owner is dead (reaped), so nobody writes its rows any more.
+    if (owner <= 0)
+        return;
+    for (ServerRow& row : header()->servers)
+        if (row.owner_pid.load(std::memory_order_acquire) == owner)
+            release_server_row(row, owner);
 }
 
 void SessionTable::release(std::uint32_t index) const

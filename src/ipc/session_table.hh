@@ -20,7 +20,7 @@
 namespace pgw::ipc {
 
 inline constexpr std::uint32_t kTableMagic = 0x50475754;  // "PGWT"
-inline constexpr std::uint32_t kTableVersion = 6;
+inline constexpr std::uint32_t kTableVersion = 7;
 
 enum class SlotState : std::uint32_t {
     Free = 0,
@@ -32,6 +32,9 @@ enum class SlotState : std::uint32_t {
 };
 
 const char* slot_state_name(SlotState s);
+
+// CLOCK_REALTIME in milliseconds: the table's times, comparable across processes.
+std::int64_t wall_clock_ms();
 
 // Fixed-size text, NUL-terminated, truncated on write.
 struct SlotText {
@@ -139,6 +142,35 @@ struct PoolRow {
     std::atomic<std::int64_t> longest_wait_ms;
 };
 
+// One pooled upstream connection, as the worker holding it last said (SHOW SERVERS).
+// The worker claims a free row (CAS of owner_pid from 0 to its pid), is its only
+// writer, fills it and then publishes `state` (release); it clears the row when it
+// closes the connection, the supervisor when it reaps the worker. A connection that
+// finds no free row works all the same and is not listed.
+inline constexpr std::uint32_t kServerRows = 512;
+
+enum class ServerState : std::uint32_t {
+    Unset = 0,      // free, or claimed and not filled in yet: readers skip it
+    Active = 1,     // in a client's session
+    Warm = 2,       // reset, waiting for a client
+    Checking = 3,   // running server_check_query
+    Resetting = 4,  // running server_reset_query
+};
+
+const char* server_state_name(ServerState s);
+
+struct alignas(64) ServerRow {
+    std::atomic<std::int32_t> owner_pid;  // the worker holding the connection; 0: free
+    std::atomic<std::uint32_t> state;     // ServerState
+    std::atomic<std::uint32_t> backend_pid;
+    std::atomic<std::uint32_t> tls;       // 1: the upstream connection uses TLS
+    std::atomic<std::uint64_t> sessions;  // served so far, the current one included
+    // CLOCK_REALTIME, milliseconds: connected, last session ended (0 while active),
+    // last known good (connect, server_check_query, or the reset after a session).
+    std::atomic<std::int64_t> connected_ms, idle_since_ms, checked_ms;
+    SlotText pool;  // "entry/user/dbname"
+};
+
 struct TableHeader {
     std::uint32_t magic;
     std::uint32_t version;
@@ -156,6 +188,8 @@ struct TableHeader {
     SupervisorCounters supervisor;
     std::atomic<std::uint32_t> pool_rows;  // rows of `pools` in use
     PoolRow pools[kPoolRows];
+    std::atomic<std::uint32_t> servers_full_warned;  // 1 once a worker has logged that no row was free
+    ServerRow servers[kServerRows];
 };
 
 // The segment's layout is a checked contract between processes of one binary.
@@ -163,6 +197,8 @@ static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 static_assert(std::atomic<std::int64_t>::is_always_lock_free);
 static_assert(std::is_standard_layout_v<Slot> && std::is_standard_layout_v<TableHeader>);
+static_assert(std::is_standard_layout_v<ServerRow>);
+static_assert(std::atomic<std::int32_t>::is_always_lock_free);
 static_assert(std::is_trivially_copyable_v<SlotText>);
 static_assert(sizeof(Slot::secret_words) == 32, "a protocol 3.2 secret (kSecretBytes) must fit");
 
@@ -193,6 +229,13 @@ public:
     void release(std::uint32_t index) const;
     // The session in this slot moved to another worker (a warm one, pooling).
     void reassign(std::uint32_t index, pid_t owner) const;
+
+    // Worker side: claims a free server row for a pooled connection `owner` holds;
+    // null when every row is taken. The owner clears it with release_server_row.
+    ServerRow* claim_server_row(pid_t owner) const;
+    static void release_server_row(ServerRow& row, pid_t owner);
+    // Supervisor side: clears the rows of a worker it has reaped.
+    void release_servers_of(pid_t owner) const;
 
     // Shared rate limit: true when a bad-cancel log line may be written now.
     bool may_log_bad_cancel() const;

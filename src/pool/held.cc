@@ -1,12 +1,17 @@
-// Talking to a held upstream between sessions: reset, application_name, checks.
+// Talking to a held upstream between sessions: reset, application_name, checks;
+// and its row in the shared table's SHOW SERVERS list.
 #include "pool/held.hh"
 
+#include "common/log.hh"
+#include "pool/context.hh"
 #include "protocol/bytes.hh"
 #include "protocol/messages.hh"
 
 #include <poll.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 #include <vector>
 
@@ -149,6 +154,43 @@ void close_gracefully(HeldUpstream& held)
 {
     // PQfinish sends Terminate on a non-blocking socket and frees the connection.
     held.conn.reset();
+    held.row.release();
+}
+
+void ServerRowLease::release()
+{
+    if (row_)
+        ipc::SessionTable::release_server_row(*std::exchange(row_, nullptr), ::getpid());
+}
+
+void mark_server(HeldUpstream& held, const ipc::SessionTable& table, ServerState state)
+{
+    using namespace std::chrono;
+    if (!table.valid() || !held.conn)
+        return;
+    // The held times are steady-clock; the row's are wall-clock, for other processes.
+    const auto now = net::Clock::now();
+    const std::int64_t wall_now = ipc::wall_clock_ms();
+    auto wall = [&](net::Clock::time_point t) { return wall_now - duration_cast<milliseconds>(now - t).count(); };
+    if (!held.row) {
+        held.row = ServerRowLease(table.claim_server_row(::getpid()));
+        if (!held.row) {
+            if (table.header()->servers_full_warned.exchange(1, std::memory_order_relaxed) == 0)
+                log_warning("SHOW SERVERS lists at most %u pooled connections; more are open, and are not listed",
+                            unsigned(ipc::kServerRows));
+            return;
+        }
+        ipc::ServerRow& r = *held.row.get();
+        r.pool.set(route_label(held.route));
+        r.backend_pid.store(held.backend_pid, std::memory_order_relaxed);
+        r.tls.store(PQsslInUse(held.conn.get()) ? 1 : 0, std::memory_order_relaxed);
+        r.connected_ms.store(wall(held.created), std::memory_order_relaxed);
+    }
+    ipc::ServerRow& r = *held.row.get();
+    r.idle_since_ms.store(state == ServerState::Active ? 0 : wall(held.idle_since), std::memory_order_relaxed);
+    r.checked_ms.store(wall(held.checked), std::memory_order_relaxed);
+    r.sessions.store(held.sessions, std::memory_order_relaxed);
+    r.state.store(std::uint32_t(state), std::memory_order_release);
 }
 
 } // namespace pgw::pool

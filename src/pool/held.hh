@@ -5,6 +5,7 @@
 
 #include "common/net.hh"
 #include "common/result.hh"
+#include "ipc/session_table.hh"
 #include "upstream/connect.hh"
 #include "upstream/transport.hh"
 
@@ -12,8 +13,38 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 
 namespace pgw::pool {
+
+using ServerState = ipc::ServerState;
+
+// This process's row in the shared table's SHOW SERVERS list, cleared when the lease
+// ends (the connection is closed, or its HeldUpstream destroyed). Move-only.
+class ServerRowLease {
+public:
+    ServerRowLease() = default;
+    explicit ServerRowLease(ipc::ServerRow* row) : row_(row) {}
+    ServerRowLease(ServerRowLease&& o) noexcept : row_(std::exchange(o.row_, nullptr)) {}
+    ServerRowLease& operator=(ServerRowLease&& o) noexcept
+    {
+        if (this != &o) {
+            release();
+            row_ = std::exchange(o.row_, nullptr);
+        }
+        return *this;
+    }
+    ServerRowLease(const ServerRowLease&) = delete;
+    ServerRowLease& operator=(const ServerRowLease&) = delete;
+    ~ServerRowLease() { release(); }
+
+    ipc::ServerRow* get() const { return row_; }
+    explicit operator bool() const { return row_ != nullptr; }
+    void release();
+
+private:
+    ipc::ServerRow* row_ = nullptr;
+};
 
 struct HeldUpstream {
     upstream::PgConnPtr conn;
@@ -27,6 +58,7 @@ struct HeldUpstream {
     // it is warm first (so the next client is not sent elsewhere meanwhile), then resets
     // before it reads its next message.
     bool reset_pending = false;
+    ServerRowLease row;  // in SHOW SERVERS, once mark_server has found a free row
 
     int fd() const { return PQsocket(conn.get()); }
     // A transport over libpq's socket (and its TLS session); the connection must outlive it.
@@ -47,5 +79,10 @@ bool stirred(const HeldUpstream& held);
 
 // Sends Terminate (best effort, never blocking) and closes the connection.
 void close_gracefully(HeldUpstream& held);
+
+// Publishes the connection's state, its times and session count in its SHOW SERVERS
+// row, claiming a free row of `table` on the first call. Without a free row the
+// connection works all the same and is not listed (one warning per pgwicket run).
+void mark_server(HeldUpstream& held, const ipc::SessionTable& table, ServerState state);
 
 } // namespace pgw::pool

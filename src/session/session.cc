@@ -564,6 +564,7 @@ ExitCode Session::pooled_session(const Login& login, const protocol::StartupMess
     }
     auto& held = *ws_.held;
     ++held.sessions;
+    pool::mark_server(held, table_, pool::ServerState::Active);
     auto out = establish(held, true);
     if (!out.reusable) {
         if (!out.at_boundary)

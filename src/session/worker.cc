@@ -96,6 +96,7 @@ void scrub_between_sessions()
             pool::close_gracefully(held);
             _exit(kExitChannelError);
         }
+        pool::mark_server(held, table, pool::ServerState::Warm);
         log_debug("warm");
         bool leaving = false;
         if (held.reset_pending) {

@@ -439,6 +439,7 @@ void Supervisor::reap()
             table_.release(w.slot);
             free_slots_.push_back(w.slot);
         }
+        table_.release_servers_of(pid);
         workers_.erase(it);
         // Its pooled connection, or its place in a pool's queue, is free now.
         perform(pool_.gone(pid, Clock::now()));

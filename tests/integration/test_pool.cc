@@ -1,7 +1,8 @@
 // Session pooling through the real binary and a real server: a second client on a
 // pooled route reuses the first one's backend (same pid) and finds nothing it left;
 // connections of doubtful state are never reused; limits, waits and 53300; a warm
-// connection the server ended; cancel keys that follow the session, not the backend.
+// connection the server ended; cancel keys that follow the session, not the backend;
+// SHOW SERVERS and the pool gauges.
 #include "harness.hh"
 #include "tls_fixtures.hh"
 
@@ -10,9 +11,12 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <map>
 #include <string>
 #include <thread>
+#include <vector>
 
 using namespace pgw::it;
 
@@ -27,7 +31,11 @@ ProxyOptions pooled_options(const std::string& entry_extra = "pool_size=1", cons
                         " dbname=postgres user=postgres pool_mode=session " + entry_extra + "\n" +
                         "pooledtls = host=127.0.0.1 port=" + std::to_string(env().pg_port) +
                         " dbname=postgres user=postgres sslmode=require pool_mode=session pool_size=1\n";
-    o.extra_settings = "server_check_delay = 0\nstats_users = postgres\n" + settings;
+    // The metrics endpoint is served by short-lived workers, never by a warm one, so it
+    // shows the pools without disturbing them (a console session may land on the warm
+    // worker it is asking about).
+    o.extra_settings = "server_check_delay = 0\nstats_users = postgres\nmetrics_listen = 127.0.0.1:" +
+                       std::to_string(free_port()) + "\n" + settings;
     return o;
 }
 
@@ -129,6 +137,33 @@ BOOST_AUTO_TEST_CASE(a_connection_left_in_doubt_is_never_reused)
     check_clean_stop(p);
 }
 
+// A sample's value in a Prometheus text body, or -1.
+double metric(const std::string& body, const std::string& series)
+{
+    size_t at = body.find("\n" + series + " ");
+    return at == std::string::npos ? -1 : std::stod(body.substr(at + series.size() + 2));
+}
+
+// The metrics endpoint of a proxy made with pooled_options.
+std::string metrics_url(Proxy& p)
+{
+    const std::string conf = read_file(p.config_path());
+    const std::string key = "metrics_listen = ";
+    const size_t at = conf.find(key);
+    return "http://" + conf.substr(at + key.size(), conf.find('\n', at) - at - key.size()) + "/metrics";
+}
+
+// The "pooled" entry's gauges as "warm active waiting pool_size".
+std::string pool_gauges(Proxy& p)
+{
+    const std::string body = run({"curl", "-sS", "--max-time", "10", metrics_url(p)}).out;
+    const std::string pool = "pool=\"pooled/postgres/postgres\"";
+    auto v = [&](const std::string& series) { return std::to_string(long(metric(body, series))); };
+    return v("pgwicket_pool_connections{" + pool + ",state=\"warm\"}") + " " +
+           v("pgwicket_pool_connections{" + pool + ",state=\"active\"}") + " " +
+           v("pgwicket_pool_waiting_clients{" + pool + "}") + " " + v("pgwicket_pool_size{" + pool + "}");
+}
+
 // SHOW POOLS' row for the "pooled" entry as "warm active waiting pool_size", or "".
 std::string pool_row(Proxy& p)
 {
@@ -152,6 +187,7 @@ BOOST_AUTO_TEST_CASE(full_pool_waits_in_order_then_53300)
     Conn waiter;
     std::thread wait([&] { waiter = connect_app(p, "pooled", "waiter"); });
     BOOST_CHECK_MESSAGE(wait_for([&] { return pool_row(p) == "0 1 1 1"; }), "SHOW POOLS: " << pool_row(p));
+    BOOST_CHECK_EQUAL(pool_gauges(p), "0 1 1 1");
     holder.reset();
     wait.join();
     BOOST_CHECK_EQUAL(pid_of(waiter.get()), pid);
@@ -162,7 +198,7 @@ BOOST_AUTO_TEST_CASE(full_pool_waits_in_order_then_53300)
     BOOST_CHECK_MESSAGE(contains(err, "pooled/postgres/postgres") && contains(err, "query_wait_timeout"), err);
     BOOST_CHECK_EQUAL(scalar(waiter.get(), "SELECT 1"), "1");
     waiter.reset();
-    BOOST_CHECK_MESSAGE(wait_for([&] { return pool_row(p) == "1 0 0 1"; }), "SHOW POOLS: " << pool_row(p));
+    BOOST_CHECK_MESSAGE(wait_for([&] { return pool_gauges(p) == "1 0 0 1"; }), "metrics: " << pool_gauges(p));
     check_clean_stop(p);
 }
 
@@ -295,6 +331,14 @@ BOOST_AUTO_TEST_CASE(every_tls_combination_reuses_the_backend)
                 BOOST_CHECK_EQUAL(PQsslInUse(a.get()), std::string(sslmode) == "require" ? 1 : 0);
                 pid = pid_of(a.get());
             }
+            // A client that reconnects before the worker has gone warm is served by another
+            // connection (a TLS client cannot move to it): wait, as a pause between
+            // requests would.
+            const std::string series = std::string("pgwicket_pool_connections{pool=\"") + db +
+                                       "/postgres/postgres\",state=\"warm\"}";
+            BOOST_CHECK(wait_for([&] {
+                return metric(run({"curl", "-sS", "--max-time", "10", metrics_url(p)}).out, series) == 1;
+            }));
             Conn b = connect_ok(p.conninfo(db, "postgres", std::string("application_name=second sslmode=") + sslmode));
             BOOST_CHECK_MESSAGE(pid_of(b.get()) == pid, what << ": the backend was not reused\n" << p.log_tail());
             BOOST_CHECK_EQUAL(scalar(b.get(), "SELECT 1"), "1");
@@ -316,8 +360,11 @@ BOOST_AUTO_TEST_CASE(a_warm_worker_given_another_kind_of_client)
         Conn a = connect_app(p, "pooled", "first");
         pid = pid_of(a.get());
     }
-    // The console: served, and the pooled connection stays warm for the next client.
-    BOOST_CHECK_EQUAL(pool_row(p).substr(0, 2), "1 ");
+    // The console (which lands on the warm worker): served, and the pooled connection
+    // stays warm for the next client.
+    BOOST_CHECK(wait_for([&] { return pool_gauges(p) == "1 0 0 1"; }));
+    BOOST_CHECK(!pool_row(p).empty());
+    BOOST_CHECK_MESSAGE(wait_for([&] { return pool_gauges(p) == "1 0 0 1"; }), pool_gauges(p));
     {
         Conn b = connect_app(p, "pooled", "second");
         BOOST_CHECK_EQUAL(pid_of(b.get()), pid);
@@ -353,6 +400,110 @@ BOOST_AUTO_TEST_CASE(a_warm_worker_given_another_kind_of_client)
                             return backends == open;
                         }),
                         "pooled backends and SHOW POOLS disagree\n" << p.log_tail());
+    check_clean_stop(p);
+}
+
+// SHOW SERVERS' rows, each as column name -> value.
+std::vector<std::map<std::string, std::string>> server_rows(Proxy& p)
+{
+    Conn console = connect_ok(p.conninfo("pgwicket", "postgres"));
+    Result r(PQexec(console.get(), "SHOW SERVERS"));
+    BOOST_REQUIRE_MESSAGE(PQresultStatus(r.get()) == PGRES_TUPLES_OK, PQresultErrorMessage(r.get()));
+    std::vector<std::map<std::string, std::string>> rows;
+    for (int i = 0; i < PQntuples(r.get()); ++i) {
+        auto& row = rows.emplace_back();
+        for (int j = 0; j < PQnfields(r.get()); ++j)
+            row[PQfname(r.get(), j)] = PQgetvalue(r.get(), i, j);
+    }
+    return rows;
+}
+
+std::string text_of(const std::vector<std::map<std::string, std::string>>& rows)
+{
+    std::string out;
+    for (const auto& row : rows) {
+        for (const auto& [k, v] : row)
+            out += k + "=" + v + " ";
+        out += "\n";
+    }
+    return out;
+}
+
+
+BOOST_AUTO_TEST_CASE(show_servers_and_pool_gauges_follow_a_connection)
+{
+    // sslmode=disable: the "pooled" entry's connection is plaintext (libpq would prefer TLS),
+    // "pooledtls" requires it, so the tls column must tell them apart.
+    Proxy p("pool-servers", pooled_options("pool_size=1 sslmode=disable"));
+    std::string backend, worker;
+    {
+        Conn a = connect_app(p, "pooled", "watched");
+        backend = pid_of(a.get());
+        auto rows = server_rows(p);
+        BOOST_REQUIRE_MESSAGE(rows.size() == 1, text_of(rows));
+        auto& r = rows[0];
+        BOOST_CHECK_EQUAL(r["pool"], "pooled/postgres/postgres");
+        BOOST_CHECK_EQUAL(r["state"], "active");
+        BOOST_CHECK_EQUAL(r["backend_pid"], backend);
+        BOOST_CHECK_EQUAL(r["idle_s"], "0");
+        BOOST_CHECK_EQUAL(r["sessions"], "1");
+        BOOST_CHECK_EQUAL(r["tls"], "f");
+        BOOST_CHECK_EQUAL(direct_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = " + backend), "f");
+        worker = r["worker_pid"];
+        const auto children = children_of(p.pid());
+        BOOST_CHECK_MESSAGE(std::find(children.begin(), children.end(), pid_t(std::stol(worker))) != children.end(),
+                            "worker_pid " << worker << " is not a child of the proxy");
+        // The worker that holds the upstream is the one serving this client.
+        BOOST_CHECK_EQUAL(std::to_string(worker_serving(PQsocket(a.get()), p.port(), p.pid())), worker);
+    }
+    // The worker resets the connection and goes warm after its client has gone.
+    std::vector<std::map<std::string, std::string>> rows;
+    BOOST_CHECK_MESSAGE(wait_for([&] {
+                            rows = server_rows(p);
+                            return rows.size() == 1 && rows[0]["state"] == "warm";
+                        }),
+                        "SHOW SERVERS:\n" << text_of(rows));
+    BOOST_REQUIRE_EQUAL(rows.size(), 1u);
+    BOOST_CHECK_EQUAL(rows[0]["backend_pid"], backend);
+    BOOST_CHECK_EQUAL(rows[0]["worker_pid"], worker);
+    BOOST_CHECK_EQUAL(rows[0]["sessions"], "1");
+
+    const std::string url = metrics_url(p);
+    const std::string pool = "pool=\"pooled/postgres/postgres\"";
+    std::string body;
+    BOOST_CHECK_MESSAGE(wait_for([&] {
+                            body = run({"curl", "-sS", "--max-time", "10", url}).out;
+                            return metric(body, "pgwicket_pool_connections{" + pool + ",state=\"warm\"}") == 1;
+                        }),
+                        excerpt(body));
+    BOOST_CHECK_EQUAL(metric(body, "pgwicket_pool_connections{" + pool + ",state=\"active\"}"), 0);
+    BOOST_CHECK_EQUAL(metric(body, "pgwicket_pool_waiting_clients{" + pool + "}"), 0);
+    BOOST_CHECK_EQUAL(metric(body, "pgwicket_pool_longest_wait_seconds{" + pool + "}"), 0);
+    BOOST_CHECK_EQUAL(metric(body, "pgwicket_pool_size{" + pool + "}"), 1);
+
+    // The next client gets the warm connection: the same row, active, its second session.
+    {
+        Conn b = connect_app(p, "pooled", "second");
+        BOOST_REQUIRE_EQUAL(pid_of(b.get()), backend);
+        rows = server_rows(p);
+        BOOST_REQUIRE_MESSAGE(rows.size() == 1, text_of(rows));
+        BOOST_CHECK_EQUAL(rows[0]["state"], "active");
+        BOOST_CHECK_EQUAL(rows[0]["sessions"], "2");
+        BOOST_CHECK_EQUAL(rows[0]["idle_s"], "0");
+        BOOST_CHECK_MESSAGE(wait_for([&] {
+                                body = run({"curl", "-sS", "--max-time", "10", url}).out;
+                                return metric(body, "pgwicket_pool_connections{" + pool + ",state=\"active\"}") == 1 &&
+                                       metric(body, "pgwicket_pool_connections{" + pool + ",state=\"warm\"}") == 0;
+                            }),
+                            excerpt(body));
+        // A TLS upstream says so.
+        Conn c = connect_app(p, "pooledtls", "tls");
+        bool tls = false;
+        for (auto& r : server_rows(p))
+            tls = tls || (r["pool"] == "pooledtls/postgres/postgres" && r["tls"] == "t" && r["state"] == "active" &&
+                          r["backend_pid"] == pid_of(c.get()));
+        BOOST_CHECK_MESSAGE(tls, "SHOW SERVERS:\n" << text_of(server_rows(p)));
+    }
     check_clean_stop(p);
 }
 

@@ -1,11 +1,18 @@
 // Unit tests for the pool's pieces that need no processes: the supervisor's registry
 // (moves, connects, limits, the reserve, waits in order, timeouts, workers that die),
-// the session context that travels with a moved client, and route keys.
+// the session context that travels with a moved client, route keys, the SHOW SERVERS
+// rows in the shared table, and the pool gauges.
+#include "admin/stats.hh"
 #include "pool/context.hh"
+#include "pool/held.hh"
 #include "pool/registry.hh"
 
 #include <boost/test/unit_test.hpp>
 
+#include <unistd.h>
+
+#include <optional>
+#include <set>
 #include <string>
 
 using namespace pgw;
@@ -177,6 +184,126 @@ BOOST_AUTO_TEST_CASE(route_keys_ignore_application_name_and_hide_passwords)
     BOOST_CHECK_NE(pool::route_key("orders", a), pool::route_key("other", a));
     BOOST_CHECK(pool::route_key("orders", a).find("hunter2") == std::string::npos);
     BOOST_CHECK_EQUAL(pool::route_label(pool::route_key("orders", a)), "orders/app/orders");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// The SHOW SERVERS rows: claimed by CAS on the owner's pid, one row per claim, none
+// when all are taken; cleared by their owner (through the lease) or, for a reaped
+// worker, by the supervisor, without touching other workers' rows.
+BOOST_AUTO_TEST_SUITE(pool_server_rows)
+
+ipc::SessionTable make_table()
+{
+    auto t = ipc::SessionTable::create(4, 0);
+    BOOST_TEST_REQUIRE(t.ok(), "SessionTable::create failed: " << (t.ok() ? "" : t.error()));
+    return std::move(*t);
+}
+
+std::size_t rows_of(const ipc::SessionTable& t, pid_t owner)
+{
+    std::size_t n = 0;
+    for (const auto& r : t.header()->servers)
+        n += r.owner_pid.load() == owner;
+    return n;
+}
+
+BOOST_AUTO_TEST_CASE(claims_are_distinct_until_full_and_reaping_frees_only_the_dead)
+{
+    auto t = make_table();
+    std::set<ipc::ServerRow*> seen;
+    for (std::uint32_t i = 0; i < ipc::kServerRows; ++i) {
+        ipc::ServerRow* r = t.claim_server_row(i % 2 ? 1001 : 1002);
+        BOOST_TEST_REQUIRE(r != nullptr, "row " << i << " of " << ipc::kServerRows);
+        BOOST_TEST(r->state.load() == std::uint32_t(ipc::ServerState::Unset));
+        seen.insert(r);
+    }
+    BOOST_TEST(seen.size() == std::size_t(ipc::kServerRows));
+    BOOST_TEST(t.claim_server_row(1003) == nullptr, "a full table must say so");
+
+    t.header()->servers[0].state.store(std::uint32_t(ipc::ServerState::Warm));
+    t.release_servers_of(1002);
+    BOOST_TEST(rows_of(t, 1002) == 0u);
+    BOOST_TEST(rows_of(t, 1001) == std::size_t(ipc::kServerRows / 2));
+    BOOST_TEST(t.header()->servers[0].state.load() == std::uint32_t(ipc::ServerState::Unset),
+               "a freed row must not keep its last state");
+    BOOST_TEST(t.claim_server_row(1003) != nullptr);
+
+    // Only the owner's release frees a row.
+    ipc::ServerRow& mine = t.header()->servers[1];
+    BOOST_TEST_REQUIRE(mine.owner_pid.load() == 1001);
+    ipc::SessionTable::release_server_row(mine, 1002);
+    BOOST_TEST(mine.owner_pid.load() == 1001);
+    ipc::SessionTable::release_server_row(mine, 1001);
+    BOOST_TEST(mine.owner_pid.load() == 0);
+}
+
+BOOST_AUTO_TEST_CASE(a_lease_frees_its_row_once_wherever_it_moved)
+{
+    auto t = make_table();
+    const pid_t me = ::getpid();
+    {
+        pool::ServerRowLease outer;
+        {
+            pool::ServerRowLease first(t.claim_server_row(me));
+            BOOST_TEST_REQUIRE(bool(first));
+            pool::ServerRowLease second(std::move(first));
+            BOOST_TEST(!first);
+            outer = std::move(second);
+        }
+        BOOST_TEST(rows_of(t, me) == 1u, "a moved-from lease must not free the row");
+        // Assigning over a lease frees the row it had.
+        outer = pool::ServerRowLease(t.claim_server_row(me));
+        BOOST_TEST(rows_of(t, me) == 1u);
+    }
+    BOOST_TEST(rows_of(t, me) == 0u);
+
+    // HeldUpstream carries its lease through std::optional moves.
+    std::optional<pool::HeldUpstream> held;
+    {
+        pool::HeldUpstream h;
+        h.row = pool::ServerRowLease(t.claim_server_row(me));
+        held = std::move(h);
+    }
+    BOOST_TEST(rows_of(t, me) == 1u);
+    held.reset();
+    BOOST_TEST(rows_of(t, me) == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(pool_gauges_escape_their_label_and_sum_routes_of_one_name)
+{
+    auto t = make_table();
+    auto* h = t.header();
+    auto row = [&](std::uint32_t i, const std::string& name, std::uint32_t warm, std::uint32_t open,
+                   std::uint32_t waiting, std::uint32_t size, std::int64_t wait_ms) {
+        ipc::PoolRow& r = h->pools[i];
+        r.route.set(name);
+        r.warm.store(warm);
+        r.open.store(open);
+        r.waiting.store(waiting);
+        r.pool_size.store(size);
+        r.longest_wait_ms.store(wait_ms);
+    };
+    row(0, "odd\\\"name\n/u/db", 1, 3, 0, 5, 0);
+    row(1, "plain/u/db", 2, 2, 1, 4, 1500);
+    row(2, "plain/u/db", 0, 1, 2, 4, 2500);  // the same name, other startup settings
+    h->pool_rows.store(3);
+    const std::string text = admin::render_prometheus(admin::collect(t));
+    auto has = [&](const std::string& line) { return text.find("\n" + line + "\n") != std::string::npos; };
+    const std::string odd = "pool=\"odd\\\\\\\"name\\n/u/db\"";
+    BOOST_TEST(has("pgwicket_pool_connections{" + odd + ",state=\"warm\"} 1"), text);
+    BOOST_TEST(has("pgwicket_pool_connections{" + odd + ",state=\"active\"} 2"), text);
+    BOOST_TEST(has("pgwicket_pool_size{" + odd + "} 5"), text);
+    BOOST_TEST(has("pgwicket_pool_connections{pool=\"plain/u/db\",state=\"warm\"} 2"), text);
+    BOOST_TEST(has("pgwicket_pool_connections{pool=\"plain/u/db\",state=\"active\"} 1"), text);
+    BOOST_TEST(has("pgwicket_pool_waiting_clients{pool=\"plain/u/db\"} 3"), text);
+    BOOST_TEST(has("pgwicket_pool_longest_wait_seconds{pool=\"plain/u/db\"} 2.5"), text);
+    BOOST_TEST(has("pgwicket_pool_size{pool=\"plain/u/db\"} 8"), text);
+
+    BOOST_TEST(admin::label_value("caf\xc3\xa9") == "caf\xc3\xa9");
+    BOOST_TEST(admin::label_value("cut\xc3") == "cut\xef\xbf\xbd", "a sequence cut short");
+    BOOST_TEST(admin::label_value("\xff\xc0\x80") == "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");
+    BOOST_TEST(admin::label_value("\xed\xa0\x80").find("\xed") == std::string::npos, "a surrogate");
 }
 
 BOOST_AUTO_TEST_SUITE_END()
