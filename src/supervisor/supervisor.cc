@@ -28,6 +28,7 @@
 #include <cstring>
 #include <deque>
 #include <map>
+#include <unordered_map>
 #include <string>
 
 namespace pgw::supervisor {
@@ -61,7 +62,7 @@ struct Worker {
     std::uint32_t slot = ipc::kNoSlot;
     Clock::time_point since = Clock::now();
     std::uint64_t generation = 0;  // of the configuration it was forked with
-    bool speculative = false;      // a warm worker given a new connection of a route not known yet
+    std::string peer_host;         // of its session's client: whose guess its messages update
     // A pooled client waiting for a decision (NeedRoute): what goes to a warm worker.
     ipc::Handoff asked{};
     UniqueFd asked_client;
@@ -126,12 +127,11 @@ private:
     Clock::time_point spawn_blocked_until_{};
     pool::Registry pool_;
     std::uint64_t generation_ = 0;  // bumped by every reload
-    // New connections go straight to a warm worker of the route most recently used (one
-    // process hop instead of three, and TLS clients reuse connections too). After a
-    // guess that missed, the next kSpeculationBackoff connections go to spares.
-    std::string guess_route_;
-    int guess_backoff_ = 0;
-    void missed_guess(Worker& w);
+    // New connections go straight to a warm worker of the route the same client host
+    // used last (one process hop instead of three, and TLS clients reuse connections
+    // too). A host's guess follows what its clients ask for; a bounded map.
+    std::unordered_map<std::string, std::string> guesses_;
+    void guess(const std::string& host, const std::string& route);
 };
 
 size_t Supervisor::count(Worker::State s) const
@@ -314,11 +314,10 @@ void Supervisor::dispatch(UniqueFd client, const sockaddr_storage& peer, socklen
             h.session_id = next_session_id_++;
         }
     }
+    std::string host = kind == ListenerKind::Metrics ? std::string() : net::peer_host(peer, peer_len);
     if (!refuse && kind != ListenerKind::Metrics) {
-        if (guess_backoff_ > 0) {
-            --guess_backoff_;
-        } else if (!guess_route_.empty()) {
-            while (pid_t warm = pool_.take_warm(guess_route_)) {
+        if (auto g = guesses_.find(host); g != guesses_.end()) {
+            while (pid_t warm = pool_.take_warm(g->second)) {
                 Worker& w = workers_.at(warm);
                 h.slot = free_slots_.back();
                 if (!ipc::send_handoff(w.channel.get(), h, client.get())) {
@@ -331,7 +330,7 @@ void Supervisor::dispatch(UniqueFd client, const sockaddr_storage& peer, socklen
                 table_.claim(h.slot, warm, h.session_id);
                 w.slot = h.slot;
                 w.state = Worker::State::Busy;
-                w.speculative = true;
+                w.peer_host = host;
                 w.session_id = h.session_id;
                 w.since = Clock::now();
                 log_debug("C-%llu: %s handed to warm worker %d", (unsigned long long)h.session_id,
@@ -366,6 +365,7 @@ void Supervisor::dispatch(UniqueFd client, const sockaddr_storage& peer, socklen
         }
         w.state = refuse ? Worker::State::Refusing : Worker::State::Busy;
         w.session_id = h.session_id;
+        w.peer_host = host;
         w.since = Clock::now();
         log_debug("C-%llu: %s handed to worker %d", (unsigned long long)h.session_id,
                   net::describe_peer(peer, peer_len).c_str(), int(pid));
@@ -481,7 +481,8 @@ void Supervisor::on_channel(pid_t pid, std::uint32_t events)
         break;
     case ipc::HandoffType::Released:
         if (w.state == Worker::State::Busy) {
-            missed_guess(w);
+            // An unpooled session: no guess for that host until it uses a pool again.
+            guesses_.erase(w.peer_host);
             perform(pool_.gone(pid, Clock::now()));
             return;
         }
@@ -529,10 +530,7 @@ void Supervisor::on_need_route(Worker& w, ipc::Received&& msg)
     w.asked.slot = w.slot;
     w.asked.type = ipc::HandoffType::MoveClient;
     const bool can_move = msg.client.valid();
-    if (pool_.held_route(w.pid))
-        missed_guess(w);  // a warm worker got a client of another route
-    else
-        guess_route_ = ctx->route;
+    guess(w.peer_host, ctx->route);
     w.asked_client = std::move(msg.client);
     w.asked_context = std::move(msg.payload);
     perform(pool_.request(w.pid, ctx->route, limits_for(ctx->entry), can_move, Clock::now()));
@@ -594,17 +592,15 @@ void Supervisor::on_warm(Worker& w, const std::string& route)
         return;
     }
     w.state = Worker::State::Warm;
-    w.speculative = false;
-    guess_route_ = route;
+    guess(w.peer_host, route);
     perform(actions);
 }
 
-void Supervisor::missed_guess(Worker& w)
+void Supervisor::guess(const std::string& host, const std::string& route)
 {
-    if (!w.speculative)
-        return;
-    w.speculative = false;
-    guess_backoff_ = 16;
+    if (guesses_.size() >= 4096 && !guesses_.count(host))
+        guesses_.clear();  // bounded: clients from many hosts start over
+    guesses_[host] = route;
 }
 
 // Carries out the pool's decisions. A worker that cannot be told is dead or dying:
@@ -650,6 +646,7 @@ void Supervisor::perform(const std::vector<pool::Action>& actions)
             }
             Worker& w = warm->second;
             w.state = Worker::State::Busy;
+            w.peer_host = s.peer_host;
             w.session_id = s.session_id;
             w.slot = s.slot;
             w.since = Clock::now();
