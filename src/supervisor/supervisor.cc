@@ -381,7 +381,8 @@ void Supervisor::accept_all(size_t index)
     for (;;) {
         sockaddr_storage peer{};
         socklen_t len = sizeof peer;
-        int fd = accept4(l.fd.get(), reinterpret_cast<sockaddr*>(&peer), &len, SOCK_CLOEXEC);
+        // Non-blocking from the start, as every worker wants it (it saves each one a fcntl).
+        int fd = accept4(l.fd.get(), reinterpret_cast<sockaddr*>(&peer), &len, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
