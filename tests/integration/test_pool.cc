@@ -507,4 +507,28 @@ BOOST_AUTO_TEST_CASE(show_servers_and_pool_gauges_follow_a_connection)
     check_clean_stop(p);
 }
 
+// A reload retires warm connections (they were opened under the old configuration) with
+// a Terminate; a stop closes them too.
+BOOST_AUTO_TEST_CASE(reload_and_stop_close_warm_connections)
+{
+    Proxy p("pool-reload", pooled_options());
+    std::string pid;
+    {
+        Conn a = connect_app(p, "pooled", "before-reload");
+        pid = pid_of(a.get());
+    }
+    BOOST_REQUIRE(wait_for([&] { return pool_gauges(p) == "1 0 0 1"; }));
+    BOOST_REQUIRE(::kill(p.pid(), SIGHUP) == 0);
+    BOOST_CHECK_MESSAGE(wait_for([&] { return !backend_alive(pid); }), "a reload left the warm connection open");
+    std::string after;
+    {
+        Conn b = connect_app(p, "pooled", "after-reload");
+        after = pid_of(b.get());
+        BOOST_CHECK_NE(after, pid);
+    }
+    BOOST_REQUIRE(wait_for([&] { return pool_gauges(p) == "1 0 0 1"; }));
+    check_clean_stop(p);
+    BOOST_CHECK_MESSAGE(wait_for([&] { return !backend_alive(after); }), "a stop left the warm connection open");
+}
+
 BOOST_AUTO_TEST_SUITE_END()
