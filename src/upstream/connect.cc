@@ -39,6 +39,25 @@ std::string first_line(std::string s)
     return s;
 }
 
+// Where a connection attempt stood when it timed out, for the message.
+const char* stage_name(ConnStatusType st)
+{
+    switch (st) {
+    case CONNECTION_STARTED:
+        return "waiting for the TCP connection";
+    case CONNECTION_MADE:
+        return "sending the startup packet";
+    case CONNECTION_SSL_STARTUP:
+        return "in the TLS handshake";
+    case CONNECTION_AWAITING_RESPONSE:
+        return "waiting for the server's answer to the login";
+    case CONNECTION_AUTH_OK:
+        return "waiting for the server to finish starting the session";
+    default:
+        return "while connecting";
+    }
+}
+
 } // namespace
 
 std::string escape_option_value(const std::string& v)
@@ -203,7 +222,7 @@ Result<PgConnPtr> connect(const Params& params, net::Clock::time_point deadline,
             return fail(conn.get(), "");
         int ms = net::ms_until(deadline);
         if (ms == 0)
-            return fail(nullptr, "timed out (server_connect_timeout)");
+            return fail(nullptr, std::string("timed out (server_connect_timeout) ") + stage_name(PQstatus(conn.get())));
         pollfd pfd{PQsocket(conn.get()), short(st == PGRES_POLLING_READING ? POLLIN : POLLOUT), 0};
         int pr = ::poll(&pfd, 1, ms);
         if (pr < 0 && errno != EINTR)

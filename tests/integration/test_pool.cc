@@ -210,8 +210,8 @@ BOOST_AUTO_TEST_CASE(a_warm_connection_the_server_ended_is_replaced)
         Conn a = connect_app(p, "pooled", "first");
         pid = pid_of(a.get());
     }
-    // Let the worker go warm, then end its backend from the server side.
-    sleep_ms(300);
+    // Once the worker is warm, end its backend from the server side.
+    BOOST_REQUIRE(wait_for([&] { return pool_gauges(p) == "1 0 0 1"; }));
     direct_scalar("SELECT pg_terminate_backend(" + pid + ")");
     BOOST_REQUIRE(wait_for([&] { return !backend_alive(pid); }));
     Conn b = connect_app(p, "pooled", "second");
@@ -235,8 +235,16 @@ BOOST_AUTO_TEST_CASE(cancel_keys_follow_the_session_not_the_backend)
     BOOST_REQUIRE_EQUAL(pid_of(b.get()), pid);
     BOOST_CHECK_EQUAL(std::to_string(PQbackendPID(b.get())), pid);
     // The first session's key names the same backend pid but must cancel nothing now.
+    // Each cancel goes out once the query runs on the server (a cancel that arrives
+    // before it would find nothing to cancel, whoever sent it).
+    auto running = [&](const char* sql) {
+        return wait_for([&] {
+            return direct_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = " + pid +
+                                 " AND state = 'active' AND query = '" + sql + "'") == "1";
+        });
+    };
     BOOST_REQUIRE(PQsendQuery(b.get(), "SELECT pg_sleep(2)"));
-    sleep_ms(300);
+    BOOST_REQUIRE(running("SELECT pg_sleep(2)"));
     char err[256];
     PQcancel(old_key, err, sizeof err);
     PQfreeCancel(old_key);
@@ -247,7 +255,7 @@ BOOST_AUTO_TEST_CASE(cancel_keys_follow_the_session_not_the_backend)
         ;
     // The new session's own key cancels.
     BOOST_REQUIRE(PQsendQuery(b.get(), "SELECT pg_sleep(30)"));
-    sleep_ms(300);
+    BOOST_REQUIRE(running("SELECT pg_sleep(30)"));
     PGcancel* key = PQgetCancel(b.get());
     BOOST_REQUIRE(PQcancel(key, err, sizeof err));
     PQfreeCancel(key);
@@ -529,6 +537,27 @@ BOOST_AUTO_TEST_CASE(reload_and_stop_close_warm_connections)
     BOOST_REQUIRE(wait_for([&] { return pool_gauges(p) == "1 0 0 1"; }));
     check_clean_stop(p);
     BOOST_CHECK_MESSAGE(wait_for([&] { return !backend_alive(after); }), "a stop left the warm connection open");
+}
+
+// PostgreSQL restarts while a connection is warm: the next client gets a working session
+// on a new backend (the warm worker sees its connection closed, or finds it so at reuse).
+BOOST_AUTO_TEST_CASE(a_server_restart_under_warm_connections)
+{
+    Proxy p("pool-restart", pooled_options("pool_size=2"));
+    std::string pid;
+    {
+        Conn a = connect_app(p, "pooled", "before-restart");
+        pid = pid_of(a.get());
+    }
+    BOOST_REQUIRE(wait_for([&] { return pool_gauges(p) == "1 0 0 2"; }));
+    auto restart = run(as_server_user({env().bin("pg_ctl"), "-D", env().datadir, "-l", env().pg_log, "-m", "fast",
+                                       "-w", "-t", "60", "restart"}));
+    BOOST_REQUIRE_MESSAGE(restart.ok(), restart.status() << "\n" << excerpt(restart.out));
+    Conn b = connect_app(p, "pooled", "after-restart");
+    BOOST_CHECK_NE(pid_of(b.get()), pid);
+    BOOST_CHECK_EQUAL(scalar(b.get(), "SELECT 6 * 7"), "42");
+    b.reset();
+    check_clean_stop(p);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
