@@ -4,6 +4,7 @@
 // connection the server ended; cancel keys that follow the session, not the backend;
 // SHOW SERVERS and the pool gauges.
 #include "harness.hh"
+#include "audit_file.hh"
 #include "tls_fixtures.hh"
 
 #include <boost/test/unit_test.hpp>
@@ -133,6 +134,41 @@ BOOST_AUTO_TEST_CASE(a_connection_left_in_doubt_is_never_reused)
         Conn b = connect_app(p, "pooled", "after-mid-result");
         BOOST_CHECK_MESSAGE(pid_of(b.get()) != pid, "a backend left mid-result was reused");
         BOOST_CHECK_MESSAGE(wait_for([&] { return !backend_alive(pid); }), "the backend left mid-result lives on");
+    }
+    // Gone with a query still running: never reused.
+    {
+        std::string pid;
+        {
+            Conn a = connect_app(p, "pooled", "running");
+            pid = pid_of(a.get());
+            BOOST_REQUIRE(PQsendQuery(a.get(), "SELECT pg_sleep(3)"));
+            BOOST_REQUIRE(wait_for([&] {
+                return direct_scalar("SELECT state FROM pg_stat_activity WHERE pid = " + pid) == "active";
+            }));
+        }
+        Conn b = connect_app(p, "pooled", "after-running");
+        BOOST_CHECK_MESSAGE(pid_of(b.get()) != pid, "a backend left with a query running was reused");
+        BOOST_CHECK_EQUAL(scalar(b.get(), "SELECT 1"), "1");
+    }
+    // Gone right after cancelling its query, without waiting for the answer: whether the
+    // connection is reused depends on what arrived first, but the next client's queries
+    // are never hit by that cancel.
+    for (int round = 0; round < 3; ++round) {
+        {
+            Conn a = connect_app(p, "pooled", "cancels-and-goes");
+            const std::string pid = pid_of(a.get());
+            BOOST_REQUIRE(PQsendQuery(a.get(), "SELECT pg_sleep(3)"));
+            BOOST_REQUIRE(wait_for([&] {
+                return direct_scalar("SELECT state FROM pg_stat_activity WHERE pid = " + pid) == "active";
+            }));
+            PGcancel* key = PQgetCancel(a.get());
+            char err[256];
+            PQcancel(key, err, sizeof err);
+            PQfreeCancel(key);
+        }
+        Conn b = connect_app(p, "pooled", "after-cancel");
+        for (int i = 0; i < 5; ++i)
+            BOOST_CHECK_EQUAL(scalar(b.get(), "SELECT count(*) FROM pg_sleep(0.05)"), "1");
     }
     check_clean_stop(p);
 }
@@ -558,6 +594,62 @@ BOOST_AUTO_TEST_CASE(a_server_restart_under_warm_connections)
     BOOST_CHECK_EQUAL(scalar(b.get(), "SELECT 6 * 7"), "42");
     b.reset();
     check_clean_stop(p);
+}
+
+// Two people on one pooled backend, one after the other: the audit trail, SHOW SESSIONS
+// and the upstream application_name name whoever uses it now.
+BOOST_AUTO_TEST_CASE(audit_and_sessions_name_who_uses_the_connection_now)
+{
+    const std::string audit = env().tmpdir + "/pool-audit.jsonl";
+    Proxy p("pool-audit", pooled_options("pool_size=1", "audit_file = " + audit + "\naudit_statement_text = full\n"));
+    std::string pid;
+    {
+        Conn a = connect_ok(p.conninfo("pooled", "alice", "application_name=alice-app"));
+        pid = pid_of(a.get());
+        BOOST_CHECK_EQUAL(scalar(a.get(), "SELECT 'alice-statement'"), "alice-statement");
+    }
+    BOOST_REQUIRE(wait_for([&] { return pool_gauges(p) == "1 0 0 1"; }));
+    Conn b = connect_ok(p.conninfo("pooled", "bob", "application_name=bob-app"));
+    BOOST_REQUIRE_EQUAL(pid_of(b.get()), pid);
+    BOOST_CHECK_EQUAL(scalar(b.get(), "SELECT 'bob-statement'"), "bob-statement");
+    const std::string app = direct_scalar("SELECT application_name FROM pg_stat_activity WHERE pid = " + pid);
+    BOOST_CHECK_MESSAGE(contains(app, "bob-app") && !contains(app, "alice"), app);
+    {
+        Conn console = connect_ok(p.conninfo("pgwicket", "postgres"));
+        Result r(PQexec(console.get(), "SHOW SESSIONS"));
+        const int user_col = PQfnumber(r.get(), "user"), pid_col = PQfnumber(r.get(), "backend_pid");
+        BOOST_REQUIRE(user_col >= 0 && pid_col >= 0);
+        std::string on_backend;
+        for (int i = 0; i < PQntuples(r.get()); ++i)
+            if (PQgetvalue(r.get(), i, pid_col) == pid)
+                on_backend += std::string(PQgetvalue(r.get(), i, user_col)) + " ";
+        BOOST_CHECK_EQUAL(on_backend, "bob ");
+    }
+    b.reset();
+    BOOST_REQUIRE(wait_for([&] { return pool_gauges(p) == "1 0 0 1"; }));
+    check_clean_stop(p);
+    std::map<std::string, std::string> session_of;  // user -> session id
+    bool alice_ran = false, bob_ran = false;
+    int starts = 0, end_count = 0;
+    for (const auto& r : read_audit(audit).records) {
+        const std::string user = text(r, "user"), event = text(r, "event"), session = text(r, "session");
+        if (user != "alice" && user != "bob")
+            continue;
+        if (session_of.count(user))
+            BOOST_CHECK_EQUAL(session_of[user], session);
+        session_of[user] = session;
+        starts += event == "session_start";
+        end_count += event == "session_end";
+        const std::string stmt = text(r, "statement");
+        alice_ran = alice_ran || (user == "alice" && contains(stmt, "alice-statement"));
+        bob_ran = bob_ran || (user == "bob" && contains(stmt, "bob-statement"));
+        BOOST_CHECK_MESSAGE(!(user == "alice" && contains(stmt, "bob")) && !(user == "bob" && contains(stmt, "alice")),
+                            r.dump());
+    }
+    BOOST_CHECK(alice_ran && bob_ran);
+    BOOST_CHECK_EQUAL(starts, 2);
+    BOOST_CHECK_EQUAL(end_count, 2);
+    BOOST_CHECK(session_of["alice"] != session_of["bob"]);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
