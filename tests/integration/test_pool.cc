@@ -200,6 +200,19 @@ std::string pool_gauges(Proxy& p)
            v("pgwicket_pool_waiting_clients{" + pool + "}") + " " + v("pgwicket_pool_size{" + pool + "}");
 }
 
+// One client of `db` comes and goes; returns its backend's pid once the connection is warm
+// (the "pooled" entry's gauges read `gauges`).
+std::string warm_backend(Proxy& p, const std::string& db, const std::string& app, const std::string& gauges)
+{
+    std::string pid;
+    {
+        Conn a = connect_app(p, db, app);
+        pid = pid_of(a.get());
+    }
+    BOOST_REQUIRE_MESSAGE(wait_for([&] { return pool_gauges(p) == gauges; }), "metrics: " << pool_gauges(p));
+    return pid;
+}
+
 // SHOW POOLS' row for the "pooled" entry as "warm active waiting pool_size", or "".
 std::string pool_row(Proxy& p)
 {
@@ -241,13 +254,8 @@ BOOST_AUTO_TEST_CASE(full_pool_waits_in_order_then_53300)
 BOOST_AUTO_TEST_CASE(a_warm_connection_the_server_ended_is_replaced)
 {
     Proxy p("pool-server-ended", pooled_options());
-    std::string pid;
-    {
-        Conn a = connect_app(p, "pooled", "first");
-        pid = pid_of(a.get());
-    }
     // Once the worker is warm, end its backend from the server side.
-    BOOST_REQUIRE(wait_for([&] { return pool_gauges(p) == "1 0 0 1"; }));
+    const std::string pid = warm_backend(p, "pooled", "first", "1 0 0 1");
     direct_scalar("SELECT pg_terminate_backend(" + pid + ")");
     BOOST_REQUIRE(wait_for([&] { return !backend_alive(pid); }));
     Conn b = connect_app(p, "pooled", "second");
@@ -556,12 +564,7 @@ BOOST_AUTO_TEST_CASE(show_servers_and_pool_gauges_follow_a_connection)
 BOOST_AUTO_TEST_CASE(reload_and_stop_close_warm_connections)
 {
     Proxy p("pool-reload", pooled_options());
-    std::string pid;
-    {
-        Conn a = connect_app(p, "pooled", "before-reload");
-        pid = pid_of(a.get());
-    }
-    BOOST_REQUIRE(wait_for([&] { return pool_gauges(p) == "1 0 0 1"; }));
+    const std::string pid = warm_backend(p, "pooled", "before-reload", "1 0 0 1");
     BOOST_REQUIRE(::kill(p.pid(), SIGHUP) == 0);
     BOOST_CHECK_MESSAGE(wait_for([&] { return !backend_alive(pid); }), "a reload left the warm connection open");
     std::string after;
@@ -580,12 +583,7 @@ BOOST_AUTO_TEST_CASE(reload_and_stop_close_warm_connections)
 BOOST_AUTO_TEST_CASE(a_server_restart_under_warm_connections)
 {
     Proxy p("pool-restart", pooled_options("pool_size=2"));
-    std::string pid;
-    {
-        Conn a = connect_app(p, "pooled", "before-restart");
-        pid = pid_of(a.get());
-    }
-    BOOST_REQUIRE(wait_for([&] { return pool_gauges(p) == "1 0 0 2"; }));
+    const std::string pid = warm_backend(p, "pooled", "before-restart", "1 0 0 2");
     auto restart = run(as_server_user({env().bin("pg_ctl"), "-D", env().datadir, "-l", env().pg_log, "-m", "fast",
                                        "-w", "-t", "60", "restart"}));
     BOOST_REQUIRE_MESSAGE(restart.ok(), restart.status() << "\n" << excerpt(restart.out));
