@@ -50,6 +50,7 @@ bool known_type(HandoffType t)
     case HandoffType::Refuse:
     case HandoffType::ShuttingDown:
     case HandoffType::Metrics:
+    case HandoffType::Prefill:
     case HandoffType::NeedRoute:
     case HandoffType::Warm:
     case HandoffType::Leaving:

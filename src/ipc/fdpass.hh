@@ -25,6 +25,7 @@ enum class HandoffType : std::uint32_t {
     Refuse = 2,   // read the startup packet, answer 53300 (max_client_conn reached), close
     ShuttingDown = 3,  // draining: serve a cancel request, answer a startup with 57P03
     Metrics = 4,       // an HTTP connection to the metrics listener
+    Prefill = 5,       // no client: open a connection of the route in the payload's context, go warm
 
     // Pooling (see HACKING.md, "Pooling"). Worker to supervisor:
     NeedRoute = 10,  // payload: route key; fd: the plaintext client when it may move

@@ -153,9 +153,10 @@ std::vector<Action> Registry::expire(Clock::time_point now)
             return true;
         });
     }
-    // Routes nobody uses any more are forgotten.
+    // Routes nobody uses any more are forgotten (those with a minimum are kept).
     std::erase_if(routes_, [](const auto& kv) {
-        return kv.second.open == 0 && kv.second.waiting.empty() && kv.second.warm.empty();
+        return kv.second.open == 0 && kv.second.waiting.empty() && kv.second.warm.empty() &&
+               kv.second.limits.min_pool_size == 0;
     });
     return actions;
 }
@@ -172,6 +173,17 @@ Registry::Clock::time_point Registry::next_deadline(Clock::time_point now) const
         }
     return next;
 }
+
+std::vector<std::string> Registry::below_minimum(Clock::time_point now) const
+{
+    std::vector<std::string> out;
+    for (const auto& [name, r] : routes_)
+        if (long(r.open) < r.limits.min_pool_size && room(r, now, now))
+            out.push_back(name);
+    return out;
+}
+
+void Registry::prefill(pid_t worker, const std::string& route) { hold(worker, route); }
 
 pid_t Registry::take_warm(const std::string& route)
 {

@@ -20,6 +20,7 @@ struct Limits {
     long pool_size = 20;
     long reserve_pool_size = 0;
     long max_db_connections = 0;  // 0: no limit
+    long min_pool_size = 0;       // connections kept open once the route has been used
     std::chrono::seconds reserve_pool_timeout{5};
     std::chrono::seconds query_wait_timeout{120};  // 0: wait forever
 };
@@ -68,6 +69,10 @@ public:
     // When the next waiting client times out or may use the reserve (for the loop's timeout).
     Clock::time_point next_deadline(Clock::time_point now) const;
 
+    // Routes with fewer connections than their min_pool_size (and room for one more).
+    std::vector<std::string> below_minimum(Clock::time_point now) const;
+    // A worker opens a connection of `route` with no client (min_pool_size).
+    void prefill(pid_t worker, const std::string& route);
     // Takes a warm worker of `route` for a connection whose route is not known yet (the
     // supervisor's guess); 0 when there is none. It stays counted in the route.
     pid_t take_warm(const std::string& route);

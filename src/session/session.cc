@@ -889,6 +889,51 @@ ExitCode Session::run()
 
 } // namespace
 
+ExitCode prefill_route(const config::Config& cfg, const std::string& context, WorkerState& ws)
+{
+    auto ctx = pool::decode_context(context);
+    if (!ctx) {
+        log_error("prefill: %s", ctx.error().c_str());
+        return kExitChannelError;
+    }
+    log::set_prefix("pool " + pool::route_label(ctx->route) + ": ");
+    const config::DatabaseEntry* entry = nullptr;
+    for (const auto& d : cfg.databases)
+        if (d.name == ctx->entry)
+            entry = &d;
+    if (!entry || !entry->pool.pooled) {
+        log_info("min_pool_size: entry \"%s\" is gone or no longer pooled", ctx->entry.c_str());
+        return kExitOk;
+    }
+    // The same parameters the route's clients get: their startup settings, the policy's,
+    // the [roles] role (application_name aside, which each client sets).
+    protocol::StartupMessage startup;
+    startup.major = 3;
+    startup.params = ctx->startup;
+    upstream::ClientInfo info{ctx->user, ctx->database, "", &startup,
+                              ctx->identity != ctx->user ? ctx->identity : std::string(), "", {}};
+    if (const policy::Policy* policy = cfg.policy_for(ctx->groups, ctx->rule_policy, ctx->database))
+        info.settings = policy->upstream_settings();
+    if (const std::string* role = cfg.role_for(ctx->groups))
+        info.role = *role;
+    auto params = upstream::build_params(*entry, info, cfg.application_name_prefix);
+    if (!params || pool::route_key(entry->name, *params) != ctx->route) {
+        log_info("min_pool_size: the route's settings changed; not opening a connection");
+        return kExitOk;
+    }
+    const std::string where = upstream::describe(*params);
+    upstream::ConnectFailure why;
+    auto conn = upstream::connect(*params, net::Clock::now() + std::chrono::seconds(cfg.server_connect_timeout), &why);
+    if (!conn) {
+        log_warning("min_pool_size: upstream connection failed (%s): %s%s%s", where.c_str(),
+                    why.server_sqlstate.c_str(), why.server_sqlstate.empty() ? "" : ": ", why.message.c_str());
+        return kExitUpstreamFailure;
+    }
+    log_info("opened a connection for min_pool_size (%s), backend pid %d", where.c_str(), PQbackendPID(conn->get()));
+    ws.held = pool::hold(std::move(*conn), ctx->route, where);
+    return kExitOk;
+}
+
 ExitCode run_session(const config::Config& cfg, const ipc::SessionTable& table, SSL_CTX* tls,
                      ipc::Received&& work, WorkerState& ws)
 {

@@ -31,6 +31,11 @@ struct WorkerState {
     std::optional<pool::HeldUpstream> held;
 };
 
+// min_pool_size: opens a connection of the route a session context names, with no
+// client, into `ws.held` (left empty when the entry or the route changed, or the
+// connection failed; the log says which).
+ExitCode prefill_route(const config::Config& cfg, const std::string& context, WorkerState& ws);
+
 // Runs one session. kExitHandedOver: the client moved to a warm worker and this
 // worker may serve another; `ws.held` set: a pooled connection, reset, to keep warm.
 ExitCode run_session(const config::Config& cfg, const ipc::SessionTable& table, SSL_CTX* tls,

@@ -204,6 +204,10 @@ void worker_main(const config::Config& cfg, const ipc::SessionTable& table, SSL_
                 log_error("handoff failed: %s", work.error().c_str());
                 _exit(kExitChannelError);
             }
+            if (work->handoff.type == ipc::HandoffType::Prefill) {
+                code = prefill_route(cfg, work->payload, ws);
+                break;
+            }
             if (!starts_session(work->handoff.type)) {
                 log_error("handoff failed: a spare got message %u", unsigned(work->handoff.type));
                 _exit(kExitChannelError);

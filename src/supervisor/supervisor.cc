@@ -63,6 +63,7 @@ struct Worker {
     Clock::time_point since = Clock::now();
     std::uint64_t generation = 0;  // of the configuration it was forked with
     std::string peer_host;         // of its session's client: whose guess its messages update
+    std::string prefilling;        // the route it opens a connection of for min_pool_size, until Warm
     // A pooled client waiting for a decision (NeedRoute): what goes to a warm worker.
     ipc::Handoff asked{};
     UniqueFd asked_client;
@@ -131,6 +132,11 @@ private:
     // used last (one process hop instead of three, and TLS clients reuse connections
     // too). A host's guess follows what its clients ask for; a bounded map.
     std::unordered_map<std::string, std::string> guesses_;
+    // min_pool_size: a route's last asker's session context, from which a worker without
+    // a client opens a connection of the route; after a failed attempt the route waits.
+    std::map<std::string, std::string> templates_;
+    std::map<std::string, Clock::time_point> prefill_paused_;
+    void prefill(Clock::time_point now);
     void guess(const std::string& host, const std::string& route);
 };
 
@@ -441,6 +447,10 @@ void Supervisor::reap()
             free_slots_.push_back(w.slot);
         }
         table_.release_servers_of(pid);
+        if (!w.prefilling.empty()) {
+            // It could not open the connection (the log says why): not again for a while.
+            prefill_paused_[w.prefilling] = Clock::now() + 5s;
+        }
         workers_.erase(it);
         // Its pooled connection, or its place in a pool's queue, is free now.
         perform(pool_.gone(pid, Clock::now()));
@@ -531,10 +541,54 @@ void Supervisor::on_need_route(Worker& w, ipc::Received&& msg)
     w.asked.slot = w.slot;
     w.asked.type = ipc::HandoffType::MoveClient;
     const bool can_move = msg.client.valid();
+    if (templates_.size() >= 1024 && !templates_.count(ctx->route))
+        templates_.clear();
+    templates_[ctx->route] = msg.payload;
     guess(w.peer_host, ctx->route);
     w.asked_client = std::move(msg.client);
     w.asked_context = std::move(msg.payload);
     perform(pool_.request(w.pid, ctx->route, limits_for(ctx->entry), can_move, Clock::now()));
+}
+
+// min_pool_size: a worker with no client opens a connection for each route below its
+// minimum, one per route at a time, from the session context of the route's last asker
+// (a route is known only once a client has used it).
+void Supervisor::prefill(Clock::time_point now)
+{
+    if (phase_ != Phase::Running)
+        return;
+    for (const auto& route : pool_.below_minimum(now)) {
+        auto tmpl = templates_.find(route);
+        if (tmpl == templates_.end())
+            continue;
+        if (auto paused = prefill_paused_.find(route); paused != prefill_paused_.end()) {
+            if (now < paused->second)
+                continue;
+            prefill_paused_.erase(paused);
+        }
+        bool busy = false;
+        for (const auto& [pid, w] : workers_)
+            busy = busy || w.prefilling == route;
+        if (busy)
+            continue;
+        if (spares_.empty() && !spawn_spare())
+            return;
+        pid_t pid = spares_.front();
+        spares_.pop_front();
+        Worker& w = workers_.at(pid);
+        ipc::Handoff h;
+        h.type = ipc::HandoffType::Prefill;
+        if (!ipc::send_handoff(w.channel.get(), h, -1, tmpl->second)) {
+            w.state = Worker::State::Retired;
+            ::kill(pid, SIGKILL);
+            continue;
+        }
+        pool_.prefill(pid, route);
+        w.state = Worker::State::Busy;
+        w.prefilling = route;
+        w.since = now;
+        log_debug("worker %d opens a connection of %s (min_pool_size)", int(pid), pool::route_label(route).c_str());
+    }
 }
 
 // The registry's routes into the shared header, for SHOW POOLS and the metrics.
@@ -564,8 +618,10 @@ pool::Limits Supervisor::limits_for(const std::string& entry) const
     limits.pool_size = cfg_.default_pool_size;
     limits.reserve_pool_size = cfg_.reserve_pool_size;
     limits.max_db_connections = cfg_.max_db_connections;
+    limits.min_pool_size = cfg_.min_pool_size;
     for (const auto& d : cfg_.databases)
         if (d.name == entry) {
+            limits.min_pool_size = cfg_.min_pool_size_for(d);
             limits.pool_size = cfg_.pool_size_for(d);
             limits.reserve_pool_size = cfg_.reserve_pool_size_for(d);
             limits.max_db_connections = cfg_.max_db_connections_for(d);
@@ -593,6 +649,7 @@ void Supervisor::on_warm(Worker& w, const std::string& route)
         return;
     }
     w.state = Worker::State::Warm;
+    w.prefilling.clear();
     guess(w.peer_host, route);
     perform(actions);
 }
@@ -1012,6 +1069,7 @@ int Supervisor::run()
             crashes_.clear();
         }
         perform(pool_.expire(now));
+        prefill(now);
         publish_pools(now);
         replenish();
         notify_status(false);

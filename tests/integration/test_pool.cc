@@ -650,4 +650,26 @@ BOOST_AUTO_TEST_CASE(audit_and_sessions_name_who_uses_the_connection_now)
     BOOST_CHECK(session_of["alice"] != session_of["bob"]);
 }
 
+// min_pool_size: once a client has used the route, connections are opened without a client
+// up to the minimum, and opened again after a reload retired them.
+BOOST_AUTO_TEST_CASE(min_pool_size_keeps_connections_ready)
+{
+    Proxy p("pool-min", pooled_options("pool_size=3 min_pool_size=2"));
+    // The first client's connection, and one more opened for the minimum.
+    const std::string first = warm_backend(p, "pooled", "first", "2 0 0 3");
+    auto pooled_backends = [] {
+        return std::stol(direct_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgwicket %'"));
+    };
+    BOOST_CHECK_EQUAL(pooled_backends(), 2);
+    BOOST_REQUIRE(::kill(p.pid(), SIGHUP) == 0);
+    BOOST_CHECK_MESSAGE(wait_for([&] { return !backend_alive(first); }), "the reload kept the old connection");
+    BOOST_CHECK_MESSAGE(wait_for([&] { return pool_gauges(p) == "2 0 0 3" && pooled_backends() == 2; }),
+                        "metrics: " << pool_gauges(p));
+    // A client gets one of them.
+    Conn c = connect_app(p, "pooled", "after");
+    BOOST_CHECK_EQUAL(scalar(c.get(), "SELECT 1"), "1");
+    c.reset();
+    check_clean_stop(p);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
