@@ -3,6 +3,8 @@
 // which go through label_value().
 #include "admin/stats.hh"
 
+#include "pool/registry.hh"
+
 #include "session/exit_codes.hh"
 
 #include <algorithm>
@@ -55,6 +57,7 @@ void add_pools(const ipc::TableHeader& h, std::vector<Family>& out)
 {
     struct Totals {
         double warm = 0, active = 0, waiting = 0, longest_wait_s = 0, pool_size = 0;
+        double wait_buckets[pool::kWaitBucketCount] = {}, wait_count = 0, wait_sum_s = 0;
     };
     std::map<std::string, Totals> pools;
     const std::uint32_t n = std::min(h.pool_rows.load(std::memory_order_acquire), ipc::kPoolRows);
@@ -68,6 +71,10 @@ void add_pools(const ipc::TableHeader& h, std::vector<Family>& out)
         t.longest_wait_s =
             std::max(t.longest_wait_s, double(r.longest_wait_ms.load(std::memory_order_relaxed)) / 1000.0);
         t.pool_size += r.pool_size.load(std::memory_order_relaxed);
+        for (std::size_t b = 0; b < pool::kWaitBucketCount; ++b)
+            t.wait_buckets[b] += double(r.wait_buckets[b].load(std::memory_order_relaxed));
+        t.wait_count += double(r.wait_count.load(std::memory_order_relaxed));
+        t.wait_sum_s += double(r.wait_sum_us.load(std::memory_order_relaxed)) / 1e6;
     }
     Family conns = family("pgwicket_pool_connections", "gauge",
                           "Pooled upstream connections by pool and state (warm: reset and waiting; active: in a "
@@ -76,6 +83,8 @@ void add_pools(const ipc::TableHeader& h, std::vector<Family>& out)
     Family longest = family("pgwicket_pool_longest_wait_seconds", "gauge",
                             "How long the pool's first waiting client has waited.");
     Family size = family("pgwicket_pool_size", "gauge", "The pool's pool_size.");
+    Family waits = family("pgwicket_pool_wait_seconds", "histogram",
+                          "How long pooled clients waited for a connection (served or refused), 0 when one was free.");
     for (const auto& [name, t] : pools) {
         const std::string pool = "pool=\"" + label_value(name) + "\"";
         add(conns, pool + ",state=\"warm\"", t.warm);
@@ -83,8 +92,16 @@ void add_pools(const ipc::TableHeader& h, std::vector<Family>& out)
         add(waiting, pool, t.waiting);
         add(longest, pool, t.longest_wait_s);
         add(size, pool, t.pool_size);
+        double cumulative = 0;
+        for (std::size_t b = 0; b < pool::kWaitBucketCount; ++b) {
+            cumulative += t.wait_buckets[b];
+            const std::string le = b + 1 == pool::kWaitBucketCount ? "+Inf" : number(pool::kWaitBuckets[b]);
+            add(waits, pool + ",le=\"" + le + "\"", cumulative, "_bucket");
+        }
+        add(waits, pool, t.wait_sum_s, "_sum");
+        add(waits, pool, t.wait_count, "_count");
     }
-    for (Family* f : {&conns, &waiting, &longest, &size})
+    for (Family* f : {&conns, &waiting, &longest, &size, &waits})
         out.push_back(std::move(*f));
 }
 

@@ -20,7 +20,7 @@
 namespace pgw::ipc {
 
 inline constexpr std::uint32_t kTableMagic = 0x50475754;  // "PGWT"
-inline constexpr std::uint32_t kTableVersion = 7;
+inline constexpr std::uint32_t kTableVersion = 8;
 
 enum class SlotState : std::uint32_t {
     Free = 0,
@@ -140,6 +140,10 @@ struct PoolRow {
     std::atomic<std::uint32_t> waiting;  // clients waiting for one
     std::atomic<std::uint32_t> pool_size;
     std::atomic<std::int64_t> longest_wait_ms;
+    // Waits for a connection: per bucket of pool::kWaitBuckets (+Inf last), count, sum.
+    std::atomic<std::uint64_t> wait_buckets[8];
+    std::atomic<std::uint64_t> wait_count;
+    std::atomic<std::uint64_t> wait_sum_us;
 };
 
 // One pooled upstream connection, as the worker holding it last said (SHOW SERVERS).

@@ -7,6 +7,16 @@
 
 namespace pgw::pool {
 
+void WaitHistogram::add(double seconds)
+{
+    std::size_t b = 0;
+    while (b < std::size(kWaitBuckets) && seconds > kWaitBuckets[b])
+        ++b;
+    ++buckets[b];
+    ++count;
+    sum_s += seconds;
+}
+
 bool Registry::room(const Route& r, Clock::time_point since, Clock::time_point now) const
 {
     long cap = r.limits.pool_size;
@@ -46,6 +56,15 @@ void Registry::drop_holder(pid_t worker)
 }
 
 bool Registry::serve_one(const std::string& name, Route& r, const Waiter& w, std::vector<Action>& actions,
+                         Clock::time_point now)
+{
+    const bool served = serve_now(name, r, w, actions, now);
+    if (served)
+        r.waits.add(std::chrono::duration<double>(now - w.since).count());
+    return served;
+}
+
+bool Registry::serve_now(const std::string& name, Route& r, const Waiter& w, std::vector<Action>& actions,
                          Clock::time_point now)
 {
     if (w.can_move && !r.warm.empty()) {
@@ -149,6 +168,7 @@ std::vector<Action> Registry::expire(Clock::time_point now)
         std::erase_if(r.waiting, [&](const Waiter& w) {
             if (now - w.since < r.limits.query_wait_timeout)
                 return false;
+            r.waits.add(std::chrono::duration<double>(now - w.since).count());
             actions.push_back({Action::Timeout, w.worker, 0});
             return true;
         });
@@ -231,6 +251,7 @@ std::vector<RouteStats> Registry::stats(Clock::time_point now) const
         s.waiting = r.waiting.size();
         if (!r.waiting.empty())
             s.longest_wait_s = std::chrono::duration<double>(now - r.waiting.front().since).count();
+        s.waits = r.waits;
         out.push_back(std::move(s));
     }
     return out;

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <iterator>
 #include <map>
 #include <string>
 #include <vector>
@@ -36,6 +37,18 @@ struct Action {
     pid_t warm = 0;
 };
 
+// Upper bounds (seconds) of the wait-time histogram's buckets; one more counts the rest.
+inline constexpr double kWaitBuckets[] = {0.001, 0.01, 0.1, 1, 10, 60};
+inline constexpr std::size_t kWaitBucketCount = std::size(kWaitBuckets) + 1;
+
+// How long clients of a route waited for a connection (served or timed out), cumulative.
+struct WaitHistogram {
+    std::uint64_t buckets[kWaitBucketCount] = {};  // per bucket, not cumulative
+    std::uint64_t count = 0;
+    double sum_s = 0;
+    void add(double seconds);
+};
+
 struct RouteStats {
     std::string route;
     std::string database;
@@ -44,6 +57,7 @@ struct RouteStats {
     std::size_t open = 0;  // upstream connections, warm or in a session or being made
     std::size_t waiting = 0;
     double longest_wait_s = 0;
+    WaitHistogram waits;
 };
 
 class Registry {
@@ -93,6 +107,7 @@ private:
         std::vector<pid_t> warm;  // a stack: the most recently used connection first
         std::size_t open = 0;
         std::deque<Waiter> waiting;
+        WaitHistogram waits;
     };
 
     bool room(const Route& r, Clock::time_point since, Clock::time_point now) const;
@@ -101,6 +116,8 @@ private:
     // Gives waiting clients what has become free, route by route, first come first served.
     void serve(std::vector<Action>& actions, Clock::time_point now);
     bool serve_one(const std::string& name, Route& r, const Waiter& w, std::vector<Action>& actions,
+                   Clock::time_point now);
+    bool serve_now(const std::string& name, Route& r, const Waiter& w, std::vector<Action>& actions,
                    Clock::time_point now);
 
     std::map<std::string, Route> routes_;

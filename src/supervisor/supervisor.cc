@@ -606,6 +606,11 @@ void Supervisor::publish_pools(Clock::time_point now)
         row.waiting.store(std::uint32_t(r.waiting), std::memory_order_relaxed);
         row.pool_size.store(std::uint32_t(r.pool_size), std::memory_order_relaxed);
         row.longest_wait_ms.store(std::int64_t(r.longest_wait_s * 1000), std::memory_order_relaxed);
+        static_assert(pool::kWaitBucketCount <= std::size(ipc::PoolRow{}.wait_buckets));
+        for (std::size_t b = 0; b < pool::kWaitBucketCount; ++b)
+            row.wait_buckets[b].store(r.waits.buckets[b], std::memory_order_relaxed);
+        row.wait_count.store(r.waits.count, std::memory_order_relaxed);
+        row.wait_sum_us.store(std::uint64_t(r.waits.sum_s * 1e6), std::memory_order_relaxed);
     }
     h->pool_rows.store(n, std::memory_order_release);
 }

@@ -248,6 +248,14 @@ BOOST_AUTO_TEST_CASE(full_pool_waits_in_order_then_53300)
     BOOST_CHECK_EQUAL(scalar(waiter.get(), "SELECT 1"), "1");
     waiter.reset();
     BOOST_CHECK_MESSAGE(wait_for([&] { return pool_gauges(p) == "1 0 0 1"; }), "metrics: " << pool_gauges(p));
+    // The wait histogram: three clients; the second waited until the holder left, the
+    // refused one query_wait_timeout (3 s).
+    const std::string body = run({"curl", "-sS", "--max-time", "10", metrics_url(p)}).out;
+    const std::string pool = "pool=\"pooled/postgres/postgres\"";
+    BOOST_CHECK_EQUAL(metric(body, "pgwicket_pool_wait_seconds_count{" + pool + "}"), 3);
+    BOOST_CHECK_EQUAL(metric(body, "pgwicket_pool_wait_seconds_bucket{" + pool + ",le=\"+Inf\"}"), 3);
+    BOOST_CHECK_GE(metric(body, "pgwicket_pool_wait_seconds_bucket{" + pool + ",le=\"0.001\"}"), 1);  // the holder
+    BOOST_CHECK_GE(metric(body, "pgwicket_pool_wait_seconds_sum{" + pool + "}"), 3.0);
     check_clean_stop(p);
 }
 
