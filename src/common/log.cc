@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <syslog.h>
 #include <systemd/sd-journal.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <cstdarg>
@@ -32,6 +33,19 @@ State& state()
 {
     static State s;
     return s;
+}
+
+// The pid in every line, asked of the kernel once per process: a fork (the supervisor's
+// workers, a worker's cancel children) forgets it in the child.
+pid_t cached_pid = 0;
+void forget_pid() { cached_pid = 0; }
+pid_t my_pid()
+{
+    static const bool registered = pthread_atfork(nullptr, nullptr, forget_pid) == 0;
+    (void)registered;
+    if (cached_pid == 0)
+        cached_pid = getpid();
+    return cached_pid;
 }
 
 bool stderr_is_journal()
@@ -196,7 +210,7 @@ void write(Level lvl, const char* fmt, ...)
     std::snprintf(stamp + n, sizeof stamp - n, ".%03ld UTC", ts.tv_nsec / 1000000);
 
     char line[2400];
-    int len = std::snprintf(line, sizeof line, "%s [%d] %s %s: %s%s%s\n", stamp, (int)getpid(),
+    int len = std::snprintf(line, sizeof line, "%s [%d] %s %s: %s%s%s\n", stamp, (int)my_pid(),
                             s.process.c_str(), level_name(lvl), s.prefix.c_str(),
                             s.prefix.empty() ? "" : " ", body);
     if (len < 0)
