@@ -83,7 +83,10 @@ printf '%s\n' "[pgwicket]" "listen_addr = 127.0.0.1" "listen_port = $pgwport" \
     "unix_socket_dir = $work" "logfile = $work/pgwicket.log" \
     "client_tls_sslmode = prefer" "client_tls_cert_file = $tls/server.crt" \
     "client_tls_key_file = $tls/server.key" "" \
-    "[databases]" "* = host=127.0.0.1 port=$pgport sslmode=disable" >"$work/pgwicket.ini"
+    "[databases]" "* = host=127.0.0.1 port=$pgport sslmode=disable" \
+    "pooled = host=127.0.0.1 port=$pgport dbname=postgres user=postgres sslmode=disable pool_mode=session pool_size=20" \
+    "pooledtls = host=127.0.0.1 port=$pgport dbname=postgres user=postgres sslmode=require pool_mode=session pool_size=20" \
+    >"$work/pgwicket.ini"
 "$bin" -c "$work/pgwicket.ini" 2>>"$work/pgwicket.log" &
 pgw_pid=$!
 if ! wait_listening "$pgwport" 10; then
@@ -100,13 +103,13 @@ fi
 
 pgbench_init "tls bench" "$pgport" || exit 1
 
-# tps PORT SSLMODE ARGS...: runs pgbench against PORT with a conninfo carrying SSLMODE and
-# prints its TPS, or "fail".
+# tps PORT SSLMODE ARGS...: runs pgbench against PORT (database $db, postgres unless set)
+# with a conninfo carrying SSLMODE and prints its TPS, or "fail".
 tps()
 {
     local port=$1 sslmode=$2
     shift 2
-    pgbench_tps "tls bench" "host=127.0.0.1 port=$port user=postgres dbname=postgres sslmode=$sslmode" "$@"
+    pgbench_tps "tls bench" "host=127.0.0.1 port=$port user=postgres dbname=${db:-postgres} sslmode=$sslmode" "$@"
 }
 
 
@@ -116,13 +119,15 @@ for port in "$pgwport" ${pgbport:+"$pgbport"} "$pgport"; do
 done
 
 rows=()
+# run_case LABEL SSLMODE PGWICKET_DATABASE ARGS...: one row; pgwicket serves its
+# PGWICKET_DATABASE entry (postgres: unpooled; pooled, pooledtls: pooled, upstream plain or TLS).
 run_case()
 {
-    local label=$1 sslmode=$2 direct pgw pgb="-"
-    shift 2
+    local label=$1 sslmode=$2 pgwdb=$3 direct pgw pgb="-"
+    shift 3
     echo "tls bench: $label ($secs s each)"
     direct=$(tps "$pgport" "$sslmode" "$@")
-    pgw=$(tps "$pgwport" "$sslmode" "$@")
+    pgw=$(db=$pgwdb tps "$pgwport" "$sslmode" "$@")
     if [ "$have_pgbouncer" = 1 ]; then
         pgb=$(tps "$pgbport" "$sslmode" "$@")
     fi
@@ -130,8 +135,11 @@ run_case()
         "$(ratio "$pgw" "$direct")" "$(ratio "$pgw" "$pgb")")")
 }
 
-run_case "TLS: -C -S -c 8 require" require -C -c 8 -j 2
-run_case "plain: -C -S -c 8 disable" disable -C -c 8 -j 2
+run_case "TLS: -C -S -c 8 require" require postgres -C -c 8 -j 2
+run_case "plain: -C -S -c 8 disable" disable postgres -C -c 8 -j 2
+run_case "TLS, pooled, plain upstream" require pooled -C -c 8 -j 2
+run_case "TLS, pooled, TLS upstream" require pooledtls -C -c 8 -j 2
+run_case "plain, pooled, TLS upstream" disable pooledtls -C -c 8 -j 2
 
 echo
 echo "pgbench -n -C -S -c 8 -j 2 (a new connection per transaction: TPS = connections/s),"
