@@ -133,19 +133,10 @@ private:
             sl->application_name.set(app ? *app : "");
         }
     }
-    // What the relay's end means for a pooled connection.
-    struct RelayReport {
-        bool at_boundary = true;
-        bool reusable = false;
-    };
+    // `reusable` (pooled sessions only): whether the connection may serve another client.
     ExitCode run_relay(upstream::Transport& server, int upstream_fd, char status, std::function<Status()> cancel,
-                       bool pooled, RelayReport* report);
-    struct Established {
-        ExitCode code = kExitOk;
-        bool at_boundary = true;
-        bool reusable = false;
-    };
-    Established establish(pool::HeldUpstream& up, bool pooled);
+                       bool* reusable = nullptr);
+    ExitCode establish(pool::HeldUpstream& up, bool* reusable = nullptr);
     ExitCode proceed(const Login& login, const protocol::StartupMessage& startup);
     void set_login_prefix(const Login& login);
     std::optional<ExitCode> connect_upstream(const upstream::Params& params, const std::string& database,
@@ -428,7 +419,7 @@ ExitCode Session::proceed(const Login& login, const protocol::StartupMessage& st
     log_info("connected to upstream (%s), backend pid %d%s", where.c_str(), PQbackendPID(pg),
              PQsslInUse(pg) ? ", TLS" : "");
     pool::HeldUpstream up = pool::hold(std::move(conn), "", where);
-    return establish(up, false).code;
+    return establish(up);
 }
 
 // Opens the session's own upstream connection; on failure the client has its error
@@ -565,22 +556,20 @@ ExitCode Session::pooled_session(const Login& login, const protocol::StartupMess
     auto& held = *ws_.held;
     ++held.sessions;
     pool::mark_server(held, table_, pool::ServerState::Active);
-    auto out = establish(held, true);
-    if (!out.reusable) {
-        if (!out.at_boundary)
-            ::shutdown(held.fd(), SHUT_RDWR);
+    bool reusable = false;
+    const ExitCode code = establish(held, &reusable);
+    if (reusable)
+        held.reset_pending = true;  // keep_warm resets it
+    else
         ws_.held.reset();
-        return out.code;
-    }
-    held.reset_pending = true;  // keep_warm resets it
-    return out.code;
+    return code;
 }
 
-// The greeting on a connected upstream, then the relay. `pooled`: the client's
-// Terminate stays here, and the outcome says whether the connection may be reused.
-Session::Established Session::establish(pool::HeldUpstream& up, bool pooled)
+// The greeting on a connected upstream, then the relay. With `reusable` (a pooled
+// session) the client's Terminate stays here, and it says whether the connection may
+// serve another client.
+ExitCode Session::establish(pool::HeldUpstream& up, bool* reusable)
 {
-    Established result;
     // The greeting: the upstream's real parameters and status, our own cancel key.
     protocol::Writer greeting;
     greeting.raw(protocol::authentication_ok());
@@ -590,10 +579,8 @@ Session::Established Session::establish(pool::HeldUpstream& up, bool pooled)
     // server's log agree, and our secret (the upstream's stays here), new for every
     // session. Published in the slot before the client can know it.
     auto secret = ipc::new_cancel_secret(secret_length_);
-    if (!secret) {
-        result.code = fail("XX000", "could not generate a cancel key", kExitInternal);
-        return result;
-    }
+    if (!secret)
+        return fail("XX000", "could not generate a cancel key", kExitInternal);
     ipc::publish_cancel_key(slot(), up.backend_pid, *secret);
     greeting.raw(protocol::backend_key_data(up.backend_pid, *secret));
     char status = 'I';
@@ -609,22 +596,19 @@ Session::Established Session::establish(pool::HeldUpstream& up, bool pooled)
     }
     if (trail_)
         trail_->info().upstream = up.where;
-    if (auto refused = audit_session_start()) {
-        result.code = *refused;
-        return result;
-    }
+    if (auto refused = audit_session_start())
+        return *refused;
     greeting.raw(protocol::ready_for_query(status));
     if (!send(greeting.bytes())) {
-        result.code = kExitOk;
-        result.reusable = pooled;
-        return result;
+        // The client left before the greeting: the upstream never saw it.
+        if (reusable)
+            *reusable = true;
+        return kExitOk;
     }
 
     int upstream_fd = up.fd();
-    if (auto st = net::set_nonblocking(upstream_fd); !st) {
-        result.code = fail("08006", "upstream socket: " + st.error(), kExitUpstreamFailure);
-        return result;
-    }
+    if (auto st = net::set_nonblocking(upstream_fd); !st)
+        return fail("08006", "upstream socket: " + st.error(), kExitUpstreamFailure);
     auto server = up.transport();
     std::unique_ptr<PGcancel, PgCancelDeleter> pg_cancel(PQgetCancel(up.conn.get()));
     auto cancel = [c = pg_cancel.get()]() -> Status {
@@ -633,12 +617,7 @@ Session::Established Session::establish(pool::HeldUpstream& up, bool pooled)
             return Error{err};
         return ok_status();
     };
-    RelayReport report;
-    result.code = run_relay(*server, upstream_fd, status, pg_cancel ? std::function<Status()>(cancel) : nullptr,
-                            pooled, &report);
-    result.at_boundary = report.at_boundary;
-    result.reusable = report.reusable;
-    return result;
+    return run_relay(*server, upstream_fd, status, pg_cancel ? std::function<Status()>(cancel) : nullptr, reusable);
 }
 
 // The session_start record, written before the client's first ReadyForQuery: with
@@ -657,8 +636,9 @@ std::optional<ExitCode> Session::audit_session_start()
 // The established session, whichever way the upstream was reached: relay until the
 // end, then log it and name the exit.
 ExitCode Session::run_relay(upstream::Transport& server, int upstream_fd, char status, std::function<Status()> cancel,
-                           bool pooled, RelayReport* report)
+                           bool* reusable)
 {
+    const bool pooled = reusable != nullptr;
     std::unique_ptr<upstream::Transport> client;
     if (conn_.is_tls())
         client = std::make_unique<upstream::TlsTransport>(conn_.ssl(), client_.get());
@@ -692,14 +672,10 @@ ExitCode Session::run_relay(upstream::Transport& server, int upstream_fd, char s
 
     // A pooled connection is kept only when nothing of this session can be in flight:
     // the client left between statements, outside a transaction, with no cancel running.
-    const bool reusable = pooled &&
-                          (out.end == RelayEnd::ClientTerminate || out.end == RelayEnd::ClientClosed) &&
-                          out.upstream_at_boundary && out.transaction_status == 'I' && control.quiescent();
-    if (report) {
-        report->at_boundary = out.upstream_at_boundary;
-        report->reusable = reusable;
-    }
-    if (!out.upstream_at_boundary && !pooled) {
+    if (reusable)
+        *reusable = (out.end == RelayEnd::ClientTerminate || out.end == RelayEnd::ClientClosed) &&
+                    out.upstream_at_boundary && out.transaction_status == 'I' && control.quiescent();
+    if (!out.upstream_at_boundary) {
         // libpq would append its Terminate inside a half-sent message; make the
         // upstream see a plain end of stream instead.
         ::shutdown(upstream_fd, SHUT_RDWR);
@@ -799,7 +775,7 @@ ExitCode Session::pass_through(const config::DatabaseEntry& entry, const upstrea
         return *refused;
     if (!send(protocol::ready_for_query(up.status)))
         return kExitOk;
-    return run_relay(*server, up.fd.get(), up.status, cancel, false, nullptr);
+    return run_relay(*server, up.fd.get(), up.status, cancel);
 }
 
 Session::RouteAnswer Session::ask_for_route(const pool::SessionContext& ctx)
