@@ -488,16 +488,19 @@ Result<Config> load_string(const std::string& text, const std::string& name)
     return parse(st);
 }
 
-const DatabaseEntry* Config::find_database(const std::string& name) const
+const DatabaseEntry* Config::find_entry(const std::string& name) const
 {
-    const DatabaseEntry* fallback = nullptr;
-    for (const auto& d : databases) {
+    for (const auto& d : databases)
         if (d.name == name)
             return &d;
-        if (d.name == "*")
-            fallback = &d;
-    }
-    return fallback;
+    return nullptr;
+}
+
+const DatabaseEntry* Config::find_database(const std::string& name) const
+{
+    if (const DatabaseEntry* d = find_entry(name))
+        return d;
+    return find_entry("*");
 }
 
 long Config::pool_size_for(const DatabaseEntry& entry) const

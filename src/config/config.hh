@@ -133,6 +133,8 @@ struct Config {
 
     // The entry for a client database name: the exact name, else "*", else null.
     const DatabaseEntry* find_database(const std::string& name) const;
+    // The entry of exactly this name ("*" included), else null: a pool's own entry.
+    const DatabaseEntry* find_entry(const std::string& name) const;
     // An entry's pool settings, its own value or else the [pgwicket] option's.
     long pool_size_for(const DatabaseEntry& entry) const;
     long min_pool_size_for(const DatabaseEntry& entry) const;

@@ -41,6 +41,13 @@ Status send_handoff(int channel, const Handoff& h, int client_fd, std::string_vi
     }
 }
 
+Status send_message(int channel, HandoffType type, std::string_view payload)
+{
+    Handoff h;
+    h.type = type;
+    return send_handoff(channel, h, -1, payload);
+}
+
 namespace {
 
 bool known_type(HandoffType t)

@@ -56,6 +56,8 @@ struct Handoff {
 
 // `client_fd` < 0 sends no descriptor (only the pooling messages may omit one).
 Status send_handoff(int channel, const Handoff& h, int client_fd, std::string_view payload = {});
+// A message of `type` alone, with no descriptor (the pooling replies and reports).
+Status send_message(int channel, HandoffType type, std::string_view payload = {});
 
 struct Received {
     Handoff handoff;

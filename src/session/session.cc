@@ -74,6 +74,33 @@ struct Login {
     bool sso() const { return identity != user; }
 };
 
+// The login and startup packet a session context carries (a moved client, a prefill).
+std::pair<Login, protocol::StartupMessage> login_of(pool::SessionContext&& ctx)
+{
+    protocol::StartupMessage startup;
+    startup.major = 3;
+    startup.minor = ctx.protocol_minor;
+    startup.params = std::move(ctx.startup);
+    return {Login{std::move(ctx.user), std::move(ctx.database), std::move(ctx.identity), auth::Method(ctx.method),
+                  std::move(ctx.groups), std::move(ctx.rule_policy)},
+            std::move(startup)};
+}
+
+// What the upstream connection of a login depends on besides the entry: the client's
+// startup settings, the policy's settings, the [roles] role. Pooled routes are keyed on
+// it, so a client's session and a prefill must build it alike.
+upstream::ClientInfo client_info(const config::Config& cfg, const Login& login, const protocol::StartupMessage& startup,
+                                 const std::string& host, const policy::Policy* policy)
+{
+    upstream::ClientInfo info{login.user, login.database, host, &startup,
+                              login.sso() ? login.identity : std::string(), "", {}};
+    if (policy)
+        info.settings = policy->upstream_settings();
+    if (const std::string* role = cfg.role_for(login.groups))
+        info.role = *role;
+    return info;
+}
+
 class Session {
 public:
     Session(const config::Config& cfg, const ipc::SessionTable& table, SSL_CTX* tls, ipc::Received&& work,
@@ -371,10 +398,9 @@ ExitCode Session::proceed(const Login& login, const protocol::StartupMessage& st
     policy_ = cfg_.policy_for(login.groups, login.rule_policy, database, &policy_source);
     if (policy_)
         log_info("policy \"%s\" (from %s)", policy_->name.c_str(), policy_source.c_str());
-    upstream::ClientInfo info{user, database, peer_host_, &startup, login.sso() ? login.identity : std::string(),
-                              "", {}};
-    if (policy_)
-        info.settings = policy_->upstream_settings();
+    const upstream::ClientInfo info = client_info(cfg_, login, startup, peer_host_, policy_);
+    if (!info.role.empty())
+        log_info("upstream role \"%s\" from [roles]", info.role.c_str());
     if (audit_sink_.enabled() || cfg_.log_statements) {
         audit::SessionInfo ai;
         ai.session_id = handoff_.session_id;
@@ -387,18 +413,12 @@ ExitCode Session::proceed(const Login& login, const protocol::StartupMessage& st
         ai.policy = policy_ ? policy_->name : "";
         trail_.emplace(audit_sink_, std::move(ai), cfg_.audit_statement_text == "full", cfg_.log_statements != 0);
     }
-    if (const std::string* role = cfg_.role_for(login.groups)) {
-        info.role = *role;
-        log_info("upstream role \"%s\" from [roles]", role->c_str());
-    }
     if ((!entry->pool.pooled || login.method == auth::Method::PassThrough) && ws_.held) {
         // A warm worker got a client of an unpooled entry: its pooled connection goes,
         // and the process ends with this session, as every unpooled one does.
         log_debug("closing the pooled connection of %s for an unpooled session", ws_.held->route.c_str());
         ws_.held.reset();
-        ipc::Handoff h;
-        h.type = ipc::HandoffType::Released;
-        if (auto st = ipc::send_handoff(ws_.channel, h, -1); !st)
+        if (auto st = ipc::send_message(ws_.channel, ipc::HandoffType::Released); !st)
             log_warning("telling the supervisor of a closed pooled connection: %s", st.error().c_str());
     }
     if (login.method == auth::Method::PassThrough)
@@ -827,12 +847,7 @@ ExitCode Session::moved_in()
         return kExitChannelError;
     }
     secret_length_ = ctx->secret_length == ipc::kSecretBytes ? ipc::kSecretBytes : 4;
-    protocol::StartupMessage startup;
-    startup.major = 3;
-    startup.minor = ctx->protocol_minor;
-    startup.params = std::move(ctx->startup);
-    Login login{ctx->user, ctx->database, ctx->identity, auth::Method(ctx->method), std::move(ctx->groups),
-                ctx->rule_policy};
+    auto [login, startup] = login_of(std::move(*ctx));
     return proceed(login, startup);
 }
 
@@ -873,27 +888,19 @@ ExitCode prefill_route(const config::Config& cfg, const std::string& context, Wo
         return kExitChannelError;
     }
     log::set_prefix("pool " + pool::route_label(ctx->route) + ": ");
-    const config::DatabaseEntry* entry = nullptr;
-    for (const auto& d : cfg.databases)
-        if (d.name == ctx->entry)
-            entry = &d;
+    const config::DatabaseEntry* entry = cfg.find_entry(ctx->entry);
     if (!entry || !entry->pool.pooled) {
         log_info("min_pool_size: entry \"%s\" is gone or no longer pooled", ctx->entry.c_str());
         return kExitOk;
     }
-    // The same parameters the route's clients get: their startup settings, the policy's,
-    // the [roles] role (application_name aside, which each client sets).
-    protocol::StartupMessage startup;
-    startup.major = 3;
-    startup.params = ctx->startup;
-    upstream::ClientInfo info{ctx->user, ctx->database, "", &startup,
-                              ctx->identity != ctx->user ? ctx->identity : std::string(), "", {}};
-    if (const policy::Policy* policy = cfg.policy_for(ctx->groups, ctx->rule_policy, ctx->database))
-        info.settings = policy->upstream_settings();
-    if (const std::string* role = cfg.role_for(ctx->groups))
-        info.role = *role;
-    auto params = upstream::build_params(*entry, info, cfg.application_name_prefix);
-    if (!params || pool::route_key(entry->name, *params) != ctx->route) {
+    // The same parameters the route's clients get (application_name aside, which each
+    // client sets).
+    const std::string route = ctx->route;
+    auto [login, startup] = login_of(std::move(*ctx));
+    const policy::Policy* policy = cfg.policy_for(login.groups, login.rule_policy, login.database);
+    auto params = upstream::build_params(*entry, client_info(cfg, login, startup, "", policy),
+                                         cfg.application_name_prefix);
+    if (!params || pool::route_key(entry->name, *params) != route) {
         log_info("min_pool_size: the route's settings changed; not opening a connection");
         return kExitOk;
     }
@@ -906,7 +913,7 @@ ExitCode prefill_route(const config::Config& cfg, const std::string& context, Wo
         return kExitUpstreamFailure;
     }
     log_info("opened a connection for min_pool_size (%s), backend pid %d", where.c_str(), PQbackendPID(conn->get()));
-    ws.held = pool::hold(std::move(*conn), ctx->route, where);
+    ws.held = pool::hold(std::move(*conn), route, where);
     return kExitOk;
 }
 

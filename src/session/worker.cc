@@ -55,10 +55,6 @@ void reset_signals()
     sigprocmask(SIG_SETMASK, &none, nullptr);
 }
 
-} // namespace
-
-namespace {
-
 // A handoff the worker may start a session with (the others are pooling replies).
 bool starts_session(ipc::HandoffType t)
 {
@@ -74,7 +70,7 @@ void scrub_between_sessions()
 }
 
 // A pooled connection between sessions: the worker tells the supervisor it is warm and
-// waits for a client (MoveClient). The server closing or speaking, server_idle_timeout
+// waits for a client (MoveClient, or a new connection the supervisor guessed is for it). The server closing or speaking, server_idle_timeout
 // and server_lifetime make it ask to leave; it goes only when the supervisor answers
 // Retire, because a client may already be on its way to it.
 [[noreturn]] void keep_warm(const config::Config& cfg, const ipc::SessionTable& table, SSL_CTX* tls, WorkerState& ws)
@@ -89,16 +85,23 @@ void scrub_between_sessions()
             pool::close_gracefully(held);
             _exit(kExitOk);
         }
-        ipc::Handoff h;
-        h.type = ipc::HandoffType::Warm;
-        if (auto st = ipc::send_handoff(ws.channel, h, -1, held.route); !st) {
+        if (auto st = ipc::send_message(ws.channel, ipc::HandoffType::Warm, held.route); !st) {
             log_error("telling the supervisor the connection is warm: %s", st.error().c_str());
             pool::close_gracefully(held);
             _exit(kExitChannelError);
         }
         pool::mark_server(held, table, pool::ServerState::Warm);
         log_debug("warm");
+        // Asks the supervisor to let it go; it answers Retire, or a client already on its
+        // way to this worker comes first.
         bool leaving = false;
+        auto ask_to_leave = [&] {
+            if (!ipc::send_message(ws.channel, ipc::HandoffType::Leaving)) {
+                pool::close_gracefully(held);
+                _exit(kExitChannelError);
+            }
+            leaving = true;
+        };
         if (held.reset_pending) {
             held.reset_pending = false;
             const auto deadline = net::Clock::now() + seconds(cfg.server_connect_timeout);
@@ -106,11 +109,7 @@ void scrub_between_sessions()
                 // A client may be on its way already: it gets a fresh connection.
                 log_info("pooled connection not kept: %s", st.error().c_str());
                 held.conn.reset();
-                ipc::Handoff bye;
-                bye.type = ipc::HandoffType::Leaving;
-                if (!ipc::send_handoff(ws.channel, bye, -1))
-                    _exit(kExitChannelError);
-                leaving = true;
+                ask_to_leave();
             } else {
                 held.idle_since = held.checked = net::Clock::now();
             }
@@ -159,13 +158,7 @@ void scrub_between_sessions()
                                  : cfg.server_lifetime > 0 && net::Clock::now() >= held.created + seconds(cfg.server_lifetime)
                                        ? "reached server_lifetime"
                                        : "reached server_idle_timeout");
-                ipc::Handoff bye;
-                bye.type = ipc::HandoffType::Leaving;
-                if (!ipc::send_handoff(ws.channel, bye, -1)) {
-                    pool::close_gracefully(held);
-                    _exit(kExitChannelError);
-                }
-                leaving = true;
+                ask_to_leave();
             }
         }
     }

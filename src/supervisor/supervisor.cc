@@ -102,6 +102,7 @@ private:
     void on_warm(Worker& w, const std::string& route);
     void perform(const std::vector<pool::Action>& actions);
     bool tell(Worker& w, ipc::HandoffType type);
+    bool hand_to(Worker& w, ipc::Handoff& h, int client_fd, bool refuse, const std::string& host);
     pool::Limits limits_for(const std::string& entry) const;
     void publish_pools(Clock::time_point now);
     std::vector<int> fds_to_close_in_child(int own_parent_end) const;
@@ -323,62 +324,57 @@ void Supervisor::dispatch(UniqueFd client, const sockaddr_storage& peer, socklen
     std::string host = kind == ListenerKind::Metrics ? std::string() : net::peer_host(peer, peer_len);
     if (!refuse && kind != ListenerKind::Metrics) {
         if (auto g = guesses_.find(host); g != guesses_.end()) {
-            while (pid_t warm = pool_.take_warm(g->second)) {
-                Worker& w = workers_.at(warm);
-                h.slot = free_slots_.back();
-                if (!ipc::send_handoff(w.channel.get(), h, client.get())) {
-                    w.state = Worker::State::Leaving;
-                    perform(pool_.gone(warm, Clock::now()));
-                    ::kill(warm, SIGKILL);
-                    continue;
-                }
-                free_slots_.pop_back();
-                table_.claim(h.slot, warm, h.session_id);
-                w.slot = h.slot;
-                w.state = Worker::State::Busy;
-                w.peer_host = host;
-                w.session_id = h.session_id;
-                w.since = Clock::now();
-                log_debug("C-%llu: %s handed to warm worker %d", (unsigned long long)h.session_id,
-                          net::describe_peer(peer, peer_len).c_str(), int(warm));
-                return;
+            // (A failed handoff keeps its slot until that worker is reaped.)
+            while (!free_slots_.empty()) {
+                pid_t warm = pool_.take_warm(g->second);
+                if (!warm)
+                    break;
+                if (hand_to(workers_.at(warm), h, client.get(), refuse, host))
+                    return;
+                perform(pool_.gone(warm, Clock::now()));
             }
-            h.slot = ipc::kNoSlot;
         }
     }
     // A spare that died since it was forked fails the send; try the next one.
-    for (int attempt = 0; attempt < 3; ++attempt) {
+    for (int attempt = 0; attempt < 3 && (refuse || !free_slots_.empty()); ++attempt) {
         if (spares_.empty() && !spawn_spare())
             break;
         pid_t pid = spares_.front();
         spares_.pop_front();
-        Worker& w = workers_.at(pid);
-        if (!refuse) {
-            // The slot is the worker's from now until it is reaped.
-            h.slot = free_slots_.back();
-            free_slots_.pop_back();
-            table_.claim(h.slot, pid, h.session_id);
-            w.slot = h.slot;
-        }
-        auto st = ipc::send_handoff(w.channel.get(), h, client.get());
-        if (!st) {
-            log_warning("handoff to worker %d failed: %s", int(pid), st.error().c_str());
-            // Its slot is freed when it is reaped.
-            w.state = Worker::State::Retired;
-            ::kill(pid, SIGKILL);
-            h.slot = ipc::kNoSlot;
-            continue;
-        }
-        w.state = refuse ? Worker::State::Refusing : Worker::State::Busy;
-        w.session_id = h.session_id;
-        w.peer_host = host;
-        w.since = Clock::now();
-        log_debug("C-%llu: %s handed to worker %d", (unsigned long long)h.session_id,
-                  net::describe_peer(peer, peer_len).c_str(), int(pid));
-        return;
+        if (hand_to(workers_.at(pid), h, client.get(), refuse, host))
+            return;
     }
     log_error("no worker could take the connection from %s; closing it",
               net::describe_peer(peer, peer_len).c_str());
+}
+
+// Sends an accepted connection to `w` (a spare, or a warm worker guessed for it), with a
+// slot unless it is refused. False when the worker is gone: it is killed, and its slot
+// freed when it is reaped.
+bool Supervisor::hand_to(Worker& w, ipc::Handoff& h, int client_fd, bool refuse, const std::string& host)
+{
+    h.slot = ipc::kNoSlot;
+    if (!refuse) {
+        // The slot is the worker's from now until it is reaped (or goes warm).
+        h.slot = free_slots_.back();
+        free_slots_.pop_back();
+        table_.claim(h.slot, w.pid, h.session_id);
+        w.slot = h.slot;
+    }
+    if (auto st = ipc::send_handoff(w.channel.get(), h, client_fd); !st) {
+        log_warning("handoff to worker %d failed: %s", int(w.pid), st.error().c_str());
+        w.state = Worker::State::Retired;
+        ::kill(w.pid, SIGKILL);
+        return false;
+    }
+    log_debug("C-%llu: %s handed to %s worker %d", (unsigned long long)h.session_id,
+              net::describe_peer(h.peer, h.peer_len).c_str(), w.state == Worker::State::Warm ? "warm" : "spare",
+              int(w.pid));
+    w.state = refuse ? Worker::State::Refusing : Worker::State::Busy;
+    w.session_id = h.session_id;
+    w.peer_host = host;
+    w.since = Clock::now();
+    return true;
 }
 
 void Supervisor::accept_all(size_t index)
@@ -518,9 +514,7 @@ void Supervisor::on_channel(pid_t pid, std::uint32_t events)
 
 bool Supervisor::tell(Worker& w, ipc::HandoffType type)
 {
-    ipc::Handoff h;
-    h.type = type;
-    if (auto st = ipc::send_handoff(w.channel.get(), h, -1); !st) {
+    if (auto st = ipc::send_message(w.channel.get(), type); !st) {
         log_warning("worker %d: %s", int(w.pid), st.error().c_str());
         return false;
     }
@@ -576,9 +570,7 @@ void Supervisor::prefill(Clock::time_point now)
         pid_t pid = spares_.front();
         spares_.pop_front();
         Worker& w = workers_.at(pid);
-        ipc::Handoff h;
-        h.type = ipc::HandoffType::Prefill;
-        if (!ipc::send_handoff(w.channel.get(), h, -1, tmpl->second)) {
+        if (!ipc::send_message(w.channel.get(), ipc::HandoffType::Prefill, tmpl->second)) {
             w.state = Worker::State::Retired;
             ::kill(pid, SIGKILL);
             continue;
@@ -624,13 +616,12 @@ pool::Limits Supervisor::limits_for(const std::string& entry) const
     limits.reserve_pool_size = cfg_.reserve_pool_size;
     limits.max_db_connections = cfg_.max_db_connections;
     limits.min_pool_size = cfg_.min_pool_size;
-    for (const auto& d : cfg_.databases)
-        if (d.name == entry) {
-            limits.min_pool_size = cfg_.min_pool_size_for(d);
-            limits.pool_size = cfg_.pool_size_for(d);
-            limits.reserve_pool_size = cfg_.reserve_pool_size_for(d);
-            limits.max_db_connections = cfg_.max_db_connections_for(d);
-        }
+    if (const config::DatabaseEntry* d = cfg_.find_entry(entry)) {
+        limits.min_pool_size = cfg_.min_pool_size_for(*d);
+        limits.pool_size = cfg_.pool_size_for(*d);
+        limits.reserve_pool_size = cfg_.reserve_pool_size_for(*d);
+        limits.max_db_connections = cfg_.max_db_connections_for(*d);
+    }
     limits.reserve_pool_timeout = std::chrono::seconds(cfg_.reserve_pool_timeout);
     limits.query_wait_timeout = std::chrono::seconds(cfg_.query_wait_timeout);
     return limits;
