@@ -75,10 +75,16 @@ int ms_until(Clock::time_point deadline)
 
 ReadStatus read_exact(int fd, void* buf, size_t n, Clock::time_point deadline)
 {
-    auto* p = static_cast<char*>(buf);
     size_t got = 0;
-    while (got < n) {
-        ssize_t r = ::read(fd, p + got, n - got);
+    return read_between(fd, buf, n, n, deadline, got);
+}
+
+ReadStatus read_between(int fd, void* buf, size_t min, size_t max, Clock::time_point deadline, size_t& got)
+{
+    auto* p = static_cast<char*>(buf);
+    got = 0;
+    while (got < min) {
+        ssize_t r = ::read(fd, p + got, max - got);
         if (r > 0) {
             got += size_t(r);
             continue;

@@ -36,6 +36,9 @@ enum class ReadStatus { Ok, Eof, Timeout, Error };
 // Reads exactly n bytes from a non-blocking fd before the deadline.
 // Eof means the peer closed before sending anything of this read or part of it.
 ReadStatus read_exact(int fd, void* buf, size_t n, Clock::time_point deadline);
+// Reads at least `min` and at most `max` bytes (what has arrived, in as few reads as
+// it can) before the deadline; `got` says how many. Eof as for read_exact.
+ReadStatus read_between(int fd, void* buf, size_t min, size_t max, Clock::time_point deadline, size_t& got);
 
 // Whether bytes are waiting to be read on fd right now (not an EOF); never blocks.
 bool readable_now(int fd);

@@ -5,6 +5,7 @@
 
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -270,11 +271,41 @@ const char* cancel_verdict_name(CancelVerdict v)
     return "?";
 }
 
+namespace {
+
+// Random bytes for cancel secrets, drawn from OpenSSL's generator a kilobyte at a
+// time: each RAND_bytes call asks the kernel for the pid (its own fork check), and a
+// pooled worker makes a secret for every session. A forked child starts empty and
+// never hands out its parent's bytes; bytes are wiped as they are taken.
+struct SecretStore {
+    unsigned char bytes[1024];
+    std::size_t left = 0;
+};
+SecretStore secret_store;
+void forget_secrets()
+{
+    OPENSSL_cleanse(secret_store.bytes, sizeof secret_store.bytes);
+    secret_store.left = 0;
+}
+
+} // namespace
+
 std::optional<std::vector<std::byte>> new_cancel_secret(std::size_t length)
 {
+    static const bool registered = pthread_atfork(nullptr, nullptr, forget_secrets) == 0;
     std::vector<std::byte> secret(std::min(length, kSecretBytes));
-    if (RAND_bytes(reinterpret_cast<unsigned char*>(secret.data()), int(secret.size())) != 1)
-        return std::nullopt;
+    auto* out = reinterpret_cast<unsigned char*>(secret.data());
+    if (!registered)  // forks would go unnoticed: no store
+        return RAND_bytes(out, int(secret.size())) == 1 ? std::optional(std::move(secret)) : std::nullopt;
+    if (secret_store.left < secret.size()) {
+        if (RAND_bytes(secret_store.bytes, int(sizeof secret_store.bytes)) != 1)
+            return std::nullopt;
+        secret_store.left = sizeof secret_store.bytes;
+    }
+    unsigned char* from = secret_store.bytes + (secret_store.left - secret.size());
+    std::memcpy(out, from, secret.size());
+    OPENSSL_cleanse(from, secret.size());
+    secret_store.left -= secret.size();
     return secret;
 }
 

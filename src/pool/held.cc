@@ -36,6 +36,10 @@ HeldUpstream hold(upstream::PgConnPtr conn, std::string route, std::string where
     h.route = std::move(route);
     h.where = std::move(where);
     h.created = h.idle_since = h.checked = net::Clock::now();
+    // libpq leaves its sockets non-blocking already; made sure of once here, not for
+    // every session the connection serves.
+    if (auto st = net::set_nonblocking(h.fd()); !st)
+        log_warning("upstream socket: %s", st.error().c_str());
     return h;
 }
 
@@ -132,6 +136,9 @@ Status simple_query(HeldUpstream& held, const std::string& sql, net::Clock::time
             }
             in.erase(in.begin(), in.begin() + 1 + len);
         }
+        // The answer takes a round trip: wait for it rather than read nothing first.
+        if (in.empty() && !wait_for(*t, upstream::Io::WantRead, deadline))
+            return Error{"timed out waiting for the answer to \"" + sql + "\""};
         std::byte buf[8192];
         auto r = t->read(buf, sizeof buf);
         if (r.status == upstream::Io::Ok)

@@ -58,6 +58,9 @@ struct HeldUpstream {
     // it is warm first (so the next client is not sent elsewhere meanwhile), then resets
     // before it reads its next message.
     bool reset_pending = false;
+    // When the warm worker's wait last found the server silent (the wait that a client
+    // ended): a client that comes right after needs no look of its own.
+    net::Clock::time_point quiet_at{};
     ServerRowLease row;  // in SHOW SERVERS, once mark_server has found a free row
 
     int fd() const { return PQsocket(conn.get()); }

@@ -172,6 +172,11 @@ public:
     {
         out_.transaction_status = status;
         c2s_.framer.set_strict(true);
+        // Each side has just been given its turn (the client our ReadyForQuery, the
+        // server its own): the first look is a poll, not a read that finds nothing.
+        // Poll sees what is in the sockets; bytes a TLS layer holds decrypted are read.
+        c2s_.may_read = client.has_buffered();
+        s2c_.may_read = server.has_buffered();
         sigset_t session_signals;
         sigemptyset(&session_signals);
         for (int sig : {SIGTERM, SIGINT, SIGUSR1, SIGCHLD, SIGHUP})

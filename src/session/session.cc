@@ -212,9 +212,19 @@ std::variant<protocol::StartupMessage, ExitCode> Session::read_startup()
 {
     const auto deadline = login_deadline_;
     bool ssl_refused = false, gss_refused = false;
+    bool refused_just_now = false;  // 'N' sent: the startup packet is a round trip away
     for (;;) {
-        unsigned char len_bytes[4];
-        auto rs = conn_.read_exact(len_bytes, sizeof len_bytes, deadline);
+        if (std::exchange(refused_just_now, false)) {
+            // Wait before reading, not after a read that finds nothing (a timeout or a
+            // signal here is seen by the read below).
+            pollfd p{client_.get(), POLLIN, 0};
+            ::poll(&p, 1, net::ms_until(deadline));
+        }
+        // One read takes the length, the code and, for the 8-byte requests, whatever the
+        // client sent behind them; the rest of a longer packet follows in one more.
+        std::byte head[16];
+        size_t have = 0;
+        auto rs = conn_.read_between(head, 4, sizeof head, deadline, have);
         if (rs == net::ReadStatus::Timeout) {
             log_info("startup packet not received within client_login_timeout (%lds)",
                      cfg_.client_login_timeout);
@@ -225,13 +235,17 @@ std::variant<protocol::StartupMessage, ExitCode> Session::read_startup()
             log_debug("client closed the connection before its startup packet");
             return kExitOk;
         }
-        std::uint32_t len = protocol::load_be32(reinterpret_cast<const std::byte*>(len_bytes));
+        std::uint32_t len = protocol::load_be32(head);
         if (auto err = protocol::check_startup_length(len)) {
             log_info("rejected startup: %s (length %u)", err->message.c_str(), len);
             return refuse_startup(*err);
         }
         std::vector<std::byte> body(len - 4);
-        rs = conn_.read_exact(body.data(), body.size(), deadline);
+        const size_t in_head = std::min(have - 4, body.size());
+        std::copy_n(head + 4, in_head, body.begin());
+        // Bytes read past a short packet: sent behind it, before our answer.
+        const bool sent_behind = have - 4 > body.size();
+        rs = conn_.read_exact(body.data() + in_head, body.size() - in_head, deadline);
         if (rs == net::ReadStatus::Timeout) {
             log_info("incomplete startup packet: timed out after client_login_timeout (%lds)",
                      cfg_.client_login_timeout);
@@ -261,14 +275,16 @@ std::variant<protocol::StartupMessage, ExitCode> Session::read_startup()
             seen = true;
             // Bytes sent behind the request, before our answer, were not protected by
             // the TLS the client asked for: refuse them, as PostgreSQL does (CVE-2021-23214),
-            // after the answer. Looked for before it: later bytes are the client's reply.
-            const bool injected = !conn_.is_tls() && net::readable_now(client_.get());
+            // after the answer. Those that came with the request were read with it (as
+            // PostgreSQL finds them in its buffer); later bytes are the client's reply.
+            const bool injected = !conn_.is_tls() && sent_behind;
             // GSS encryption is always declined, TLS when it is off; libpq then goes on in
             // plaintext on the same socket (or gives up, if it requires encryption).
             const bool tls = ssl && tls_ctx_ && !conn_.is_tls();
             const char answer = tls ? 'S' : 'N';
             if (!conn_.write_all(&answer, 1, deadline))
                 return kExitClientError;
+            refused_just_now = !tls;
             if (injected) {
                 protocol::ErrorFields e;
                 e.sqlstate = "08P01";
@@ -537,14 +553,16 @@ ExitCode Session::pooled_session(const Login& login, const protocol::StartupMess
                  pool::route_label(route).c_str());
         ws_.held = pool::hold(std::move(conn), route, where);
     } else {
-        // Reused: make sure it still works, and name the new client upstream.
+        // Reused: make sure it still works (the socket is looked at unless the warm
+        // wait that this client ended saw it silent a moment ago), and name the new
+        // client upstream.
         auto& held = *ws_.held;
         const auto now = net::Clock::now();
         const auto deadline = now + std::chrono::seconds(cfg_.server_connect_timeout);
         Status ok = ok_status();
         if (!held.conn)
             ok = Error{"its reset failed"};
-        else if (pool::stirred(held))
+        else if (now - held.quiet_at > std::chrono::milliseconds(10) && pool::stirred(held))
             ok = Error{"the server closed it or spoke while it was idle"};
         else if (now - held.checked >= std::chrono::seconds(cfg_.server_check_delay)) {
             ok = pool::simple_query(held, cfg_.server_check_query, deadline);
@@ -626,9 +644,7 @@ ExitCode Session::establish(pool::HeldUpstream& up, bool* reusable)
         return kExitOk;
     }
 
-    int upstream_fd = up.fd();
-    if (auto st = net::set_nonblocking(upstream_fd); !st)
-        return fail("08006", "upstream socket: " + st.error(), kExitUpstreamFailure);
+    int upstream_fd = up.fd();  // non-blocking since pool::hold()
     auto server = up.transport();
     std::unique_ptr<PGcancel, PgCancelDeleter> pg_cancel(PQgetCancel(up.conn.get()));
     auto cancel = [c = pg_cancel.get()]() -> Status {
@@ -853,10 +869,8 @@ ExitCode Session::moved_in()
 
 ExitCode Session::run()
 {
-    if (auto st = net::set_nonblocking(client_.get()); !st) {
-        log_error("client socket: %s", st.error().c_str());
-        return kExitChannelError;
-    }
+    // The client socket is non-blocking already: the supervisor accepts with
+    // SOCK_NONBLOCK, and the flag travels with the descriptor.
     if (handoff_.type == ipc::HandoffType::Metrics)
         return ExitCode(admin::serve_metrics(client_.get(), table_));
     if (handoff_.type == ipc::HandoffType::MoveClient)

@@ -128,6 +128,8 @@ void scrub_between_sessions()
                 _exit(kExitShutdown);
             }
             if (n > 0 && fds[0].revents) {
+                if (!leaving && !fds[1].revents)
+                    held.quiet_at = net::Clock::now();
                 auto msg = ipc::receive_handoff(ws.channel);
                 if (!msg || msg->handoff.type == ipc::HandoffType::Retire) {
                     if (!msg && msg.error() != "channel closed")

@@ -158,13 +158,19 @@ Status Conn::handshake(bool server, net::Clock::time_point deadline)
 
 net::ReadStatus Conn::read_exact(void* buf, size_t n, net::Clock::time_point deadline)
 {
+    size_t got = 0;
+    return read_between(buf, n, n, deadline, got);
+}
+
+net::ReadStatus Conn::read_between(void* buf, size_t min, size_t max, net::Clock::time_point deadline, size_t& done)
+{
     if (!ssl_)
-        return net::read_exact(fd_, buf, n, deadline);
+        return net::read_between(fd_, buf, min, max, deadline, done);
     auto* p = static_cast<char*>(buf);
-    size_t done = 0;
-    while (done < n) {
+    done = 0;
+    while (done < min) {
         ERR_clear_error();
-        int rc = SSL_read(ssl_, p + done, int(n - done));
+        int rc = SSL_read(ssl_, p + done, int(max - done));
         if (rc > 0) {
             done += size_t(rc);
             continue;

@@ -38,6 +38,8 @@ public:
                        net::Clock::time_point deadline);
 
     net::ReadStatus read_exact(void* buf, size_t n, net::Clock::time_point deadline);
+    // As net::read_between, through TLS once it is on.
+    net::ReadStatus read_between(void* buf, size_t min, size_t max, net::Clock::time_point deadline, size_t& got);
     bool write_all(const void* buf, size_t n, net::Clock::time_point deadline);
     // Half-closes gently after an error message (a TLS close_notify first).
     void linger_close(net::Clock::time_point deadline);
