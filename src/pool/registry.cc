@@ -203,6 +203,14 @@ std::vector<std::string> Registry::below_minimum(Clock::time_point now) const
     return out;
 }
 
+void Registry::declare(const std::string& route, const Limits& limits) { routes_[route].limits = limits; }
+
+void Registry::forget_minimum(const std::string& route)
+{
+    if (auto it = routes_.find(route); it != routes_.end())
+        it->second.limits.min_pool_size = 0;
+}
+
 void Registry::prefill(pid_t worker, const std::string& route) { hold(worker, route); }
 
 pid_t Registry::take_warm(const std::string& route)

@@ -85,6 +85,11 @@ public:
 
     // Routes with fewer connections than their min_pool_size (and room for one more).
     std::vector<std::string> below_minimum(Clock::time_point now) const;
+    // Makes `route` known with `limits` before any client asks for it (min_pool_size at
+    // start), or gives a known one new limits.
+    void declare(const std::string& route, const Limits& limits);
+    // A route's minimum no longer applies (its entry is gone, or its settings changed).
+    void forget_minimum(const std::string& route);
     // A worker opens a connection of `route` with no client (min_pool_size).
     void prefill(pid_t worker, const std::string& route);
     // Takes a warm worker of `route` for a connection whose route is not known yet (the

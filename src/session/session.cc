@@ -894,6 +894,47 @@ ExitCode Session::run()
 
 } // namespace
 
+namespace {
+
+// The upstream parameters of a login with no client address on a pooled entry: what a
+// prefill connects with, and what its route is keyed on.
+Result<upstream::Params> prefill_params(const config::Config& cfg, const config::DatabaseEntry& entry,
+                                        pool::SessionContext ctx)
+{
+    auto [login, startup] = login_of(std::move(ctx));
+    const policy::Policy* policy = cfg.policy_for(login.groups, login.rule_policy, login.database);
+    return upstream::build_params(entry, client_info(cfg, login, startup, "", policy), cfg.application_name_prefix);
+}
+
+} // namespace
+
+std::optional<pool::SessionContext> starting_context(const config::Config& cfg, const config::DatabaseEntry& entry)
+{
+    if (!entry.pool.pooled || entry.name == "*" || cfg.min_pool_size_for(entry) <= 0)
+        return std::nullopt;
+    pool::SessionContext ctx;
+    ctx.entry = ctx.database = entry.name;
+    ctx.method = std::uint32_t(auth::Method::Trust);
+    ctx.startup = {{"user", ""}, {"database", entry.name}};
+    // Which upstream user? Only the entry can say before a client comes: with no user
+    // of its own, the client's name is used, and none is known yet.
+    auto probe = prefill_params(cfg, entry, ctx);
+    if (!probe)
+        return std::nullopt;
+    std::string user;
+    for (const auto& [k, v] : *probe)
+        if (k == "user")
+            user = v;
+    if (user.empty())
+        return std::nullopt;
+    ctx.user = ctx.identity = ctx.startup[0].second = user;
+    auto params = prefill_params(cfg, entry, ctx);
+    if (!params)
+        return std::nullopt;
+    ctx.route = pool::route_key(entry.name, *params);
+    return ctx;
+}
+
 ExitCode prefill_route(const config::Config& cfg, const std::string& context, WorkerState& ws)
 {
     auto ctx = pool::decode_context(context);
@@ -910,10 +951,7 @@ ExitCode prefill_route(const config::Config& cfg, const std::string& context, Wo
     // The same parameters the route's clients get (application_name aside, which each
     // client sets).
     const std::string route = ctx->route;
-    auto [login, startup] = login_of(std::move(*ctx));
-    const policy::Policy* policy = cfg.policy_for(login.groups, login.rule_policy, login.database);
-    auto params = upstream::build_params(*entry, client_info(cfg, login, startup, "", policy),
-                                         cfg.application_name_prefix);
+    auto params = prefill_params(cfg, *entry, std::move(*ctx));
     if (!params || pool::route_key(entry->name, *params) != route) {
         log_info("min_pool_size: the route's settings changed; not opening a connection");
         return kExitOk;

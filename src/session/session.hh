@@ -5,6 +5,7 @@
 #include "config/config.hh"
 #include "ipc/fdpass.hh"
 #include "ipc/session_table.hh"
+#include "pool/context.hh"
 #include "pool/held.hh"
 #include "session/exit_codes.hh"
 
@@ -35,6 +36,11 @@ struct WorkerState {
 // client, into `ws.held` (left empty when the entry or the route changed, or the
 // connection failed; the log says which).
 ExitCode prefill_route(const config::Config& cfg, const std::string& context, WorkerState& ws);
+// min_pool_size before a route's first client: the session context of a client that logs
+// in to a pooled entry as the entry's own upstream user and sends nothing else, with its
+// route. None for '*', for entries without min_pool_size, and for entries that do not
+// fix their upstream user (it would be each client's).
+std::optional<pool::SessionContext> starting_context(const config::Config& cfg, const config::DatabaseEntry& entry);
 
 // Runs one session. kExitHandedOver: the client moved to a warm worker and this
 // worker may serve another; `ws.held` set: a pooled connection, reset, to keep warm.

@@ -10,6 +10,7 @@
 #include "pool/context.hh"
 #include "pool/registry.hh"
 #include "session/exit_codes.hh"
+#include "session/session.hh"
 #include "session/worker.hh"
 #include "supervisor/listeners.hh"
 #include "tls/server_tls.hh"
@@ -137,6 +138,7 @@ private:
     // a client opens a connection of the route; after a failed attempt the route waits.
     std::map<std::string, std::string> templates_;
     std::map<std::string, Clock::time_point> prefill_paused_;
+    void seed_minimums();
     void prefill(Clock::time_point now);
     void guess(const std::string& host, const std::string& route);
 };
@@ -444,8 +446,14 @@ void Supervisor::reap()
         }
         table_.release_servers_of(pid);
         if (!w.prefilling.empty()) {
-            // It could not open the connection (the log says why): not again for a while.
-            prefill_paused_[w.prefilling] = Clock::now() + 5s;
+            if (WIFEXITED(status) && WEXITSTATUS(status) == session::kExitOk) {
+                // Nothing to open: the entry is gone, or the route's settings changed.
+                pool_.forget_minimum(w.prefilling);
+                templates_.erase(w.prefilling);
+            } else {
+                // It could not open the connection (the log says why): not again for a while.
+                prefill_paused_[w.prefilling] = Clock::now() + 5s;
+            }
         }
         workers_.erase(it);
         // Its pooled connection, or its place in a pool's queue, is free now.
@@ -535,8 +543,10 @@ void Supervisor::on_need_route(Worker& w, ipc::Received&& msg)
     w.asked.slot = w.slot;
     w.asked.type = ipc::HandoffType::MoveClient;
     const bool can_move = msg.client.valid();
-    if (templates_.size() >= 1024 && !templates_.count(ctx->route))
-        templates_.clear();
+    if (templates_.size() >= 1024 && !templates_.count(ctx->route)) {
+        templates_.clear();  // bounded: routes start over from the entries' own
+        seed_minimums();
+    }
     templates_[ctx->route] = msg.payload;
     guess(w.peer_host, ctx->route);
     w.asked_client = std::move(msg.client);
@@ -544,9 +554,22 @@ void Supervisor::on_need_route(Worker& w, ipc::Received&& msg)
     perform(pool_.request(w.pid, ctx->route, limits_for(ctx->entry), can_move, Clock::now()));
 }
 
+// The routes min_pool_size applies to, with the configuration now in force: each pooled
+// entry's own route (session::starting_context) from the start, and every route a client
+// has used, with new limits after a reload.
+void Supervisor::seed_minimums()
+{
+    for (const auto& e : cfg_.databases)
+        if (auto ctx = session::starting_context(cfg_, e))
+            templates_.try_emplace(ctx->route, pool::encode(*ctx));
+    for (const auto& [route, payload] : templates_)
+        if (auto ctx = pool::decode_context(payload))
+            pool_.declare(route, limits_for(ctx->entry));
+}
+
 // min_pool_size: a worker with no client opens a connection for each route below its
 // minimum, one per route at a time, from the session context of the route's last asker
-// (a route is known only once a client has used it).
+// (or the entry's own, see seed_minimums).
 void Supervisor::prefill(Clock::time_point now)
 {
     if (phase_ != Phase::Running)
@@ -615,9 +638,9 @@ pool::Limits Supervisor::limits_for(const std::string& entry) const
     limits.pool_size = cfg_.default_pool_size;
     limits.reserve_pool_size = cfg_.reserve_pool_size;
     limits.max_db_connections = cfg_.max_db_connections;
-    limits.min_pool_size = cfg_.min_pool_size;
+    limits.min_pool_size = 0;  // an entry that is gone keeps nothing open
     if (const config::DatabaseEntry* d = cfg_.find_entry(entry)) {
-        limits.min_pool_size = cfg_.min_pool_size_for(*d);
+        limits.min_pool_size = d->pool.pooled ? cfg_.min_pool_size_for(*d) : 0;
         limits.pool_size = cfg_.pool_size_for(*d);
         limits.reserve_pool_size = cfg_.reserve_pool_size_for(*d);
         limits.max_db_connections = cfg_.max_db_connections_for(*d);
@@ -646,7 +669,8 @@ void Supervisor::on_warm(Worker& w, const std::string& route)
     }
     w.state = Worker::State::Warm;
     w.prefilling.clear();
-    guess(w.peer_host, route);
+    if (!w.peer_host.empty())  // a prefill has no client host
+        guess(w.peer_host, route);
     perform(actions);
 }
 
@@ -841,6 +865,7 @@ void Supervisor::reload()
     perform(pool_.retire_all_warm(Clock::now()));
     retire_spares();
     replenish();
+    seed_minimums();
     log_info("configuration reloaded from %s (%d change%s)", cfg_.path.c_str(), changed,
              changed == 1 ? "" : "s");
     sd_notify(0, "READY=1");
@@ -995,6 +1020,7 @@ int Supervisor::run()
         }
     }
     replenish();
+    seed_minimums();
     log_info("pgwicket %s ready: %zu spare workers, max_client_conn %ld%s", PGWICKET_VERSION,
              spares_.size(), cfg_.max_client_conn,
              watchdog_usec_ ? ", systemd watchdog on" : "");
