@@ -7,7 +7,7 @@
 namespace pgw::pool {
 namespace {
 
-constexpr std::uint32_t kContextTag = 0x50474358;  // "PGCX"
+constexpr std::uint32_t kContextTag = 0x50474359;  // "PGCY" (with relayed_by)
 
 void put_u32(std::string& out, std::uint32_t v) { out.append(reinterpret_cast<const char*>(&v), sizeof v); }
 void put_str(std::string& out, std::string_view s)
@@ -53,6 +53,7 @@ std::string encode(const SessionContext& c)
     put_u32(out, c.method);
     put_u32(out, c.secret_length);
     put_u32(out, c.protocol_minor);
+    put_u32(out, c.relayed_by);
     put_u32(out, std::uint32_t(c.groups.size()));
     for (const auto& g : c.groups)
         put_str(out, g);
@@ -75,7 +76,7 @@ Result<SessionContext> decode_context(std::string_view bytes)
     for (std::string* s : {&c.route, &c.entry, &c.user, &c.database, &c.identity, &c.rule_policy})
         if (!r.str(*s))
             return bad;
-    if (!r.u32(c.method) || !r.u32(c.secret_length) || !r.u32(minor) || minor > 0xffff)
+    if (!r.u32(c.method) || !r.u32(c.secret_length) || !r.u32(minor) || minor > 0xffff || !r.u32(c.relayed_by))
         return bad;
     c.protocol_minor = std::uint16_t(minor);
     if (!r.u32(n) || n > bytes.size())

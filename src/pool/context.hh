@@ -23,6 +23,9 @@ struct SessionContext {
     std::uint32_t method = 0;         // auth::Method
     std::uint32_t secret_length = 4;  // of the client's cancel secret
     std::uint16_t protocol_minor = 0;
+    // Nonzero: the client is on TLS and stays with this worker (its pid), which relays
+    // the decrypted stream over the socket that travels instead of the client's.
+    std::uint32_t relayed_by = 0;
     std::vector<std::string> groups;
     std::vector<std::pair<std::string, std::string>> startup;  // the client's startup parameters, in order
 };

@@ -22,6 +22,7 @@
 #include "pool/held.hh"
 
 #include <poll.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -176,7 +177,10 @@ private:
         std::optional<ExitCode> error_code;
         explicit operator bool() const { return type.has_value(); }
     };
-    RouteAnswer ask_for_route(const pool::SessionContext& ctx);
+    RouteAnswer ask_for_route(pool::SessionContext ctx);
+    // A TLS client whose session went to a warm worker: relays between the client and
+    // the socket that went instead of it, until either side ends.
+    ExitCode relay_tls_client();
     // A session moved here from the worker that authenticated it.
     ExitCode moved_in();
     std::optional<ExitCode> audit_session_start();
@@ -205,6 +209,7 @@ private:
     std::string peer_, peer_host_;
     std::size_t secret_length_ = 4;  // of the client's cancel secret: 4 (protocol 3.0), 32 (3.2)
     std::string payload_;  // MoveClient: the session context
+    UniqueFd relay_end_;   // ask_for_route, TLS client: our end of the socket offered instead of it
     WorkerState& ws_;      // the worker's channel and pooled upstream, which outlive the session
 };
 
@@ -531,6 +536,8 @@ ExitCode Session::pooled_session(const Login& login, const protocol::StartupMess
             return *answer.error_code;
         switch (*answer.type) {
         case ipc::HandoffType::HandedOver:
+            if (relay_end_.valid())
+                return relay_tls_client();
             log_debug("handed to a warm worker on route %s", pool::route_label(route).c_str());
             return kExitHandedOver;
         case ipc::HandoffType::PoolTimeout:
@@ -544,6 +551,7 @@ ExitCode Session::pooled_session(const Login& login, const protocol::StartupMess
         default:
             break;  // Connect
         }
+        relay_end_.reset();
         ws_.held.reset();  // another route's: the pool no longer counts it
         upstream::PgConnPtr conn;
         if (auto code = connect_upstream(params, login.database, conn))
@@ -814,13 +822,28 @@ ExitCode Session::pass_through(const config::DatabaseEntry& entry, const upstrea
     return run_relay(*server, up.fd.get(), up.status, cancel);
 }
 
-Session::RouteAnswer Session::ask_for_route(const pool::SessionContext& ctx)
+Session::RouteAnswer Session::ask_for_route(pool::SessionContext ctx)
 {
     RouteAnswer answer;
     ipc::Handoff h = handoff_;
     h.type = ipc::HandoffType::NeedRoute;
-    // A plaintext client may move to a warm worker; a TLS session cannot leave this process.
-    const int movable = conn_.is_tls() ? -1 : client_.get();
+    // A plaintext client may move to a warm worker. A TLS session cannot leave this
+    // process: one end of a socket pair goes instead, and if the client is given to a
+    // warm worker this one relays between them (relay_tls_client).
+    int movable = client_.get();
+    UniqueFd far_end;
+    if (conn_.is_tls()) {
+        int sv[2];
+        movable = -1;
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) == 0) {
+            relay_end_ = UniqueFd(sv[0]);
+            far_end = UniqueFd(sv[1]);
+            movable = sv[1];
+            ctx.relayed_by = std::uint32_t(getpid());
+        } else {
+            log_warning("socketpair: %s; this TLS client cannot be given a warm connection", std::strerror(errno));
+        }
+    }
     if (auto st = ipc::send_handoff(ws_.channel, h, movable, pool::encode(ctx)); !st) {
         log_error("asking the supervisor for a pooled connection: %s", st.error().c_str());
         answer.error_code = fail("08006", "pgwicket could not reach its pool", kExitChannelError);
@@ -853,6 +876,20 @@ Session::RouteAnswer Session::ask_for_route(const pool::SessionContext& ctx)
             return answer;
         }
     }
+}
+
+ExitCode Session::relay_tls_client()
+{
+    log_info("session given to a warm worker; relaying for this TLS client");
+    // Our connection of another route, if we were warm: the supervisor has counted it gone.
+    ws_.held.reset();
+    upstream::TlsTransport client(conn_.ssl(), client_.get());
+    upstream::PlainTransport worker(relay_end_.get());
+    // No stop flag: the warm worker runs the session, and its end (a message to the
+    // client included) reaches the client through here.
+    const RelayOutcome out = relay(client, worker, 'I', nullptr);
+    log_info("relay for the TLS client ended: %s", relay_end_name(out.end));
+    return kExitOk;
 }
 
 ExitCode Session::moved_in()

@@ -58,7 +58,9 @@ struct Worker {
     UniqueFd channel;  // for the worker's life (pooling talks on it); closed to retire a spare
     // Retired: the handoff to it failed; it is killed and waits to be reaped.
     // Warm: holds a reset pooled connection, no session. Leaving: told to retire.
-    enum class State { Spare, Busy, Refusing, Retired, Warm, Leaving } state = State::Spare;
+    // Relaying: its TLS client's session went to a warm worker, with which it relays
+    // until the session ends (the session is counted there, not here).
+    enum class State { Spare, Busy, Refusing, Retired, Warm, Leaving, Relaying } state = State::Spare;
     std::uint64_t session_id = 0;
     std::uint32_t slot = ipc::kNoSlot;
     Clock::time_point since = Clock::now();
@@ -69,6 +71,7 @@ struct Worker {
     ipc::Handoff asked{};
     UniqueFd asked_client;
     std::string asked_context;
+    bool asked_relays = false;  // asked_client is its end of a relay for a TLS client
 };
 
 // Running: accepting. Draining (SIGTERM): sessions may finish until
@@ -415,6 +418,7 @@ void Supervisor::reap()
                            : w.state == Worker::State::Retired  ? "failed handoff"
                            : w.state == Worker::State::Warm     ? "warm"
                            : w.state == Worker::State::Leaving  ? "retired pooled"
+                           : w.state == Worker::State::Relaying ? "TLS relay"
                                                                 : "spare";
         auto& sc = table_.header()->supervisor;
         if (WIFSIGNALED(status))
@@ -543,6 +547,12 @@ void Supervisor::on_need_route(Worker& w, ipc::Received&& msg)
     w.asked.slot = w.slot;
     w.asked.type = ipc::HandoffType::MoveClient;
     const bool can_move = msg.client.valid();
+    if (ctx->relayed_by != 0 && (ctx->relayed_by != std::uint32_t(w.pid) || !can_move)) {
+        log_warning("worker %d sent a relay of another process; killing it", int(w.pid));
+        ::kill(w.pid, SIGKILL);
+        return;
+    }
+    w.asked_relays = ctx->relayed_by != 0;
     if (templates_.size() >= 1024 && !templates_.count(ctx->route)) {
         templates_.clear();  // bounded: routes start over from the entries' own
         seed_minimums();
@@ -695,6 +705,7 @@ void Supervisor::perform(const std::vector<pool::Action>& actions)
             Worker& w = it->second;
             w.asked_client.reset();
             w.asked_context.clear();
+            w.asked_relays = false;
             tell(w, a.kind == pool::Action::Connect ? ipc::HandoffType::Connect : ipc::HandoffType::PoolTimeout);
             break;
         }
@@ -733,7 +744,14 @@ void Supervisor::perform(const std::vector<pool::Action>& actions)
             s.slot = ipc::kNoSlot;
             s.asked_client.reset();
             s.asked_context.clear();
-            if (pool_.held_route(s.pid)) {
+            if (std::exchange(s.asked_relays, false)) {
+                // It keeps its TLS client and relays to `w`; a connection of its own (it
+                // was warm on another route) it closes.
+                if (tell(s, ipc::HandoffType::HandedOver))
+                    s.state = Worker::State::Relaying;
+                if (pool_.held_route(s.pid))
+                    perform(pool_.gone(s.pid, Clock::now()));
+            } else if (pool_.held_route(s.pid)) {
                 // A warm worker that got another route's client: warm again when it says so.
                 tell(s, ipc::HandoffType::HandedOver);
             } else if (tell(s, ipc::HandoffType::HandedOver)) {

@@ -407,6 +407,79 @@ BOOST_AUTO_TEST_CASE(every_tls_combination_reuses_the_backend)
     check_clean_stop(p);
 }
 
+// A TLS client that lands on a worker without a warm connection of its route (here: one
+// warm on another route, guessed from the host's last client) cannot move, since its TLS
+// state stays in that process; that worker relays its stream to a warm worker of the
+// route over a socket pair, and closes its own connection. The client gets the warm
+// backend, over TLS, and its cancel key works.
+BOOST_AUTO_TEST_CASE(a_tls_client_elsewhere_is_relayed_to_a_warm_connection)
+{
+    const auto& t = tls_files();
+    ProxyOptions o = pooled_options("pool_size=2");
+    o.extra_settings += "client_tls_sslmode = prefer\nclient_tls_cert_file = " + t.server_cert +
+                        "\nclient_tls_key_file = " + t.server_key + "\n";
+    Proxy p("pool-tls-relay", o);
+    auto warm = [&](const std::string& db) {
+        const std::string series = "pgwicket_pool_connections{pool=\"" + db + "/postgres/postgres\",state=\"warm\"}";
+        return metric(run({"curl", "-sS", "--max-time", "10", metrics_url(p)}).out, series);
+    };
+    auto tls_client = [&](const std::string& app) {
+        Conn c = connect_ok(p.conninfo("pooled", "postgres", "application_name=" + app + " sslmode=require"));
+        BOOST_REQUIRE_EQUAL(PQsslInUse(c.get()), 1);
+        return c;
+    };
+    // Two warm connections of "pooled", opened by a TLS client and a plaintext one at once.
+    std::string pid1, pid2;
+    {
+        Conn c1 = tls_client("one");
+        Conn c2 = connect_app(p, "pooled", "two");
+        pid1 = pid_of(c1.get());
+        pid2 = pid_of(c2.get());
+    }
+    BOOST_REQUIRE_MESSAGE(wait_for([&] { return warm("pooled") == 2; }), p.log_tail());
+    // A client of another route takes one of them over (its worker connects anew), and
+    // becomes the host's guess.
+    {
+        Conn c3 = connect_app(p, "pooledtls", "three");
+        BOOST_CHECK_EQUAL(scalar(c3.get(), "SELECT 1"), "1");
+    }
+    BOOST_REQUIRE_MESSAGE(wait_for([&] { return warm("pooledtls") == 1 && warm("pooled") == 1; }), p.log_tail());
+    const std::string kept = backend_alive(pid1) ? pid1 : pid2;
+    BOOST_REQUIRE(backend_alive(kept));
+    const std::string other_route = direct_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'pgwicket %three' AND backend_type = 'client backend'");
+    // The TLS client lands on the worker warm on "pooledtls", which relays it.
+    {
+        Conn c4 = tls_client("four");
+        BOOST_CHECK_MESSAGE(pid_of(c4.get()) == kept, "not the warm backend\n" << p.log_tail());
+        BOOST_CHECK_EQUAL(scalar(c4.get(), "SELECT current_setting('application_name') LIKE '%four'"), "t");
+        BOOST_REQUIRE(PQsendQuery(c4.get(), "SELECT pg_sleep(30)"));
+        BOOST_REQUIRE(wait_for([&] {
+            return direct_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = " + kept +
+                                 " AND state = 'active' AND query = 'SELECT pg_sleep(30)'") == "1";
+        }));
+        char err[256];
+        PGcancel* key = PQgetCancel(c4.get());
+        BOOST_REQUIRE(PQcancel(key, err, sizeof err));
+        PQfreeCancel(key);
+        Result r(PQgetResult(c4.get()));
+        const char* state = PQresultErrorField(r.get(), PG_DIAG_SQLSTATE);
+        BOOST_CHECK_EQUAL(std::string(state ? state : ""), "57014");
+        while (Result more{PQgetResult(c4.get())})
+            ;
+        BOOST_CHECK_EQUAL(scalar(c4.get(), "SELECT 2"), "2");
+    }
+    // (A pool with no connection left is not listed: -1.)
+    BOOST_CHECK_MESSAGE(wait_for([&] { return warm("pooled") == 1 && warm("pooledtls") <= 0; }),
+                        "warm: " << warm("pooled") << " " << warm("pooledtls") << "\n"
+                                 << run({"curl", "-sS", "--max-time", "10", metrics_url(p)}).out);
+    if (!other_route.empty())
+        BOOST_CHECK_MESSAGE(wait_for([&] { return !backend_alive(other_route); }),
+                            "the relaying worker kept its own connection");
+    BOOST_CHECK_MESSAGE(p.log_tail().find("relaying for this TLS client") != std::string::npos, p.log_tail());
+    check_clean_stop(p);
+}
+
 // New connections go straight to a warm worker of the route last used. One that turns out
 // to be for the console, an unpooled entry or another pooled route is served correctly,
 // and the warm worker's connection is either kept (console) or closed, never leaked.

@@ -155,6 +155,7 @@ BOOST_AUTO_TEST_CASE(round_trip_and_malformed)
     c.method = 3;
     c.secret_length = 32;
     c.protocol_minor = 2;
+    c.relayed_by = 4242;
     c.groups = {"dba", "ops"};
     c.startup = {{"user", "alice"}, {"application_name", "psql"}};
     const std::string bytes = pool::encode(c);
@@ -164,6 +165,7 @@ BOOST_AUTO_TEST_CASE(round_trip_and_malformed)
     BOOST_CHECK_EQUAL(d->identity, c.identity);
     BOOST_CHECK_EQUAL(d->secret_length, 32u);
     BOOST_CHECK_EQUAL(d->protocol_minor, 2);
+    BOOST_CHECK_EQUAL(d->relayed_by, 4242u);
     BOOST_CHECK(d->groups == c.groups);
     BOOST_CHECK(d->startup == c.startup);
     for (size_t cut = 0; cut < bytes.size(); ++cut)
