@@ -54,7 +54,7 @@ cleanup()
     if [ "$under_systemd" -eq 1 ] && [ "$installed" -eq 1 ]; then
         systemctl stop pgwicket.socket pgwicket.service >/dev/null 2>&1
     fi
-    stop_daemon
+    [ -n "$daemon_pid" ] && stop_daemon
     [ -n "${notify_pid:-}" ] && kill "$notify_pid" 2>/dev/null
     pg_stop "$pg_dir"
     if [ "$installed" -eq 1 ]; then
@@ -75,7 +75,7 @@ snapshot()
 {
     # The account files are rewritten (and their "-" backups made) by adduser: the
     # pgwicket user stays after a purge, as in most Debian packages (debian/pgwicket.postrm).
-    find "${watched[@]}" 2>/dev/null | grep -Ev '^/etc/(passwd|group|shadow|gshadow)-?$' | sort
+    { find "${watched[@]}" 2>/dev/null || true; } | grep -Ev '^/etc/(passwd|group|shadow|gshadow)-?$' | sort
 }
 snapshot >"$work/files.before"
 dpkg-statoverride --list >"$work/statoverride.before"
@@ -179,16 +179,22 @@ sed -i -e "s|^listen_port = 6432\$|listen_port = $port|" \
     -e 's|^;logfile =$|logfile = /var/log/pgwicket/pgwicket.log|' \
     -e 's|^;audit_file =$|audit_file = /var/log/pgwicket/audit.log|' \
     -e 's|^;pidfile =$|pidfile = /run/pgwicket/pgwicket.pid|' /etc/pgwicket/pgwicket.ini
-[ "$(grep -cE "^(listen_port = $port|\\* = .*port=$pg_port|logfile|audit_file|pidfile) " \
+[ "$(grep -cE "^(listen_port = $port\$|\\* = host=127.0.0.1 port=$pg_port\$|(logfile|audit_file|pidfile) = /)" \
     /etc/pgwicket/pgwicket.ini)" -eq 5 ] || fail "could not edit /etc/pgwicket/pgwicket.ini"
 
 notify_log=$work/notify.log
+# times_notified TEXT: how often TEXT has come on the notify socket (datagrams run together
+# in the log, hence -o).
+times_notified()
+{
+    { grep -o "$1" "$notify_log" 2>/dev/null || true; } | wc -l
+}
 # notified TEXT COUNT: waits up to 10 s until TEXT has come COUNT times on the notify socket.
 notified()
 {
     local i
     for ((i = 0; i < 100; i++)); do
-        [ "$(grep -o "$1" "$notify_log" 2>/dev/null | wc -l)" -ge "$2" ] && return 0
+        [ "$(times_notified "$1")" -ge "$2" ] && return 0
         sleep 0.1
     done
     return 1
@@ -202,7 +208,7 @@ start_daemon()
         return
     fi
     local ready
-    ready=$(grep -o 'READY=1' "$notify_log" 2>/dev/null | wc -l)
+    ready=$(times_notified READY=1)
     # The unit's ExecStartPre=, RuntimeDirectory= and pgwicket.socket's ListenStream=.
     setpriv --reuid=pgwicket --regid=pgwicket --init-groups -- \
         /usr/sbin/pgwicket --check-config -c /etc/pgwicket/pgwicket.ini >/dev/null ||
@@ -214,8 +220,13 @@ start_daemon()
         /usr/bin/setpriv --reuid=pgwicket --regid=pgwicket --init-groups -- \
         /usr/sbin/pgwicket -c /etc/pgwicket/pgwicket.ini 2>>"$work/daemon.stderr" &
     daemon_pid=$!
-    notified 'READY=1' $((ready + 1)) || fail "pgwicket sent no READY=1 (see $work/daemon.stderr)"
+    wait_listening "$port" 10 || fail "systemd-socket-activate did not listen (see $work/daemon.stderr)"
     chmod 0777 "/run/pgwicket/.s.PGSQL.$port"
+    # As with pgwicket.socket, the first connection starts pgwicket (in the same process).
+    query "$tcp" "SELECT 1" >/dev/null
+    notified 'READY=1' $((ready + 1)) || fail "pgwicket sent no READY=1 (see $work/daemon.stderr)"
+    [ "$(ps -o user=,comm= -p "$daemon_pid" | tr -s ' ')" = "pgwicket pgwicket" ] ||
+        fail "pid $daemon_pid is not pgwicket running as pgwicket: $(ps -o user=,comm= -p "$daemon_pid")"
 }
 # stop_daemon: stops pgwicket (SIGTERM: the drain) and waits for it; returns its status.
 stop_daemon()
@@ -249,7 +260,8 @@ check_serves()
 
 if [ "$under_systemd" -eq 0 ]; then
     # The notify socket: a datagram socket that systemd-socket-activate hands to cat.
-    systemd-socket-activate --datagram -l "$work/notify.sock" sh -c 'exec cat <&3' >"$notify_log" &
+    systemd-socket-activate --datagram -l "$work/notify.sock" sh -c 'exec cat <&3' \
+        >"$notify_log" 2>"$work/notify.stderr" &
     notify_pid=$!
     for _ in $(seq 50); do
         [ -S "$work/notify.sock" ] && break
@@ -267,7 +279,7 @@ pass "started as user $(ps -o user= -p "$daemon_pid"), psql over TCP and /run/pg
 
 # ---- logrotate -------------------------------------------------------------------------------
 step=logrotate
-reloads=$(grep -o 'RELOADING=1' "$notify_log" 2>/dev/null | wc -l)
+reloads=$(times_notified RELOADING=1)
 logrotate -f --state "$work/logrotate.state" /etc/logrotate.d/pgwicket >"$work/logrotate.log" 2>&1 || {
     cat "$work/logrotate.log" >&2
     fail "logrotate -f failed"
@@ -348,8 +360,9 @@ dpkg -P pgwicket </dev/null >"$work/purge.log" 2>&1 || {
     fail "dpkg -P failed"
 }
 installed=0
-dpkg-query -W -f='${Status}' pgwicket 2>/dev/null | grep -q 'not-installed' ||
-    fail "dpkg -s after purge: $(dpkg-query -W -f='${Status}' pgwicket 2>&1)"
+if dpkg-query -W -f='${Status}' pgwicket 2>/dev/null | grep -qv 'not-installed'; then
+    fail "dpkg -s after purge: $(dpkg-query -W -f='${Status}' pgwicket)"
+fi
 for f in /etc/pgwicket /var/log/pgwicket /run/pgwicket /etc/logrotate.d/pgwicket; do
     [ ! -e "$f" ] || fail "$f is still there"
 done
