@@ -31,6 +31,17 @@ expect()
     "$@" >/dev/null 2>&1 || fail "$what"
 }
 
+# run_dpkg WHAT ARGS...: dpkg ARGS, its output in $work/WHAT.log; fails the step with it.
+run_dpkg()
+{
+    local what=$1
+    shift
+    dpkg "$@" </dev/null >"$work/$what.log" 2>&1 || {
+        cat "$work/$what.log" >&2
+        fail "dpkg $* failed"
+    }
+}
+
 [ "$(id -u)" -eq 0 ] || fail "must run as root (it installs the package)"
 if dpkg-query -W -f='${Status}' pgwicket 2>/dev/null | grep -qv 'not-installed'; then
     fail "pgwicket is already installed (or its configuration is left): dpkg -P pgwicket first"
@@ -105,10 +116,7 @@ fi
 
 # ---- install ----------------------------------------------------------------------------
 step=install
-dpkg -i "$deb" </dev/null >"$work/install.log" 2>&1 || {
-    cat "$work/install.log" >&2
-    fail "dpkg -i failed"
-}
+run_dpkg install -i "$deb"
 installed=1
 [ "$(dpkg-query -W -f='${Status} ${Version}' pgwicket)" = "install ok installed $version" ] ||
     fail "dpkg -s pgwicket: $(dpkg-query -W -f='${Status} ${Version}' pgwicket)"
@@ -305,10 +313,7 @@ old_pid=$daemon_pid
 query "$tcp" "SELECT pg_sleep(6), 'drained'" >"$work/long-session.out" &
 long_pid=$!
 sleep 1
-dpkg -i "$deb" </dev/null >"$work/upgrade.log" 2>&1 || {
-    cat "$work/upgrade.log" >&2
-    fail "dpkg -i (upgrade to itself) failed"
-}
+run_dpkg upgrade -i "$deb"
 [ "$(dpkg-query -W -f='${Status}' pgwicket)" = "install ok installed" ] || fail "not installed after upgrade"
 if [ "$under_systemd" -eq 1 ]; then
     # postinst's try-restart: the stop drains the session, then a new main process.
@@ -338,10 +343,7 @@ step=remove
 if [ "$under_systemd" -eq 0 ]; then
     stop_daemon || fail "pgwicket exited with status $? on SIGTERM"
 fi
-dpkg -r pgwicket </dev/null >"$work/remove.log" 2>&1 || {
-    cat "$work/remove.log" >&2
-    fail "dpkg -r failed"
-}
+run_dpkg remove -r pgwicket
 [ "$(dpkg-query -W -f='${Status}' pgwicket)" = "deinstall ok config-files" ] ||
     fail "dpkg -s after remove: $(dpkg-query -W -f='${Status}' pgwicket)"
 pgrep -u pgwicket >/dev/null && fail "a pgwicket process runs after remove"
@@ -355,10 +357,7 @@ pass "dpkg -r: stopped, binary, units and man pages gone, configuration kept"
 
 # ---- purge ------------------------------------------------------------------------------------
 step=purge
-dpkg -P pgwicket </dev/null >"$work/purge.log" 2>&1 || {
-    cat "$work/purge.log" >&2
-    fail "dpkg -P failed"
-}
+run_dpkg purge -P pgwicket
 installed=0
 if dpkg-query -W -f='${Status}' pgwicket 2>/dev/null | grep -qv 'not-installed'; then
     fail "dpkg -s after purge: $(dpkg-query -W -f='${Status}' pgwicket)"
