@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building, testing, the demo and the bench of pgwicket need on Debian 12.
 # Idempotent: installs only the packages that are missing, and prints nothing when none are.
+# Packages named as arguments are installed too (contrib/package-check.sh adds its own).
 set -euo pipefail
 
 packages=(
@@ -16,6 +17,7 @@ packages=(
     systemd curl
     # fuzz targets (tests/fuzz): clang with the libFuzzer runtime
     clang libclang-rt-14-dev
+    "$@"
 )
 
 missing=()
