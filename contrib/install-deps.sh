@@ -15,6 +15,9 @@ packages=(
     pgbouncer expect tmux
     # daemon tests: systemd-socket-activate (systemd), the metrics endpoint (curl)
     systemd curl
+    # load balancer tests: HAProxy in front of three instances, the Kubernetes
+    # manifests' check (contrib/kubernetes/check-manifests.py)
+    haproxy python3 python3-yaml
     # fuzz targets (tests/fuzz): clang with the libFuzzer runtime
     clang libclang-rt-14-dev
     "$@"

@@ -76,8 +76,16 @@ int serve_metrics(int fd, const ipc::SessionTable& table)
                 "Allow: GET, HEAD\r\n");
         return session::kExitClientError;
     }
+    if (path == "/healthz") {
+        // A load balancer's health check: draining instances take no new sessions.
+        const bool draining = table.header()->draining.load(std::memory_order_relaxed) != 0;
+        respond(fd, draining ? "503 Service Unavailable" : "200 OK", "text/plain", draining ? "draining\n" : "ok\n",
+                deadline, method == "HEAD");
+        net::linger_close(fd, net::Clock::now() + 1s);
+        return session::kExitOk;
+    }
     if (path != "/metrics" && path != "/") {
-        respond(fd, "404 Not Found", "text/plain", "metrics are at /metrics\n", deadline);
+        respond(fd, "404 Not Found", "text/plain", "metrics are at /metrics, health at /healthz\n", deadline);
         return session::kExitOk;
     }
     std::string body = render_prometheus(collect(table));

@@ -6,7 +6,7 @@
 
 namespace pgw::admin {
 
-// Reads one request (GET /metrics or GET /), answers it and returns a worker exit code.
+// Reads one request (GET /metrics or GET /; GET /healthz: 200, or 503 while draining), answers it and returns a worker exit code.
 int serve_metrics(int fd, const ipc::SessionTable& table);
 
 } // namespace pgw::admin

@@ -20,7 +20,7 @@
 namespace pgw::ipc {
 
 inline constexpr std::uint32_t kTableMagic = 0x50475754;  // "PGWT"
-inline constexpr std::uint32_t kTableVersion = 8;
+inline constexpr std::uint32_t kTableVersion = 9;
 
 enum class SlotState : std::uint32_t {
     Free = 0,
@@ -186,6 +186,9 @@ struct TableHeader {
     std::atomic<std::uint32_t> bad_cancel_count;
     std::atomic<std::int32_t> supervisor_pid;  // for RELOAD and SHUTDOWN from the console
     std::atomic<std::int64_t> started_ms;      // CLOCK_REALTIME
+    // 1 from the first SIGTERM on: GET /healthz answers 503, so a load balancer sends
+    // new sessions elsewhere while this instance's sessions finish.
+    std::atomic<std::uint32_t> draining;
     // Sequence lock around folding a reaped slot into `retired`: odd while folding.
     std::atomic<std::uint64_t> fold_seq;
     Counters retired;  // counts of sessions whose workers have been reaped

@@ -903,6 +903,7 @@ void Supervisor::reopen_logs()
 void Supervisor::begin_drain()
 {
     phase_ = Phase::Draining;
+    table_.header()->draining.store(1, std::memory_order_relaxed);
     drain_deadline_ = Clock::now() + std::chrono::seconds(cfg_.shutdown_timeout);
     retire_spares();
     // Warm connections close with Terminate; busy ones when their session ends.
@@ -927,6 +928,7 @@ void Supervisor::begin_end(const char* why)
     if (phase_ == Phase::Running)
         sd_notify(0, "STOPPING=1");
     phase_ = Phase::Ending;
+    table_.header()->draining.store(1, std::memory_order_relaxed);
     kill_deadline_ = Clock::now() + kShutdownGrace;
     stop_listening();
     retire_spares();

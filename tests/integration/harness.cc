@@ -132,7 +132,7 @@ int free_port()
     }
 }
 
-static bool tcp_accepts(int port)
+bool tcp_accepts(int port)
 {
     int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in a{};
@@ -142,6 +142,19 @@ static bool tcp_accepts(int port)
     bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
     ::close(fd);
     return ok;
+}
+
+RunResult http_get(const std::string& url)
+{
+    return run({"curl", "-sS", "--max-time", "10", "-w", "\nHTTP %{http_code}\n", url});
+}
+
+double metric(const std::string& body, const std::string& series)
+{
+    size_t at = body.find("\n" + series + " ");
+    if (at == std::string::npos)
+        return -1;
+    return std::stod(body.substr(at + series.size() + 2));
 }
 
 // ---- running commands ------------------------------------------------------------------------
@@ -723,6 +736,82 @@ long vm_hwm_kib(pid_t pid)
 
 // ---- pgwicket --------------------------------------------------------------------------------
 
+Daemon::Daemon(const std::vector<std::string>& argv, const std::string& log_path, const EnvOverrides& env)
+    : log_path_(log_path)
+{
+    int logfd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (logfd < 0)
+        throw std::runtime_error("cannot open " + log_path_);
+    auto envs = build_env(env);
+    pid_t parent = getpid();
+    pid_ = fork();
+    if (pid_ < 0) {
+        ::close(logfd);
+        throw std::runtime_error("fork: " + std::string(strerror(errno)));
+    }
+    if (pid_ == 0) {
+        // If the test binary dies, the process should not outlive it.
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent)
+            _exit(1);
+        int devnull = ::open("/dev/null", O_RDONLY);
+        dup2(devnull, 0);
+        dup2(logfd, 1);
+        dup2(logfd, 2);
+        exec_child(argv, envs);
+    }
+    ::close(logfd);
+}
+
+Daemon::~Daemon()
+{
+    if (pid_ > 0 && !wait_status_)
+        (void)stop();
+}
+
+bool Daemon::running()
+{
+    if (wait_status_)
+        return false;
+    int st = 0;
+    pid_t r = waitpid(pid_, &st, WNOHANG);
+    if (r == pid_) {
+        wait_status_ = st;
+        return false;
+    }
+    return r == 0;
+}
+
+static std::string describe_status(int st)
+{
+    if (WIFEXITED(st))
+        return "exit " + std::to_string(WEXITSTATUS(st));
+    if (WIFSIGNALED(st))
+        return "signal " + std::to_string(WTERMSIG(st));
+    return "status " + std::to_string(st);
+}
+
+std::string Daemon::stop()
+{
+    if (pid_ <= 0)
+        return "not started";
+    if (wait_status_)
+        return "had already ended: " + describe_status(*wait_status_);
+    kill(pid_, SIGTERM);
+    if (wait_for([&] { return !running(); }, 10000))
+        return describe_status(*wait_status_);
+    kill(pid_, SIGKILL);
+    int st = 0;
+    waitpid(pid_, &st, 0);
+    wait_status_ = st;
+    // Workers of a killed process would linger with our sockets; take them down too.
+    for (pid_t child : children_of(pid_))
+        kill(child, SIGKILL);
+    return "still running after 10 s: killed";
+}
+
+std::string Daemon::log_tail(size_t lines) const { return tail(read_file(log_path_), lines); }
+
 Proxy::Proxy(const std::string& name, const ProxyOptions& opts) : name_(name)
 {
     Env& e = env();
@@ -749,9 +838,6 @@ Proxy::Proxy(const std::string& name, const ProxyOptions& opts) : name_(name)
     ini << e.standard_databases() << opts.extra_databases << "\n" << opts.extra_sections;
     write_file(config_path_, ini.str());
 
-    int logfd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (logfd < 0)
-        throw std::runtime_error("cannot open " + log_path_);
     std::vector<std::string> argv = opts.launcher;
     for (const std::string& a : {e.pgwicket_bin, std::string("-c"), config_path_})
         argv.push_back(a);
@@ -761,25 +847,7 @@ Proxy::Proxy(const std::string& name, const ProxyOptions& opts) : name_(name)
                               {"LISTEN_FDS", std::nullopt},
                               {"LISTEN_PID", std::nullopt}};
     overrides.insert(overrides.end(), opts.env.begin(), opts.env.end());
-    auto envs = build_env(overrides);
-    pid_t parent = getpid();
-    pid_ = fork();
-    if (pid_ < 0) {
-        ::close(logfd);
-        throw std::runtime_error("fork: " + std::string(strerror(errno)));
-    }
-    if (pid_ == 0) {
-        // If the test binary dies, the supervisor should not outlive it.
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
-        if (getppid() != parent)
-            _exit(1);
-        int devnull = ::open("/dev/null", O_RDONLY);
-        dup2(devnull, 0);
-        dup2(logfd, 1);
-        dup2(logfd, 2);
-        exec_child(argv, envs);
-    }
-    ::close(logfd);
+    process_.emplace(argv, log_path_, overrides);
     bool up = wait_for([&] { return !running() ? true : tcp_accepts(port_); }, 10000);
     if (!up || !running()) {
         std::string how = running() ? "does not accept connections after 10 s" : "exited";
@@ -789,52 +857,11 @@ Proxy::Proxy(const std::string& name, const ProxyOptions& opts) : name_(name)
     }
 }
 
-Proxy::~Proxy()
-{
-    if (pid_ > 0 && !wait_status_)
-        (void)stop();
-}
+Proxy::~Proxy() = default;
 
-bool Proxy::running()
-{
-    if (wait_status_)
-        return false;
-    int st = 0;
-    pid_t r = waitpid(pid_, &st, WNOHANG);
-    if (r == pid_) {
-        wait_status_ = st;
-        return false;
-    }
-    return r == 0;
-}
+bool Proxy::running() { return process_ && process_->running(); }
 
-static std::string describe_status(int st)
-{
-    if (WIFEXITED(st))
-        return "exit " + std::to_string(WEXITSTATUS(st));
-    if (WIFSIGNALED(st))
-        return "signal " + std::to_string(WTERMSIG(st));
-    return "status " + std::to_string(st);
-}
-
-std::string Proxy::stop()
-{
-    if (pid_ <= 0)
-        return "not started";
-    if (wait_status_)
-        return "had already ended: " + describe_status(*wait_status_);
-    kill(pid_, SIGTERM);
-    if (wait_for([&] { return !running(); }, 10000))
-        return describe_status(*wait_status_);
-    kill(pid_, SIGKILL);
-    int st = 0;
-    waitpid(pid_, &st, 0);
-    wait_status_ = st;
-    // Workers of a killed supervisor would linger with our sockets; take them down too.
-    for (pid_t child : children_of(pid_))
-        kill(child, SIGKILL);
-    return "still running after 10 s: killed";
-}
+std::string Proxy::stop() { return process_ ? process_->stop() : "not started"; }
 
 std::string Proxy::log_tail(size_t lines) const { return tail(read_file(log_path_), lines); }
 

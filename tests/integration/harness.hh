@@ -45,6 +45,12 @@ RunResult run_shell(const std::string& command, const RunOptions& opts = {});
 std::vector<std::string> as_server_user(std::vector<std::string> argv);
 
 int free_port();
+// True when something accepts a TCP connection on 127.0.0.1:port.
+bool tcp_accepts(int port);
+// `curl -sS --max-time 10` with "\nHTTP <code>\n" after the body.
+RunResult http_get(const std::string& url);
+// The value of one series (name and labels, as printed) in a Prometheus text body, or -1.
+double metric(const std::string& body, const std::string& series);
 std::string read_file(const std::string& path);
 void write_file(const std::string& path, const std::string& text);
 std::string tail(const std::string& text, size_t lines);
@@ -71,6 +77,28 @@ struct ProxyOptions {
     std::vector<std::string> launcher;
 };
 
+// A background process with stdout and stderr appended to a log file; SIGTERM, then SIGKILL
+// after 10 s, when destroyed.
+class Daemon {
+public:
+    Daemon(const std::vector<std::string>& argv, const std::string& log_path, const EnvOverrides& env = {});
+    ~Daemon();
+    Daemon(const Daemon&) = delete;
+    Daemon& operator=(const Daemon&) = delete;
+
+    pid_t pid() const { return pid_; }
+    bool running();
+    // SIGTERM and wait up to 10 s: "exit 0", "signal 9", "had already ended: exit 1",
+    // "still running after 10 s: killed" (its children killed too).
+    std::string stop();
+    std::string log_tail(size_t lines = 40) const;
+
+private:
+    std::string log_path_;
+    pid_t pid_ = -1;
+    std::optional<int> wait_status_;
+};
+
 // One running pgwicket supervisor with a generated config; stopped (SIGTERM, then SIGKILL
 // after 10 s) when destroyed, so a failing test never leaves one behind.
 class Proxy {
@@ -81,7 +109,7 @@ public:
     Proxy& operator=(const Proxy&) = delete;
 
     int port() const { return port_; }
-    pid_t pid() const { return pid_; }
+    pid_t pid() const { return process_ ? process_->pid() : -1; }
     const std::string& unix_dir() const { return unix_dir_; }
     const std::string& config_path() const { return config_path_; }
     const std::string& log_path() const { return log_path_; }
@@ -107,8 +135,7 @@ private:
     std::string log_path_;
     std::string unix_dir_;
     int port_ = 0;
-    pid_t pid_ = -1;
-    std::optional<int> wait_status_;
+    std::optional<Daemon> process_;
 };
 
 // Boost.Test checks: SIGTERM ends `p` with exit 0 within 10 s, and its log has no crash

@@ -31,19 +31,6 @@ ProxyOptions admin_options()
 // The console connection for `user`; the upstream is never asked about these users.
 std::string console(const Proxy& p, const std::string& user) { return p.conninfo("pgwicket", user); }
 
-RunResult curl(const std::string& url)
-{
-    return run({"curl", "-sS", "--max-time", "10", "-w", "\nHTTP %{http_code}\n", url});
-}
-
-double metric(const std::string& body, const std::string& series)
-{
-    size_t at = body.find("\n" + series + " ");
-    if (at == std::string::npos)
-        return -1;
-    return std::stod(body.substr(at + series.size() + 2));
-}
-
 // What libpq hands to a connection's notice receiver, which includes an ErrorResponse
 // that comes while the connection is idle: the FATAL of a server-side end. Attached right
 // after connecting, since that FATAL may arrive behind the last query's ReadyForQuery.
@@ -256,7 +243,7 @@ BOOST_AUTO_TEST_CASE(prometheus_metrics_with_curl)
     Proxy p("pgwicket-metrics", o);
     const std::string url = "http://127.0.0.1:" + std::to_string(mport);
 
-    RunResult before = curl(url + "/metrics");
+    RunResult before = http_get(url + "/metrics");
     BOOST_TEST_REQUIRE(before.ok(), before.status() << before.out);
     BOOST_TEST(contains(before.out, "HTTP 200"), before.out);
     for (const char* family :
@@ -292,7 +279,7 @@ BOOST_AUTO_TEST_CASE(prometheus_metrics_with_curl)
     std::string body;
     // Finished sessions are folded into the totals when their workers are reaped.
     BOOST_TEST(wait_for([&] {
-                   body = curl(url + "/metrics").out;
+                   body = http_get(url + "/metrics").out;
                    return metric(body, "pgwicket_cancel_requests_total{outcome=\"routed\"}") >= 1 &&
                           metric(body, "pgwicket_upstream_connect_failures_total") >= 1 &&
                           metric(body, "pgwicket_worker_exits_total{code=\"4\",reason=\"upstream failure\"}") >= 1;
@@ -311,7 +298,7 @@ BOOST_AUTO_TEST_CASE(prometheus_metrics_with_curl)
     BOOST_TEST(metric(body, "pgwicket_worker_exits_total{code=\"4\",reason=\"upstream failure\"}") >= 1, excerpt(body));
     BOOST_TEST(metric(body, "pgwicket_connections_accepted_total") >= 4, excerpt(body));
 
-    RunResult nf = curl(url + "/nothing-here");
+    RunResult nf = http_get(url + "/nothing-here");
     BOOST_TEST(contains(nf.out, "HTTP 404"), nf.out);
     RunResult post = run({"curl", "-sS", "--max-time", "10", "-X", "POST", "-w", "\nHTTP %{http_code}\n", url + "/metrics"});
     BOOST_TEST(contains(post.out, "HTTP 405"), post.out);
@@ -322,7 +309,7 @@ BOOST_AUTO_TEST_CASE(prometheus_metrics_with_curl)
         std::string reply = raw.read_exact(12, 5000);
         BOOST_TEST(contains(reply, "HTTP/1.1 400"), reply);
     }
-    BOOST_TEST(contains(curl(url + "/metrics").out, "HTTP 200"));
+    BOOST_TEST(contains(http_get(url + "/metrics").out, "HTTP 200"));
     idle.reset();
     check_clean_stop(p);
 }

@@ -117,11 +117,6 @@ std::string all_messages(const NotifySocket& n)
     return out;
 }
 
-RunResult curl(const std::string& url)
-{
-    return run({"curl", "-sS", "--max-time", "10", "-w", "\nHTTP %{http_code}\n", url});
-}
-
 } // namespace
 
 BOOST_AUTO_TEST_SUITE(daemon_ops)
@@ -370,7 +365,7 @@ BOOST_AUTO_TEST_CASE(systemd_socket_activation_tcp_unix_and_metrics)
     struct stat st {};
     BOOST_TEST(::stat((p.unix_dir() + "/.s.PGSQL." + std::to_string(port)).c_str(), &st) != 0);
 
-    RunResult m = curl("http://127.0.0.1:" + std::to_string(metrics_port) + "/metrics");
+    RunResult m = http_get("http://127.0.0.1:" + std::to_string(metrics_port) + "/metrics");
     BOOST_TEST(m.ok(), m.status() << m.out);
     BOOST_TEST(contains(m.out, "HTTP 200"), m.out);
     BOOST_TEST(contains(m.out, "pgwicket_sessions{state=\"idle\"} 2"), excerpt(m.out));

@@ -85,16 +85,6 @@ void exec_ok(PGconn* c, const std::string& sql)
     BOOST_TEST((st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK), sql << ": " << PQresultErrorMessage(r.get()));
 }
 
-RunResult curl(const std::string& url) { return run({"curl", "-sS", "--max-time", "10", url}); }
-
-double metric(const std::string& body, const std::string& series)
-{
-    size_t at = body.find("\n" + series + " ");
-    if (at == std::string::npos)
-        return -1;
-    return std::stod(body.substr(at + series.size() + 2));
-}
-
 struct Denied {
     const char* sql;   // each carries a marker found nowhere else in this run's server log
     const char* kind;
@@ -588,7 +578,7 @@ BOOST_AUTO_TEST_CASE(denials_are_counted)
     }
     std::string body;
     BOOST_TEST(wait_for([&] {
-                   body = curl(url).out;
+                   body = http_get(url).out;
                    return metric(body, "pgwicket_statements_total{class=\"unknown\",outcome=\"denied\"}") == 3;
                }),
                excerpt(body));

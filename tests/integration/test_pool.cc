@@ -174,13 +174,6 @@ BOOST_AUTO_TEST_CASE(a_connection_left_in_doubt_is_never_reused)
     check_clean_stop(p);
 }
 
-// A sample's value in a Prometheus text body, or -1.
-double metric(const std::string& body, const std::string& series)
-{
-    size_t at = body.find("\n" + series + " ");
-    return at == std::string::npos ? -1 : std::stod(body.substr(at + series.size() + 2));
-}
-
 // The metrics endpoint of a proxy made with pooled_options.
 std::string metrics_url(Proxy& p)
 {
@@ -193,7 +186,7 @@ std::string metrics_url(Proxy& p)
 // The "pooled" entry's gauges as "warm active waiting pool_size".
 std::string pool_gauges(Proxy& p)
 {
-    const std::string body = run({"curl", "-sS", "--max-time", "10", metrics_url(p)}).out;
+    const std::string body = http_get(metrics_url(p)).out;
     const std::string pool = "pool=\"pooled/postgres/postgres\"";
     auto v = [&](const std::string& series) { return std::to_string(long(metric(body, series))); };
     return v("pgwicket_pool_connections{" + pool + ",state=\"warm\"}") + " " +
@@ -251,7 +244,7 @@ BOOST_AUTO_TEST_CASE(full_pool_waits_in_order_then_53300)
     BOOST_CHECK_MESSAGE(wait_for([&] { return pool_gauges(p) == "1 0 0 1"; }), "metrics: " << pool_gauges(p));
     // The wait histogram: three clients; the second waited until the holder left, the
     // refused one query_wait_timeout (3 s).
-    const std::string body = run({"curl", "-sS", "--max-time", "10", metrics_url(p)}).out;
+    const std::string body = http_get(metrics_url(p)).out;
     const std::string pool = "pool=\"pooled/postgres/postgres\"";
     BOOST_CHECK_EQUAL(metric(body, "pgwicket_pool_wait_seconds_count{" + pool + "}"), 3);
     BOOST_CHECK_EQUAL(metric(body, "pgwicket_pool_wait_seconds_bucket{" + pool + ",le=\"+Inf\"}"), 3);
@@ -398,7 +391,7 @@ BOOST_AUTO_TEST_CASE(every_tls_combination_reuses_the_backend)
             const std::string series = std::string("pgwicket_pool_connections{pool=\"") + db +
                                        "/postgres/postgres\",state=\"warm\"}";
             BOOST_CHECK(wait_for([&] {
-                return metric(run({"curl", "-sS", "--max-time", "10", metrics_url(p)}).out, series) == 1;
+                return metric(http_get(metrics_url(p)).out, series) == 1;
             }));
             Conn b = connect_ok(p.conninfo(db, "postgres", std::string("application_name=second sslmode=") + sslmode));
             BOOST_CHECK_MESSAGE(pid_of(b.get()) == pid, what << ": the backend was not reused\n" << p.log_tail());
@@ -606,7 +599,7 @@ BOOST_AUTO_TEST_CASE(show_servers_and_pool_gauges_follow_a_connection)
     const std::string pool = "pool=\"pooled/postgres/postgres\"";
     std::string body;
     BOOST_CHECK_MESSAGE(wait_for([&] {
-                            body = run({"curl", "-sS", "--max-time", "10", url}).out;
+                            body = http_get(url).out;
                             return metric(body, "pgwicket_pool_connections{" + pool + ",state=\"warm\"}") == 1;
                         }),
                         excerpt(body));
@@ -625,7 +618,7 @@ BOOST_AUTO_TEST_CASE(show_servers_and_pool_gauges_follow_a_connection)
         BOOST_CHECK_EQUAL(rows[0]["sessions"], "2");
         BOOST_CHECK_EQUAL(rows[0]["idle_s"], "0");
         BOOST_CHECK_MESSAGE(wait_for([&] {
-                                body = run({"curl", "-sS", "--max-time", "10", url}).out;
+                                body = http_get(url).out;
                                 return metric(body, "pgwicket_pool_connections{" + pool + ",state=\"active\"}") == 1 &&
                                        metric(body, "pgwicket_pool_connections{" + pool + ",state=\"warm\"}") == 0;
                             }),
