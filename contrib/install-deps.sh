@@ -15,6 +15,8 @@ packages=(
     pgbouncer expect tmux
     # daemon tests: systemd-socket-activate (systemd), the metrics endpoint (curl)
     systemd curl
+    # contrib/audit (and the audit tests that run its jq one-liners)
+    jq
     # fuzz targets (tests/fuzz): clang with the libFuzzer runtime
     clang libclang-rt-14-dev
     "$@"
