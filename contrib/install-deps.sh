@@ -18,6 +18,8 @@ packages=(
     # load balancer tests: HAProxy in front of three instances, the Kubernetes
     # manifests' check (contrib/kubernetes/check-manifests.py)
     haproxy python3 python3-yaml
+    # contrib/audit (and the audit tests that run its jq one-liners)
+    jq
     # fuzz targets (tests/fuzz): clang with the libFuzzer runtime
     clang libclang-rt-14-dev
     "$@"

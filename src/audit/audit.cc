@@ -2,6 +2,8 @@
 // 8259), written with one write(2) per line so concurrent workers never interleave.
 #include "audit/audit.hh"
 
+#include "auth/base64.hh"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <systemd/sd-journal.h>
@@ -93,6 +95,47 @@ std::string valid_utf8(const std::string& s)
     return out;
 }
 
+// [{"name":...,"access":...}, ...]: in the record, and as one journald field.
+std::string relations_json(const StatementFacts* f)
+{
+    std::string out = "[";
+    if (f)
+        for (size_t i = 0; i < f->relations.size(); ++i) {
+            out += i ? ",{\"name\":" : "{\"name\":";
+            put_string(out, valid_utf8(f->relations[i].first));
+            field(out, "access", std::string(f->relations[i].second));
+            out += "}";
+        }
+    return out + "]";
+}
+
+// null, or [null | {"text"|"base64":..., "size":n, "cut":bool}, ...].
+std::string parameters_json(const std::vector<Parameter>* ps)
+{
+    if (!ps)
+        return "null";
+    std::string out = "[";
+    for (size_t i = 0; i < ps->size(); ++i) {
+        const Parameter& p = (*ps)[i];
+        if (i)
+            out += ",";
+        if (p.is_null) {
+            out += "null";
+            continue;
+        }
+        if (p.binary) {
+            out += "{\"base64\":";
+            put_string(out, auth::base64_encode({reinterpret_cast<const std::uint8_t*>(p.value.data()), p.value.size()}));
+        } else {
+            out += "{\"text\":";
+            put_string(out, valid_utf8(p.value));
+        }
+        out += ",\"size\":" + std::to_string(p.size);
+        out += p.size > p.value.size() ? ",\"cut\":true}" : ",\"cut\":false}";
+    }
+    return out + "]";
+}
+
 } // namespace
 
 const char* event_name(Event e)
@@ -114,7 +157,7 @@ const char* event_name(Event e)
 
 std::string to_json(const SessionInfo& s, const Record& r)
 {
-    std::string out = "{\"time\":";
+    std::string out = "{\"v\":" + std::to_string(kSchemaVersion) + ",\"time\":";
     put_string(out, now_rfc3339());
     field(out, "event", event_name(r.event));
     out += ",\"session\":" + std::to_string(s.session_id);
@@ -125,6 +168,9 @@ std::string to_json(const SessionInfo& s, const Record& r)
     field(out, "database", s.database);
     field(out, "upstream", s.upstream);
     field(out, "policy", s.policy, true);
+    field(out, "upstream_host", s.upstream_host, true);
+    out += s.upstream_port ? ",\"upstream_port\":" + std::to_string(s.upstream_port) : ",\"upstream_port\":null";
+    out += s.backend_pid ? ",\"backend_pid\":" + std::to_string(s.backend_pid) : ",\"backend_pid\":null";
     if (r.event == Event::Statement || r.event == Event::Denial) {
         field(out, "statement", valid_utf8(r.statement));
         field(out, "fingerprint", r.fingerprint, true);
@@ -138,6 +184,10 @@ std::string to_json(const SessionInfo& s, const Record& r)
         field(out, "sqlstate", r.sqlstate, true);
         out += r.truncated ? ",\"truncated\":true" : ",\"truncated\":false";
         field(out, "denied_by", r.denied_by, true);
+        field(out, "class", r.facts ? std::string(r.facts->audit_class) : "", true);
+        field(out, "command", r.facts ? r.facts->command : "", true);
+        out += ",\"relations\":" + relations_json(r.facts.get());
+        out += ",\"parameters\":" + parameters_json(r.parameters.get());
     }
     if (!r.detail.empty())
         field(out, "detail", valid_utf8(r.detail));
@@ -208,7 +258,12 @@ bool Sink::write(const SessionInfo& s, const Record& r)
             r.denied_by.c_str(), "PGWICKET_BYTES=%llu", (unsigned long long)r.bytes, "PGWICKET_TRUNCATED=%d",
             int(r.truncated), "PGWICKET_APPLICATION_NAME=%s", s.application_name.c_str(), "PGWICKET_UPSTREAM=%s",
             s.upstream.c_str(), "PGWICKET_POLICY=%s", s.policy.c_str(), "PGWICKET_DETAIL=%s", r.detail.c_str(),
-            nullptr);
+            "PGWICKET_VERSION=%d", kSchemaVersion, "PGWICKET_UPSTREAM_HOST=%s", s.upstream_host.c_str(),
+            "PGWICKET_UPSTREAM_PORT=%u", unsigned(s.upstream_port), "PGWICKET_BACKEND_PID=%u",
+            unsigned(s.backend_pid), "PGWICKET_CLASS=%s", r.facts ? std::string(r.facts->audit_class).c_str() : "",
+            "PGWICKET_COMMAND=%s", r.facts ? r.facts->command.c_str() : "", "PGWICKET_RELATIONS=%s",
+            relations_json(r.facts.get()).c_str(), "PGWICKET_PARAMETERS=%s",
+            parameters_json(r.parameters.get()).c_str(), nullptr);
         if (rc < 0) {
             error_ = std::string("could not send the audit record to journald: ") + std::strerror(-rc);
             ok = false;

@@ -86,6 +86,8 @@ struct Config {
     std::string audit_file;
     long audit_journald = 0;
     std::string audit_statement_text;
+    std::string audit_parameters;
+    long audit_parameter_max_size = 0;
     std::string audit_failure;
     long log_statements = 0;
     long jwt_leeway = 0;

@@ -13,7 +13,7 @@ namespace {
 using T = OptionType;
 using R = ReloadClass;
 
-const std::array<OptionSpec, 54> kOptions = {{
+const std::array<OptionSpec, 56> kOptions = {{
     {"listen_addr", T::String, "127.0.0.1", 0, 0, "", R::Restart,
      "TCP addresses to listen on, comma-separated; * for all, empty for none",
      nullptr, &Config::listen_addr},
@@ -119,6 +119,12 @@ const std::array<OptionSpec, 54> kOptions = {{
      "1 also sends audit records to journald, with structured fields", &Config::audit_journald, nullptr},
     {"audit_statement_text", T::Enum, "normalized", 0, 0, "normalized|full", R::Reload,
      "normalized replaces literals with $1, $2, ...; full keeps them", nullptr, &Config::audit_statement_text},
+    {"audit_parameters", T::Enum, "off", 0, 0, "off|on", R::Reload,
+     "on records the bind parameters of extended-protocol statements (they hold data)", nullptr,
+     &Config::audit_parameters},
+    {"audit_parameter_max_size", T::Integer, "256", 0, 1048576, "", R::Reload,
+     "bytes of each bind parameter recorded; longer ones are cut and marked", &Config::audit_parameter_max_size,
+     nullptr},
     {"audit_failure", T::Enum, "block", 0, 0, "block|continue", R::Reload,
      "when a record cannot be written: block the session's statements, or continue with an alarm",
      nullptr, &Config::audit_failure},

@@ -372,7 +372,62 @@ struct Facts {
     bool lock_update = false;
     bool lock_share = false;
     std::uint64_t kinds = 0;  // DML, row locks, SELECT INTO
+    std::vector<Relation> relations;
+    std::vector<std::string> ctes;  // names WITH defines: not relations
 };
+
+// A relation's name as written, in the spelling of Statement::functions.
+std::string relation_name(const PgQuery__RangeVar* r)
+{
+    std::string out;
+    for (const char* part : {r->catalogname, r->schemaname}) {
+        if (part && *part) {
+            append_part(out, part);
+            out += '.';
+        }
+    }
+    append_part(out, str_or_empty(r->relname));
+    return out;
+}
+
+void add_relation(Facts& f, std::string name, Access access)
+{
+    Relation r{std::move(name), access};
+    if (std::find(f.relations.begin(), f.relations.end(), r) == f.relations.end())
+        f.relations.push_back(std::move(r));
+}
+
+// DROP names its objects as lists of strings, not RangeVars.
+bool drops_relations(PgQuery__ObjectType t)
+{
+    return t == PG_QUERY__OBJECT_TYPE__OBJECT_TABLE || t == PG_QUERY__OBJECT_TYPE__OBJECT_VIEW ||
+           t == PG_QUERY__OBJECT_TYPE__OBJECT_MATVIEW || t == PG_QUERY__OBJECT_TYPE__OBJECT_SEQUENCE ||
+           t == PG_QUERY__OBJECT_TYPE__OBJECT_FOREIGN_TABLE;
+}
+
+// The access a child field of m has to the relations below it: the targets of DML,
+// COPY FROM and TRUNCATE write, what SELECT INTO / CREATE TABLE AS / CREATE VIEW create
+// is ddl, and any query (a SELECT anywhere, the source of an INSERT, a view's body) reads.
+Access child_access(const ProtobufCMessage* m, const ProtobufCFieldDescriptor& fd, Access inherited)
+{
+    const ProtobufCMessageDescriptor* d = m->descriptor;
+    auto is = [&](const char* name) { return std::strcmp(fd.name, name) == 0; };
+    if (d == &pg_query__select_stmt__descriptor)
+        return is("into_clause") ? Access::Ddl : Access::Read;
+    if (d == &pg_query__insert_stmt__descriptor || d == &pg_query__update_stmt__descriptor ||
+        d == &pg_query__delete_stmt__descriptor || d == &pg_query__merge_stmt__descriptor)
+        return is("relation") ? Access::Write : Access::Read;
+    if (d == &pg_query__copy_stmt__descriptor)
+        return is("relation") && reinterpret_cast<const PgQuery__CopyStmt*>(m)->is_from ? Access::Write
+                                                                                        : Access::Read;
+    if (d == &pg_query__truncate_stmt__descriptor)
+        return Access::Write;
+    if (d == &pg_query__create_table_as_stmt__descriptor)
+        return is("into") ? Access::Ddl : Access::Read;
+    if (d == &pg_query__view_stmt__descriptor)
+        return is("view") ? Access::Ddl : Access::Read;
+    return inherited;
+}
 
 template <typename T>
 T load(const ProtobufCMessage* m, unsigned offset)
@@ -382,10 +437,22 @@ T load(const ProtobufCMessage* m, unsigned offset)
     return v;
 }
 
-void note(const ProtobufCMessage* m, Facts& f, std::unordered_set<std::string>& seen)
+void note(const ProtobufCMessage* m, Access access, Facts& f, std::unordered_set<std::string>& seen)
 {
     const ProtobufCMessageDescriptor* d = m->descriptor;
-    if (d == &pg_query__func_call__descriptor) {
+    if (d == &pg_query__range_var__descriptor) {
+        add_relation(f, relation_name(reinterpret_cast<const PgQuery__RangeVar*>(m)), access);
+    } else if (d == &pg_query__common_table_expr__descriptor) {
+        std::string name;
+        append_part(name, str_or_empty(reinterpret_cast<const PgQuery__CommonTableExpr*>(m)->ctename));
+        f.ctes.push_back(std::move(name));
+    } else if (d == &pg_query__drop_stmt__descriptor) {
+        auto* drop = reinterpret_cast<const PgQuery__DropStmt*>(m);
+        if (drops_relations(drop->remove_type))
+            for (std::size_t i = 0; i < drop->n_objects; ++i)
+                if (const PgQuery__Node* o = drop->objects[i]; o && o->node_case == PG_QUERY__NODE__NODE_LIST)
+                    add_relation(f, name_from_list(o->list->n_items, o->list->items), Access::Ddl);
+    } else if (d == &pg_query__func_call__descriptor) {
         auto* call = reinterpret_cast<const PgQuery__FuncCall*>(m);
         std::string name = name_from_list(call->n_funcname, call->funcname);
         if (seen.insert(name).second)
@@ -426,27 +493,29 @@ void note(const ProtobufCMessage* m, Facts& f, std::unordered_set<std::string>& 
 
 // Depth-first, pre-order (so functions come in the order they are written), with an
 // explicit stack: the tree can be as deep as the text is long.
-Facts walk(const ProtobufCMessage* root)
+// `access` is what the statement does to the relations it names outside any query.
+Facts walk(const ProtobufCMessage* root, Access access)
 {
     Facts f;
     std::unordered_set<std::string> seen;
-    std::vector<const ProtobufCMessage*> todo{root};
+    std::vector<std::pair<const ProtobufCMessage*, Access>> todo{{root, access}};
     while (!todo.empty()) {
-        const ProtobufCMessage* m = todo.back();
+        auto [m, here] = todo.back();
         todo.pop_back();
-        note(m, f, seen);
+        note(m, here, f, seen);
         const ProtobufCMessageDescriptor* d = m->descriptor;
         // Children go on the stack last field first, so the first field comes off first.
         for (unsigned i = d->n_fields; i-- > 0;) {
             const ProtobufCFieldDescriptor& fd = d->fields[i];
             if (fd.type != PROTOBUF_C_TYPE_MESSAGE)
                 continue;
+            const Access below = child_access(m, fd, here);
             if (fd.label == PROTOBUF_C_LABEL_REPEATED) {
                 auto n = load<std::size_t>(m, fd.quantifier_offset);
                 auto items = load<ProtobufCMessage* const*>(m, fd.offset);
                 for (std::size_t j = n; j-- > 0;)
                     if (items[j])
-                        todo.push_back(items[j]);
+                        todo.emplace_back(items[j], below);
                 continue;
             }
             // Members of a oneof share storage: only the one named by the case is real.
@@ -454,9 +523,15 @@ Facts walk(const ProtobufCMessage* root)
                 load<std::uint32_t>(m, fd.quantifier_offset) != fd.id)
                 continue;
             if (auto sub = load<const ProtobufCMessage*>(m, fd.offset))
-                todo.push_back(sub);
+                todo.emplace_back(sub, below);
         }
     }
+    // A CTE's name read in FROM is no relation (a table of the same name that the CTE
+    // hides in some scope and not in another is lost: rare enough).
+    if (!f.ctes.empty())
+        std::erase_if(f.relations, [&](const Relation& r) {
+            return std::find(f.ctes.begin(), f.ctes.end(), r.name) != f.ctes.end();
+        });
     return f;
 }
 
@@ -476,6 +551,7 @@ Statement carried(const PgQuery__Node* inner, Statement& s, bool* wrapped)
 {
     Statement in = classify_node(inner);
     s.inner = in.kind;
+    s.audit_class = in.audit_class;
     s.kinds |= in.kinds;
     *wrapped = true;
     return in;
@@ -687,6 +763,283 @@ bool is_ddl(PgQuery__Node__NodeCase c)
     }
 }
 
+// ---- what the audit record says of a statement ---------------------------------------
+
+bool is_role_statement(PgQuery__Node__NodeCase c)
+{
+    return c == PG_QUERY__NODE__NODE_CREATE_ROLE_STMT || c == PG_QUERY__NODE__NODE_ALTER_ROLE_STMT ||
+           c == PG_QUERY__NODE__NODE_ALTER_ROLE_SET_STMT || c == PG_QUERY__NODE__NODE_DROP_ROLE_STMT;
+}
+
+// What a statement does to the relations it names outside any query (see child_access).
+Access root_access(PgQuery__Node__NodeCase c)
+{
+    switch (c) {
+    case PG_QUERY__NODE__NODE_GRANT_STMT:
+    case PG_QUERY__NODE__NODE_VACUUM_STMT:
+    case PG_QUERY__NODE__NODE_REINDEX_STMT:
+    case PG_QUERY__NODE__NODE_CLUSTER_STMT:
+    case PG_QUERY__NODE__NODE_REFRESH_MAT_VIEW_STMT:
+        return Access::Ddl;
+    default:
+        return is_ddl(c) ? Access::Ddl : Access::Read;
+    }
+}
+
+// An ObjectType as the command tag spells it: OBJECT_FOREIGN_TABLE -> "FOREIGN TABLE".
+std::string object_words(int type)
+{
+    static constexpr std::pair<std::string_view, std::string_view> kSpelled[] = {
+        {"MATVIEW", "MATERIALIZED VIEW"},
+        {"TSCONFIGURATION", "TEXT SEARCH CONFIGURATION"},
+        {"TSDICTIONARY", "TEXT SEARCH DICTIONARY"},
+        {"TSPARSER", "TEXT SEARCH PARSER"},
+        {"TSTEMPLATE", "TEXT SEARCH TEMPLATE"},
+        {"FDW", "FOREIGN DATA WRAPPER"},
+        {"FOREIGN_SERVER", "SERVER"},
+        {"LARGEOBJECT", "LARGE OBJECT"},
+        {"OPCLASS", "OPERATOR CLASS"},
+        {"OPFAMILY", "OPERATOR FAMILY"},
+        {"STATISTIC_EXT", "STATISTICS"},
+        {"COLUMN", "TABLE"},
+        {"TABCONSTRAINT", "TABLE"},
+        {"DOMCONSTRAINT", "DOMAIN"},
+    };
+    const ProtobufCEnumValue* v = protobuf_c_enum_descriptor_get_value(&pg_query__object_type__descriptor, type);
+    std::string_view name = v && v->name ? v->name : "OBJECT_OBJECT";
+    if (name.starts_with("OBJECT_"))
+        name.remove_prefix(7);
+    for (const auto& [raw, spelled] : kSpelled)
+        if (name == raw)
+            return std::string(spelled);
+    std::string out(name);
+    std::replace(out.begin(), out.end(), '_', ' ');
+    return out;
+}
+
+// A parse node's name in command tag style: CreatePolicyStmt -> "CREATE POLICY".
+std::string node_words(const ProtobufCMessage* m)
+{
+    std::string_view name = m->descriptor->short_name;
+    if (name.ends_with("Stmt"))
+        name.remove_suffix(4);
+    std::string out;
+    for (std::size_t i = 0; i < name.size(); ++i) {
+        char c = name[i];
+        if (i > 0 && c >= 'A' && c <= 'Z' && name[i - 1] >= 'a' && name[i - 1] <= 'z')
+            out += ' ';
+        out += c >= 'a' && c <= 'z' ? char(c - 'a' + 'A') : c;
+    }
+    return out;
+}
+
+std::string transaction_tag(PgQuery__TransactionStmtKind k)
+{
+    switch (k) {
+    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_BEGIN:
+        return "BEGIN";
+    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_START:
+        return "START TRANSACTION";
+    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_COMMIT:
+        return "COMMIT";
+    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_SAVEPOINT:
+        return "SAVEPOINT";
+    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_RELEASE:
+        return "RELEASE";
+    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_PREPARE:
+        return "PREPARE TRANSACTION";
+    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_COMMIT_PREPARED:
+        return "COMMIT PREPARED";
+    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_ROLLBACK_PREPARED:
+        return "ROLLBACK PREPARED";
+    default:  // ROLLBACK, ROLLBACK TO
+        return "ROLLBACK";
+    }
+}
+
+std::string discard_tag(PgQuery__DiscardMode m)
+{
+    switch (m) {
+    case PG_QUERY__DISCARD_MODE__DISCARD_PLANS:
+        return "DISCARD PLANS";
+    case PG_QUERY__DISCARD_MODE__DISCARD_SEQUENCES:
+        return "DISCARD SEQUENCES";
+    case PG_QUERY__DISCARD_MODE__DISCARD_TEMP:
+        return "DISCARD TEMP";
+    default:
+        return "DISCARD ALL";
+    }
+}
+
+// PostgreSQL's CreateCommandTag for the statements the grammar shows it for.
+std::string command_tag(const PgQuery__Node* node)
+{
+    switch (node->node_case) {
+    case PG_QUERY__NODE__NODE_SELECT_STMT:
+        return node->select_stmt->into_clause ? "SELECT INTO" : "SELECT";
+    case PG_QUERY__NODE__NODE_INSERT_STMT:
+        return "INSERT";
+    case PG_QUERY__NODE__NODE_UPDATE_STMT:
+        return "UPDATE";
+    case PG_QUERY__NODE__NODE_DELETE_STMT:
+        return "DELETE";
+    case PG_QUERY__NODE__NODE_MERGE_STMT:
+        return "MERGE";
+    case PG_QUERY__NODE__NODE_CREATE_STMT:
+        return "CREATE TABLE";
+    case PG_QUERY__NODE__NODE_CREATE_TABLE_AS_STMT:
+        return node->create_table_as_stmt->objtype == PG_QUERY__OBJECT_TYPE__OBJECT_MATVIEW
+                   ? "CREATE MATERIALIZED VIEW"
+                   : "CREATE TABLE AS";
+    case PG_QUERY__NODE__NODE_ALTER_TABLE_STMT:
+        return "ALTER " + object_words(node->alter_table_stmt->objtype);
+    case PG_QUERY__NODE__NODE_DROP_STMT:
+        return "DROP " + object_words(node->drop_stmt->remove_type);
+    case PG_QUERY__NODE__NODE_RENAME_STMT:
+        return "ALTER " + object_words(node->rename_stmt->rename_type == PG_QUERY__OBJECT_TYPE__OBJECT_COLUMN ||
+                                               node->rename_stmt->rename_type ==
+                                                   PG_QUERY__OBJECT_TYPE__OBJECT_TABCONSTRAINT
+                                           ? node->rename_stmt->relation_type
+                                           : node->rename_stmt->rename_type);
+    case PG_QUERY__NODE__NODE_ALTER_OBJECT_SCHEMA_STMT:
+        return "ALTER " + object_words(node->alter_object_schema_stmt->object_type);
+    case PG_QUERY__NODE__NODE_ALTER_OWNER_STMT:
+        return "ALTER " + object_words(node->alter_owner_stmt->object_type);
+    case PG_QUERY__NODE__NODE_DEFINE_STMT:
+        return "CREATE " + object_words(node->define_stmt->kind);
+    case PG_QUERY__NODE__NODE_ALTER_FUNCTION_STMT:
+        return "ALTER " + object_words(node->alter_function_stmt->objtype);
+    case PG_QUERY__NODE__NODE_CREATE_FUNCTION_STMT:
+        return node->create_function_stmt->is_procedure ? "CREATE PROCEDURE" : "CREATE FUNCTION";
+    case PG_QUERY__NODE__NODE_INDEX_STMT:
+        return "CREATE INDEX";
+    case PG_QUERY__NODE__NODE_VIEW_STMT:
+        return "CREATE VIEW";
+    case PG_QUERY__NODE__NODE_CREATE_SEQ_STMT:
+        return "CREATE SEQUENCE";
+    case PG_QUERY__NODE__NODE_ALTER_SEQ_STMT:
+        return "ALTER SEQUENCE";
+    case PG_QUERY__NODE__NODE_CREATEDB_STMT:
+        return "CREATE DATABASE";
+    case PG_QUERY__NODE__NODE_DROPDB_STMT:
+        return "DROP DATABASE";
+    case PG_QUERY__NODE__NODE_ALTER_DATABASE_STMT:
+    case PG_QUERY__NODE__NODE_ALTER_DATABASE_SET_STMT:
+    case PG_QUERY__NODE__NODE_ALTER_DATABASE_REFRESH_COLL_STMT:
+        return "ALTER DATABASE";
+    case PG_QUERY__NODE__NODE_ALTER_ROLE_STMT:
+    case PG_QUERY__NODE__NODE_ALTER_ROLE_SET_STMT:
+        return "ALTER ROLE";
+    case PG_QUERY__NODE__NODE_COMPOSITE_TYPE_STMT:
+    case PG_QUERY__NODE__NODE_CREATE_ENUM_STMT:
+    case PG_QUERY__NODE__NODE_CREATE_RANGE_STMT:
+        return "CREATE TYPE";
+    case PG_QUERY__NODE__NODE_ALTER_ENUM_STMT:
+        return "ALTER TYPE";
+    case PG_QUERY__NODE__NODE_CREATE_TRIG_STMT:
+        return "CREATE TRIGGER";
+    case PG_QUERY__NODE__NODE_CREATE_PLANG_STMT:
+        return "CREATE LANGUAGE";
+    case PG_QUERY__NODE__NODE_CREATE_FDW_STMT:
+        return "CREATE FOREIGN DATA WRAPPER";
+    case PG_QUERY__NODE__NODE_CREATE_FOREIGN_SERVER_STMT:
+        return "CREATE SERVER";
+    case PG_QUERY__NODE__NODE_CREATE_TABLE_SPACE_STMT:
+        return "CREATE TABLESPACE";
+    case PG_QUERY__NODE__NODE_DROP_TABLE_SPACE_STMT:
+        return "DROP TABLESPACE";
+    case PG_QUERY__NODE__NODE_RULE_STMT:
+        return "CREATE RULE";
+    case PG_QUERY__NODE__NODE_SEC_LABEL_STMT:
+        return "SECURITY LABEL";
+    case PG_QUERY__NODE__NODE_TRUNCATE_STMT:
+        return "TRUNCATE TABLE";
+    case PG_QUERY__NODE__NODE_VACUUM_STMT:
+        return node->vacuum_stmt->is_vacuumcmd ? "VACUUM" : "ANALYZE";
+    case PG_QUERY__NODE__NODE_CHECK_POINT_STMT:
+        return "CHECKPOINT";
+    case PG_QUERY__NODE__NODE_VARIABLE_SET_STMT:
+        return node->variable_set_stmt->kind == PG_QUERY__VARIABLE_SET_KIND__VAR_RESET ||
+                       node->variable_set_stmt->kind == PG_QUERY__VARIABLE_SET_KIND__VAR_RESET_ALL
+                   ? "RESET"
+                   : "SET";
+    case PG_QUERY__NODE__NODE_CONSTRAINTS_SET_STMT:
+        return "SET CONSTRAINTS";
+    case PG_QUERY__NODE__NODE_VARIABLE_SHOW_STMT:
+        return "SHOW";
+    case PG_QUERY__NODE__NODE_LOCK_STMT:
+        return "LOCK TABLE";
+    case PG_QUERY__NODE__NODE_GRANT_STMT:
+        return node->grant_stmt->is_grant ? "GRANT" : "REVOKE";
+    case PG_QUERY__NODE__NODE_GRANT_ROLE_STMT:
+        return node->grant_role_stmt->is_grant ? "GRANT ROLE" : "REVOKE ROLE";
+    case PG_QUERY__NODE__NODE_TRANSACTION_STMT:
+        return transaction_tag(node->transaction_stmt->kind);
+    case PG_QUERY__NODE__NODE_DEALLOCATE_STMT:
+        return node->deallocate_stmt->name && *node->deallocate_stmt->name ? "DEALLOCATE" : "DEALLOCATE ALL";
+    case PG_QUERY__NODE__NODE_DECLARE_CURSOR_STMT:
+        return "DECLARE CURSOR";
+    case PG_QUERY__NODE__NODE_FETCH_STMT:
+        return node->fetch_stmt->ismove ? "MOVE" : "FETCH";
+    case PG_QUERY__NODE__NODE_CLOSE_PORTAL_STMT:
+        return node->close_portal_stmt->portalname && *node->close_portal_stmt->portalname ? "CLOSE CURSOR"
+                                                                                         : "CLOSE CURSOR ALL";
+    case PG_QUERY__NODE__NODE_DISCARD_STMT:
+        return discard_tag(node->discard_stmt->target);
+    case PG_QUERY__NODE__NODE_REFRESH_MAT_VIEW_STMT:
+        return "REFRESH MATERIALIZED VIEW";
+    case PG_QUERY__NODE__NODE_ALTER_DEFAULT_PRIVILEGES_STMT:
+        return "ALTER DEFAULT PRIVILEGES";
+    default:
+        // CopyStmt -> COPY, CallStmt -> CALL, ExplainStmt -> EXPLAIN, CreateRoleStmt ->
+        // CREATE ROLE, CreateSchemaStmt -> CREATE SCHEMA, ...: the node's name is the tag.
+        if (const ProtobufCFieldDescriptor* fd =
+                protobuf_c_message_descriptor_get_field(&pg_query__node__descriptor, unsigned(node->node_case)))
+            if (auto inner = load<const ProtobufCMessage*>(&node->base, fd->offset))
+                return node_words(inner);
+        return "UNKNOWN";
+    }
+}
+
+// pgaudit's class, from PostgreSQL's log level of the statement (GetCommandLogLevel:
+// mod -> WRITE, ddl -> DDL or ROLE, all -> READ for SELECT and COPY, FUNCTION for DO,
+// else MISC; SET -> MISC_SET). CALL is FUNCTION here: the definition.
+AuditClass own_audit_class(const PgQuery__Node* node, const Statement& s)
+{
+    if (is_role_statement(node->node_case))
+        return AuditClass::Role;
+    switch (s.kind) {
+    case Kind::Select:
+    case Kind::SelectForUpdate:
+    case Kind::SelectForShare:
+        return s.not_read_only == kModifyingWith ? AuditClass::Write : AuditClass::Read;
+    case Kind::CopyTo:
+        return AuditClass::Read;
+    case Kind::Insert:
+    case Kind::Update:
+    case Kind::Delete:
+    case Kind::Merge:
+    case Kind::Truncate:
+    case Kind::CopyFrom:
+        return AuditClass::Write;
+    case Kind::SelectInto:
+    case Kind::CreateTableAs:
+    case Kind::Ddl:
+    case Kind::AlterSystem:
+        return AuditClass::Ddl;
+    case Kind::Grant:
+    case Kind::Revoke:
+        return AuditClass::Role;
+    case Kind::Call:
+    case Kind::Do:
+        return AuditClass::Function;
+    case Kind::Other:
+        return node->node_case == PG_QUERY__NODE__NODE_REFRESH_MAT_VIEW_STMT ? AuditClass::Ddl : AuditClass::Misc;
+    default:
+        return s.command == "SET" ? AuditClass::MiscSet : AuditClass::Misc;
+    }
+}
+
 Statement classify_node(const PgQuery__Node* node)
 {
     Statement s;
@@ -696,8 +1049,9 @@ Statement classify_node(const PgQuery__Node* node)
         s.kinds = bit(s.kind);
         return s;
     }
-    Facts f = walk(&node->base);
+    Facts f = walk(&node->base, root_access(node->node_case));
     s.functions = std::move(f.functions);
+    s.relations = std::move(f.relations);
     s.kinds = f.kinds;
     bool wrapped = false;
 
@@ -859,6 +1213,10 @@ Statement classify_node(const PgQuery__Node* node)
     if (!wrapped)
         s.inner = s.kind;
     s.kinds |= bit(s.kind) | bit(s.inner);
+    s.command = command_tag(node);
+    // EXPLAIN ANALYZE, PREPARE and DECLARE do what they carry (carried() set it).
+    if (!wrapped || (s.kind != Kind::ExplainAnalyze && s.kind != Kind::Prepare && s.kind != Kind::Declare))
+        s.audit_class = own_audit_class(node, s);
     return s;
 }
 
@@ -1010,6 +1368,25 @@ std::string_view kind_name(Kind k)
 {
     auto i = std::size_t(k);
     return i < kKinds.size() ? kKinds[i].name : "other";
+}
+
+std::string_view audit_class_name(AuditClass c)
+{
+    static constexpr std::string_view kNames[] = {"READ", "WRITE", "FUNCTION", "ROLE", "DDL", "MISC", "MISC_SET"};
+    auto i = std::size_t(c);
+    return i < std::size(kNames) ? kNames[i] : "MISC";
+}
+
+std::string_view access_name(Access a)
+{
+    switch (a) {
+    case Access::Write:
+        return "write";
+    case Access::Ddl:
+        return "ddl";
+    default:
+        return "read";
+    }
 }
 
 std::optional<Kind> kind_from_name(std::string_view name)

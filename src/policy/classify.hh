@@ -67,6 +67,22 @@ enum class Kind : std::uint8_t {
 };
 
 std::string_view kind_name(Kind k);
+
+// pgaudit's statement classes (pgaudit.log), for the audit record's "class".
+enum class AuditClass : std::uint8_t { Read, Write, Function, Role, Ddl, Misc, MiscSet };
+std::string_view audit_class_name(AuditClass c);  // "READ", "WRITE", ..., "MISC_SET"
+
+// What a statement does to a relation it names.
+enum class Access : std::uint8_t { Read, Write, Ddl };
+std::string_view access_name(Access a);  // "read", "write", "ddl"
+
+struct Relation {
+    // As written: schema-qualified only when written so; parts spelled as in
+    // Statement::functions (folded, quoted when not plain lowercase identifiers).
+    std::string name;
+    Access access = Access::Read;
+    bool operator==(const Relation&) const = default;
+};
 std::optional<Kind> kind_from_name(std::string_view name);
 // Every kind, in declaration order.
 std::span<const Kind> all_kinds();
@@ -103,6 +119,22 @@ struct Statement {
     // statements, SELECT INTO and row locks nested anywhere (WITH, COPY (...), EXPLAIN),
     // so a deny list entry "delete" also catches WITH d AS (DELETE ...) SELECT ...
     std::uint64_t kinds = 0;
+    // For the audit trail, found by the same walk. The class as pgaudit would log the
+    // statement: EXPLAIN ANALYZE, PREPARE and DECLARE take the carried statement's, a
+    // SELECT with a data-modifying WITH is WRITE, SELECT INTO is DDL, SET is MISC_SET
+    // (RESET, SET CONSTRAINTS and SHOW are MISC).
+    AuditClass audit_class = AuditClass::Misc;
+    // PostgreSQL's command tag without counts ("SELECT", "CREATE TABLE", "DROP VIEW");
+    // for rare DDL whose tag the grammar does not show, the parse node's name in the
+    // same style ("CREATE POLICY").
+    std::string command;
+    // Tables, views, sequences named anywhere in it (FROM, JOIN, subqueries, WITH bodies
+    // but not the names WITH defines, DML and COPY targets, DDL targets), each name and
+    // access once, in order of first appearance. DML and COPY FROM targets and TRUNCATE
+    // are write; DDL, GRANT/REVOKE and maintenance commands (VACUUM, ANALYZE, CLUSTER,
+    // REINDEX, REFRESH) name theirs as ddl; everything else, a view's or CREATE TABLE
+    // AS's query included, is read.
+    std::vector<Relation> relations;
 
     bool involves(Kind k) const { return (kinds >> unsigned(k)) & 1u; }
 };

@@ -6,6 +6,7 @@
 #include "common/log.hh"
 #include "policy/classify.hh"
 
+#include <algorithm>
 #include <optional>
 
 namespace pgw::session {
@@ -21,6 +22,74 @@ std::string trim(std::string_view s)
         return {};
     size_t b = s.find_last_not_of(" \t\r\n;");
     return std::string(s.substr(a, b - a + 1));
+}
+
+std::shared_ptr<const audit::StatementFacts> facts_of(const policy::Statement& st)
+{
+    auto f = std::make_shared<audit::StatementFacts>();
+    f->audit_class = policy::audit_class_name(st.audit_class);
+    f->command = st.command;
+    f->relations.reserve(st.relations.size());
+    for (const auto& r : st.relations)
+        f->relations.emplace_back(r.name, policy::access_name(r.access));
+    return f;
+}
+
+// A denial of a multi-statement Query: the first statement's class and command, every
+// statement's relations.
+std::shared_ptr<const audit::StatementFacts> merged_facts(const std::vector<std::shared_ptr<const audit::StatementFacts>>& all)
+{
+    if (all.size() == 1 || !all.front())
+        return all.front();
+    auto f = std::make_shared<audit::StatementFacts>(*all.front());
+    for (size_t i = 1; i < all.size(); ++i)
+        if (all[i])
+            for (const auto& r : all[i]->relations)
+                if (std::find(f->relations.begin(), f->relations.end(), r) == f->relations.end())
+                    f->relations.push_back(r);
+    return f;
+}
+
+// A Bind's parameters, each cut to max_size bytes; nullptr when the message is malformed
+// (the server refuses it; the Execute's record then has none).
+std::shared_ptr<const std::vector<audit::Parameter>> bind_parameters(protocol::ByteSpan body, size_t max_size)
+{
+    protocol::Reader in(body);
+    if (!in.cstring() || !in.cstring())
+        return nullptr;
+    auto n_formats = in.u16();
+    if (!n_formats)
+        return nullptr;
+    std::vector<std::uint16_t> formats;
+    for (unsigned i = 0; i < *n_formats; ++i) {
+        auto f = in.u16();
+        if (!f)
+            return nullptr;
+        formats.push_back(*f);
+    }
+    auto n = in.u16();
+    if (!n)
+        return nullptr;
+    auto out = std::make_shared<std::vector<audit::Parameter>>();
+    out->reserve(*n);
+    for (unsigned i = 0; i < *n; ++i) {
+        auto len = in.i32();
+        if (!len)
+            return nullptr;
+        audit::Parameter p;
+        p.binary = (formats.size() == 1 ? formats[0] : i < formats.size() ? formats[i] : 0) == 1;
+        if (*len < 0) {
+            p.is_null = true;
+        } else {
+            auto bytes = in.bytes(size_t(*len));
+            if (!bytes)
+                return nullptr;
+            p.size = bytes->size();
+            p.value.assign(reinterpret_cast<const char*>(bytes->data()), std::min(bytes->size(), max_size));
+        }
+        out->push_back(std::move(p));
+    }
+    return out;
 }
 
 } // namespace
@@ -64,6 +133,7 @@ const std::vector<AuditTrail::Text>& AuditTrail::texts(std::string_view sql)
         for (const auto& s : *statements) {
             std::string_view piece = sql.substr(s.offset, s.length);
             Text t;
+            t.facts = facts_of(s);
             auto fp = policy::fingerprint(piece);
             t.fingerprint = fp ? *fp : "";
             if (full_text_) {
@@ -100,7 +170,7 @@ void AuditTrail::on_client_body(char type, protocol::ByteSpan body)
     if (type == 'Q') {
         if (auto sql = cstring_at(body, 0))
             for (const auto& t : texts(*sql))
-                pending_.push_back({sync_points_sent_, t.statement, t.fingerprint});
+                pending_.push_back({sync_points_sent_, t.statement, t.fingerprint, false, t.facts});
     } else if (type == 'P') {
         auto name = cstring_at(body, 0);
         auto sql = name ? cstring_at(body, name->size() + 1) : std::nullopt;
@@ -112,16 +182,20 @@ void AuditTrail::on_client_body(char type, protocol::ByteSpan body)
         auto portal = cstring_at(body, 0);
         auto stmt = portal ? cstring_at(body, portal->size() + 1) : std::nullopt;
         if (stmt)
-            portals_[std::string(*portal)] = std::string(*stmt);
+            portals_[std::string(*portal)] = {std::string(*stmt), parameter_max_size_ < 0
+                                                                      ? nullptr
+                                                                      : bind_parameters(body, size_t(parameter_max_size_))};
     } else if (type == 'E') {
         auto portal = cstring_at(body, 0);
         Pending p{sync_points_sent_ + 1, "", ""};
         if (portal)
             if (auto it = portals_.find(std::string(*portal)); it != portals_.end())
-                if (auto st = prepared_.find(it->second); st != prepared_.end()) {
+                if (auto st = prepared_.find(it->second.statement); st != prepared_.end()) {
                     p.statement = st->second.statement;
                     p.fingerprint = st->second.fingerprint;
                     p.placeholder = st->second.statement.empty() && st->second.fingerprint == "denied";
+                    p.facts = st->second.facts;
+                    p.parameters = it->second.parameters;
                 }
         pending_.push_back(std::move(p));
     }
@@ -144,8 +218,14 @@ void AuditTrail::on_denied(char type, protocol::ByteSpan body, const std::string
         const auto& t = texts(*sql);
         r.statement = t.empty() ? "" : t.front().statement;
         r.fingerprint = t.empty() ? "" : t.front().fingerprint;
-        for (size_t i = 1; i < t.size(); ++i)
-            r.statement += "; " + t[i].statement;
+        std::vector<Facts> all;
+        for (size_t i = 0; i < t.size(); ++i) {
+            if (i > 0)
+                r.statement += "; " + t[i].statement;
+            all.push_back(t[i].facts);
+        }
+        if (!all.empty())
+            r.facts = merged_facts(all);
     }
     if (sink_.enabled()) {
         bool ok = sink_.write(info_, r);
@@ -215,6 +295,8 @@ void AuditTrail::complete(const std::string& tag, const std::string& sqlstate)
         r.tag = tag;
         r.sqlstate = sqlstate;
         r.truncated = truncated_;
+        r.facts = std::move(p.facts);
+        r.parameters = std::move(p.parameters);
         if (log_statements_)
             log_info("statement: %s%s%s, %llu rows, %llu bytes, %.3f ms%s", tag.empty() ? "" : tag.c_str(),
                      sqlstate.empty() ? "" : "error ", sqlstate.c_str(), (unsigned long long)r.rows,

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -19,9 +20,12 @@ namespace pgw::session {
 class AuditTrail {
 public:
     // full_text: audit_statement_text = full (literals kept). log_statements: also a
-    // line per statement in the normal log.
-    AuditTrail(audit::Sink& sink, audit::SessionInfo info, bool full_text, bool log_statements)
-        : sink_(sink), info_(std::move(info)), full_text_(full_text), log_statements_(log_statements)
+    // line per statement in the normal log. parameter_max_size: audit_parameters = on,
+    // bind parameters recorded up to this many bytes each (-1: off).
+    AuditTrail(audit::Sink& sink, audit::SessionInfo info, bool full_text, bool log_statements,
+               long parameter_max_size = -1)
+        : sink_(sink), info_(std::move(info)), full_text_(full_text), log_statements_(log_statements),
+          parameter_max_size_(parameter_max_size)
     {
     }
     audit::SessionInfo& info() { return info_; }
@@ -54,15 +58,24 @@ public:
 
 private:
     using Clock = std::chrono::steady_clock;
+    using Facts = std::shared_ptr<const audit::StatementFacts>;
+    using Parameters = std::shared_ptr<const std::vector<audit::Parameter>>;
     struct Pending {
         std::uint64_t sync_point;
         std::string statement;
         std::string fingerprint;
         bool placeholder = false;  // a denied message's stand-in: completes silently
+        Facts facts = nullptr;
+        Parameters parameters = nullptr;
     };
     struct Text {
         std::string statement;
         std::string fingerprint;
+        Facts facts = nullptr;
+    };
+    struct Portal {
+        std::string statement;  // its prepared statement's name
+        Parameters parameters;
     };
     // The statements of a query string, normalized unless full_text_ (cached by text).
     const std::vector<Text>& texts(std::string_view sql);
@@ -72,9 +85,10 @@ private:
     audit::SessionInfo info_;
     bool full_text_;
     bool log_statements_;
+    long parameter_max_size_;
     std::deque<Pending> pending_;
     std::map<std::string, Text> prepared_;  // statement name -> text
-    std::map<std::string, std::string> portals_;  // portal -> statement name
+    std::map<std::string, Portal> portals_;
     std::unordered_map<std::string, std::vector<Text>> cache_;
     std::uint64_t sync_points_sent_ = 0;
     std::uint64_t sync_points_done_ = 0;

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <variant>
@@ -46,6 +47,16 @@ using protocol::Bytes;
 struct PgCancelDeleter {
     void operator()(PGcancel* c) const { PQfreeCancel(c); }
 };
+
+const char* str_or_empty(const char* s) { return s ? s : ""; }
+
+// A port as libpq or the config spells it; 0 (null in the record) when it is not a number.
+std::uint32_t port_number(const std::string& port)
+{
+    char* end = nullptr;
+    unsigned long v = std::strtoul(port.c_str(), &end, 10);
+    return port.empty() || *end != '\0' || v > 65535 ? 0 : std::uint32_t(v);
+}
 
 ipc::Counter auth_failure_counter(auth::Method m)
 {
@@ -432,7 +443,8 @@ ExitCode Session::proceed(const Login& login, const protocol::StartupMessage& st
         ai.application_name = app ? *app : "";
         ai.database = database;
         ai.policy = policy_ ? policy_->name : "";
-        trail_.emplace(audit_sink_, std::move(ai), cfg_.audit_statement_text == "full", cfg_.log_statements != 0);
+        trail_.emplace(audit_sink_, std::move(ai), cfg_.audit_statement_text == "full", cfg_.log_statements != 0,
+                       cfg_.audit_parameters == "on" ? cfg_.audit_parameter_max_size : -1);
     }
     if ((!entry->pool.pooled || login.method == auth::Method::PassThrough) && ws_.held) {
         // A warm worker got a client of an unpooled entry: its pooled connection goes,
@@ -640,8 +652,13 @@ ExitCode Session::establish(pool::HeldUpstream& up, bool* reusable)
     default:
         break;
     }
-    if (trail_)
-        trail_->info().upstream = up.where;
+    if (trail_) {
+        audit::SessionInfo& ai = trail_->info();
+        ai.upstream = up.where;
+        ai.upstream_host = str_or_empty(PQhost(up.conn.get()));
+        ai.upstream_port = port_number(str_or_empty(PQport(up.conn.get())));
+        ai.backend_pid = up.backend_pid;
+    }
     if (auto refused = audit_session_start())
         return *refused;
     greeting.raw(protocol::ready_for_query(status));
@@ -813,8 +830,13 @@ ExitCode Session::pass_through(const config::DatabaseEntry& entry, const upstrea
     auto cancel = [t = *target, pid = up.backend_pid, key = up.backend_secret]() {
         return upstream::send_cancel(t, pid, key, net::Clock::now() + std::chrono::seconds(10));
     };
-    if (trail_)
-        trail_->info().upstream = target->describe();
+    if (trail_) {
+        audit::SessionInfo& ai = trail_->info();
+        ai.upstream = target->describe();
+        ai.upstream_host = target->host;
+        ai.upstream_port = port_number(target->port);
+        ai.backend_pid = up.backend_pid;
+    }
     if (auto refused = audit_session_start())
         return *refused;
     if (!send(protocol::ready_for_query(up.status)))

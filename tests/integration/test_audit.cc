@@ -115,10 +115,12 @@ AuditLines wait_for_session_ends(const std::string& path, const std::string& app
 }
 
 // The fields every record has, and those statements and denials add.
-const char* const kSessionFields[] = {"time",   "event",            "session",  "identity", "user",
-                                      "client", "application_name", "database", "upstream", "policy"};
+const char* const kSessionFields[] = {"v",        "time",          "event",         "session",    "identity",
+                                      "user",     "client",        "application_name", "database", "upstream",
+                                      "policy",   "upstream_host", "upstream_port", "backend_pid"};
 const char* const kStatementFields[] = {"statement", "fingerprint", "duration_ms", "rows",     "bytes",
-                                        "tag",       "sqlstate",    "truncated",   "denied_by"};
+                                        "tag",       "sqlstate",    "truncated",   "denied_by", "class",
+                                        "command",   "relations",   "parameters"};
 
 // What is missing or of the wrong type in a record ("" when nothing).
 std::string field_problems(const json& r)
@@ -131,6 +133,11 @@ std::string field_problems(const json& r)
         out += " time is not a string;";
     if (r.contains("session") && !r["session"].is_number_unsigned())
         out += " session is not an unsigned number;";
+    if (text(r, "v") != "2")
+        out += " v is not 2;";
+    for (const char* f : {"upstream_port", "backend_pid"})
+        if (r.contains(f) && !r[f].is_null() && !r[f].is_number_unsigned())
+            out += std::string(" ") + f + " is neither null nor an unsigned number;";
     const std::string ev = text(r, "event");
     if (ev != "session_start" && ev != "session_end" && ev != "statement" && ev != "denial")
         out += " unknown event " + ev + ";";
@@ -145,6 +152,14 @@ std::string field_problems(const json& r)
                 out += std::string(" ") + f + " is not an unsigned number;";
         if (r.contains("truncated") && !r["truncated"].is_boolean())
             out += " truncated is not a boolean;";
+        if (r.contains("relations") && !r["relations"].is_array())
+            out += " relations is not an array;";
+        for (const json& rel : r.value("relations", json::array()))
+            if (!rel.is_object() || !rel.value("name", json()).is_string() ||
+                !std::regex_match(rel.value("access", std::string()), std::regex("read|write|ddl")))
+                out += " relation " + rel.dump() + " is not {name, access};";
+        if (r.contains("parameters") && !r["parameters"].is_null() && !r["parameters"].is_array())
+            out += " parameters is neither null nor an array;";
         const std::string fp = text(r, "fingerprint");
         if (fp != "<null>" && !std::regex_match(fp, std::regex("[0-9a-f]{16}")))
             out += " fingerprint " + fp + " is not 16 hex digits;";
@@ -505,6 +520,10 @@ BOOST_AUTO_TEST_CASE(policy_denials_are_recorded_and_never_run)
     BOOST_TEST_REQUIRE(denials.size() == 2u);
     BOOST_TEST(text(denials[0], "statement") == "CREATE TABLE " + table + " (x int)");
     BOOST_TEST(text(denials[1], "statement") == "DROP TABLE " + table);
+    BOOST_TEST(text(denials[0], "class") == "DDL");
+    BOOST_TEST(text(denials[0], "command") == "CREATE TABLE");
+    BOOST_TEST(denials[0]["relations"] == json::parse(R"([{"name":")" + table + R"(","access":"ddl"}])"));
+    BOOST_TEST(text(denials[1], "command") == "DROP TABLE");
     for (const json& d : denials) {
         BOOST_TEST(field_problems(d) == "", d.dump());
         BOOST_TEST(text(d, "denied_by") == "ro");
@@ -523,6 +542,130 @@ BOOST_AUTO_TEST_CASE(policy_denials_are_recorded_and_never_run)
     // The server saw the allowed statements and never the denied ones.
     BOOST_TEST(wait_for([&] { return contains(pg_log(), ran); }), "the server log lacks " << ran);
     BOOST_TEST(!contains(pg_log(), table));
+    check_clean_stop(p);
+}
+
+// ---- what a record says of a statement, and the auditor's queries on it --------------------------
+
+namespace {
+
+// "name:access ..." of a record's relations.
+std::string relations_of(const json& r)
+{
+    std::string out;
+    for (const json& rel : r.value("relations", json::array()))
+        out += (out.empty() ? "" : " ") + rel.value("name", std::string()) + ":" + rel.value("access", std::string());
+    return out;
+}
+
+} // namespace
+
+// Class, command and relations from the statement's parse; the upstream and backend to
+// join with the server's log; bind parameters, cut and base64 as configured; and the
+// contrib/audit jq scripts answering "who read it" and "who ran DDL" on this trail.
+BOOST_AUTO_TEST_CASE(records_say_class_command_relations_backend_and_parameters)
+{
+    const std::string file = fresh_audit_path("audit-facts");
+    Proxy p("pgwicket-audit-facts", audit_options(file, "audit_parameters = on\naudit_parameter_max_size = 8\n"));
+    const std::string app = marker("facts");
+    const std::string schema = marker("s");
+    const std::string customers = schema + ".customers";
+    std::string backend_pid;
+    {
+        Conn c = connect_ok(with_app(p, app));
+        backend_pid = scalar(c.get(), "SELECT pg_backend_pid()");
+        for (const std::string& sql :
+             {"CREATE SCHEMA " + schema, "CREATE TABLE " + customers + " (id int, name text)",
+              "CREATE TABLE " + schema + ".orders (cid int)",
+              "WITH recent AS (SELECT cid FROM " + schema + ".orders) INSERT INTO " + customers +
+                  " SELECT cid, 'x' FROM recent JOIN " + customers + " c ON c.id = recent.cid",
+              "SELECT name FROM " + customers + " WHERE id = 1; SET search_path = " + schema +
+                  "; SELECT * FROM customers",
+              "GRANT SELECT ON " + customers + " TO PUBLIC"}) {
+            Result r(PQexec(c.get(), sql.c_str()));
+            BOOST_TEST(PQresultErrorMessage(r.get()) == std::string(), sql);
+        }
+        // Extended protocol: a text parameter longer than the cap, a NULL, a binary one.
+        const std::string long_name = "abcdefghijklmnop";
+        const char* values[] = {long_name.c_str(), nullptr, "\x00\x00\x00\x07"};
+        int lengths[] = {0, 0, 4};
+        int formats[] = {0, 0, 1};
+        Result r(PQexecParams(c.get(),
+                              ("UPDATE " + customers + " SET name = $1 WHERE name = $2 OR id = $3::int4").c_str(), 3,
+                              nullptr, values, lengths, formats, 0));
+        BOOST_TEST(PQresultStatus(r.get()) == PGRES_COMMAND_OK, PQresultErrorMessage(r.get()));
+        Result drop(PQexec(c.get(), ("DROP SCHEMA " + schema + " CASCADE").c_str()));
+        BOOST_TEST(PQresultStatus(drop.get()) == PGRES_COMMAND_OK, PQresultErrorMessage(drop.get()));
+    }
+    AuditLines a = wait_for_session_ends(file, app, 1);
+    BOOST_TEST(a.bad.empty());
+    auto all = of_app(a, app);
+    BOOST_TEST_INFO("records:\n" << dump(all, 40));
+    for (const json& r : all) {
+        BOOST_TEST(field_problems(r) == "", r.dump());
+        BOOST_TEST(text(r, "backend_pid") == backend_pid);
+        BOOST_TEST(text(r, "upstream_port") == std::to_string(env().pg_port));
+        BOOST_TEST(text(r, "upstream_host") != "<null>");
+    }
+    auto st = of_app(a, app, "statement");
+    struct Want {
+        std::string command, audit_class, relations;
+    };
+    const std::vector<Want> want = {
+        {"SELECT", "READ", ""},  // pg_backend_pid()
+        {"CREATE SCHEMA", "DDL", ""},
+        {"CREATE TABLE", "DDL", customers + ":ddl"},
+        {"CREATE TABLE", "DDL", schema + ".orders:ddl"},
+        {"INSERT", "WRITE", customers + ":write " + customers + ":read " + schema + ".orders:read"},
+        {"SELECT", "READ", customers + ":read"},
+        {"SET", "MISC_SET", ""},
+        {"SELECT", "READ", "customers:read"},
+        {"GRANT", "ROLE", customers + ":ddl"},
+        {"UPDATE", "WRITE", customers + ":write"},
+        {"DROP SCHEMA", "DDL", ""},
+    };
+    BOOST_TEST_REQUIRE(st.size() == want.size());
+    for (size_t i = 0; i < want.size(); ++i) {
+        BOOST_TEST(text(st[i], "command") == want[i].command, st[i].dump());
+        BOOST_TEST(text(st[i], "class") == want[i].audit_class, st[i].dump());
+        BOOST_TEST(relations_of(st[i]) == want[i].relations, st[i].dump());
+        if (i != 9)
+            BOOST_TEST(text(st[i], "parameters") == "<null>", "a simple Query has no parameters: " << st[i].dump());
+    }
+    BOOST_TEST(st[9]["parameters"] == json::parse(R"([{"text":"abcdefgh","size":16,"cut":true},null,)"
+                                                  R"({"base64":"AAAABw==","size":4,"cut":false}])"),
+               st[9].dump());
+
+    // The auditor's questions, with the scripts of contrib/audit on this very trail.
+    if (run({"jq", "--version"}).exit_code != 0) {
+        BOOST_TEST_MESSAGE("jq is not installed (contrib/install-deps.sh installs it): contrib/audit not tested");
+        return;
+    }
+    const std::string dir = env().top_srcdir + "/contrib/audit/";
+    RunResult read = run({"sh", dir + "who-read.sh", customers, "2000-01-01", file});
+    BOOST_TEST_REQUIRE(read.ok(), read.status() << ": " << read.out);
+    std::vector<std::string> lines;
+    for (size_t at = 0, nl; (nl = read.out.find('\n', at)) != std::string::npos; at = nl + 1)
+        if (contains(read.out.substr(at, nl - at), schema))
+            lines.push_back(read.out.substr(at, nl - at));
+    // The INSERT (read through its JOIN) and the SELECT, each with the identity.
+    BOOST_TEST_REQUIRE(lines.size() == 2u, read.out);
+    BOOST_TEST(contains(lines[0], "\tpostgres\t127.0.0.1:"), lines[0]);
+    BOOST_TEST(contains(lines[0], "\tINSERT\t"), lines[0]);
+    BOOST_TEST(contains(lines[1], "\tSELECT\tSELECT name FROM " + customers), lines[1]);
+    // A bare name matches the SELECT that wrote it bare too.
+    RunResult bare = run({"sh", dir + "who-read.sh", "customers", "", file});
+    BOOST_TEST(contains(bare.out, "SELECT * FROM customers"), bare.out);
+    RunResult later = run({"sh", dir + "who-read.sh", customers, "2999-01-01", file});
+    BOOST_TEST((later.ok() && later.out.empty()), later.status() << ": " << later.out);
+
+    RunResult ddl = run({"sh", dir + "who-ran-ddl.sh", "", file});
+    BOOST_TEST_REQUIRE(ddl.ok(), ddl.status() << ": " << ddl.out);
+    for (const std::string& what : {"\tCREATE SCHEMA\t\tCREATE SCHEMA " + schema,
+                                    "\tCREATE TABLE\t\tCREATE TABLE " + customers,
+                                    "\tDROP SCHEMA\t\tDROP SCHEMA " + schema})
+        BOOST_TEST(contains(ddl.out, what), "who-ran-ddl.sh lacks <" << what << ">:\n" << ddl.out);
+    BOOST_TEST(!contains(ddl.out, "GRANT SELECT ON " + customers), "GRANT is ROLE, not DDL");
     check_clean_stop(p);
 }
 

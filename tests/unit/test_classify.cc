@@ -885,6 +885,118 @@ BOOST_AUTO_TEST_CASE(readings_cover_lexing_settings_and_client_only_encodings)
     BOOST_TEST(delete_seen);
 }
 
+// ---- what the audit record says: class, command, relations ---------------------------------
+
+namespace {
+
+// "name:access name:access ..." in order, for one statement.
+std::string relations_text(const pol::Statement& s)
+{
+    std::string out;
+    for (const auto& r : s.relations)
+        out += (out.empty() ? "" : " ") + r.name + ":" + std::string(pol::access_name(r.access));
+    return out;
+}
+
+struct AuditRow {
+    const char* sql;
+    const char* audit_class;
+    const char* command;
+    const char* relations;
+};
+
+// clang-format off
+const AuditRow kAuditCorpus[] = {
+    {"SELECT * FROM customers", "READ", "SELECT", "customers:read"},
+    {"SELECT * FROM public.customers c JOIN sales.orders o ON o.cid = c.id", "READ", "SELECT",
+     "public.customers:read sales.orders:read"},
+    {"SELECT * FROM \"Mixed\".t WHERE x IN (SELECT y FROM u)", "READ", "SELECT", "\"Mixed\".t:read u:read"},
+    {"WITH recent AS (SELECT * FROM orders) SELECT * FROM recent JOIN customers USING (id)", "READ", "SELECT",
+     "customers:read orders:read"},
+    {"WITH d AS (DELETE FROM t RETURNING *) INSERT INTO archive SELECT * FROM d", "WRITE", "INSERT",
+     "archive:write t:write"},
+    {"WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", "WRITE", "SELECT", "t:write"},
+    {"SELECT * FROM t FOR UPDATE", "READ", "SELECT", "t:read"},
+    {"SELECT * INTO newt FROM t", "DDL", "SELECT INTO", "newt:ddl t:read"},
+    {"INSERT INTO t SELECT * FROM u", "WRITE", "INSERT", "t:write u:read"},
+    {"UPDATE t SET a = u.a FROM u WHERE t.id = u.id", "WRITE", "UPDATE", "t:write u:read"},
+    {"UPDATE t SET a = (SELECT max(a) FROM t)", "WRITE", "UPDATE", "t:write t:read"},
+    {"DELETE FROM s.t USING u WHERE s.t.id = u.id", "WRITE", "DELETE", "s.t:write u:read"},
+    {"MERGE INTO t USING u ON t.id = u.id WHEN MATCHED THEN DELETE", "WRITE", "MERGE", "t:write u:read"},
+    {"TRUNCATE t, s.u", "WRITE", "TRUNCATE TABLE", "t:write s.u:write"},
+    {"COPY t TO STDOUT", "READ", "COPY", "t:read"},
+    {"COPY t FROM STDIN", "WRITE", "COPY", "t:write"},
+    {"COPY (SELECT * FROM t) TO STDOUT", "READ", "COPY", "t:read"},
+    {"CREATE TABLE t (a int REFERENCES u)", "DDL", "CREATE TABLE", "t:ddl u:ddl"},
+    {"CREATE TABLE t AS SELECT * FROM u", "DDL", "CREATE TABLE AS", "u:read t:ddl"},
+    {"CREATE MATERIALIZED VIEW m AS SELECT * FROM u", "DDL", "CREATE MATERIALIZED VIEW", "u:read m:ddl"},
+    {"CREATE VIEW v AS SELECT * FROM u", "DDL", "CREATE VIEW", "v:ddl u:read"},
+    {"ALTER TABLE s.t ADD COLUMN b int", "DDL", "ALTER TABLE", "s.t:ddl"},
+    {"DROP TABLE s.t, u", "DDL", "DROP TABLE", "s.t:ddl u:ddl"},
+    {"DROP VIEW v", "DDL", "DROP VIEW", "v:ddl"},
+    {"DROP FUNCTION f()", "DDL", "DROP FUNCTION", ""},
+    {"CREATE INDEX i ON t (a)", "DDL", "CREATE INDEX", "t:ddl"},
+    {"CREATE SEQUENCE s.seq", "DDL", "CREATE SEQUENCE", "s.seq:ddl"},
+    {"ALTER TABLE t RENAME TO u", "DDL", "ALTER TABLE", "t:ddl"},
+    {"CREATE POLICY p ON t USING (true)", "DDL", "CREATE POLICY", "t:ddl"},
+    {"CREATE SCHEMA s", "DDL", "CREATE SCHEMA", ""},
+    {"CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'", "DDL", "CREATE FUNCTION", ""},
+    {"REFRESH MATERIALIZED VIEW m", "DDL", "REFRESH MATERIALIZED VIEW", "m:ddl"},
+    {"ALTER SYSTEM SET work_mem = '1MB'", "DDL", "ALTER SYSTEM", ""},
+    {"GRANT SELECT ON customers TO auditor", "ROLE", "GRANT", "customers:ddl"},
+    {"REVOKE ALL ON TABLE s.t FROM x", "ROLE", "REVOKE", "s.t:ddl"},
+    {"GRANT admins TO alice", "ROLE", "GRANT ROLE", ""},
+    {"CREATE ROLE alice", "ROLE", "CREATE ROLE", ""},
+    {"ALTER ROLE alice NOLOGIN", "ROLE", "ALTER ROLE", ""},
+    {"DROP ROLE alice", "ROLE", "DROP ROLE", ""},
+    {"DO $$BEGIN PERFORM 1; END$$", "FUNCTION", "DO", ""},
+    {"CALL p(1)", "FUNCTION", "CALL", ""},
+    {"SET search_path = s", "MISC_SET", "SET", ""},
+    {"SET ROLE alice", "MISC_SET", "SET", ""},
+    {"RESET ALL", "MISC", "RESET", ""},
+    {"SHOW work_mem", "MISC", "SHOW", ""},
+    {"VACUUM t", "MISC", "VACUUM", "t:ddl"},
+    {"ANALYZE t", "MISC", "ANALYZE", "t:ddl"},
+    {"CHECKPOINT", "MISC", "CHECKPOINT", ""},
+    {"DISCARD ALL", "MISC", "DISCARD ALL", ""},
+    {"FETCH 10 FROM c", "MISC", "FETCH", ""},
+    {"BEGIN", "MISC", "BEGIN", ""},
+    {"COMMIT", "MISC", "COMMIT", ""},
+    {"LOCK TABLE t", "MISC", "LOCK TABLE", "t:read"},
+    {"EXPLAIN SELECT * FROM t", "MISC", "EXPLAIN", "t:read"},
+    {"EXPLAIN ANALYZE DELETE FROM t", "WRITE", "EXPLAIN", "t:write"},
+    {"PREPARE q AS UPDATE t SET a = 1", "WRITE", "PREPARE", "t:write"},
+    {"DECLARE c CURSOR FOR SELECT * FROM t", "READ", "DECLARE CURSOR", "t:read"},
+    {"LISTEN ch", "MISC", "LISTEN", ""},
+    {"SELECT 1", "READ", "SELECT", ""},
+};
+// clang-format on
+
+} // namespace
+
+BOOST_AUTO_TEST_CASE(audit_class_command_and_relations)
+{
+    for (const AuditRow& row : kAuditCorpus) {
+        BOOST_TEST_CONTEXT("<" << row.sql << ">")
+        {
+            pol::Statement s = one(row.sql);
+            BOOST_TEST(pol::audit_class_name(s.audit_class) == row.audit_class);
+            BOOST_TEST(s.command == row.command);
+            BOOST_TEST(relations_text(s) == row.relations);
+        }
+    }
+}
+
+// Each statement of a query string has its own; a name read and written is listed twice.
+BOOST_AUTO_TEST_CASE(relations_per_statement_and_access)
+{
+    auto v = must_classify("SELECT * FROM a; INSERT INTO b SELECT * FROM b");
+    BOOST_TEST_REQUIRE(v.size() == 2u);
+    BOOST_TEST(relations_text(v[0]) == "a:read");
+    BOOST_TEST(relations_text(v[1]) == "b:write b:read");
+    BOOST_TEST(relations_text(one("SELECT * FROM a, a AS again, public.a")) == "a:read public.a:read");
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 namespace {

@@ -67,6 +67,8 @@ default_policy = careful
 audit_file = /var/log/pgwicket/audit.jsonl
 audit_journald = 1
 audit_statement_text = full
+audit_parameters = on
+audit_parameter_max_size = 64
 audit_failure = continue
 log_statements = 1
 default_pool_size = 50
@@ -154,14 +156,14 @@ BOOST_AUTO_TEST_CASE(databases_with_wildcard_named_entries_and_continuations)
     BOOST_TEST_REQUIRE(dbs.size() == 3u);
     BOOST_TEST(dbs[0].name == "*");
     BOOST_TEST(dbs[0].conninfo == "host=10.0.0.1 port=5432");
-    BOOST_TEST(dbs[0].line == 60);
+    BOOST_TEST(dbs[0].line == 62);
     // Indented lines (blank or tab) continue the connection string above them.
     BOOST_TEST(dbs[1].name == "sales");
     BOOST_TEST(dbs[1].conninfo == "host=10.0.0.2 port=5433 dbname=sales_prod");
-    BOOST_TEST(dbs[1].line == 61);
+    BOOST_TEST(dbs[1].line == 63);
     BOOST_TEST(dbs[2].name == "hr");
     BOOST_TEST(dbs[2].conninfo == "host=/var/run/postgresql dbname=hr");
-    BOOST_TEST(dbs[2].line == 64);
+    BOOST_TEST(dbs[2].line == 66);
 }
 
 BOOST_AUTO_TEST_CASE(defaults_match_the_options_table)
