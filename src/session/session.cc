@@ -195,6 +195,17 @@ private:
     // A session moved here from the worker that authenticated it.
     ExitCode moved_in();
     std::optional<ExitCode> audit_session_start();
+    // Where the session's statements run, for its audit records.
+    void note_upstream(std::string where, std::string host, const std::string& port, std::uint32_t backend_pid)
+    {
+        if (!trail_)
+            return;
+        audit::SessionInfo& ai = trail_->info();
+        ai.upstream = std::move(where);
+        ai.upstream_host = std::move(host);
+        ai.upstream_port = port_number(port);
+        ai.backend_pid = backend_pid;
+    }
     ExitCode pass_through(const config::DatabaseEntry& entry, const upstream::ClientInfo& info,
                           const protocol::StartupMessage& startup);
 
@@ -652,13 +663,8 @@ ExitCode Session::establish(pool::HeldUpstream& up, bool* reusable)
     default:
         break;
     }
-    if (trail_) {
-        audit::SessionInfo& ai = trail_->info();
-        ai.upstream = up.where;
-        ai.upstream_host = str_or_empty(PQhost(up.conn.get()));
-        ai.upstream_port = port_number(str_or_empty(PQport(up.conn.get())));
-        ai.backend_pid = up.backend_pid;
-    }
+    note_upstream(up.where, str_or_empty(PQhost(up.conn.get())), str_or_empty(PQport(up.conn.get())),
+                  up.backend_pid);
     if (auto refused = audit_session_start())
         return *refused;
     greeting.raw(protocol::ready_for_query(status));
@@ -830,13 +836,7 @@ ExitCode Session::pass_through(const config::DatabaseEntry& entry, const upstrea
     auto cancel = [t = *target, pid = up.backend_pid, key = up.backend_secret]() {
         return upstream::send_cancel(t, pid, key, net::Clock::now() + std::chrono::seconds(10));
     };
-    if (trail_) {
-        audit::SessionInfo& ai = trail_->info();
-        ai.upstream = target->describe();
-        ai.upstream_host = target->host;
-        ai.upstream_port = port_number(target->port);
-        ai.backend_pid = up.backend_pid;
-    }
+    note_upstream(target->describe(), target->host, target->port, up.backend_pid);
     if (auto refused = audit_session_start())
         return *refused;
     if (!send(protocol::ready_for_query(up.status)))
