@@ -742,6 +742,8 @@ ExitCode Session::run_relay(upstream::Transport& server, int upstream_fd, char s
     if (reusable)
         *reusable = (out.end == RelayEnd::ClientTerminate || out.end == RelayEnd::ClientClosed) &&
                     out.upstream_at_boundary && out.transaction_status == 'I' && control.quiescent();
+    if (out.end == RelayEnd::Shutdown || out.end == RelayEnd::ClientViolation)
+        control.abandon(relay_end_name(out.end));
     if (!out.upstream_at_boundary) {
         // libpq would append its Terminate inside a half-sent message; make the
         // upstream see a plain end of stream instead.

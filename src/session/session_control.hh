@@ -64,6 +64,17 @@ public:
         return !active_ && !canceller_.busy();
     }
 
+    // The session ends while the upstream may still run its query (shutdown, KILL, a
+    // client that broke the protocol): cancel that query, as PostgreSQL's own shutdown
+    // would end it, instead of leaving it to run to completion on a backend nobody
+    // reads. The cancel child outlives this process if it must (bounded by its alarm).
+    void abandon(const char* why)
+    {
+        canceller_.reap();
+        if (active_ && !canceller_.busy())
+            canceller_.cancel(why);
+    }
+
 private:
     net::Clock::time_point timeout_deadline() const { return started_ + std::chrono::seconds(query_timeout_); }
 

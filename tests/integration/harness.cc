@@ -489,6 +489,11 @@ std::string direct_scalar(const std::string& sql, const std::string& db)
     return scalar(c.get(), sql);
 }
 
+bool backend_alive(const std::string& pid)
+{
+    return direct_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = " + pid) == "1";
+}
+
 void direct_exec(const std::string& sql, const std::string& db) { (void)direct_scalar(sql, db); }
 
 // ---- raw protocol ----------------------------------------------------------------------------
@@ -829,7 +834,7 @@ Proxy::Proxy(const std::string& name, const ProxyOptions& opts) : name_(name)
         << "spare_workers = " << opts.spare_workers << "\n"
         << "client_login_timeout = 30\n"
         << "server_connect_timeout = 5\n"
-        << "log_level = info\n"
+        << "log_level = " << (std::getenv("PGWICKET_TEST_LOG_LEVEL") ? std::getenv("PGWICKET_TEST_LOG_LEVEL") : "info") << "\n"
         << "shutdown_timeout = " << opts.shutdown_timeout << "\n"
         << opts.extra_settings << "\n"
         << "[databases]\n";

@@ -223,6 +223,8 @@ Conn connect_ok(const std::string& conninfo);
 std::string scalar(PGconn* c, const std::string& sql);
 // Runs sql directly as postgres on db (setup/inspection helper); throws on error.
 std::string direct_scalar(const std::string& sql, const std::string& db = "postgres");
+// Whether a backend of that pid is still in pg_stat_activity (direct connection).
+bool backend_alive(const std::string& pid);
 void direct_exec(const std::string& sql, const std::string& db = "postgres");
 
 // ---- raw protocol ----------------------------------------------------------------------------

@@ -212,11 +212,17 @@ BOOST_AUTO_TEST_CASE(kill_reload_and_shutdown)
     BOOST_TEST(sqlstate_of(missing.get()) == "42704");
     Result bad_arg(PQexec(boss.get(), "KILL everyone"));
     BOOST_TEST(sqlstate_of(bad_arg.get()) == "22023");
+    // Killed in the middle of a query, which the upstream stops too.
+    BOOST_TEST_REQUIRE(PQsendQuery(victim.get(), "SELECT pg_sleep(60)") == 1);
+    BOOST_TEST_REQUIRE(wait_for([&] {
+        return direct_scalar("SELECT state FROM pg_stat_activity WHERE pid = " + backend_pid) == "active";
+    }));
     Result killed(PQexec(boss.get(), ("kill " + id).c_str()));
     BOOST_TEST(PQresultStatus(killed.get()) == PGRES_COMMAND_OK, PQresultErrorMessage(killed.get()));
     const std::string vmsg = goodbye(victim.get(), victim_end);
     BOOST_TEST(contains(vmsg, "terminating connection due to administrator command"), vmsg);
     BOOST_TEST(contains(vmsg, "KILL"), vmsg);
+    BOOST_TEST(wait_for([&] { return !backend_alive(backend_pid); }), "backend " << backend_pid << " lives on");
 
     size_t mark = p.log_size();
     Result reload(PQexec(boss.get(), "RELOAD"));

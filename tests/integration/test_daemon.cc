@@ -270,8 +270,11 @@ BOOST_AUTO_TEST_CASE(second_sigterm_and_sigint_end_sessions_at_once)
             o.shutdown_timeout = 600;
             Proxy p(second == SIGTERM ? "pgwicket-term-twice" : "pgwicket-term-int", o);
             Conn busy = connect_ok(p.conninfo());
+            const std::string backend = scalar(busy.get(), "SELECT pg_backend_pid()");
             BOOST_TEST_REQUIRE(PQsendQuery(busy.get(), "SELECT pg_sleep(60)") == 1);
-            sleep_ms(200);
+            BOOST_TEST_REQUIRE(wait_for([&] {
+                return direct_scalar("SELECT state FROM pg_stat_activity WHERE pid = " + backend) == "active";
+            }));
             kill(p.pid(), SIGTERM);
             BOOST_TEST_REQUIRE(wait_for([&] { return log_has(p, "draining 1 session"); }), p.log_tail());
             const auto t0 = std::chrono::steady_clock::now();
@@ -283,6 +286,10 @@ BOOST_AUTO_TEST_CASE(second_sigterm_and_sigint_end_sessions_at_once)
             std::string msg = PQerrorMessage(busy.get());
             BOOST_TEST(sqlstate_of(r.get()) == "57P01", msg);
             BOOST_TEST(contains(msg, "pgwicket shutdown"), msg);
+            // The query it was running is cancelled, not left to run its 60 s on a
+            // backend nobody reads.
+            BOOST_TEST(wait_for([&] { return !backend_alive(backend); }), "backend " << backend << " lives on");
+            BOOST_TEST(log_has(p, "cancelling the upstream query after shutdown"), p.log_tail());
             BOOST_TEST(p.stop() == "had already ended: exit 0");
         }
     }

@@ -44,11 +44,6 @@ ProxyOptions pooled_options(const std::string& entry_extra = "pool_size=1", cons
 std::string pid_of(PGconn* c) { return scalar(c, "SELECT pg_backend_pid()"); }
 
 // Whether a backend with this pid is still connected to the server.
-bool backend_alive(const std::string& pid)
-{
-    return direct_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = " + pid) == "1";
-}
-
 // Connects client after client until one lands on `pid` (the previous client's worker
 // may not be warm yet when the next one asks: with pool_size=1 it then waits for it).
 Conn connect_app(Proxy& p, const std::string& db, const std::string& app)
@@ -481,6 +476,8 @@ BOOST_AUTO_TEST_CASE(a_warm_worker_given_another_kind_of_client)
     ProxyOptions o = pooled_options();
     o.extra_databases += "otherpool = host=127.0.0.1 port=" + std::to_string(env().pg_port) +
                          " dbname=postgres user=alice pool_mode=session pool_size=1\n";
+    // Its own prefix: backends other tests left (a query ending on its own) do not count.
+    o.extra_settings += "application_name_prefix = pgw-other\n";
     Proxy p("pool-other-clients", o);
     std::string pid;
     {
@@ -518,7 +515,7 @@ BOOST_AUTO_TEST_CASE(a_warm_worker_given_another_kind_of_client)
     }
     BOOST_CHECK_MESSAGE(wait_for([&] {
                             const long backends = std::stol(direct_scalar(
-                                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgwicket %'"));
+                                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgw-other %'"));
                             Conn console = connect_ok(p.conninfo("pgwicket", "postgres"));
                             Result r(PQexec(console.get(), "SHOW POOLS"));
                             long open = 0;
@@ -526,7 +523,12 @@ BOOST_AUTO_TEST_CASE(a_warm_worker_given_another_kind_of_client)
                                 open += std::stol(PQgetvalue(r.get(), i, 1)) + std::stol(PQgetvalue(r.get(), i, 2));
                             return backends == open;
                         }),
-                        "pooled backends and SHOW POOLS disagree\n" << p.log_tail());
+                        "pooled backends and SHOW POOLS disagree\n"
+                            << direct_scalar("SELECT string_agg(pid || ' ' || application_name || ' ' || state, '; ') "
+                                             "FROM pg_stat_activity WHERE application_name LIKE 'pgw-other %'")
+                            << "\n"
+                            << psql(p.conninfo("pgwicket", "postgres"), "SHOW POOLS;\nSHOW SERVERS;\n").out
+                            << p.log_tail());
     check_clean_stop(p);
 }
 
@@ -733,7 +735,7 @@ BOOST_AUTO_TEST_CASE(audit_and_sessions_name_who_uses_the_connection_now)
 // whose settings make another route has that route kept at its minimum too.
 BOOST_AUTO_TEST_CASE(min_pool_size_keeps_connections_ready)
 {
-    Proxy p("pool-min", pooled_options("pool_size=3 min_pool_size=2"));
+    Proxy p("pool-min", pooled_options("pool_size=3 min_pool_size=2", "application_name_prefix = pgw-min\n"));
     BOOST_REQUIRE_MESSAGE(wait_for([&] { return pool_gauges(p) == "2 0 0 3"; }), "metrics: " << pool_gauges(p));
     // No client has come yet, so the console is not guessed onto a warm worker.
     auto servers = [&] {
@@ -767,8 +769,7 @@ BOOST_AUTO_TEST_CASE(min_pool_size_keeps_connections_ready)
         BOOST_CHECK_EQUAL(scalar(c.get(), "SHOW work_mem"), "8MB");
     }
     auto second_route = [] {
-        return std::stol(direct_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgwicket %' "
-                                       "AND application_name LIKE '% second'"));
+        return std::stol(direct_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgw-min % second'"));
     };
     BOOST_CHECK_MESSAGE(wait_for([&] { return second_route() == 2; }), "backends: " << second_route());
     check_clean_stop(p);
