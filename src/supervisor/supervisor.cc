@@ -12,6 +12,7 @@
 #include "session/exit_codes.hh"
 #include "session/session.hh"
 #include "session/worker.hh"
+#include "supervisor/aux_process.hh"
 #include "supervisor/listeners.hh"
 #include "tls/server_tls.hh"
 
@@ -24,6 +25,7 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -48,6 +50,14 @@ constexpr auto kCrashWindow = 10s;
 constexpr auto kShutdownGrace = 10s;
 // STATUS= is refreshed at most this often.
 constexpr auto kStatusInterval = 1s;
+
+// The helper processes every supervisor keeps (each decides from the configuration
+// whether it runs at all).
+std::vector<AuxProcess> helper_processes()
+{
+    std::vector<AuxProcess> helpers;
+    return helpers;
+}
 
 constexpr std::uint64_t kSignalTag = ~std::uint64_t(0);
 // epoll tags of worker channels: this bit and the worker's pid.
@@ -82,7 +92,7 @@ enum class Phase { Running, Draining, Ending };
 
 class Supervisor {
 public:
-    explicit Supervisor(const config::Config& cfg) : cfg_(cfg) {}
+    explicit Supervisor(const config::Config& cfg) : cfg_(cfg), aux_(helper_processes()) {}
     int run();
 
 private:
@@ -111,6 +121,8 @@ private:
     void publish_pools(Clock::time_point now);
     std::vector<int> fds_to_close_in_child(int own_parent_end) const;
     size_t count(Worker::State s) const;
+    void keep_helpers(Clock::time_point now);
+    bool helpers_running() const;
 
     // A copy: a reload swaps it whole. Workers keep the one they were forked with.
     config::Config cfg_;
@@ -132,6 +144,8 @@ private:
     std::deque<Clock::time_point> crashes_;
     Clock::time_point spawn_blocked_until_{};
     pool::Registry pool_;
+    // Helper processes beside the workers (aux_process.hh), restarted when they end.
+    std::vector<AuxProcess> aux_;
     std::uint64_t generation_ = 0;  // bumped by every reload
     // New connections go straight to a warm worker of the route the same client host
     // used last (one process hop instead of three, and TLS clients reuse connections
@@ -232,7 +246,9 @@ Status Supervisor::setup()
 
 std::vector<int> Supervisor::fds_to_close_in_child(int own_parent_end) const
 {
-    std::vector<int> fds = {epoll_.get(), sigfd_.get(), own_parent_end};
+    std::vector<int> fds = {epoll_.get(), sigfd_.get()};
+    if (own_parent_end >= 0)
+        fds.push_back(own_parent_end);
     for (const auto& l : listeners_)
         fds.push_back(l.fd.get());
     for (const auto& [pid, w] : workers_)
@@ -408,6 +424,8 @@ void Supervisor::reap()
         pid_t pid = waitpid(-1, &status, WNOHANG);
         if (pid <= 0)
             return;
+        if (std::any_of(aux_.begin(), aux_.end(), [&](AuxProcess& a) { return a.reaped(pid, status, Clock::now()); }))
+            continue;
         auto it = workers_.find(pid);
         if (it == workers_.end())
             continue;
@@ -884,6 +902,9 @@ void Supervisor::reload()
     retire_spares();
     replenish();
     seed_minimums();
+    // Helpers start again with the new configuration (their shared state stays).
+    for (const auto& a : aux_)
+        a.signal(SIGTERM);
     log_info("configuration reloaded from %s (%d change%s)", cfg_.path.c_str(), changed,
              changed == 1 ? "" : "s");
     sd_notify(0, "READY=1");
@@ -932,6 +953,8 @@ void Supervisor::begin_end(const char* why)
     kill_deadline_ = Clock::now() + kShutdownGrace;
     stop_listening();
     retire_spares();
+    for (const auto& a : aux_)
+        a.signal(SIGTERM);
     size_t n = 0;
     for (auto& [pid, w] : workers_)
         if (w.state != Worker::State::Spare && w.state != Worker::State::Retired) {
@@ -988,6 +1011,8 @@ int Supervisor::loop_timeout_ms() const
     if (phase_ == Phase::Ending)
         until = std::min(until, kill_deadline_);
     until = std::min(until, pool_.next_deadline(Clock::now()));
+    for (const auto& a : aux_)
+        until = std::min(until, a.next_start());
     return net::ms_until(until);
 }
 
@@ -1023,6 +1048,20 @@ void Supervisor::on_signal()
     }
 }
 
+// Helpers run while sessions may start or run; at the end they are told to stop.
+void Supervisor::keep_helpers(Clock::time_point now)
+{
+    if (phase_ == Phase::Ending)
+        return;
+    for (auto& a : aux_)
+        a.ensure(cfg_, table_, fds_to_close_in_child(-1), now);
+}
+
+bool Supervisor::helpers_running() const
+{
+    return std::any_of(aux_.begin(), aux_.end(), [](const AuxProcess& a) { return a.running(); });
+}
+
 int Supervisor::run()
 {
     if (auto st = setup(); !st) {
@@ -1041,6 +1080,7 @@ int Supervisor::run()
     }
     replenish();
     seed_minimums();
+    keep_helpers(Clock::now());
     log_info("pgwicket %s ready: %zu spare workers, max_client_conn %ld%s", PGWICKET_VERSION,
              spares_.size(), cfg_.max_client_conn,
              watchdog_usec_ ? ", systemd watchdog on" : "");
@@ -1083,7 +1123,7 @@ int Supervisor::run()
                 begin_end("shutdown_timeout passed");
         }
         if (phase_ == Phase::Ending) {
-            if (workers_.empty())
+            if (workers_.empty() && !helpers_running())
                 break;
             if (now >= kill_deadline_) {
                 for (auto& [pid, w] : workers_) {
@@ -1091,12 +1131,16 @@ int Supervisor::run()
                                 (long long)std::chrono::duration_cast<std::chrono::seconds>(kShutdownGrace).count());
                     ::kill(pid, SIGKILL);
                 }
-                while (!workers_.empty()) {
+                for (const auto& a : aux_)
+                    a.signal(SIGKILL);
+                while (!workers_.empty() || helpers_running()) {
                     int status;
                     pid_t pid = waitpid(-1, &status, 0);
                     if (pid < 0)
                         break;
                     workers_.erase(pid);
+                    for (auto& a : aux_)
+                        a.reaped(pid, status, now);
                 }
                 break;
             }
@@ -1114,6 +1158,7 @@ int Supervisor::run()
         prefill(now);
         publish_pools(now);
         replenish();
+        keep_helpers(now);
         notify_status(false);
     }
     stop_listening();
