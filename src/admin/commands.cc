@@ -7,7 +7,7 @@
 namespace pgw::admin {
 namespace {
 
-const std::array<CommandSpec, 11> kCommands = {{
+const std::array<CommandSpec, 12> kCommands = {{
     {CommandId::ShowSessions, "SHOW SESSIONS", "", false,
      "one row per session: id, state, client, database, user, counters"},
     {CommandId::ShowStats, "SHOW STATS", "", false,
@@ -18,6 +18,8 @@ const std::array<CommandSpec, 11> kCommands = {{
      "one row per pooled route: warm, open and waiting connections, longest wait, pool_size"},
     {CommandId::ShowServers, "SHOW SERVERS", "", false,
      "one row per pooled upstream connection: pool, state, backend and worker pid, ages, sessions, TLS"},
+    {CommandId::ShowHosts, "SHOW HOSTS", "", false,
+     "one row per upstream host of a multi-host entry: state, role, lag, last check, ban, last error"},
     {CommandId::ShowConfig, "SHOW CONFIG", "", false,
      "every [pgwicket] option with its value, default and reload class"},
     {CommandId::ShowVersion, "SHOW VERSION", "", false, "the pgwicket version"},

@@ -13,6 +13,7 @@ enum class CommandId {
     ShowDatabases,
     ShowPools,
     ShowServers,
+    ShowHosts,
     ShowConfig,
     ShowVersion,
     ShowHelp,

@@ -7,6 +7,7 @@
 #include "common/log.hh"
 #include "common/net.hh"
 #include "config/options.hh"
+#include "health/hosts.hh"
 #include "protocol/bytes.hh"
 #include "protocol/messages.hh"
 #include "session/exit_codes.hh"
@@ -118,6 +119,7 @@ private:
     void show_databases();
     void show_pools();
     void show_servers();
+    void show_hosts();
     void show_config();
     void show_help();
     bool kill_session(const std::string& arg);
@@ -186,6 +188,28 @@ void Console::show_pools()
                         std::to_string(r.pool_size.load(std::memory_order_relaxed))});
     }
     result({"pool", "warm", "active", "waiting", "longest_wait_s", "pool_size"}, rows, "SHOW");
+}
+
+void Console::show_hosts()
+{
+    std::vector<Row> rows;
+    const auto* h = s_.table.header();
+    const std::uint32_t n = std::min(h->host_rows.load(std::memory_order_acquire), ipc::kHostRows);
+    const std::int64_t now = ipc::wall_clock_ms(), mono = health::monotonic_ms();
+    for (std::uint32_t i = 0; i < n; ++i) {
+        const health::HostView v = health::read_host(*h, i);
+        char checked[32] = "";
+        if (v.checked_ms > 0)
+            std::snprintf(checked, sizeof checked, "%.1f", double(now - v.checked_ms) / 1000.0);
+        rows.push_back({v.host, std::to_string(v.port), health::state_name(v.state), health::role_name(v.role),
+                        std::to_string(v.lag_bytes), std::to_string(double(v.lag_ms) / 1000.0), checked,
+                        std::to_string(v.checks), std::to_string(v.failures), std::to_string(v.role_gen),
+                        v.banned_until_ms > mono ? std::to_string((v.banned_until_ms - mono + 999) / 1000) : "0",
+                        v.error});
+    }
+    result({"host", "port", "state", "role", "lag_bytes", "lag_s", "checked_s_ago", "checks", "failures",
+            "role_changes", "banned_s", "last_error"},
+           rows, "SHOW");
 }
 
 void Console::show_servers()
@@ -328,6 +352,9 @@ bool Console::execute(const std::string& raw)
             return true;
         case CommandId::ShowServers:
             show_servers();
+            return true;
+        case CommandId::ShowHosts:
+            show_hosts();
             return true;
         case CommandId::ShowConfig:
             show_config();

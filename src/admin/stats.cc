@@ -3,6 +3,7 @@
 // which go through label_value().
 #include "admin/stats.hh"
 
+#include "health/hosts.hh"
 #include "pool/registry.hh"
 
 #include "session/exit_codes.hh"
@@ -102,6 +103,33 @@ void add_pools(const ipc::TableHeader& h, std::vector<Family>& out)
         add(waits, pool, t.wait_count, "_count");
     }
     for (Family* f : {&conns, &waiting, &longest, &size, &waits})
+        out.push_back(std::move(*f));
+}
+
+// The health checker's hosts: one sample per host:port.
+void add_hosts(const ipc::TableHeader& h, std::vector<Family>& out)
+{
+    Family up = family("pgwicket_host_up", "gauge", "1 when the health checker's last check of the host succeeded.");
+    Family primary = family("pgwicket_host_primary", "gauge", "1 when the host was a primary at its last check.");
+    Family lag_bytes = family("pgwicket_host_replication_lag_bytes", "gauge",
+                              "How far a standby's replay is behind its entry's primary, in bytes of WAL.");
+    Family lag_s = family("pgwicket_host_replication_lag_seconds", "gauge",
+                          "How long a standby's replay is behind what it has received.");
+    Family changes = family("pgwicket_host_role_changes_total", "counter",
+                            "Role changes (failovers) the health checker has seen for the host.");
+    Family failures = family("pgwicket_host_check_failures_total", "counter", "Failed health checks of the host.");
+    const std::uint32_t n = std::min(h.host_rows.load(std::memory_order_acquire), ipc::kHostRows);
+    for (std::uint32_t i = 0; i < n; ++i) {
+        const health::HostView v = health::read_host(h, i);
+        const std::string labels = "host=\"" + label_value(v.host) + "\",port=\"" + std::to_string(v.port) + "\"";
+        add(up, labels, v.state == ipc::HostState::Up ? 1 : 0);
+        add(primary, labels, v.role == ipc::HostRole::Primary ? 1 : 0);
+        add(lag_bytes, labels, double(v.lag_bytes));
+        add(lag_s, labels, double(v.lag_ms) / 1000.0);
+        add(changes, labels, v.role_gen);
+        add(failures, labels, double(v.failures));
+    }
+    for (Family* f : {&up, &primary, &lag_bytes, &lag_s, &changes, &failures})
         out.push_back(std::move(*f));
 }
 
@@ -260,6 +288,7 @@ std::vector<Family> collect(const ipc::SessionTable& table)
     out.push_back(reloads);
 
     add_pools(*table.header(), out);
+    add_hosts(*table.header(), out);
     return out;
 }
 

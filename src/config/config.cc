@@ -397,6 +397,7 @@ Status validate(ParseState& st)
         }
         d.conninfo = std::move(split->conninfo);
         d.pool = split->pool;
+        d.replicas = split->replicas;
         if (d.pool.pooled && c.min_pool_size_for(d) > c.pool_size_for(d))
             st.errors.push_back(at + "min_pool_size " + std::to_string(c.min_pool_size_for(d)) +
                                 " is more than the pool size " + std::to_string(c.pool_size_for(d)));

@@ -25,6 +25,18 @@ struct PoolSettings {
     long max_db_connections = -1; // -1: [pgwicket] max_db_connections
 };
 
+// pgwicket's keys for an entry of several hosts (host=a,b,c): how a host is chosen
+// among those that fit the entry's target_session_attrs (which stays in the string:
+// libpq checks it again on the host chosen).
+enum class LoadBalance { RoundRobin, Random, InOrder };
+
+struct ReplicaSettings {
+    LoadBalance load_balance = LoadBalance::RoundRobin;
+    long max_lag_bytes = -1;  // max_replica_lag as a size; -1: none
+    long max_lag_ms = -1;     // max_replica_lag as a time; -1: none
+    long ban_time = -1;       // seconds; -1: [pgwicket] ban_time
+};
+
 struct DatabaseEntry {
     std::string name;      // client-visible database name, or "*"
     std::string conninfo;  // libpq connection string, without the pool keys
@@ -32,6 +44,7 @@ struct DatabaseEntry {
     // Brace-initialised so that DatabaseEntry{name, conninfo, line} stays free of
     // -Wmissing-field-initializers.
     PoolSettings pool{};
+    ReplicaSettings replicas{};
 };
 
 // Another pgwicket instance behind the same load balancer, for cancel forwarding.
@@ -103,6 +116,8 @@ struct Config {
     long server_lifetime = 0;      // 0: no limit
     long server_idle_timeout = 0;  // 0: no limit
     long query_wait_timeout = 0;   // 0: wait forever
+    long server_check_period = 0;  // the health checker's period per host
+    long ban_time = 0;             // a host that failed a connect is passed over this long
 
     // [databases]
     std::vector<DatabaseEntry> databases;

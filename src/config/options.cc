@@ -13,7 +13,7 @@ namespace {
 using T = OptionType;
 using R = ReloadClass;
 
-const std::array<OptionSpec, 56> kOptions = {{
+const std::array<OptionSpec, 58> kOptions = {{
     {"listen_addr", T::String, "127.0.0.1", 0, 0, "", R::Restart,
      "TCP addresses to listen on, comma-separated; * for all, empty for none",
      nullptr, &Config::listen_addr},
@@ -167,6 +167,12 @@ const std::array<OptionSpec, 56> kOptions = {{
     {"query_wait_timeout", T::Seconds, "120", 0, 86400, "", R::Reload,
      "seconds a client waits for a full pool before SQLSTATE 53300; 0 waits forever",
      &Config::query_wait_timeout, nullptr},
+    {"server_check_period", T::Seconds, "5", 1, 3600, "", R::Reload,
+     "seconds between the health checker's checks of each host of a multi-host entry",
+     &Config::server_check_period, nullptr},
+    {"ban_time", T::Seconds, "15", 0, 86400, "", R::Reload,
+     "seconds a host that refused a connection is passed over (an entry's ban_time overrides it)",
+     &Config::ban_time, nullptr},
 }};
 
 const std::array<std::string_view, 8> kSections = {"pgwicket",         "databases",         "peers",

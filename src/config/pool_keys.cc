@@ -4,6 +4,8 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <initializer_list>
+#include <optional>
 #include <string_view>
 #include <vector>
 
@@ -101,6 +103,62 @@ const NumberKey* number_key(std::string_view name)
 bool is_uri(const std::string& s) { return s.rfind("postgresql://", 0) == 0 || s.rfind("postgres://", 0) == 0; }
 
 bool is_pool_key(std::string_view name) { return name == "pool_mode" || number_key(name); }
+bool is_replica_key(std::string_view name)
+{
+    return name == "load_balance" || name == "max_replica_lag" || name == "ban_time";
+}
+
+// A whole number with an optional unit: `units` pairs suffixes with multipliers; the
+// result is in the unit of multiplier 1. Empty when the text is not one.
+std::optional<long> number_with_unit(const std::string& text,
+                                     std::initializer_list<std::pair<std::string_view, long>> units)
+{
+    size_t end = 0;
+    while (end < text.size() && text[end] >= '0' && text[end] <= '9')
+        ++end;
+    if (end == 0 || end > 12)
+        return std::nullopt;
+    const long n = std::stol(text.substr(0, end));
+    const std::string_view unit = std::string_view(text).substr(end);
+    for (const auto& [suffix, factor] : units)
+        if (unit == suffix)
+            return n * factor;
+    return std::nullopt;
+}
+
+Status set_replica_key(ReplicaSettings& r, const std::string& name, const std::string& value)
+{
+    if (name == "load_balance") {
+        if (value == "round-robin")
+            r.load_balance = LoadBalance::RoundRobin;
+        else if (value == "random")
+            r.load_balance = LoadBalance::Random;
+        else if (value == "in-order")
+            r.load_balance = LoadBalance::InOrder;
+        else
+            return Error{"load_balance \"" + value + "\" is not one of round-robin, random, in-order"};
+        return ok_status();
+    }
+    if (name == "ban_time") {
+        auto s = number_with_unit(value, {{"", 1}, {"s", 1}, {"min", 60}});
+        if (!s || *s > 86400)
+            return Error{"ban_time \"" + value + "\" is not a time from 0 to 86400 s (e.g. 15s, 1min)"};
+        r.ban_time = *s;
+        return ok_status();
+    }
+    // max_replica_lag: a size of WAL (kB, MB, GB; bare: bytes) or a time (ms, s, min).
+    if (auto t = number_with_unit(value, {{"ms", 1}, {"s", 1000}, {"min", 60000}})) {
+        r.max_lag_ms = *t;
+        r.max_lag_bytes = -1;
+        return ok_status();
+    }
+    if (auto b = number_with_unit(value, {{"", 1}, {"B", 1}, {"kB", 1024}, {"MB", 1024 * 1024}, {"GB", 1024L * 1024 * 1024}})) {
+        r.max_lag_bytes = *b;
+        r.max_lag_ms = -1;
+        return ok_status();
+    }
+    return Error{"max_replica_lag \"" + value + "\" is neither a size (16MB, 512kB, bytes) nor a time (10s, 500ms, 1min)"};
+}
 
 Status set_number(PoolSettings& pool, const NumberKey& key, const std::string& value)
 {
@@ -134,7 +192,7 @@ Result<SplitConninfo> split_pool_keys(const std::string& conninfo)
 {
     // libpq reads these as a URI, whose parameters are no key=value tokens.
     if (is_uri(conninfo))
-        return SplitConninfo{conninfo, {}};
+        return SplitConninfo{conninfo, {}, {}};
     auto tokens = tokenize(conninfo);
     if (!tokens)
         return Error{"invalid connection string: " + tokens.error()};
@@ -142,7 +200,14 @@ Result<SplitConninfo> split_pool_keys(const std::string& conninfo)
     SplitConninfo out;
     std::string first_size_key;  // the first sizing key, for "needs pool_mode"
     bool any = false;
+    bool replica_keys = false;
     for (const auto& t : *tokens) {
+        if (is_replica_key(t.name)) {
+            if (Status ok = set_replica_key(out.replicas, t.name, t.value); !ok)
+                return Error{ok.error()};
+            replica_keys = true;
+            continue;
+        }
         if (!is_pool_key(t.name)) {
             // The token's own text, quoting and escapes untouched.
             if (!out.conninfo.empty())
@@ -159,15 +224,15 @@ Result<SplitConninfo> split_pool_keys(const std::string& conninfo)
         if (t.name != "pool_mode" && first_size_key.empty())
             first_size_key = t.name;
     }
-    if (!any)
-        return SplitConninfo{conninfo, {}};
+    if (!any && !replica_keys)
+        return SplitConninfo{conninfo, {}, {}};
     // Cutting a leading pool key must not turn the rest into a URI for libpq: refuse
     // the stray name as libpq would have in the string as written.
     if (is_uri(out.conninfo)) {
         const std::string name = out.conninfo.substr(0, out.conninfo.find_first_of("= \t\n\v\f\r"));
         return Error{"invalid connection string: invalid connection option \"" + name + "\""};
     }
-    if (!out.pool.pooled)
+    if (any && !out.pool.pooled)
         return Error{first_size_key + " needs pool_mode=session"};
     return out;
 }

@@ -1,5 +1,6 @@
-// The pooling keys of a [databases] connection string (pool_mode, pool_size, ...):
-// found with libpq's own key=value rules, checked, and cut out so libpq never sees them.
+// pgwicket's own keys of a [databases] connection string (pooling: pool_mode,
+// pool_size, ...; replicas: load_balance, max_replica_lag, ban_time): found with
+// libpq's own key=value rules, checked, and cut out so libpq never sees them.
 #pragma once
 
 #include "common/result.hh"
@@ -12,6 +13,7 @@ namespace pgw::config {
 struct SplitConninfo {
     std::string conninfo;  // the connection string without the pool keys
     PoolSettings pool;
+    ReplicaSettings replicas;
 };
 
 // Splits `conninfo` (libpq keyword=value form) into the part for libpq and the

@@ -20,7 +20,7 @@
 namespace pgw::ipc {
 
 inline constexpr std::uint32_t kTableMagic = 0x50475754;  // "PGWT"
-inline constexpr std::uint32_t kTableVersion = 9;
+inline constexpr std::uint32_t kTableVersion = 10;
 
 enum class SlotState : std::uint32_t {
     Free = 0,
@@ -175,6 +175,32 @@ struct alignas(64) ServerRow {
     SlotText pool;  // "entry/user/dbname"
 };
 
+// One upstream host of a multi-host entry, as the health checker last saw it (host
+// choice, failover, SHOW HOSTS, metrics). The checker is the only writer of every field
+// but `banned_until_ms`: it claims the next row for a host it has not listed (host and
+// port are written before `host_rows` is raised, and never change), and updates the
+// rest under `seq`, odd while it writes; a reader copies the row and tries again when
+// `seq` was odd or changed. Workers write only `banned_until_ms` (a failed connect).
+inline constexpr std::uint32_t kHostRows = 64;
+
+enum class HostState : std::uint32_t { Unknown = 0, Up = 1, Down = 2 };
+enum class HostRole : std::uint32_t { Unknown = 0, Primary = 1, Standby = 2 };
+
+struct alignas(64) HostRow {
+    std::atomic<std::uint32_t> seq;
+    std::atomic<std::uint32_t> state;     // HostState
+    std::atomic<std::uint32_t> role;      // HostRole
+    std::atomic<std::uint32_t> role_gen;  // bumped when a known role changes (failover)
+    std::atomic<std::uint64_t> lag_bytes; // a standby's replay position behind its entry's primary
+    std::atomic<std::int64_t> lag_ms;     // a standby's replay delay (0 when it has replayed all it received)
+    std::atomic<std::int64_t> checked_ms; // CLOCK_REALTIME of the last check's answer (or failure)
+    std::atomic<std::int64_t> banned_until_ms;  // CLOCK_MONOTONIC: a worker failed to connect
+    std::atomic<std::uint64_t> checks, failures;
+    SlotText host;
+    std::atomic<std::uint32_t> port;
+    SlotText error;  // the last failure, for SHOW HOSTS
+};
+
 struct TableHeader {
     std::uint32_t magic;
     std::uint32_t version;
@@ -197,6 +223,12 @@ struct TableHeader {
     PoolRow pools[kPoolRows];
     std::atomic<std::uint32_t> servers_full_warned;  // 1 once a worker has logged that no row was free
     ServerRow servers[kServerRows];
+    // The health checker's hosts (issue 12), and its pid (for SHOW HOSTS).
+    std::atomic<std::uint32_t> host_rows;
+    std::atomic<std::int32_t> checker_pid;
+    // load_balance = round-robin: one counter for every entry, taken by workers.
+    std::atomic<std::uint64_t> balance_counter;
+    HostRow hosts[kHostRows];
 };
 
 // The segment's layout is a checked contract between processes of one binary.
@@ -205,6 +237,7 @@ static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 static_assert(std::atomic<std::int64_t>::is_always_lock_free);
 static_assert(std::is_standard_layout_v<Slot> && std::is_standard_layout_v<TableHeader>);
 static_assert(std::is_standard_layout_v<ServerRow>);
+static_assert(std::is_standard_layout_v<HostRow>);
 static_assert(std::atomic<std::int32_t>::is_always_lock_free);
 static_assert(std::is_trivially_copyable_v<SlotText>);
 static_assert(sizeof(Slot::secret_words) == 32, "a protocol 3.2 secret (kSecretBytes) must fit");

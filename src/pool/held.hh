@@ -6,6 +6,7 @@
 #include "common/net.hh"
 #include "common/result.hh"
 #include "ipc/session_table.hh"
+#include "health/hosts.hh"
 #include "upstream/connect.hh"
 #include "upstream/transport.hh"
 
@@ -62,6 +63,7 @@ struct HeldUpstream {
     // ended): a client that comes right after needs no look of its own.
     net::Clock::time_point quiet_at{};
     ServerRowLease row;  // in SHOW SERVERS, once mark_server has found a free row
+    health::HostWatch watch;  // its host's role when connected (multi-host entries)
 
     int fd() const { return PQsocket(conn.get()); }
     // A transport over libpq's socket (and its TLS session); the connection must outlive it.

@@ -19,6 +19,7 @@
 #include "upstream/passthrough.hh"
 #include "upstream/transport.hh"
 #include "pool/context.hh"
+#include "health/hosts.hh"
 #include "pool/held.hh"
 
 #include <poll.h>
@@ -178,10 +179,15 @@ private:
     ExitCode establish(pool::HeldUpstream& up, bool* reusable = nullptr);
     ExitCode proceed(const Login& login, const protocol::StartupMessage& startup);
     void set_login_prefix(const Login& login);
-    std::optional<ExitCode> connect_upstream(const upstream::Params& params, const std::string& database,
-                                             upstream::PgConnPtr& conn);
+    std::optional<ExitCode> connect_upstream(const std::vector<health::Attempt>& tries, const std::string& database,
+                                             upstream::PgConnPtr& conn, std::string* where = nullptr);
     ExitCode pooled_session(const Login& login, const protocol::StartupMessage& startup,
-                            const config::DatabaseEntry& entry, const upstream::Params& params);
+                            const config::DatabaseEntry& entry, const health::Attempt& attempt);
+    // What the session watches of its upstream host (failover), from a new connection.
+    health::HostWatch watch_of(PGconn* conn) const
+    {
+        return health::watch_of(*table_.header(), target_, PQhost(conn), PQport(conn));
+    }
     // Asks the supervisor for a pooled route and waits for its answer.
     struct RouteAnswer {
         std::optional<ipc::HandoffType> type;
@@ -233,6 +239,11 @@ private:
     std::string payload_;  // MoveClient: the session context
     UniqueFd relay_end_;   // ask_for_route, TLS client: our end of the socket offered instead of it
     WorkerState& ws_;      // the worker's channel and pooled upstream, which outlive the session
+    // The entry's target_session_attrs, and how long a host that failed a connect is
+    // passed over (multi-host entries).
+    health::Target target_ = health::Target::Any;
+    long ban_seconds_ = 0;
+    health::HostWatch watch_;  // the established session's host (failover)
 };
 
 std::variant<protocol::StartupMessage, ExitCode> Session::read_startup()
@@ -470,34 +481,58 @@ ExitCode Session::proceed(const Login& login, const protocol::StartupMessage& st
     auto params = upstream::build_params(*entry, info, cfg_.application_name_prefix);
     if (!params)
         return fail("08006", params.error(), kExitUpstreamFailure);
-    const std::string where = upstream::describe(*params);
     publish_client(user, database, startup);
 
+    // The hosts to try, from what the health checker last saw (multi-host entries).
+    ban_seconds_ = entry->replicas.ban_time >= 0 ? entry->replicas.ban_time : cfg_.ban_time;
+    health::Attempts plan = health::plan_connection(*params, entry->replicas, *table_.header());
+    target_ = plan.target;
+    if (plan.tries.empty()) {
+        log_info("refused: %s", plan.why_none.c_str());
+        return fail("08006", "no upstream host of database \"" + database + "\" can take this session: " + plan.why_none,
+                    kExitUpstreamFailure, "Try again later; SHOW HOSTS in pgwicket's admin console lists the hosts.");
+    }
     if (entry->pool.pooled)
-        return pooled_session(login, startup, *entry, *params);
+        return pooled_session(login, startup, *entry, plan.tries.front());
 
     upstream::PgConnPtr conn;
-    if (auto code = connect_upstream(*params, database, conn))
+    std::string where;
+    if (auto code = connect_upstream(plan.tries, database, conn, &where))
         return *code;
     PGconn* pg = conn.get();
     log_info("connected to upstream (%s), backend pid %d%s", where.c_str(), PQbackendPID(pg),
              PQsslInUse(pg) ? ", TLS" : "");
     pool::HeldUpstream up = pool::hold(std::move(conn), "", where);
+    up.watch = watch_of(up.conn.get());
     return establish(up);
 }
 
 // Opens the session's own upstream connection; on failure the client has its error
 // and the returned code ends the session.
-std::optional<ExitCode> Session::connect_upstream(const upstream::Params& params, const std::string& database,
-                                                  upstream::PgConnPtr& conn)
+std::optional<ExitCode> Session::connect_upstream(const std::vector<health::Attempt>& tries, const std::string& database,
+                                                  upstream::PgConnPtr& conn, std::string* where_out)
 {
-    const std::string where = upstream::describe(params);
-    auto deadline = net::Clock::now() + std::chrono::seconds(cfg_.server_connect_timeout);
+    std::string where;
     upstream::ConnectFailure why;
-    auto c = upstream::connect(params, deadline, &why);
-    if (c) {
-        conn = std::move(*c);
-        return std::nullopt;
+    for (size_t i = 0; i < tries.size(); ++i) {
+        where = upstream::describe(tries[i].params);
+        if (where_out)
+            *where_out = where;
+        auto deadline = net::Clock::now() + std::chrono::seconds(cfg_.server_connect_timeout);
+        why = {};
+        auto c = upstream::connect(tries[i].params, deadline, &why);
+        if (c) {
+            conn = std::move(*c);
+            return std::nullopt;
+        }
+        if (tries[i].row >= 0 && why.server_sqlstate.empty() && ban_seconds_ > 0) {
+            // The host did not take the connection: the next sessions go elsewhere
+            // until ban_time has passed (or the checker sees it up again).
+            health::ban_host(*table_.header(), std::uint32_t(tries[i].row),
+                             health::monotonic_ms() + ban_seconds_ * 1000);
+        }
+        if (i + 1 < tries.size())
+            log_warning("upstream connection failed (%s): %s; trying the next host", where.c_str(), why.message.c_str());
     }
     if (ipc::Slot* sl = slot()) {
         sl->counters.add(ipc::kUpstreamConnectFailures, 1);
@@ -526,8 +561,9 @@ std::optional<ExitCode> Session::connect_upstream(const upstream::Params& params
 // is then a spare again), otherwise this worker connects, or waits for room. A warm
 // worker that received the client carries on with the connection it holds.
 ExitCode Session::pooled_session(const Login& login, const protocol::StartupMessage& startup,
-                                 const config::DatabaseEntry& entry, const upstream::Params& params)
+                                 const config::DatabaseEntry& entry, const health::Attempt& attempt)
 {
+    const upstream::Params& params = attempt.params;
     const std::string route = pool::route_key(entry.name, params);
     const std::string where = upstream::describe(params);
     const std::string* app = nullptr;
@@ -577,12 +613,13 @@ ExitCode Session::pooled_session(const Login& login, const protocol::StartupMess
         relay_end_.reset();
         ws_.held.reset();  // another route's: the pool no longer counts it
         upstream::PgConnPtr conn;
-        if (auto code = connect_upstream(params, login.database, conn))
+        if (auto code = connect_upstream({attempt}, login.database, conn))
             return *code;
         log_info("connected to upstream (%s), backend pid %d%s; pooled on %s", where.c_str(),
                  PQbackendPID(conn.get()), PQsslInUse(conn.get()) ? ", TLS" : "",
                  pool::route_label(route).c_str());
         ws_.held = pool::hold(std::move(conn), route, where);
+        ws_.held->watch = watch_of(ws_.held->conn.get());
     } else {
         // Reused: make sure it still works (the socket is looked at unless the warm
         // wait that this client ended saw it silent a moment ago), and name the new
@@ -593,6 +630,8 @@ ExitCode Session::pooled_session(const Login& login, const protocol::StartupMess
         Status ok = ok_status();
         if (!held.conn)
             ok = Error{"its reset failed"};
+        else if (ipc::HostRole role{}; health::role_changed(*table_.header(), held.watch, &role))
+            ok = Error{"its host " + held.watch.label + " is a " + health::role_name(role) + " now"};
         else if (now - held.quiet_at > std::chrono::milliseconds(10) && pool::stirred(held))
             ok = Error{"the server closed it or spoke while it was idle"};
         else if (now - held.checked >= std::chrono::seconds(cfg_.server_check_delay)) {
@@ -604,9 +643,10 @@ ExitCode Session::pooled_session(const Login& login, const protocol::StartupMess
                      ok.error().c_str());
             ws_.held.reset();
             upstream::PgConnPtr conn;
-            if (auto code = connect_upstream(params, login.database, conn))
+            if (auto code = connect_upstream({attempt}, login.database, conn))
                 return *code;
             ws_.held = pool::hold(std::move(conn), route, where);
+            ws_.held->watch = watch_of(ws_.held->conn.get());
         } else if (app && held.parameters["application_name"] != *app) {
             char* lit = PQescapeLiteral(held.conn.get(), app->c_str(), app->size());
             Status named = lit ? pool::simple_query(held, std::string("SET application_name = ") + lit, deadline)
@@ -675,6 +715,7 @@ ExitCode Session::establish(pool::HeldUpstream& up, bool* reusable)
         return kExitOk;
     }
 
+    watch_ = up.watch;
     int upstream_fd = up.fd();  // non-blocking since pool::hold()
     auto server = up.transport();
     std::unique_ptr<PGcancel, PgCancelDeleter> pg_cancel(PQgetCancel(up.conn.get()));
@@ -730,6 +771,8 @@ ExitCode Session::run_relay(upstream::Transport& server, int upstream_fd, char s
                            trail_ ? &*trail_ : nullptr, query_timeout, policy_ ? policy_->client_idle_timeout : 0);
     control_ptr = &control;
     control.set_keep_upstream(pooled);
+    if (watch_.row >= 0)
+        control.watch_host(table_.header(), watch_);
     if (policy_)
         control.set_caps(policy_->max_rows, policy_->max_bytes, policy_->allow_override);
     control.on_ready_for_query(status);
@@ -981,6 +1024,10 @@ std::optional<pool::SessionContext> starting_context(const config::Config& cfg, 
     // of its own, the client's name is used, and none is known yet.
     auto probe = prefill_params(cfg, entry, ctx);
     if (!probe)
+        return std::nullopt;
+    // An entry of several hosts pools per chosen host, which only a client's session
+    // chooses: min_pool_size is not kept for it (not built yet).
+    if (health::hosts_of(*probe).size() > 1)
         return std::nullopt;
     std::string user;
     for (const auto& [k, v] : *probe)

@@ -105,6 +105,7 @@ void SessionControl::on_ready_for_query(char status)
         }
     }
     greeted_ = true;
+    check_role();
     canceller_.on_ready_for_query();
     idle_since_ = net::Clock::now();
     in_transaction_ = status != 'I';
@@ -125,8 +126,23 @@ void SessionControl::on_command_complete(std::string_view tag)
     report_.statement_done(tag);
 }
 
+void SessionControl::check_role()
+{
+    if (!watch_table_ || role_changed_ || !health::role_changed(*watch_table_, watch_, &new_role_))
+        return;
+    role_changed_ = true;
+    log_warning("upstream host %s is a %s now; ending the session (failover)", watch_.label.c_str(),
+                health::role_name(new_role_));
+    g_stop_requested = 1;
+}
+
 Bytes SessionControl::stop_message()
 {
+    if (role_changed_)
+        return protocol::fatal("57P01",
+                               "terminating connection because upstream host " + watch_.label + " is a " +
+                                   health::role_name(new_role_) + " now",
+                               "The upstream cluster failed over; connect again to reach a host of the right role.");
     if (idle_expired_)
         return protocol::fatal("57P05", "terminating connection due to idle-session timeout",
                                "The session's pgwicket policy closes sessions idle longer than "
@@ -164,6 +180,14 @@ std::optional<Bytes> SessionControl::on_server_error(const protocol::ErrorFields
 
 int SessionControl::poll_timeout_ms()
 {
+    const int ms = poll_timeout_unwatched_ms();
+    if (!watch_table_ || role_changed_)
+        return ms;
+    return ms < 0 || ms > 1000 ? 1000 : ms;
+}
+
+int SessionControl::poll_timeout_unwatched_ms()
+{
     // A held statement: look again soon (the cancel child's exit also ends the wait,
     // through SIGCHLD).
     if (hold_client_input())
@@ -178,6 +202,7 @@ int SessionControl::poll_timeout_ms()
 void SessionControl::on_wake()
 {
     canceller_.reap();
+    check_role();
     if (g_reopen_log) {
         // The supervisor reloaded: reopen our log and audit files (logrotate moved them).
         g_reopen_log = 0;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "config/config.hh"
+#include "health/hosts.hh"
 #include "ipc/session_table.hh"
 #include "common/net.hh"
 #include "session/audit_trail.hh"
@@ -51,6 +52,13 @@ public:
     int poll_timeout_ms() override;
     bool hold_client_input() override { return canceller_.hold(); }
     void on_wake() override;
+    // A session of a multi-host entry ends when its host changes role (a failover):
+    // looked at on every ReadyForQuery and at least every second.
+    void watch_host(const ipc::TableHeader* h, health::HostWatch w)
+    {
+        watch_table_ = h;
+        watch_ = std::move(w);
+    }
     // Pooled sessions keep the upstream: the client's Terminate is not forwarded.
     void set_keep_upstream(bool keep) { keep_upstream_ = keep; }
     bool keep_upstream() override { return keep_upstream_; }
@@ -76,6 +84,8 @@ public:
     }
 
 private:
+    void check_role();
+    int poll_timeout_unwatched_ms();
     net::Clock::time_point timeout_deadline() const { return started_ + std::chrono::seconds(query_timeout_); }
 
     const config::Config& cfg_;
@@ -99,6 +109,11 @@ private:
     long idle_timeout_;
     net::Clock::time_point idle_since_ = net::Clock::now();
     bool idle_expired_ = false;
+    // Failover
+    const ipc::TableHeader* watch_table_ = nullptr;
+    health::HostWatch watch_;
+    bool role_changed_ = false;
+    ipc::HostRole new_role_ = ipc::HostRole::Unknown;
 };
 
 } // namespace pgw::session

@@ -5,6 +5,7 @@
 #include "common/log.hh"
 #include "common/net.hh"
 #include "config/options.hh"
+#include "health/checker.hh"
 #include "ipc/fdpass.hh"
 #include "ipc/session_table.hh"
 #include "pool/context.hh"
@@ -56,6 +57,7 @@ constexpr auto kStatusInterval = 1s;
 std::vector<AuxProcess> helper_processes()
 {
     std::vector<AuxProcess> helpers;
+    helpers.emplace_back("health checker", &health::checker_main, &health::checker_wanted);
     return helpers;
 }
 

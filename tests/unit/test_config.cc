@@ -82,6 +82,8 @@ server_check_delay = 10
 server_lifetime = 1800
 server_idle_timeout = 60
 query_wait_timeout = 30
+server_check_period = 2
+ban_time = 60
 
 [databases]
 * = host=10.0.0.1 port=5432
@@ -152,18 +154,24 @@ BOOST_AUTO_TEST_CASE(databases_with_wildcard_named_entries_and_continuations)
 {
     auto r = cfg::load_string(kGoodConfig, "good.ini");
     BOOST_TEST_REQUIRE(r.ok(), why(r));
+    // The line (1-based) of kGoodConfig that starts with `start`.
+    auto line_of = [](const std::string& start) {
+        const std::string text = kGoodConfig;
+        const size_t at = text.find("\n" + start);
+        return at == std::string::npos ? -1 : int(std::count(text.begin(), text.begin() + long(at) + 1, '\n')) + 1;
+    };
     const auto& dbs = r.value().databases;
     BOOST_TEST_REQUIRE(dbs.size() == 3u);
     BOOST_TEST(dbs[0].name == "*");
     BOOST_TEST(dbs[0].conninfo == "host=10.0.0.1 port=5432");
-    BOOST_TEST(dbs[0].line == 62);
+    BOOST_TEST(dbs[0].line == line_of("* = host"));
     // Indented lines (blank or tab) continue the connection string above them.
     BOOST_TEST(dbs[1].name == "sales");
     BOOST_TEST(dbs[1].conninfo == "host=10.0.0.2 port=5433 dbname=sales_prod");
-    BOOST_TEST(dbs[1].line == 63);
+    BOOST_TEST(dbs[1].line == line_of("sales = "));
     BOOST_TEST(dbs[2].name == "hr");
     BOOST_TEST(dbs[2].conninfo == "host=/var/run/postgresql dbname=hr");
-    BOOST_TEST(dbs[2].line == 66);
+    BOOST_TEST(dbs[2].line == line_of("hr = "));
 }
 
 BOOST_AUTO_TEST_CASE(defaults_match_the_options_table)
