@@ -899,7 +899,8 @@ void check_stop_allowing(Proxy& p, const std::vector<pid_t>& expected_kills)
     while (std::getline(in, line)) {
         bool expected = false;
         for (pid_t k : expected_kills)
-            expected = expected || (contains(line, "worker " + std::to_string(k) + " ") &&
+            expected = expected || ((contains(line, "worker " + std::to_string(k) + " ") ||
+                                     contains(line, "(pid " + std::to_string(k) + ")")) &&
                                     contains(line, "killed by signal 9"));
         if (!expected)
             left += line + "\n";

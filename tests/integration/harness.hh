@@ -141,7 +141,8 @@ private:
 // Boost.Test checks: SIGTERM ends `p` with exit 0 within 10 s, and its log has no crash
 // findings.
 void check_clean_stop(Proxy& p);
-// The same, except for "killed by signal 9" lines of the workers the test killed itself.
+// The same, except for "killed by signal 9" lines of the workers (and helper processes)
+// the test killed itself.
 void check_stop_allowing(Proxy& p, const std::vector<pid_t>& expected_kills);
 
 // ---- the shared environment ------------------------------------------------------------------

@@ -1,0 +1,212 @@
+// Multi-host entries against a real streaming-replication cluster (a primary and two
+// standbys from pg_basebackup): sessions go to hosts of their role, stopped and
+// lagging standbys are passed over, and a failover moves writes and ends the sessions
+// bound to a host that changed role.
+#include "cluster.hh"
+#include "harness.hh"
+
+#include <boost/test/unit_test.hpp>
+
+#include <signal.h>
+
+#include <map>
+#include <set>
+#include <string>
+
+using namespace pgw::it;
+
+namespace {
+
+// Entries over every node of the cluster, one per target_session_attrs of interest.
+ProxyOptions replica_options(const ReplicaCluster& c, const std::string& extra_keys = "")
+{
+    const std::string hosts = "host=" + c.hosts() + " port=" + c.ports() + " dbname=postgres user=postgres ";
+    ProxyOptions o;
+    o.extra_databases = "rw = " + hosts + "target_session_attrs=primary " + extra_keys + "\n" +
+                        "ro = " + hosts + "target_session_attrs=standby " + extra_keys + "\n" +
+                        "pref = " + hosts + "target_session_attrs=prefer-standby " + extra_keys + "\n" +
+                        "pooledro = " + hosts + "target_session_attrs=standby pool_mode=session pool_size=2 " +
+                        extra_keys + "\n";
+    o.extra_settings = "server_check_period = 1\nban_time = 2\nadmin_users = postgres\n";
+    return o;
+}
+
+// The port of the server a new session through `p` to `db` lands on ("" and the error
+// when it is refused).
+std::string port_of(Proxy& p, const std::string& db, std::string* error = nullptr)
+{
+    Conn c = connect(p.conninfo(db));
+    if (PQstatus(c.get()) != CONNECTION_OK) {
+        if (error)
+            *error = PQerrorMessage(c.get());
+        return "";
+    }
+    return scalar(c.get(), "SELECT inet_server_port()");
+}
+
+// The ports that `n` new sessions to `db` land on.
+std::set<std::string> ports_of(Proxy& p, const std::string& db, int n)
+{
+    std::set<std::string> seen;
+    for (int i = 0; i < n; ++i)
+        seen.insert(port_of(p, db));
+    return seen;
+}
+
+// SHOW HOSTS as port -> column -> value.
+std::map<std::string, std::map<std::string, std::string>> hosts(Proxy& p)
+{
+    std::map<std::string, std::map<std::string, std::string>> out;
+    Conn console = connect_ok(p.conninfo("pgwicket", "postgres"));
+    Result r(PQexec(console.get(), "SHOW HOSTS"));
+    for (int i = 0; i < PQntuples(r.get()); ++i)
+        for (int f = 0; f < PQnfields(r.get()); ++f)
+            out[PQgetvalue(r.get(), i, 1)][PQfname(r.get(), f)] = PQgetvalue(r.get(), i, f);
+    return out;
+}
+
+std::string port_str(const ReplicaCluster& c, int node) { return std::to_string(c.port(node)); }
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(replicas)
+
+BOOST_AUTO_TEST_CASE(sessions_go_to_hosts_of_their_role_and_skip_stopped_ones)
+{
+    ReplicaCluster c("routing", 2);
+    Proxy p("replicas-routing", replica_options(c));
+    const std::string primary = port_str(c, 0), s1 = port_str(c, 1), s2 = port_str(c, 2);
+    BOOST_REQUIRE_MESSAGE(wait_for([&] {
+                              auto h = hosts(p);
+                              return h[primary]["role"] == "primary" && h[s1]["role"] == "standby" &&
+                                     h[s2]["role"] == "standby";
+                          }),
+                          p.log_tail());
+    // Writes to the primary; reads spread over both standbys (round-robin).
+    BOOST_CHECK(ports_of(p, "rw", 4) == std::set<std::string>{primary});
+    BOOST_CHECK((ports_of(p, "ro", 6) == std::set<std::string>{s1, s2}));
+    BOOST_CHECK(ports_of(p, "pref", 4).count(primary) == 0);
+    {
+        Conn w = connect_ok(p.conninfo("rw"));
+        BOOST_CHECK_EQUAL(scalar(w.get(), "SELECT pg_is_in_recovery()"), "f");
+        BOOST_CHECK_EQUAL(scalar(w.get(), "CREATE TABLE IF NOT EXISTS routed(i int); INSERT INTO routed VALUES (1); "
+                                          "SELECT count(*) > 0 FROM routed"),
+                          "t");
+    }
+    // A pooled entry of several hosts: a pool per host, and the backend is reused.
+    std::string pid;
+    {
+        Conn a = connect_ok(p.conninfo("pooledro"));
+        BOOST_CHECK_EQUAL(scalar(a.get(), "SELECT pg_is_in_recovery()"), "t");
+        pid = scalar(a.get(), "SELECT pg_backend_pid()");
+    }
+    bool reused = false;
+    for (int i = 0; i < 8 && !reused; ++i) {
+        Conn b = connect_ok(p.conninfo("pooledro"));
+        reused = scalar(b.get(), "SELECT pg_backend_pid()") == pid;
+    }
+    BOOST_CHECK_MESSAGE(reused, "the pooled standby connection was never reused");
+
+    // A standby stops: within a check period, no session goes to it.
+    c.stop(1);
+    BOOST_CHECK_MESSAGE(wait_for([&] { return hosts(p)[s1]["state"] == "down"; }), p.log_tail());
+    BOOST_CHECK(ports_of(p, "ro", 4) == std::set<std::string>{s2});
+    // Both stop: standby sessions are refused, saying why; prefer-standby ones get the primary.
+    c.stop(2);
+    BOOST_CHECK_MESSAGE(wait_for([&] { return hosts(p)[s2]["state"] == "down"; }), p.log_tail());
+    std::string error;
+    BOOST_CHECK_EQUAL(port_of(p, "ro", &error), "");
+    BOOST_CHECK_MESSAGE(error.find("no standby of its 3 hosts is usable") != std::string::npos &&
+                            error.find("2 down") != std::string::npos,
+                        error);
+    BOOST_CHECK_EQUAL(port_of(p, "pref"), primary);
+    // Back: used again.
+    c.start(1);
+    c.start(2);
+    BOOST_CHECK_MESSAGE(wait_for([&] { return ports_of(p, "ro", 6) == std::set<std::string>{s1, s2}; }, 30000),
+                        p.log_tail());
+    check_clean_stop(p);
+}
+
+BOOST_AUTO_TEST_CASE(a_standby_lagging_past_max_replica_lag_is_passed_over)
+{
+    ReplicaCluster c("lag", 2);
+    Proxy p("replicas-lag", replica_options(c, "max_replica_lag=1MB"));
+    const std::string s1 = port_str(c, 1), s2 = port_str(c, 2);
+    BOOST_REQUIRE_MESSAGE(wait_for([&] {
+                              auto h = hosts(p);
+                              return h[s1]["role"] == "standby" && h[s2]["role"] == "standby";
+                          }),
+                          p.log_tail());
+    BOOST_CHECK((ports_of(p, "ro", 4) == std::set<std::string>{s1, s2}));
+    c.pause_replay(1);
+    c.write_wal(8);
+    BOOST_CHECK_MESSAGE(wait_for([&] { return std::stol(hosts(p)[s1]["lag_bytes"]) > 1024 * 1024; }, 30000),
+                        "lag of the paused standby: " << hosts(p)[s1]["lag_bytes"]);
+    BOOST_CHECK(ports_of(p, "ro", 4) == std::set<std::string>{s2});
+    c.resume_replay(1);
+    c.wait_replayed(1);
+    BOOST_CHECK_MESSAGE(wait_for([&] { return ports_of(p, "ro", 4) == std::set<std::string>{s1, s2}; }, 30000),
+                        "lag: " << hosts(p)[s1]["lag_bytes"]);
+    check_clean_stop(p);
+}
+
+BOOST_AUTO_TEST_CASE(failover_moves_writes_and_ends_sessions_on_a_host_that_changed_role)
+{
+    ReplicaCluster c("failover", 2);
+    Proxy p("replicas-failover", replica_options(c));
+    const std::string primary = port_str(c, 0), s1 = port_str(c, 1);
+    BOOST_REQUIRE_MESSAGE(wait_for([&] { return hosts(p)[s1]["role"] == "standby"; }), p.log_tail());
+    // A standby session pinned to the standby that will be promoted.
+    Conn reader;
+    for (int i = 0; i < 10 && !reader; ++i) {
+        Conn r = connect_ok(p.conninfo("ro"));
+        if (scalar(r.get(), "SELECT inet_server_port()") == s1)
+            reader = std::move(r);
+    }
+    BOOST_REQUIRE(reader);
+    // An idle connection's FATAL reaches libpq as a notice.
+    std::string said;
+    PQsetNoticeReceiver(
+        reader.get(), [](void* out, const PGresult* r) { *static_cast<std::string*>(out) += PQresultErrorMessage(r); },
+        &said);
+    // The health checker killed: restarted, and routing goes on meanwhile.
+    const std::string before = p.log_tail(400);
+    const auto at = before.rfind("health checker LOG: checking");
+    BOOST_REQUIRE(at != std::string::npos);
+    const auto open = before.rfind('[', at), close = before.find(']', open);
+    const pid_t checker = pid_t(std::stol(before.substr(open + 1, close - open - 1)));
+    BOOST_REQUIRE(::kill(checker, SIGKILL) == 0);
+    BOOST_CHECK_EQUAL(port_of(p, "rw"), primary);
+    BOOST_CHECK_MESSAGE(wait_for([&] {
+                            return p.log_tail(400).find("health checker (pid " + std::to_string(checker) +
+                                                        ") was killed by signal 9") != std::string::npos;
+                        }),
+                        p.log_tail());
+
+    // Fail over: the primary stops, standby 1 is promoted.
+    c.stop(0);
+    c.promote(1);
+    BOOST_CHECK_MESSAGE(wait_for([&] { return port_of(p, "rw") == s1; }, 30000), p.log_tail());
+    {
+        Conn w = connect_ok(p.conninfo("rw"));
+        BOOST_CHECK_EQUAL(scalar(w.get(), "SELECT pg_is_in_recovery()"), "f");
+    }
+    // The reader bound to a standby is ended: its host is a primary now.
+    BOOST_CHECK_MESSAGE(wait_for([&] {
+                            PQconsumeInput(reader.get());
+                            PQisBusy(reader.get());
+                            return PQstatus(reader.get()) == CONNECTION_BAD;
+                        }),
+                        p.log_tail());
+    const std::string farewell = said + PQerrorMessage(reader.get());
+    BOOST_CHECK_MESSAGE(farewell.find("upstream host 127.0.0.1:" + s1 + " is a primary now") != std::string::npos,
+                        farewell);
+    auto h = hosts(p);
+    BOOST_CHECK_EQUAL(h[s1]["role"], "primary");
+    BOOST_CHECK_EQUAL(h[s1]["role_changes"], "1");
+    BOOST_CHECK_EQUAL(h[primary]["state"], "down");
+    check_stop_allowing(p, {checker});
+}
+
+BOOST_AUTO_TEST_SUITE_END()
