@@ -69,4 +69,18 @@ BOOST_AUTO_TEST_CASE(primary_standbys_pause_and_promote)
     BOOST_TEST(c.in_recovery(2));
 }
 
+// A second cluster of the run: no clash with the first (names, ports, the shared initdb
+// template), and extra_conf reaches the standbys too.
+BOOST_AUTO_TEST_CASE(one_standby_with_extra_conf)
+{
+    ReplicaCluster c("rc_small", 1, "hot_standby_feedback = on");
+    BOOST_TEST(c.size() == 2);
+    BOOST_TEST(c.scalar(1, "SHOW hot_standby_feedback") == "on");
+    BOOST_TEST(c.scalar(0, "SELECT count(*) FROM pg_replication_slots WHERE active") == "1");
+    c.write_wal(1);
+    c.wait_replayed(1);
+    BOOST_TEST(c.lag_bytes(1) < 1LL << 20);
+    BOOST_TEST(c.scalar(1, "SELECT count(*) > 0 FROM pgw_wal_filler") == "t");
+}
+
 BOOST_AUTO_TEST_SUITE_END()
