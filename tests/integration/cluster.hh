@@ -31,7 +31,8 @@ namespace pgw::it {
 class ReplicaCluster {
 public:
     // Creates `name` (a plain file name) in env().tmpdir and starts the primary and `standbys`
-    // standbys; returns once every standby streams and has replayed the primary's WAL.
+    // standbys; returns once every standby streams and has replayed the primary's WAL
+    // (including an empty table pgw_cluster_ready, made to prove it, in database postgres).
     // `extra_conf` is appended to every node's postgresql.conf (later lines win).
     explicit ReplicaCluster(const std::string& name, int standbys = 2,
                             const std::string& extra_conf = "");
