@@ -17,7 +17,9 @@ namespace pgw::it {
 // with its own replication slot, so a stopped or paused standby never misses WAL). All nodes
 // listen on 127.0.0.1 and have their sockets in folder(), trust every local connection
 // (replication included), and run as the server user (postgres when the tests run as root).
-// Small by design: shared_buffers 16MB, max_connections 50, fsync off.
+// Small by design: shared_buffers 16MB, max_connections 50, fsync off. The first cluster of a
+// run runs initdb, the later ones copy its result, so every primary of a run has the same
+// system identifier.
 //
 // Every member that talks to a node throws std::runtime_error (with the node's log tail where
 // it helps) when the node does not do what was asked: a test needs no checks of its own for
@@ -29,7 +31,8 @@ namespace pgw::it {
 class ReplicaCluster {
 public:
     // Creates `name` (a plain file name) in env().tmpdir and starts the primary and `standbys`
-    // standbys; returns once every standby streams and has replayed the primary's WAL.
+    // standbys; returns once every standby streams and has replayed the primary's WAL
+    // (including an empty table pgw_cluster_ready, made to prove it, in database postgres).
     // `extra_conf` is appended to every node's postgresql.conf (later lines win).
     explicit ReplicaCluster(const std::string& name, int standbys = 2,
                             const std::string& extra_conf = "");
@@ -76,10 +79,12 @@ public:
     void resume_replay(int node);
     bool in_recovery(int node) const;
 
-    // pg_current_wal_lsn() of the primary(), e.g. "0/3000148".
+    // pg_current_wal_flush_lsn() of the primary(), e.g. "0/3000148": with synchronous_commit
+    // on (the default here; do not turn it off in extra_conf) every returned commit is below.
     std::string current_lsn() const;
-    // Polls until the standby has replayed the primary's current LSN (taken once, at the
-    // call); throws with the standby's receive/replay positions after timeout_ms.
+    // Polls until the standby has replayed the primary's current_lsn() (taken once, at the
+    // call), so it sees every commit made before; throws with the standby's receive/replay
+    // positions after timeout_ms.
     void wait_replayed(int node, int timeout_ms = 60000);
     // Bytes of the primary's current WAL the standby has not replayed yet.
     long long lag_bytes(int node) const;

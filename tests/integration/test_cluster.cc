@@ -10,7 +10,8 @@ BOOST_AUTO_TEST_SUITE(replica_cluster)
 
 BOOST_AUTO_TEST_CASE(primary_standbys_pause_and_promote)
 {
-    ReplicaCluster c("rc_self", 2);
+    // extra_conf reaches every node (standbys copy the primary's postgresql.conf).
+    ReplicaCluster c("rc_self", 2, "hot_standby_feedback = on");
     BOOST_TEST(c.size() == 3);
     BOOST_TEST(c.hosts() == "127.0.0.1,127.0.0.1,127.0.0.1");
     BOOST_TEST(c.ports() == std::to_string(c.port(0)) + "," + std::to_string(c.port(1)) + "," +
@@ -20,6 +21,8 @@ BOOST_AUTO_TEST_CASE(primary_standbys_pause_and_promote)
     BOOST_TEST(c.in_recovery(2));
     BOOST_TEST(c.scalar(0, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") ==
                "2");
+    BOOST_TEST(c.scalar(0, "SELECT count(*) FROM pg_replication_slots WHERE active") == "2");
+    BOOST_TEST(c.scalar(2, "SHOW hot_standby_feedback") == "on");
 
     c.exec(0, "CREATE TABLE t (v text); INSERT INTO t VALUES ('one')");
     c.wait_replayed(1);
@@ -43,6 +46,7 @@ BOOST_AUTO_TEST_CASE(primary_standbys_pause_and_promote)
     c.resume_replay(2);
     c.wait_replayed(2);
     BOOST_TEST(c.scalar(2, "SELECT string_agg(v, ',' ORDER BY v) FROM t") == "one,two");
+    BOOST_TEST(c.scalar(2, "SELECT count(*) > 0 FROM pgw_wal_filler") == "t");
 
     // Failover by hand: the primary goes, standby 1 is promoted and takes writes.
     c.stop(0);
