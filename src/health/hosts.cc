@@ -326,7 +326,7 @@ Attempts plan_connection(const Params& params, const config::ReplicaSettings& r,
         return a;
     }
     a.why_none = c.why_none;
-    for (std::size_t i : c.order) {
+    auto attempt = [&](std::size_t i) {
         Attempt t;
         // prefer-standby on one host would make libpq connect twice when it is a
         // primary (a look for a standby, then any); the choice has been made here.
@@ -340,8 +340,12 @@ Attempts plan_connection(const Params& params, const config::ReplicaSettings& r,
             t.params.emplace_back("hostaddr", hosts[i].hostaddr);
         t.params.emplace_back("port", hosts[i].port);
         t.row = rows[i];
-        a.tries.push_back(std::move(t));
-    }
+        return t;
+    };
+    for (std::size_t i : c.order)
+        a.tries.push_back(attempt(i));
+    for (std::size_t i = 0; i < hosts.size(); ++i)
+        a.every.push_back(attempt(i));
     return a;
 }
 

@@ -94,6 +94,9 @@ struct Attempt {
 };
 struct Attempts {
     std::vector<Attempt> tries;
+    // Every host of a multi-host entry, as written, whether it fits now or not (a
+    // session moved to a warm worker goes on with the host its first worker chose).
+    std::vector<Attempt> every;
     std::string why_none;
     Target target = Target::Any;
 };

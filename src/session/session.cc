@@ -27,6 +27,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -491,6 +492,17 @@ ExitCode Session::proceed(const Login& login, const protocol::StartupMessage& st
         log_info("refused: %s", plan.why_none.c_str());
         return fail("08006", "no upstream host of database \"" + database + "\" can take this session: " + plan.why_none,
                     kExitUpstreamFailure, "Try again later; SHOW HOSTS in pgwicket's admin console lists the hosts.");
+    }
+    if (entry->pool.pooled && ws_.held) {
+        // A warm worker: its connection's host first when it fits (a moved client goes
+        // on with the host its first worker chose, whatever fits now).
+        auto held_host = [&](const health::Attempt& a) { return pool::route_key(entry->name, a.params) == ws_.held->route; };
+        auto fit = std::find_if(plan.tries.begin(), plan.tries.end(), held_host);
+        if (fit != plan.tries.end())
+            std::rotate(plan.tries.begin(), fit, fit + 1);
+        else if (handoff_.type == ipc::HandoffType::MoveClient)
+            if (auto any = std::find_if(plan.every.begin(), plan.every.end(), held_host); any != plan.every.end())
+                plan.tries.insert(plan.tries.begin(), *any);
     }
     if (entry->pool.pooled)
         return pooled_session(login, startup, *entry, plan.tries.front());
