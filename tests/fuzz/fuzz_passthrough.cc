@@ -27,6 +27,20 @@ const std::string_view kAnswers[] = {
     "",
 };
 
+// Whether an AuthenticationSASL body names SCRAM-SHA-256-PLUS among its mechanisms.
+bool offers_plus(std::string_view body)
+{
+    for (size_t at = 4; at < body.size();) {
+        size_t nul = body.find('\0', at);
+        if (nul == std::string_view::npos)
+            nul = body.size();
+        if (body.substr(at, nul - at) == "SCRAM-SHA-256-PLUS")
+            return true;
+        at = nul + 1;
+    }
+    return false;
+}
+
 } // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size)
@@ -93,7 +107,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             if (type == 'R' && step.body.size() >= 4 && pgw::protocol::load_be32(reinterpret_cast<const std::byte*>(step.body.data())) == 0)
                 authenticated = true;
             if (type == 'R' && step.body.size() >= 4 && pgw::protocol::load_be32(reinterpret_cast<const std::byte*>(step.body.data())) == 10)
-                FUZZ_CHECK(step.body.find("SCRAM-SHA-256-PLUS") == std::string::npos);
+                FUZZ_CHECK(!offers_plus(step.body));
             break;
         }
     }

@@ -77,6 +77,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const auto& ir = std::get<sasl::InitialResponse>(initial);
     FUZZ_CHECK(ir.mechanism.size() + 5 + ir.data.size() == first->size());
     FUZZ_CHECK(ir.mechanism.find('\0') == std::string_view::npos);
+    // The data is exactly as long as the packet says, whatever that length is.
+    FUZZ_CHECK(ir.data.size() ==
+               pgw::protocol::load_be32(reinterpret_cast<const std::byte*>(first->data() + ir.mechanism.size() + 1)));
     FUZZ_CHECK(ir.data.data() >= first->data() && ir.data.data() + ir.data.size() <= first->data() + first->size());
     if (ir.mechanism != s::kMechanism)
         return 0;  // refused by name before the exchange
