@@ -5,6 +5,7 @@
 
 #include "auth/jwt.hh"
 #include "auth/oauthbearer.hh"
+#include "auth/sasl_message.hh"
 #include "auth/ossl.hh"
 #include "auth/scram.hh"
 #include "common/log.hh"
@@ -17,10 +18,6 @@
 
 namespace pgw::auth {
 namespace {
-
-// A password message holds at most a token; 64 KiB tokens must get a clear
-// "too large" from the verifier rather than a protocol error, so allow a bit more.
-constexpr std::uint32_t kMaxPasswordMessage = 128 * 1024;
 
 AuthResult failure(const char* sqlstate, std::string message, std::string log, std::string hint = {})
 {
@@ -69,14 +66,10 @@ public:
             return false;
         }
         std::uint32_t len = protocol::load_be32(reinterpret_cast<const std::byte*>(head + 1));
-        if (head[0] != 'p') {
-            result = failure("08P01", std::string("expected a password response, got message type '") +
-                                          char(head[0]) + "'",
-                             "protocol violation during authentication");
-            return false;
-        }
-        if (len < 4 || len > kMaxPasswordMessage) {
-            result = failure("08P01", "invalid password packet size", "password packet of " + std::to_string(len) + " bytes");
+        if (auto bad = sasl::check_password_header(char(head[0]), len)) {
+            result = failure("08P01", *bad,
+                             head[0] != 'p' ? std::string("protocol violation during authentication")
+                                            : "password packet of " + std::to_string(len) + " bytes");
             return false;
         }
         body.assign(len - 4, '\0');
@@ -139,11 +132,10 @@ AuthResult Exchange::scram(const std::string* secret)
     AuthResult r;
     if (!read_response(body, r))
         return r;
-    // SASLInitialResponse: mechanism, Int32 length (-1: none), data.
-    size_t nul = body.find('\0');
-    if (nul == std::string::npos || body.size() < nul + 5)
-        return failure("08P01", "malformed SASLInitialResponse", "malformed SASLInitialResponse");
-    std::string mechanism = body.substr(0, nul);
+    auto initial = sasl::parse_initial_response(body);
+    if (auto* bad = std::get_if<std::string>(&initial))
+        return failure("08P01", *bad, *bad);
+    const auto [mechanism, first] = std::get<sasl::InitialResponse>(initial);
     if (mechanism == "SCRAM-SHA-256-PLUS")
         return failure("08P01", "pgwicket does not support SCRAM channel binding",
                        "client asked for SCRAM-SHA-256-PLUS",
@@ -152,10 +144,7 @@ AuthResult Exchange::scram(const std::string* secret)
     if (mechanism != scram::kMechanism)
         return failure("08P01", "client selected an invalid SASL authentication mechanism",
                        "unknown SASL mechanism");
-    std::int32_t dlen = std::int32_t(protocol::load_be32(reinterpret_cast<const std::byte*>(body.data() + nul + 1)));
-    if (dlen < 0 || size_t(dlen) != body.size() - nul - 5)
-        return failure("08P01", "malformed SASLInitialResponse", "SASLInitialResponse length mismatch");
-    auto step = ex->client_first(std::string_view(body).substr(nul + 5));
+    auto step = ex->client_first(first);
     auto failed = [&](const scram::ScramError& e) {
         if (e.kind == scram::Failure::WrongPassword)
             return password_failed(req_.user, "scram-sha-256: " + e.message);
@@ -230,13 +219,12 @@ AuthResult Exchange::oauthbearer()
     AuthResult r;
     if (!read_response(body, r))
         return r;
-    size_t nul = body.find('\0');
-    if (nul == std::string::npos || body.size() < nul + 5 || body.substr(0, nul) != oauthbearer::kMechanism)
+    auto initial = sasl::parse_initial_response(body);
+    if (auto* bad = std::get_if<std::string>(&initial))
+        return failure("08P01", *bad, *bad);
+    if (std::get<sasl::InitialResponse>(initial).mechanism != oauthbearer::kMechanism)
         return failure("08P01", "client selected an invalid SASL authentication mechanism", "bad OAUTHBEARER start");
-    std::int32_t dlen = std::int32_t(protocol::load_be32(reinterpret_cast<const std::byte*>(body.data() + nul + 1)));
-    if (dlen < 0 || size_t(dlen) != body.size() - nul - 5)
-        return failure("08P01", "malformed SASLInitialResponse", "SASLInitialResponse length mismatch");
-    auto parsed = oauthbearer::parse_initial_response(std::string_view(body).substr(nul + 5));
+    auto parsed = oauthbearer::parse_initial_response(std::get<sasl::InitialResponse>(initial).data);
     if (auto* e = std::get_if<oauthbearer::ProtocolError>(&parsed))
         return failure("08P01", e->message, "oauthbearer: " + e->message);
     const auto& resp = std::get<oauthbearer::ClientResponse>(parsed);

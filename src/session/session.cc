@@ -647,7 +647,13 @@ ExitCode Session::pooled_session(const Login& login, const protocol::StartupMess
         else if (now - held.quiet_at > std::chrono::milliseconds(10) && pool::stirred(held))
             ok = Error{"the server closed it or spoke while it was idle"};
         else if (now - held.checked >= std::chrono::seconds(cfg_.server_check_delay)) {
-            ok = pool::simple_query(held, cfg_.server_check_query, deadline);
+            // The route's startup settings hold the client's search_path: the check runs
+            // with pg_catalog's functions and operators, never ones the client put first.
+            ok = pool::simple_query(held,
+                                    cfg_.server_check_query.empty()
+                                        ? cfg_.server_check_query
+                                        : "SET LOCAL search_path = pg_catalog, pg_temp; " + cfg_.server_check_query,
+                                    deadline);
             held.checked = now;
         }
         if (!ok) {

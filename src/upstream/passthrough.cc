@@ -3,6 +3,8 @@
 // (to drop SCRAM-SHA-256-PLUS) and BackendKeyData (to swap the key).
 #include "upstream/passthrough.hh"
 
+#include "upstream/login_relay.hh"
+
 #include "common/log.hh"
 #include "protocol/bytes.hh"
 #include "protocol/messages.hh"
@@ -17,10 +19,6 @@
 
 namespace pgw::upstream {
 namespace {
-
-// The server's messages during login are small; a huge one is a broken server.
-constexpr std::uint32_t kMaxLoginMessage = 1024 * 1024;
-constexpr std::uint32_t kMaxClientAuthMessage = 64 * 1024;
 
 Result<UniqueFd> tcp_connect(const std::string& host, const std::string& port, net::Clock::time_point deadline)
 {
@@ -59,22 +57,32 @@ Result<UniqueFd> tcp_connect(const std::string& host, const std::string& port, n
     return Error{"could not connect to " + host + ":" + port + ": " + last};
 }
 
+// Why a message could not be read: the peer closed, the deadline passed, or its header
+// was refused (`refused` says why).
+enum class Read { Ok, Closed, Timeout, Refused };
+
 struct Message {
     char type = 0;
     std::string body;
+    std::optional<LoginStep> refused;
 };
 
-bool read_message(tls::Conn& c, Message& m, std::uint32_t cap, net::Clock::time_point deadline)
+Read read_message(tls::Conn& c, Message& m, bool from_server, net::Clock::time_point deadline)
 {
     unsigned char head[5];
-    if (c.read_exact(head, sizeof head, deadline) != net::ReadStatus::Ok)
-        return false;
+    auto rs = c.read_exact(head, sizeof head, deadline);
+    if (rs != net::ReadStatus::Ok)
+        return rs == net::ReadStatus::Timeout ? Read::Timeout : Read::Closed;
     std::uint32_t len = protocol::load_be32(reinterpret_cast<const std::byte*>(head + 1));
-    if (len < 4 || len > cap)
-        return false;
     m.type = char(head[0]);
+    m.refused = from_server ? LoginRelay::check_server_header(len) : LoginRelay::check_client_header(m.type, len);
+    if (m.refused)
+        return Read::Refused;
     m.body.assign(len - 4, '\0');
-    return c.read_exact(m.body.data(), m.body.size(), deadline) == net::ReadStatus::Ok;
+    rs = c.read_exact(m.body.data(), m.body.size(), deadline);
+    if (rs != net::ReadStatus::Ok)
+        return rs == net::ReadStatus::Timeout ? Read::Timeout : Read::Closed;
+    return Read::Ok;
 }
 
 bool write_message(tls::Conn& c, char type, std::string_view body, net::Clock::time_point deadline)
@@ -95,22 +103,14 @@ PassThroughFailure failure(const char* sqlstate, std::string message, std::strin
     return f;
 }
 
-// AuthenticationSASL's list without SCRAM-SHA-256-PLUS.
-std::string without_channel_binding(const std::string& body)
+PassThroughFailure refused(const LoginStep& step)
 {
-    std::string out = body.substr(0, 4);  // the code
-    size_t at = 4;
-    while (at < body.size()) {
-        size_t nul = body.find('\0', at);
-        if (nul == std::string::npos || nul == at)
-            break;
-        std::string mech = body.substr(at, nul - at);
-        if (mech != "SCRAM-SHA-256-PLUS")
-            out += mech + std::string(1, '\0');
-        at = nul + 1;
-    }
-    return out + std::string(1, '\0');
+    PassThroughFailure f = failure(step.sqlstate.c_str(), step.message, step.log);
+    f.hint = step.hint;
+    return f;
 }
+
+constexpr const char* kLoginTimeout = "the login did not finish within server_connect_timeout";
 
 } // namespace
 
@@ -208,109 +208,73 @@ pass_through_login(const PassThroughTarget& target, const std::vector<std::pair<
         return failure("08006", "could not send the startup packet to the upstream server");
 
     // Relays until ReadyForQuery: the server speaks; when it asks, the client answers.
-    bool authenticated = false;
-    bool offered_plus = false;  // the server offered SCRAM-SHA-256-PLUS (we removed it)
+    // LoginRelay says what may come when; we only read and write.
+    LoginRelay relay;
     for (;;) {
         Message m;
-        if (!read_message(up, m, kMaxLoginMessage, deadline))
+        switch (read_message(up, m, true, deadline)) {
+        case Read::Ok:
+            break;
+        case Read::Closed:
             return failure("08006", "the upstream server closed the connection during login");
-        if (m.type == 'E') {
-            write_message(client, 'E', m.body, deadline);
+        case Read::Timeout:
+            return failure("08006", kLoginTimeout, std::string(kLoginTimeout) + " (waiting for the upstream server)");
+        case Read::Refused:
+            return refused(*m.refused);
+        }
+        LoginStep step = relay.on_server(m.type, m.body);
+        switch (step.kind) {
+        case LoginStep::Kind::Refuse:
+            return refused(step);
+        case LoginStep::Kind::ServerError: {
+            write_message(client, 'E', step.body, deadline);
             PassThroughFailure f;
             f.forwarded = true;
-            auto fields = protocol::decode_error_fields(
-                {reinterpret_cast<const std::byte*>(m.body.data()), m.body.size()});
-            f.sqlstate = fields ? fields->sqlstate : "";
-            f.log = "the upstream server refused the login: " + (fields ? fields->sqlstate + ": " + fields->message : std::string("?"));
+            f.sqlstate = step.sqlstate;
+            f.log = step.log;
             return f;
         }
-        if (m.type == 'K' && m.body.size() == 8) {
-            s.backend_pid = protocol::load_be32(reinterpret_cast<const std::byte*>(m.body.data()));
-            s.backend_secret = protocol::load_be32(reinterpret_cast<const std::byte*>(m.body.data() + 4));
-            auto ours = protocol::backend_key_data(s.backend_pid, our_secret);
-            if (!client.write_all(ours.data(), ours.size(), deadline))
-                return failure("08006", "could not write to the client", "client gone");
-            continue;
-        }
-        if (m.type == 'R') {
-            if (m.body.size() < 4)
-                return failure("08P01", "malformed authentication request from the upstream server");
-            std::uint32_t code = protocol::load_be32(reinterpret_cast<const std::byte*>(m.body.data()));
-            std::string body = m.body;
-            bool answer = false;
-            switch (code) {
-            case 0:
-                authenticated = true;
-                break;
-            case 3:   // cleartext password
-            case 5:   // MD5
-            case 11:  // SASL continue
-                answer = true;
-                break;
-            case 10:  // SASL: the mechanisms
-                body = without_channel_binding(m.body);
-                offered_plus = body.size() != m.body.size();
-                if (body.size() <= 5)
-                    return failure("28000", "the upstream server offers only SCRAM with channel binding, which cannot "
-                                            "work through pgwicket (the client's TLS ends here)");
-                answer = true;
-                break;
-            case 12:  // SASL final: no answer
-                break;
-            default:
-                return failure("0A000", "the upstream server asked for an authentication method pgwicket cannot relay "
-                                        "(code " + std::to_string(code) + "; GSSAPI and SSPI are not supported)");
-            }
-            if (!write_message(client, 'R', body, deadline))
-                return failure("08006", "could not write to the client", "client gone");
-            if (answer) {
-                Message reply;
-                if (!read_message(client, reply, kMaxClientAuthMessage, deadline)) {
-                    PassThroughFailure f = failure("08P01", "", "the client closed the connection during authentication");
-                    f.client_left = true;
-                    return f;
-                }
-                if (reply.type != 'p')
-                    return failure("08P01", std::string("expected a password response, got message type '") + reply.type + "'");
-                // A client on TLS that supports channel binding says so ("y") when it is not
-                // offered; a server that did offer it takes that for a downgrade attack and
-                // refuses. The flag is covered by the client's proof, so say it clearly here.
-                if (code == 10 && offered_plus) {
-                    size_t nul = reply.body.find('\0');
-                    if (nul != std::string::npos && reply.body.size() >= nul + 7 &&
-                        reply.body.compare(nul + 5, 2, "y,") == 0)
-                    {
-                        // libpq's default (channel_binding=prefer) lands here whenever client and
-                        // upstream both use TLS; the hint is the way in.
-                        PassThroughFailure f = failure(
-                            "28000",
-                            "SCRAM through pgwicket cannot use channel binding, which the upstream server "
-                            "offers on its TLS connection: connect with channel_binding=disable",
-                            "client supports channel binding and the upstream server offers it; the exchange "
-                            "would fail as a downgrade");
-                        f.hint = "Add channel_binding=disable to the connection string (or set "
-                                 "PGCHANNELBINDING=disable), and keep sslmode=verify-full so that the client "
-                                 "still checks pgwicket's certificate. Channel binding cannot reach a server "
-                                 "behind a proxy that ends TLS, so nothing that works through pgwicket is lost. "
-                                 "A plaintext upstream for this database would avoid this too.";
-                        return f;
-                    }
-                }
-                if (!write_message(up, 'p', reply.body, deadline))
-                    return failure("08006", "the upstream server closed the connection during authentication");
-            }
-            continue;
-        }
-        if (!authenticated && m.type != 'N' && m.type != 'v')
-            return failure("08P01", std::string("unexpected message '") + m.type + "' from the upstream server during login");
-        // The first ReadyForQuery is the caller's to send (after its own checks).
-        if (m.type == 'Z') {
-            s.status = m.body.empty() ? 'I' : m.body[0];
+        case LoginStep::Kind::Ready:
+            // The first ReadyForQuery is the caller's to send (after its own checks). A
+            // server that sent no key gets no cancel (the client gets no key either).
+            s.backend_pid = relay.backend_pid();
+            s.backend_secret = relay.backend_secret();
+            s.status = relay.status();
             return s;
+        case LoginStep::Kind::Wait:
+            if (m.type == 'K') {  // the server's pid with our secret
+                auto ours = protocol::backend_key_data(relay.backend_pid(), our_secret);
+                if (!client.write_all(ours.data(), ours.size(), deadline))
+                    return failure("08006", "could not write to the client", "client gone");
+            }
+            continue;
+        case LoginStep::Kind::Forward:
+        case LoginStep::Kind::AskClient:
+            break;
         }
-        // ParameterStatus, notices, NegotiateProtocolVersion: as they are.
-        if (!write_message(client, m.type, m.body, deadline))
+        if (!write_message(client, step.type, step.body, deadline))
             return failure("08006", "could not write to the client", "client gone");
+        if (step.kind != LoginStep::Kind::AskClient)
+            continue;
+        Message reply;
+        switch (read_message(client, reply, false, deadline)) {
+        case Read::Ok:
+            break;
+        case Read::Closed: {
+            PassThroughFailure f = failure("08P01", "", "the client closed the connection during authentication");
+            f.client_left = true;
+            return f;
+        }
+        case Read::Timeout:
+            return failure("08006", kLoginTimeout, std::string(kLoginTimeout) + " (waiting for the client's answer)");
+        case Read::Refused:
+            return refused(*reply.refused);
+        }
+        LoginStep answer = relay.on_client(reply.type, reply.body);
+        if (answer.kind == LoginStep::Kind::Refuse)
+            return refused(answer);
+        if (!write_message(up, 'p', answer.body, deadline))
+            return failure("08006", "the upstream server closed the connection during authentication");
     }
 }
 

@@ -13,7 +13,7 @@ here="$top/tests/fuzz"
 out=${FUZZ_OUT:-$top/build-fuzz}
 seconds=${FUZZ_SECONDS:-20}
 cxx=${CXX_FUZZ:-clang++}
-all_targets=(startup framer error_fields config jwt scram classify)
+all_targets=(startup framer error_fields config jwt scram sasl passthrough classify)
 targets=("${@:-${all_targets[@]}}")
 
 # shellcheck disable=SC2054 # the commas belong to -fsanitize=
@@ -32,6 +32,8 @@ sources_for() {
         "$top/src/policy/policy.cc $top/src/policy/classify.cc $top/src/policy/deep_stack.cc" ;;
     jwt) echo "$top/src/auth/base64.cc $top/src/auth/json_util.cc $top/src/auth/jwt.cc $top/src/auth/ossl.cc $top/src/auth/oauthbearer.cc" ;;
     scram) echo "$top/src/auth/base64.cc $top/src/auth/ossl.cc $top/src/auth/scram.cc" ;;
+    sasl) echo "$top/src/auth/base64.cc $top/src/auth/ossl.cc $top/src/auth/scram.cc $top/src/auth/sasl_message.cc" ;;
+    passthrough) echo "$top/src/upstream/login_relay.cc $top/src/protocol/messages.cc" ;;
     classify) echo "$top/src/policy/classify.cc $top/src/policy/deep_stack.cc" ;;
     *) echo "unknown fuzz target: $1 (known: ${all_targets[*]})" >&2; return 1 ;;
     esac
@@ -41,7 +43,7 @@ libs_for() {
     case $1 in
     config) echo "-lpg_query $(pkg-config --cflags --libs libpq inih openssl nlohmann_json libsystemd libprotobuf-c)" ;;
     jwt) pkg-config --cflags --libs openssl nlohmann_json ;;
-    scram) pkg-config --cflags --libs openssl ;;
+    scram | sasl) pkg-config --cflags --libs openssl ;;
     classify) echo "-lpg_query $(pkg-config --cflags --libs libprotobuf-c)" ;;
     *) echo "" ;;
     esac
@@ -97,6 +99,22 @@ seed() {
             'c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=' \
             >"$dir/rfc7677"
         printf '\004\013%s%s' 'y,,n=,r=abc' 'c=eSws,r=abcdef,x=1,p=AAAA' >"$dir/mock"
+        ;;
+    sasl)
+        # Byte 0: bit 0 unknown user; then the client's 'p' messages as sent.
+        printf '\000p\000\000\000\066SCRAM-SHA-256\000\000\000\000\040n,,n=user,r=rOprNGfwEbeRWgbNEkqO%s' \
+            'p\000\000\000\156c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=' \
+            >"$dir/rfc7677"
+        printf '\001p\377\377\377\377' >"$dir/huge_length"
+        printf '\000p\000\000\000\026SCRAM-SHA-256\000\377\377\377\377' >"$dir/wrapping_length"
+        ;;
+    passthrough)
+        # The server's stream; after each request the client's answer is one byte.
+        printf 'R\000\000\000\052\000\000\000\012SCRAM-SHA-256-PLUS\000SCRAM-SHA-256\000\000\000R\000\000\000\045\000\000\000\013r=x,s=QSXCR+Q6sek8bf92,i=4096\002' \
+            >"$dir/scram"
+        printf 'R\000\000\000\010\000\000\000\000S\000\000\000\021TimeZone\000UTC\000K\000\000\000\014\000\000\020\222\336\255\276\357Z\000\000\000\005I' \
+            >"$dir/trust"
+        printf 'R\000\000\000\014\000\000\000\005salt\003E\000\000\000\027SFATAL\000C28P01\000Mno\000\000' >"$dir/md5"
         ;;
     classify)
         printf 'SELECT 1; DELETE FROM t' >"$dir/multi"

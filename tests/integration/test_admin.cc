@@ -113,7 +113,9 @@ BOOST_AUTO_TEST_CASE(only_listed_users_get_in_and_only_admins_change_things)
     Conn victim = connect_ok(p.conninfo());
     BOOST_TEST(scalar(victim.get(), "SELECT 1") == "1");
     Conn watcher = connect_ok(console(p, "watcher"));
-    for (const char* cmd : {"KILL 1", "RELOAD", "SHUTDOWN"}) {
+    // Also behind an allowed command in the same query string, and in other spellings.
+    for (const char* cmd : {"KILL 1", "RELOAD", "SHUTDOWN", "show version; shutdown", "SHOW HELP;RELOAD;", "  reload  ",
+                            "Kill 1", "shutdown;", "SHOW STATS; KILL 1; SHOW VERSION"}) {
         Result r(PQexec(watcher.get(), cmd));
         BOOST_TEST(sqlstate_of(r.get()) == "42501", cmd << ": " << PQresultErrorMessage(r.get()));
     }

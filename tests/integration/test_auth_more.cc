@@ -480,8 +480,9 @@ BOOST_AUTO_TEST_CASE(pass_through_unreachable_upstream)
     check_clean_stop(p);
 }
 
-// Rules and policies see the database PostgreSQL will use: an empty or missing database is
-// the user's name, never "" (a proxy once let an empty database name slip past its rules).
+// Rules, policies and routing see the database PostgreSQL will use: an empty or missing
+// database is the user's name, never "" (a proxy once let an empty database name slip past
+// its rules).
 BOOST_AUTO_TEST_CASE(an_empty_database_is_the_user_name_for_rules_and_policies)
 {
     using Params = std::vector<std::pair<std::string, std::string>>;
@@ -523,6 +524,19 @@ BOOST_AUTO_TEST_CASE(an_empty_database_is_the_user_name_for_rules_and_policies)
                    "the read-only policy of database postgres");
     BOOST_TEST(first_answer(pq.port(), {{"user", "postgres"}, {"database", "template1"}}, "SELECT 1") == "Z");
     check_clean_stop(pq);
+
+    // Routing too: user "asalice" with no database (or an empty one) reaches the
+    // [databases] entry "asalice" (upstream user alice), not the '*' entry, whose upstream
+    // would be a role "asalice" that does not exist.
+    for (const Params& params : {Params{{"user", "asalice"}}, Params{{"user", "asalice"}, {"database", ""}}}) {
+        RawSocket s(env().proxy->port());
+        s.send(startup_packet(params));
+        auto greeting = s.read_until_ready(15000);
+        BOOST_TEST_REQUIRE(!greeting.empty());
+        BOOST_TEST_REQUIRE(greeting.back().type == 'Z', describe_all(greeting));
+        s.send(query_message("SELECT current_user"));
+        BOOST_TEST(first_value(s.read_until_ready(15000)).value_or("<none>") == "alice");
+    }
 }
 
 // A fake upstream (a real server cannot be made to do this) that answers the SSLRequest

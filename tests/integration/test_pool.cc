@@ -775,4 +775,105 @@ BOOST_AUTO_TEST_CASE(min_pool_size_keeps_connections_ready)
     check_clean_stop(p);
 }
 
+// Startup parameters must not change what pgwicket's own statements on a pooled
+// connection do (PgBouncer once ran its auth query under a client's search_path): a
+// schema whose functions and operator shadow pg_catalog's, put first in search_path
+// by a startup parameter, by options=-c and by SET, with default_transaction_read_only
+// and role in the startup packet too. Between two clients of a route pgwicket runs
+// server_reset_query, server_check_query and SET application_name; the second client,
+// on the same backend, finds that none of them called a shadowing function, and that the
+// reset worked under a read-only default. The application_name, quotes and all, arrives
+// as a value, not as SQL.
+BOOST_AUTO_TEST_CASE(startup_parameters_never_reach_pgwickets_own_statements)
+{
+    const std::string fn = "pg_catalog.set_config('pgw.hostile', 'called', false)";
+    direct_exec("DROP SCHEMA IF EXISTS pgw_hostile CASCADE; CREATE SCHEMA pgw_hostile;"
+                "GRANT USAGE ON SCHEMA pgw_hostile TO PUBLIC;"
+                "CREATE FUNCTION pgw_hostile.set_config(text, text, boolean) RETURNS text LANGUAGE sql AS "
+                "$$ SELECT " + fn + "; SELECT pg_catalog.set_config($1, $2, $3) $$;"
+                "CREATE FUNCTION pgw_hostile.current_setting(text) RETURNS text LANGUAGE sql AS "
+                "$$ SELECT " + fn + "; SELECT pg_catalog.current_setting($1) $$;"
+                "CREATE FUNCTION pgw_hostile.now() RETURNS timestamptz LANGUAGE sql AS "
+                "$$ SELECT " + fn + "; SELECT pg_catalog.now() $$;"
+                "CREATE FUNCTION pgw_hostile.version() RETURNS text LANGUAGE sql AS "
+                "$$ SELECT " + fn + "; SELECT pg_catalog.version() $$;"
+                "CREATE FUNCTION pgw_hostile.quote_literal(text) RETURNS text LANGUAGE sql AS "
+                "$$ SELECT " + fn + "; SELECT pg_catalog.quote_literal($1) $$;"
+                "CREATE FUNCTION pgw_hostile.int4eq(int, int) RETURNS boolean LANGUAGE sql AS "
+                "$$ SELECT " + fn + "; SELECT $1 OPERATOR(pg_catalog.=) $2 $$;"
+                "CREATE OPERATOR pgw_hostile.= (LEFTARG = int, RIGHTARG = int, FUNCTION = pgw_hostile.int4eq)");
+    const std::string path = "pgw_hostile, pg_catalog, public";
+    // A session by hand: the startup packet exactly as given, then simple queries.
+    struct Raw {
+        RawSocket s;
+        std::string failed;
+        Raw(int port, std::vector<std::pair<std::string, std::string>> params) : s(port)
+        {
+            s.send(startup_packet(params));
+            auto g = s.read_until_ready(15000);
+            if (g.empty() || g.back().type != 'Z')
+                failed = g.empty() ? "no greeting" : "greeting ended with " + fields_text(error_fields(g.back().payload));
+        }
+        std::string value(const std::string& sql)
+        {
+            s.send(query_message(sql));
+            std::string v = "<no row>";
+            for (const auto& m : s.read_until_ready(15000)) {
+                if (m.type == 'E')
+                    return "<error " + fields_text(error_fields(m.payload)) + ">";
+                if (m.type == 'D' && v == "<no row>")
+                    v = get32(m.payload, 2) == 0xffffffffu ? "<null>" : m.payload.substr(6, get32(m.payload, 2));
+            }
+            // The ReadyForQuery's status must be idle for the connection to be pooled.
+            return v;
+        }
+        ~Raw() { s.send(terminate_message()); }
+    };
+    using Params = std::vector<std::pair<std::string, std::string>>;
+    const std::string app = "it's a \\'; SELECT pg_sleep(1); --";
+    struct Variant {
+        const char* name;
+        Params params;
+        const char* read_only;  // SHOW default_transaction_read_only in the session
+    };
+    const Variant variants[] = {
+        {"search_path as a startup parameter", {{"search_path", path}}, "off"},
+        {"search_path in options", {{"options", "-c search_path=pgw_hostile,pg_catalog,public"}}, "off"},
+        {"read-only by default, with search_path", {{"default_transaction_read_only", "on"}, {"search_path", path}}, "on"},
+        {"read-only and a role in options",
+         {{"options", "-c default_transaction_read_only=on -c role=alice -c search_path=pgw_hostile,pg_catalog"}}, "on"},
+    };
+    Proxy p("pool-hostile-path", pooled_options("pool_size=1", "server_check_query = SELECT 1 = 1\n"));
+    for (const Variant& v : variants) {
+        BOOST_TEST_CONTEXT(v.name)
+        {
+            Params params = {{"user", "postgres"}, {"database", "pooled"}, {"application_name", "first"}};
+            params.insert(params.end(), v.params.begin(), v.params.end());
+            std::string pid;
+            {
+                Raw a(p.port(), params);
+                BOOST_TEST_REQUIRE(a.failed.empty(), a.failed);
+                pid = a.value("SELECT pg_catalog.pg_backend_pid()");
+                // The shadowing is real: the session's own unqualified calls find it.
+                a.value("SET search_path = " + path);
+                BOOST_TEST(a.value("SELECT now() IS NOT NULL") == "t");
+                BOOST_TEST(a.value("SELECT pg_catalog.current_setting('pgw.hostile', true)") == "called");
+                BOOST_TEST(a.value("SHOW default_transaction_read_only") == v.read_only);
+            }
+            params[2].second = app;
+            Raw b(p.port(), params);
+            BOOST_TEST_REQUIRE(b.failed.empty(), b.failed);
+            BOOST_TEST(b.value("SELECT pg_catalog.pg_backend_pid()") == pid,
+                       "the backend was not reused (did the reset fail?)\n" << p.log_tail());
+            BOOST_TEST(b.value("SELECT COALESCE(pg_catalog.current_setting('pgw.hostile', true), '')") == "",
+                       "a statement of pgwicket's called a function of the client's search_path");
+            BOOST_TEST(b.value("SHOW default_transaction_read_only") == v.read_only);
+            BOOST_TEST(contains(b.value("SHOW application_name"), app));
+        }
+    }
+    BOOST_TEST(p.running());
+    check_clean_stop(p);
+    direct_exec("DROP SCHEMA pgw_hostile CASCADE");
+}
+
 BOOST_AUTO_TEST_SUITE_END()
