@@ -7,6 +7,7 @@
 #include "config/options.hh"
 #include "ipc/fdpass.hh"
 #include "ipc/session_table.hh"
+#include "jwks/fetcher.hh"
 #include "pool/context.hh"
 #include "pool/registry.hh"
 #include "session/exit_codes.hh"
@@ -56,6 +57,7 @@ constexpr auto kStatusInterval = 1s;
 std::vector<AuxProcess> helper_processes()
 {
     std::vector<AuxProcess> helpers;
+    helpers.emplace_back("key fetcher", &jwks::fetcher_main, &jwks::fetcher_wanted);
     return helpers;
 }
 

@@ -57,6 +57,14 @@ auth_type = reject
 auth_hba_file = /etc/pgwicket/hba.conf
 auth_file = /etc/pgwicket/users.txt
 jwt_jwks_file = /etc/pgwicket/jwks.json
+jwt_jwks_uri = https://login.example.com/keys
+jwt_ca_file = /etc/pgwicket/idp-ca.pem
+jwt_http_proxy = http://proxy.example.com:3128
+jwt_jwks_cache = /var/cache/pgwicket
+jwt_fetch_connect_timeout = 3
+jwt_fetch_timeout = 20
+jwt_jwks_min_refresh = 30
+jwt_jwks_max_stale = 3600
 jwt_issuer = https://login.example.com/
 jwt_audience = api://pgwicket
 jwt_identity_claim = upn
@@ -156,14 +164,14 @@ BOOST_AUTO_TEST_CASE(databases_with_wildcard_named_entries_and_continuations)
     BOOST_TEST_REQUIRE(dbs.size() == 3u);
     BOOST_TEST(dbs[0].name == "*");
     BOOST_TEST(dbs[0].conninfo == "host=10.0.0.1 port=5432");
-    BOOST_TEST(dbs[0].line == 62);
+    BOOST_TEST(dbs[0].line == 70);
     // Indented lines (blank or tab) continue the connection string above them.
     BOOST_TEST(dbs[1].name == "sales");
     BOOST_TEST(dbs[1].conninfo == "host=10.0.0.2 port=5433 dbname=sales_prod");
-    BOOST_TEST(dbs[1].line == 63);
+    BOOST_TEST(dbs[1].line == 71);
     BOOST_TEST(dbs[2].name == "hr");
     BOOST_TEST(dbs[2].conninfo == "host=/var/run/postgresql dbname=hr");
-    BOOST_TEST(dbs[2].line == 66);
+    BOOST_TEST(dbs[2].line == 74);
 }
 
 BOOST_AUTO_TEST_CASE(defaults_match_the_options_table)
@@ -833,7 +841,7 @@ BOOST_AUTO_TEST_CASE(auth_file_errors_name_file_and_line)
     e = error_of("[pgwicket]\nauth_type = scram-sha-256\n" + kMinimalDatabases);
     BOOST_TEST(e.find("need auth_file") != std::string::npos, e);
     e = error_of("[pgwicket]\nauth_type = jwt\n" + kMinimalDatabases);
-    BOOST_TEST(e.find("jwt_jwks_file, jwt_issuer and jwt_audience") != std::string::npos, e);
+    BOOST_TEST(e.find("the jwt method needs jwt_issuer and jwt_audience") != std::string::npos, e);
     ::unlink(hba.c_str());
     ::unlink(users.c_str());
 }
