@@ -3,6 +3,8 @@
 // supervisor and the workers must never have.
 #include "jwks/http.hh"
 
+#include "jwks/documents.hh"
+
 #include <curl/curl.h>
 
 #include <cctype>
@@ -70,42 +72,6 @@ std::string ms_text(std::chrono::milliseconds ms)
 }
 
 } // namespace
-
-void parse_cache_control(std::string_view value, std::optional<long>& max_age, bool& no_cache)
-{
-    size_t pos = 0;
-    while (pos < value.size()) {
-        size_t end = value.find(',', pos);
-        if (end == std::string_view::npos)
-            end = value.size();
-        std::string_view item = value.substr(pos, end - pos);
-        pos = end + 1;
-        while (!item.empty() && std::isspace(static_cast<unsigned char>(item.front())))
-            item.remove_prefix(1);
-        while (!item.empty() && std::isspace(static_cast<unsigned char>(item.back())))
-            item.remove_suffix(1);
-        if (iequals_prefix(item, "no-cache") || iequals_prefix(item, "no-store")) {
-            no_cache = true;
-        } else if (iequals_prefix(item, "max-age=")) {
-            std::string_view v = item.substr(8);
-            if (v.size() >= 2 && v.front() == '"' && v.back() == '"')
-                v = v.substr(1, v.size() - 2);
-            if (v.empty() || v.size() > 12)
-                continue;
-            long seconds = 0;
-            bool digits = true;
-            for (char ch : v) {
-                if (ch < '0' || ch > '9') {
-                    digits = false;
-                    break;
-                }
-                seconds = seconds * 10 + (ch - '0');
-            }
-            if (digits)
-                max_age = seconds;
-        }
-    }
-}
 
 Result<HttpResponse> https_get(const std::string& url, const HttpOptions& options)
 {

@@ -31,8 +31,4 @@ struct HttpResponse {
 // what happened (for the log and --check-config), naming the address.
 Result<HttpResponse> https_get(const std::string& url, const HttpOptions& options);
 
-// The max-age of one Cache-Control header value (s-maxage is for shared caches, not
-// us), and whether it says no-cache/no-store. Exposed for tests.
-void parse_cache_control(std::string_view value, std::optional<long>& max_age, bool& no_cache);
-
 } // namespace pgw::jwks
