@@ -8,6 +8,7 @@
 #include "jwks/cache.hh"
 #include "jwks/fetch.hh"
 
+#include <curl/curl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -224,6 +225,8 @@ int fetcher_main(const config::Config& cfg, const ipc::SessionTable& table)
 {
     if (!fetcher_wanted(cfg) || !table.valid())
         return 0;
+    // Once, before any thread exists (libcurl's resolver makes them per request).
+    curl_global_init(CURL_GLOBAL_DEFAULT);
     Fetcher f(cfg, table.header()->jwks);
     return f.run();
 }
@@ -232,6 +235,10 @@ int check_fetch(const config::Config& cfg, std::FILE* out, std::FILE* err)
 {
     if (!fetcher_wanted(cfg))
         return 0;
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    struct Cleanup {
+        ~Cleanup() { curl_global_cleanup(); }
+    } cleanup;
     const FetchSettings settings = settings_from(cfg);
     const std::string what = settings.jwks_uri.empty() ? "discovery of " + join(settings.issuers)
                                                        : "jwt_jwks_uri";
