@@ -312,8 +312,7 @@ Exchange::Verdict Exchange::verify_with_fetched(const std::string& token, const 
     if (req_.table && jwks::refresh_and_wait(cfg, *req_.table, req_.deadline)) {
         auto fresh = jwks::keys_for_login(cfg, req_.table, std::int64_t(std::time(nullptr)));
         if (fresh.jwks) {
-            if (keys.jwks != fresh.jwks)
-                log_info("jwt: %s; fetched the signing keys again", keys.jwks ? "unknown signing key" : "no signing keys");
+            log_info("jwt: %s; the key fetcher fetched them again", keys.jwks ? "unknown signing key" : "no signing keys");
             result = jwt::verify(token, *fresh.jwks, opt);
         }
         keys = std::move(fresh);

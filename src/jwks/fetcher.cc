@@ -112,8 +112,8 @@ void Fetcher::fetch()
             if (!after.count(k))
                 removed.push_back(k);
         if (!have_set_)
-            log_info("fetched %zu signing keys (%s) from %s; next fetch in %lld s", set->kids.size(),
-                     join(set->kids).c_str(), join(set->sources).c_str(), (long long)set->lifetime.count());
+            log_info("fetched %zu signing key%s (%s) from %s; next fetch in %lld s", set->kids.size(),
+                     set->kids.size() == 1 ? "" : "s", join(set->kids).c_str(), join(set->sources).c_str(), (long long)set->lifetime.count());
         else if (!added.empty() || !removed.empty()) {
             log_info("signing keys changed at %s: added %s; removed %s; next fetch in %lld s",
                      join(set->sources).c_str(), added.empty() ? "none" : join(added).c_str(),

@@ -11,6 +11,7 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -337,6 +338,18 @@ BOOST_AUTO_TEST_CASE(check_config_fetches_once_and_names_failures)
         BOOST_TEST(contains(r.out, "(jwt_jwks_uri)"), r.out);
         BOOST_TEST(idp.requests("openid-configuration") == before);
     }
+    BOOST_TEST_CONTEXT("proxy variables of the environment are ignored; jwt_http_proxy is used")
+    {
+        const std::string dead = "http://127.0.0.1:" + std::to_string(env().dead_port);
+        RunOptions ro;
+        ro.env = {{"https_proxy", dead}, {"HTTPS_PROXY", dead}, {"all_proxy", dead}, {"ALL_PROXY", dead}};
+        RunResult r = run({env().pgwicket_bin, "--check-config", "-c", path}, ro);
+        BOOST_TEST(r.ok(), r.status() << ": " << r.out);
+        r = check_config(write_config("jwks-check-proxy", settings + "jwt_http_proxy = " + dead + "\n"));
+        BOOST_TEST(r.exit_code == 1, r.status() << ": " << r.out);
+        BOOST_TEST(contains(r.out, "could not fetch the signing keys"), r.out);
+        BOOST_TEST(contains(r.out, std::to_string(env().dead_port)), r.out);
+    }
     BOOST_TEST_CONTEXT("jwt_jwks_uri must be https")
     {
         RunResult r = check_config(
@@ -393,6 +406,34 @@ BOOST_AUTO_TEST_CASE(check_config_fetches_once_and_names_failures)
         BOOST_TEST(r.exit_code == 1, r.status() << ": " << r.out);
         BOOST_TEST(contains(r.out, "certificate"), r.out);
     }
+}
+
+// A reload to another issuer restarts the key fetcher, which fetches the new issuer's keys;
+// the old issuer's cached set is not used for it.
+BOOST_AUTO_TEST_CASE(reload_to_another_issuer)
+{
+    ensure_role(kUser);
+    Idp first("idp-reload-1"), second("idp-reload-2");
+    second.set_keys({{"keys", json::array({mint::rsa_jwk(mint::TestKeys::get().rsa_other.get(), "rsa-second")})}});
+    ProxyOptions o;
+    o.extra_settings = jwks_settings(first, {tmp_path("cache-reload"), 1, 86400, 2, ""});
+    Proxy p("pgwicket-jwks-reload", o);
+    check_connected(login(p, mint::mint(claims_for(first))));
+    std::string ini = read_file(p.config_path());
+    for (size_t at; (at = ini.find(first.issuer())) != std::string::npos;)
+        ini.replace(at, first.issuer().size(), second.issuer());
+    write_file(p.config_path(), ini);
+    const size_t from = p.log_size();
+    ::kill(p.pid(), SIGHUP);
+    BOOST_TEST(wait_for([&] { return contains(read_file(p.log_path()).substr(from), "configuration reloaded"); }),
+               p.log_tail());
+    const std::string second_token =
+        mint::mint(claims_for(second), "RS256", "rsa-second", mint::TestKeys::get().rsa_other.get());
+    BOOST_TEST(wait_for([&] { return login(p, second_token).ok; }, 10000), p.log_tail());
+    BOOST_TEST(second.requests("/idp/keys") >= 1);
+    // Its kid (rsa-1) is not among the new issuer's keys.
+    check_refused(login(p, mint::mint(claims_for(first))), "28P01", "unknown signing key");
+    check_clean_stop(p);
 }
 
 // A discovery document that names another issuer: no keys, and logins say so.
