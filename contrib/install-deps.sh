@@ -8,7 +8,7 @@ packages=(
     # build
     build-essential autoconf automake autoconf-archive pkg-config
     libpq-dev libssl-dev libsystemd-dev libinih-dev libboost-test-dev
-    libpg-query-dev libprotobuf-c-dev nlohmann-json3-dev
+    libpg-query-dev libprotobuf-c-dev nlohmann-json3-dev libcurl4-openssl-dev
     # tests, demo and bench: initdb/pg_ctl/postgres/pgbench (postgresql-15 ships
     # pgbench on Debian 12), psql, runuser (util-linux), ps/pkill (procps)
     postgresql-15 postgresql-client-15 openssl procps util-linux

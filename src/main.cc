@@ -4,6 +4,7 @@
 #include "common/log.hh"
 #include "config/cli.hh"
 #include "config/config.hh"
+#include "jwks/fetcher.hh"
 #include "supervisor/supervisor.hh"
 #include "tls/server_tls.hh"
 
@@ -98,6 +99,10 @@ int main(int argc, char** argv)
         return 1;
     }
     if (cl->check_config) {
+        // The signing keys the key fetcher would fetch, fetched once now (the daemon
+        // itself fetches in its key fetcher process, never in the supervisor).
+        if (pgw::jwks::check_fetch(*cfg, stdout, stderr) != 0)
+            return 1;
         std::printf("%s: configuration is valid\n", cl->config_path.c_str());
         return 0;
     }

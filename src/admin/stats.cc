@@ -133,6 +133,40 @@ void add_hosts(const ipc::TableHeader& h, std::vector<Family>& out)
         out.push_back(std::move(*f));
 }
 
+// The key fetcher's families, present once it has run (signing keys fetched from the
+// identity provider; none with jwt_jwks_file).
+void add_jwks(const ipc::JwksStatus& j, std::vector<Family>& out)
+{
+    auto load = [](const auto& a) { return double(a.load(std::memory_order_relaxed)); };
+    if (j.attempts.load(std::memory_order_acquire) == 0 && j.last_success_ms.load(std::memory_order_relaxed) == 0)
+        return;
+    Family fetches = family("pgwicket_jwks_fetches_total", "counter",
+                            "Fetches of the identity provider's signing keys, by result.");
+    add(fetches, "result=\"ok\"", load(j.fetched_ok));
+    add(fetches, "result=\"failed\"", load(j.fetch_failed));
+    out.push_back(std::move(fetches));
+    Family refresh = family("pgwicket_jwks_refresh_requests_total", "counter",
+                            "Early fetches asked for by logins with an unknown key id (or no keys).");
+    add(refresh, "", load(j.refresh_requests));
+    out.push_back(std::move(refresh));
+    Family changes = family("pgwicket_jwks_key_changes_total", "counter",
+                            "Fetched key sets whose key ids differ from the set before (key rotations).");
+    add(changes, "", load(j.key_changes));
+    out.push_back(std::move(changes));
+    Family keys = family("pgwicket_jwks_keys", "gauge", "Usable signing keys in the cached set.");
+    add(keys, "", load(j.keys));
+    out.push_back(std::move(keys));
+    Family success = family("pgwicket_jwks_last_success_time_seconds", "gauge",
+                            "When the signing keys were last fetched, in seconds since the epoch.");
+    add(success, "", load(j.last_success_ms) / 1000.0);
+    out.push_back(std::move(success));
+    Family expiry = family("pgwicket_jwks_expiry_time_seconds", "gauge",
+                           "When the cached signing keys' lifetime ends, in seconds since the epoch; "
+                           "jwt_jwks_max_stale later logins fail unless a fetch succeeds.");
+    add(expiry, "", load(j.expires_ms) / 1000.0);
+    out.push_back(std::move(expiry));
+}
+
 } // namespace
 
 std::string label_value(std::string_view v)
@@ -289,6 +323,7 @@ std::vector<Family> collect(const ipc::SessionTable& table)
 
     add_pools(*table.header(), out);
     add_hosts(*table.header(), out);
+    add_jwks(table.header()->jwks, out);
     return out;
 }
 

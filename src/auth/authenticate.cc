@@ -9,11 +9,15 @@
 #include "auth/ossl.hh"
 #include "auth/scram.hh"
 #include "common/log.hh"
+#include "jwks/cache.hh"
 #include "protocol/bytes.hh"
 
 #include <openssl/rand.h>
 
 #include <cstring>
+#include <ctime>
+#include <optional>
+#include <variant>
 #include <vector>
 
 namespace pgw::auth {
@@ -86,7 +90,14 @@ public:
     AuthResult jwt(const Rule& rule);
 
 private:
+    // No signing keys to check a token with, and why (fetched keys only).
+    struct Unavailable {
+        std::string why;
+    };
+    using Verdict = std::variant<jwt::Identity, jwt::JwtError, Unavailable>;
     AuthResult check_token(const std::string& token);
+    Verdict verify_with_file(const std::string& token, const jwt::VerifyOptions& opt);
+    Verdict verify_with_fetched(const std::string& token, const jwt::VerifyOptions& opt);
     AuthResult oauthbearer();
 
     const AuthRequest& req_;
@@ -254,15 +265,10 @@ AuthResult Exchange::oauthbearer()
     return verdict;
 }
 
-AuthResult Exchange::check_token(const std::string& token)
+// Keys from jwt_jwks_file, read when the configuration was loaded.
+Exchange::Verdict Exchange::verify_with_file(const std::string& token, const jwt::VerifyOptions& opt)
 {
     const config::Config& cfg = req_.cfg;
-    jwt::VerifyOptions opt;
-    opt.issuers = config::split_list(cfg.jwt_issuer);
-    opt.audiences = config::split_list(cfg.jwt_audience);
-    opt.leeway = std::chrono::seconds(cfg.jwt_leeway);
-    opt.identity_claim = cfg.jwt_identity_claim;
-    opt.groups_claim = cfg.jwt_groups_claim;
     std::shared_ptr<const jwt::Jwks> jwks = cfg.jwks;
     auto result = jwt::verify(token, *jwks, opt);
     if (auto* e = std::get_if<jwt::JwtError>(&result); e && e->reload_jwks) {
@@ -273,6 +279,55 @@ AuthResult Exchange::check_token(const std::string& token)
             result = jwt::verify(token, *jwks, opt);
         }
     }
+    if (auto* e = std::get_if<jwt::JwtError>(&result))
+        return *e;
+    return std::get<jwt::Identity>(result);
+}
+
+// Keys the key fetcher keeps in its cache (src/jwks/). An unknown kid, or no usable set,
+// asks it for a fetch and waits a little (jwks::kRefreshWait) for the result.
+Exchange::Verdict Exchange::verify_with_fetched(const std::string& token, const jwt::VerifyOptions& opt)
+{
+    const config::Config& cfg = req_.cfg;
+    auto keys = jwks::keys_for_login(cfg, req_.table, std::int64_t(std::time(nullptr)));
+    std::optional<std::variant<jwt::Identity, jwt::JwtError>> result;
+    if (keys.jwks) {
+        result = jwt::verify(token, *keys.jwks, opt);
+        auto* e = std::get_if<jwt::JwtError>(&*result);
+        if (!e || !e->reload_jwks)
+            return e ? Verdict(*e) : Verdict(std::get<jwt::Identity>(*result));
+    }
+    if (req_.table && jwks::refresh_and_wait(cfg, *req_.table, req_.deadline)) {
+        auto fresh = jwks::keys_for_login(cfg, req_.table, std::int64_t(std::time(nullptr)));
+        if (fresh.jwks) {
+            log_info("jwt: %s; the key fetcher fetched them again", keys.jwks ? "unknown signing key" : "no signing keys");
+            result = jwt::verify(token, *fresh.jwks, opt);
+        }
+        keys = std::move(fresh);
+    }
+    if (!result)
+        return Unavailable{keys.why_none};
+    if (auto* e = std::get_if<jwt::JwtError>(&*result))
+        return *e;
+    return std::get<jwt::Identity>(*result);
+}
+
+AuthResult Exchange::check_token(const std::string& token)
+{
+    const config::Config& cfg = req_.cfg;
+    jwt::VerifyOptions opt;
+    opt.issuers = config::split_list(cfg.jwt_issuer);
+    opt.audiences = config::split_list(cfg.jwt_audience);
+    opt.leeway = std::chrono::seconds(cfg.jwt_leeway);
+    opt.identity_claim = cfg.jwt_identity_claim;
+    opt.groups_claim = cfg.jwt_groups_claim;
+    auto result = cfg.jwks_fetch_for.empty() ? verify_with_file(token, opt) : verify_with_fetched(token, opt);
+    if (auto* u = std::get_if<Unavailable>(&result))
+        return failure("28P01",
+                       "token authentication failed for user \"" + req_.user +
+                           "\": the identity provider's signing keys are not available",
+                       "jwt: no signing keys: " + u->why,
+                       "The identity provider could not be reached; pgwicket's log says more. Try again later.");
     if (auto* e = std::get_if<jwt::JwtError>(&result))
         return failure("28P01", "token authentication failed for user \"" + req_.user + "\": " + e->message,
                        "jwt: " + e->message);

@@ -5,6 +5,7 @@
 #include "auth/rules.hh"
 #include "common/net.hh"
 #include "config/config.hh"
+#include "ipc/session_table.hh"
 #include "tls/server_tls.hh"
 
 #include <sys/socket.h>
@@ -23,6 +24,8 @@ struct AuthRequest {
     const sockaddr_storage* peer = nullptr;  // TCP only
     std::string peer_host;                   // for messages
     net::Clock::time_point deadline;
+    // The key fetcher's status (signing keys fetched from the provider); may be null.
+    const ipc::SessionTable* table = nullptr;
 };
 
 struct AuthResult {

@@ -9,6 +9,10 @@
 #include <ini.h>
 #include <libpq-fe.h>
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -332,6 +336,64 @@ std::vector<std::string> cross_check(const Config& c)
 
 namespace {
 
+bool is_https_url(const std::string& s)
+{
+    static constexpr std::string_view kScheme = "https://";
+    if (s.size() <= kScheme.size())
+        return false;
+    for (size_t i = 0; i < kScheme.size(); ++i)
+        if (std::tolower(static_cast<unsigned char>(s[i])) != kScheme[i])
+            return false;
+    return std::none_of(s.begin(), s.end(), [](char ch) { return static_cast<unsigned char>(ch) <= ' '; });
+}
+
+// Signing keys fetched over HTTPS by the key fetcher (src/jwks/): what for, and where
+// the cache lives. Nothing is fetched here: the supervisor loads configurations and
+// never waits for the network.
+void plan_jwks_fetch(ParseState& st)
+{
+    Config& c = st.cfg;
+    auto line_of = [&](const char* option) { return std::to_string(st.seen_options[option]); };
+    if (!c.jwt_jwks_uri.empty()) {
+        if (!is_https_url(c.jwt_jwks_uri)) {
+            st.errors.push_back(st.name + ":" + line_of("jwt_jwks_uri") + ": jwt_jwks_uri must be an https:// address");
+            return;
+        }
+        c.jwks_fetch_for = "jwks_uri " + c.jwt_jwks_uri;
+    } else {
+        c.jwks_fetch_for = "issuer";
+        for (const auto& iss : split_list(c.jwt_issuer)) {
+            if (!is_https_url(iss)) {
+                st.errors.push_back(st.name + ":" + line_of("jwt_issuer") + ": issuer \"" + iss +
+                                    "\" is not an https:// address, so its discovery document cannot be "
+                                    "fetched: set jwt_jwks_uri or jwt_jwks_file");
+                return;
+            }
+            c.jwks_fetch_for += " " + iss;
+        }
+    }
+    if (!c.jwt_ca_file.empty() && ::access(c.jwt_ca_file.c_str(), R_OK) != 0)
+        st.errors.push_back(st.name + ":" + line_of("jwt_ca_file") + ": jwt_ca_file " + c.jwt_ca_file + ": " +
+                            std::strerror(errno));
+    if (!c.jwt_jwks_cache.empty()) {
+        c.jwks_cache_dir = c.jwt_jwks_cache;
+    } else {
+        // systemd's RuntimeDirectory= (a list when there are several), else /tmp.
+        std::string base = "/tmp";
+        if (const char* rd = std::getenv("RUNTIME_DIRECTORY"); rd && rd[0] == '/')
+            base = std::string(rd).substr(0, std::string(rd).find(':'));
+        c.jwks_cache_dir = base + "/pgwicket-jwks." + std::to_string(c.listen_port);
+    }
+    while (c.jwks_cache_dir.size() > 1 && c.jwks_cache_dir.back() == '/')
+        c.jwks_cache_dir.pop_back();
+    if (c.jwks_cache_dir.empty() || c.jwks_cache_dir[0] != '/')
+        st.errors.push_back(st.name + ":" + line_of("jwt_jwks_cache") + ": jwt_jwks_cache must be an absolute path");
+    // Workers reach the fetcher through a Unix socket in it (sun_path holds 107 bytes).
+    else if (c.jwks_cache_dir.size() > 90)
+        st.errors.push_back(st.name + ":" + line_of("jwt_jwks_cache") + ": jwt_jwks_cache " + c.jwks_cache_dir +
+                            " is longer than 90 bytes");
+}
+
 // The files behind the auth options, and which of them the methods in use need.
 void load_auth(ParseState& st)
 {
@@ -374,12 +436,20 @@ void load_auth(ParseState& st)
         }
     }
     if (needs_jwks) {
-        if (c.jwt_jwks_file.empty() || split_list(c.jwt_issuer).empty() || split_list(c.jwt_audience).empty()) {
-            st.errors.push_back(st.name + ": the jwt method needs jwt_jwks_file, jwt_issuer and jwt_audience");
-        } else if (auto jwks = load_jwks(c.jwt_jwks_file); !jwks) {
-            st.errors.push_back(jwks.error());
+        if (split_list(c.jwt_issuer).empty() || split_list(c.jwt_audience).empty()) {
+            st.errors.push_back(st.name + ": the jwt method needs jwt_issuer and jwt_audience (the signing keys "
+                                          "then come from jwt_issuer's discovery document, jwt_jwks_uri or "
+                                          "jwt_jwks_file)");
+        } else if (!c.jwt_jwks_file.empty()) {
+            if (!c.jwt_jwks_uri.empty())
+                st.errors.push_back(st.name + ":" + line_of("jwt_jwks_uri") +
+                                    ": set jwt_jwks_file or jwt_jwks_uri, not both");
+            else if (auto jwks = load_jwks(c.jwt_jwks_file); !jwks)
+                st.errors.push_back(jwks.error());
+            else
+                c.jwks = std::move(*jwks);
         } else {
-            c.jwks = std::move(*jwks);
+            plan_jwks_fetch(st);
         }
     }
 }

@@ -90,6 +90,14 @@ struct Config {
     std::string auth_hba_file;
     std::string auth_file;
     std::string jwt_jwks_file;
+    std::string jwt_jwks_uri;
+    std::string jwt_ca_file;
+    std::string jwt_http_proxy;
+    std::string jwt_jwks_cache;
+    long jwt_fetch_connect_timeout = 0;
+    long jwt_fetch_timeout = 0;
+    long jwt_jwks_min_refresh = 0;
+    long jwt_jwks_max_stale = 0;
     std::string jwt_issuer;
     std::string jwt_audience;
     std::string jwt_identity_claim;
@@ -147,6 +155,12 @@ struct Config {
     std::vector<auth::Rule> rules;                 // auth_hba_file, or one rule from auth_type
     std::map<std::string, std::string> users;      // auth_file
     std::shared_ptr<const auth::jwt::Jwks> jwks;   // jwt_jwks_file
+    // Signing keys fetched from the identity provider (src/jwks/): empty when they are
+    // not (no jwt rule, or jwt_jwks_file), else what they are fetched for, "jwks_uri URI"
+    // or "issuer ISS1 ISS2", which the cache file must name too. The cache directory:
+    // jwt_jwks_cache, or its default.
+    std::string jwks_fetch_for;
+    std::string jwks_cache_dir;
 
     // The entry for a client database name: the exact name, else "*", else null.
     const DatabaseEntry* find_database(const std::string& name) const;

@@ -79,6 +79,37 @@ void SlotText::set(std::string_view v)
 
 std::string SlotText::get() const { return std::string(text, strnlen(text, sizeof text)); }
 
+void JwksStatus::set_error(std::string_view text)
+{
+    char buf[sizeof error_words] = {};
+    std::memcpy(buf, text.data(), std::min(text.size(), sizeof buf - 1));
+    error_seq.fetch_add(1, std::memory_order_acq_rel);
+    for (size_t i = 0; i < std::size(error_words); ++i) {
+        std::uint64_t w;
+        std::memcpy(&w, buf + i * 8, 8);
+        error_words[i].store(w, std::memory_order_relaxed);
+    }
+    error_seq.fetch_add(1, std::memory_order_release);
+}
+
+std::string JwksStatus::error() const
+{
+    char buf[sizeof error_words];
+    for (int tries = 0; tries < 100; ++tries) {
+        const std::uint32_t before = error_seq.load(std::memory_order_acquire);
+        if (before % 2)
+            continue;
+        for (size_t i = 0; i < std::size(error_words); ++i) {
+            const std::uint64_t w = error_words[i].load(std::memory_order_relaxed);
+            std::memcpy(buf + i * 8, &w, 8);
+        }
+        std::atomic_thread_fence(std::memory_order_acquire);
+        if (error_seq.load(std::memory_order_relaxed) == before)
+            return std::string(buf, strnlen(buf, sizeof buf));
+    }
+    return "(being updated)";
+}
+
 Result<SessionTable> SessionTable::create(std::uint32_t capacity, std::uint32_t peer_id)
 {
     if (capacity == 0 || capacity > kMaxSlots)

@@ -20,7 +20,7 @@
 namespace pgw::ipc {
 
 inline constexpr std::uint32_t kTableMagic = 0x50475754;  // "PGWT"
-inline constexpr std::uint32_t kTableVersion = 10;
+inline constexpr std::uint32_t kTableVersion = 11;
 
 enum class SlotState : std::uint32_t {
     Free = 0,
@@ -201,6 +201,27 @@ struct alignas(64) HostRow {
     SlotText error;  // the last failure, for SHOW HOSTS
 };
 
+// The signing-key fetcher's report (src/jwks/fetcher.cc is its only writer; workers
+// read it to decide whether to wait for a refresh and to say why keys are missing,
+// metrics to show it). Times are CLOCK_REALTIME milliseconds, 0 for never.
+struct JwksStatus {
+    std::atomic<std::int64_t> last_attempt_ms;  // when the last fetch ended, either way
+    std::atomic<std::int64_t> last_success_ms;
+    std::atomic<std::int64_t> expires_ms;        // the cached set's lifetime ends (next fetch due)
+    std::atomic<std::uint64_t> attempts;         // fetches ended; a worker waits for this to move
+    std::atomic<std::uint64_t> fetched_ok;
+    std::atomic<std::uint64_t> fetch_failed;
+    std::atomic<std::uint64_t> refresh_requests;  // early refreshes asked for by workers (unknown kid)
+    std::atomic<std::uint64_t> key_changes;       // fetched sets whose key ids differ from the set before
+    std::atomic<std::uint32_t> keys;              // usable keys in the cached set
+    // Why the last fetch failed ("" after a success), under a sequence lock (odd while
+    // written); words, not chars, so a reader racing the writer reads no torn object.
+    std::atomic<std::uint32_t> error_seq;
+    std::atomic<std::uint64_t> error_words[32];
+    void set_error(std::string_view text);
+    std::string error() const;
+};
+
 struct TableHeader {
     std::uint32_t magic;
     std::uint32_t version;
@@ -229,6 +250,8 @@ struct TableHeader {
     // load_balance = round-robin: one counter for every entry, taken by workers.
     std::atomic<std::uint64_t> balance_counter;
     HostRow hosts[kHostRows];
+    // ---- signing keys fetched from the identity provider (jwt); keep this block last ----
+    JwksStatus jwks;
 };
 
 // The segment's layout is a checked contract between processes of one binary.

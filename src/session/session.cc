@@ -387,7 +387,7 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
     }
 
     auth::AuthRequest areq{cfg_, conn_, user, database, local, local ? nullptr : &handoff_.peer, peer_host_,
-                           login_deadline_};
+                           login_deadline_, &table_};
     auth::AuthResult who = auth::authenticate(areq);
     if (!who.ok) {
         if (who.client_left) {

@@ -8,6 +8,7 @@
 #include "health/checker.hh"
 #include "ipc/fdpass.hh"
 #include "ipc/session_table.hh"
+#include "jwks/fetcher.hh"
 #include "pool/context.hh"
 #include "pool/registry.hh"
 #include "session/exit_codes.hh"
@@ -58,6 +59,7 @@ std::vector<AuxProcess> helper_processes()
 {
     std::vector<AuxProcess> helpers;
     helpers.emplace_back("health checker", &health::checker_main, &health::checker_wanted);
+    helpers.emplace_back("key fetcher", &jwks::fetcher_main, &jwks::fetcher_wanted);
     return helpers;
 }
 

@@ -13,7 +13,7 @@ here="$top/tests/fuzz"
 out=${FUZZ_OUT:-$top/build-fuzz}
 seconds=${FUZZ_SECONDS:-20}
 cxx=${CXX_FUZZ:-clang++}
-all_targets=(startup framer error_fields config jwt scram sasl passthrough classify)
+all_targets=(startup framer error_fields config jwt jwks scram sasl passthrough classify)
 targets=("${@:-${all_targets[@]}}")
 
 # shellcheck disable=SC2054 # the commas belong to -fsanitize=
@@ -31,6 +31,7 @@ sources_for() {
         "$top/src/auth/ossl.cc $top/src/auth/jwt.cc $top/src/auth/json_util.cc" \
         "$top/src/policy/policy.cc $top/src/policy/classify.cc $top/src/policy/deep_stack.cc" ;;
     jwt) echo "$top/src/auth/base64.cc $top/src/auth/json_util.cc $top/src/auth/jwt.cc $top/src/auth/ossl.cc $top/src/auth/oauthbearer.cc" ;;
+    jwks) echo "$top/src/jwks/documents.cc $top/src/auth/base64.cc $top/src/auth/json_util.cc $top/src/auth/jwt.cc $top/src/auth/ossl.cc" ;;
     scram) echo "$top/src/auth/base64.cc $top/src/auth/ossl.cc $top/src/auth/scram.cc" ;;
     sasl) echo "$top/src/auth/base64.cc $top/src/auth/ossl.cc $top/src/auth/scram.cc $top/src/auth/sasl_message.cc" ;;
     passthrough) echo "$top/src/upstream/login_relay.cc $top/src/protocol/messages.cc" ;;
@@ -42,7 +43,7 @@ sources_for() {
 libs_for() {
     case $1 in
     config) echo "-lpg_query $(pkg-config --cflags --libs libpq inih openssl nlohmann_json libsystemd libprotobuf-c)" ;;
-    jwt) pkg-config --cflags --libs openssl nlohmann_json ;;
+    jwt | jwks) pkg-config --cflags --libs openssl nlohmann_json ;;
     scram | sasl) pkg-config --cflags --libs openssl ;;
     classify) echo "-lpg_query $(pkg-config --cflags --libs libprotobuf-c)" ;;
     *) echo "" ;;
@@ -89,6 +90,13 @@ seed() {
             >"$dir/jwks"
         printf '\002Zm9vYg==' >"$dir/base64"
         printf '\003n,a=x=2Cy,\001auth=Bearer abc.def\001host=h\001\001' >"$dir/oauthbearer"
+        ;;
+    jwks)
+        # First byte picks the decoder: 0 discovery, 1 Cache-Control, 2 JWKS (two split at a NUL).
+        printf '\000{"issuer":"https://idp.example/","jwks_uri":"https://idp.example/keys"}' >"$dir/discovery"
+        printf '\001public, max-age=3600, no-cache' >"$dir/cache_control"
+        printf '\002{"keys":[{"kty":"EC","kid":"k1","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}\000{"keys":[]}' \
+            >"$dir/jwks"
         ;;
     scram)
         # Byte 0: bit 0 verifier parse, bit 1 RFC 7677 server nonce, bit 2 unknown user;

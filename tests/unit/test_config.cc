@@ -57,6 +57,14 @@ auth_type = reject
 auth_hba_file = /etc/pgwicket/hba.conf
 auth_file = /etc/pgwicket/users.txt
 jwt_jwks_file = /etc/pgwicket/jwks.json
+jwt_jwks_uri = https://login.example.com/keys
+jwt_ca_file = /etc/pgwicket/idp-ca.pem
+jwt_http_proxy = http://proxy.example.com:3128
+jwt_jwks_cache = /var/cache/pgwicket
+jwt_fetch_connect_timeout = 3
+jwt_fetch_timeout = 20
+jwt_jwks_min_refresh = 30
+jwt_jwks_max_stale = 3600
 jwt_issuer = https://login.example.com/
 jwt_audience = api://pgwicket
 jwt_identity_claim = upn
@@ -841,7 +849,7 @@ BOOST_AUTO_TEST_CASE(auth_file_errors_name_file_and_line)
     e = error_of("[pgwicket]\nauth_type = scram-sha-256\n" + kMinimalDatabases);
     BOOST_TEST(e.find("need auth_file") != std::string::npos, e);
     e = error_of("[pgwicket]\nauth_type = jwt\n" + kMinimalDatabases);
-    BOOST_TEST(e.find("jwt_jwks_file, jwt_issuer and jwt_audience") != std::string::npos, e);
+    BOOST_TEST(e.find("the jwt method needs jwt_issuer and jwt_audience") != std::string::npos, e);
     ::unlink(hba.c_str());
     ::unlink(users.c_str());
 }
