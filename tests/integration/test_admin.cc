@@ -139,7 +139,7 @@ BOOST_AUTO_TEST_CASE(every_command_has_a_privilege_row)
     const Row rows[] = {
         {"SHOW SESSIONS", "SHOW SESSIONS", true}, {"SHOW STATS", "SHOW STATS", true},
         {"SHOW DATABASES", "SHOW DATABASES", true}, {"SHOW POOLS", "SHOW POOLS", true},
-        {"SHOW SERVERS", "SHOW SERVERS", true},
+        {"SHOW SERVERS", "SHOW SERVERS", true},   {"SHOW HOSTS", "SHOW HOSTS", true},
         {"SHOW CONFIG", "SHOW CONFIG", true},
         {"SHOW VERSION", "SHOW VERSION", true},   {"SHOW HELP", "SHOW HELP", true},
         {"RELOAD", "RELOAD", false},              {"KILL", "KILL 999999", false},
