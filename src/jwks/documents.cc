@@ -12,8 +12,6 @@ namespace pgw::jwks {
 using auth::json_util::json;
 using auth::json_util::quote_untrusted;
 
-namespace {
-
 bool iequals_prefix(std::string_view s, std::string_view prefix)
 {
     if (s.size() < prefix.size())
@@ -23,8 +21,6 @@ bool iequals_prefix(std::string_view s, std::string_view prefix)
             return false;
     return true;
 }
-
-} // namespace
 
 std::string discovery_url(std::string_view issuer)
 {

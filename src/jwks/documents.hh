@@ -14,6 +14,10 @@
 
 namespace pgw::jwks {
 
+// Whether `s` starts with `prefix` (given in lower case), ignoring ASCII case: HTTP
+// header names and Cache-Control directives.
+bool iequals_prefix(std::string_view s, std::string_view prefix);
+
 // Cache lifetimes: the providers' Cache-Control max-age, kept within these bounds
 // (Auth0 says 15 s, which would be a fetch per login; a day is as long as we trust a set
 // without asking again). Without a max-age, an hour.

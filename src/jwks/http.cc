@@ -39,16 +39,6 @@ size_t on_body(char* data, size_t size, size_t n, void* user)
     return len;
 }
 
-bool iequals_prefix(std::string_view s, std::string_view prefix)
-{
-    if (s.size() < prefix.size())
-        return false;
-    for (size_t i = 0; i < prefix.size(); ++i)
-        if (std::tolower(static_cast<unsigned char>(s[i])) != prefix[i])
-            return false;
-    return true;
-}
-
 size_t on_header(char* data, size_t size, size_t n, void* user)
 {
     auto* t = static_cast<Transfer*>(user);

@@ -10,6 +10,7 @@
 #include "auth/sasl_message.hh"
 #include "auth/scram.hh"
 #include "fuzz_check.hh"
+#include "scram_pencil.hh"
 #include "protocol/bytes.hh"
 
 #include <cstdint>
@@ -21,18 +22,6 @@ namespace s = pgw::auth::scram;
 namespace sasl = pgw::auth::sasl;
 
 namespace {
-
-const s::Verifier& pencil()
-{
-    static const s::Verifier v = [] {
-        auto text = s::parse_verifier("SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$"
-                                      "WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:"
-                                      "wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=");
-        FUZZ_CHECK(text.ok());
-        return *text;
-    }();
-    return v;
-}
 
 const std::uint8_t kSecret[32] = {7};
 

@@ -2,6 +2,7 @@
 // and a server exchange fed two client messages, checked against what each step promises.
 #include "auth/scram.hh"
 #include "fuzz_check.hh"
+#include "scram_pencil.hh"
 
 #include <algorithm>
 #include <cstdint>
@@ -13,19 +14,6 @@
 namespace s = pgw::auth::scram;
 
 namespace {
-
-// The verifier for password "pencil" from RFC 7677's example (salt W22ZaJ0SNY7soEsUEjb6gQ==).
-const s::Verifier& pencil()
-{
-    static const s::Verifier v = [] {
-        auto text = s::parse_verifier("SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$"
-                                      "WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:"
-                                      "wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=");
-        FUZZ_CHECK(text.ok());
-        return *text;
-    }();
-    return v;
-}
 
 const std::uint8_t kSecret[32] = {42};
 
