@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Replicas: read-only load (pgbench -S) through pgwicket entries over a primary and two
+# streaming standbys, on a fresh throwaway cluster: the primary alone (direct and through
+# pgwicket), and an entry with target_session_attrs=standby that spreads sessions over
+# both standbys (round-robin), with how the transactions spread over the hosts (from
+# each host's pg_stat_database); then the cost of choosing a host per connection
+# (pgbench -C through a multi-host entry vs a one-host entry).
+# Read routing within a session (read_routing) is not built yet: this measures sessions.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=contrib/lib.sh
+source "$root/contrib/lib.sh"
+
+bench_setup "$root" "replicas bench" || exit 1
+scale=${BENCH_SCALE:-10}
+
+work=$(work_dir pgwicket-replicas-bench)
+pgw_pid=
+nodes=("$work/p0" "$work/s1" "$work/s2")
+ports=()
+
+# shellcheck disable=SC2317  # run by the EXIT trap
+cleanup()
+{
+    trap - EXIT INT TERM
+    pgw_stop
+    for d in "${nodes[@]}"; do
+        [ -d "$d" ] && pg_stop "$d"
+    done
+    if [ "${BENCH_KEEP:-0}" = 1 ]; then
+        echo "replicas bench: logs and data kept in $work"
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+echo "replicas bench: a primary and two standbys in $work"
+pg_init "${nodes[0]}"
+echo "host replication all 127.0.0.1/32 trust" >>"${nodes[0]}/pg_hba.conf"
+ports[0]=$(free_port 55432)
+settings="-c max_connections=200 -c fsync=off -c wal_level=replica -c max_wal_senders=8 -c hot_standby=on"
+pg_start "${nodes[0]}" "${ports[0]}" "$settings"
+for i in 1 2; do
+    mkdir -p "${nodes[$i]}"
+    [ "$(id -u)" -eq 0 ] && chown postgres:postgres "${nodes[$i]}"
+    chmod 700 "${nodes[$i]}"
+    as_pg "$PG_BINDIR/pg_basebackup" -h 127.0.0.1 -p "${ports[0]}" -U postgres -D "${nodes[$i]}" -R -X stream \
+        >"$work/basebackup$i.log" 2>&1 || {
+        cat "$work/basebackup$i.log" >&2
+        exit 1
+    }
+    ports[i]=$(free_port $((55433 + i)))
+    pg_start "${nodes[$i]}" "${ports[$i]}" "$settings"
+done
+
+hosts="host=127.0.0.1,127.0.0.1,127.0.0.1 port=${ports[0]},${ports[1]},${ports[2]} dbname=postgres user=postgres"
+PGW_EXTRA_SETTINGS="max_client_conn = 200
+server_check_period = 1" \
+    PGW_EXTRA_DATABASES="ro = $hosts target_session_attrs=standby
+rw = $hosts target_session_attrs=primary
+one = host=127.0.0.1 port=${ports[0]} dbname=postgres user=postgres" \
+    pgw_start "$bin" "$work" "${ports[0]}" "replicas bench" || exit 1
+
+pgbench_init "replicas bench" "${ports[0]}" || exit 1
+# Until both standbys have the pgbench tables.
+for i in 1 2; do
+    for _ in $(seq 1 120); do
+        if [ "$(psql -X -A -t -h 127.0.0.1 -p "${ports[$i]}" -U postgres -d postgres \
+            -c "SELECT count(*) FROM pg_class WHERE relname = 'pgbench_accounts'" 2>/dev/null)" = 1 ]; then
+            break
+        fi
+        sleep 0.5
+    done
+done
+sleep 2  # a health check round sees the standbys
+
+commits()
+{
+    psql -X -A -t -h 127.0.0.1 -p "$1" -U postgres -d postgres \
+        -c "SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'"
+}
+
+tps()
+{
+    local port=$1 db=$2
+    shift 2
+    pgbench_tps "replicas bench" "host=127.0.0.1 port=$port user=postgres dbname=$db" "$@"
+}
+
+# spread DB ARGS...: TPS through pgwicket, and the share of transactions per host.
+spread()
+{
+    local db=$1 before=() after=() t i total=0 out=""
+    shift
+    for i in 0 1 2; do before[i]=$(commits "${ports[$i]}"); done
+    t=$(tps "$pgwport" "$db" "$@")
+    for i in 0 1 2; do
+        after[i]=$(commits "${ports[$i]}")
+        total=$((total + after[i] - before[i]))
+    done
+    for i in 0 1 2; do
+        out+=$(awk -v d=$((after[i] - before[i])) -v t="$total" 'BEGIN { printf " %5.1f%%", t ? 100 * d / t : 0 }')
+    done
+    echo "$t$out"
+}
+
+echo "replicas bench: warm-up (not counted)"
+secs=2 tps "$pgwport" ro -c 8 -j 2 >/dev/null
+
+echo "replicas bench: pgbench -S -c 8 -j 2, $secs s each"
+direct=$(tps "${ports[0]}" postgres -c 8 -j 2)
+read -r rw_tps rw_p0 rw_s1 rw_s2 <<<"$(spread rw -c 8 -j 2)"
+read -r ro_tps ro_p0 ro_s1 ro_s2 <<<"$(spread ro -c 8 -j 2)"
+echo "replicas bench: pgbench -S -C -c 4 -j 2 (a connection per transaction), $secs s each"
+one_c=$(tps "$pgwport" one -C -c 4 -j 2)
+rw_c=$(tps "$pgwport" rw -C -c 4 -j 2)
+
+echo
+printf '%-44s %9s %9s   %s\n' "path" "TPS" "vs direct" "transactions on primary / standby 1 / standby 2"
+printf '%-44s %9s %9s\n' "primary, direct" "$direct" "1.00"
+printf '%-44s %9s %9s   %s %s %s\n' "pgwicket, target_session_attrs=primary" "$rw_tps" "$(ratio "$rw_tps" "$direct")" \
+    "$rw_p0" "$rw_s1" "$rw_s2"
+printf '%-44s %9s %9s   %s %s %s\n' "pgwicket, target_session_attrs=standby" "$ro_tps" "$(ratio "$ro_tps" "$direct")" \
+    "$ro_p0" "$ro_s1" "$ro_s2"
+echo
+printf '%-44s %9s\n' "pgwicket -C, one-host entry" "$one_c"
+printf '%-44s %9s %9s\n' "pgwicket -C, 3-host entry (primary chosen)" "$rw_c" "$(ratio "$rw_c" "$one_c")"
