@@ -198,11 +198,12 @@ void Console::show_hosts()
     const std::int64_t now = ipc::wall_clock_ms(), mono = health::monotonic_ms();
     for (std::uint32_t i = 0; i < n; ++i) {
         const health::HostView v = health::read_host(*h, i);
-        char checked[32] = "";
+        char checked[32] = "", lag[32];
         if (v.checked_ms > 0)
             std::snprintf(checked, sizeof checked, "%.1f", double(now - v.checked_ms) / 1000.0);
+        std::snprintf(lag, sizeof lag, "%.3f", double(v.lag_ms) / 1000.0);
         rows.push_back({v.host, std::to_string(v.port), health::state_name(v.state), health::role_name(v.role),
-                        std::to_string(v.lag_bytes), std::to_string(double(v.lag_ms) / 1000.0), checked,
+                        std::to_string(v.lag_bytes), lag, checked,
                         std::to_string(v.checks), std::to_string(v.failures), std::to_string(v.role_gen),
                         v.banned_until_ms > mono ? std::to_string((v.banned_until_ms - mono + 999) / 1000) : "0",
                         v.error});

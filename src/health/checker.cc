@@ -311,8 +311,13 @@ private:
         }
     }
 
-    void fail(Probe& p, const std::string& why, Clock::time_point now)
+    void fail(Probe& p, const std::string& why_in, Clock::time_point now)
     {
+        // libpq says 'connection to server at "h" (a), port p failed: <why>': the row
+        // names the host already, and SHOW HOSTS keeps 63 bytes of it.
+        std::string why = why_in;
+        if (auto at = why.rfind("failed: "); at != std::string::npos && why.rfind("connection to server", 0) == 0)
+            why = why.substr(at + 8);
         if (p.conn) {
             PQfinish(p.conn);
             p.conn = nullptr;

@@ -116,6 +116,9 @@ BOOST_AUTO_TEST_CASE(sessions_go_to_hosts_of_their_role_and_skip_stopped_ones)
                             error.find("2 down") != std::string::npos,
                         error);
     BOOST_CHECK_EQUAL(port_of(p, "pref"), primary);
+    // SHOW HOSTS says why, without libpq's "connection to server at ..." preamble.
+    BOOST_CHECK_MESSAGE(wait_for([&] { return hosts(p)[s2]["last_error"].rfind("Connection refused", 0) == 0; }),
+                        hosts(p)[s2]["last_error"]);
     // Back: used again.
     c.start(1);
     c.start(2);
