@@ -35,6 +35,8 @@ struct ReplicaSettings {
     long max_lag_bytes = -1;  // max_replica_lag as a size; -1: none
     long max_lag_ms = -1;     // max_replica_lag as a time; -1: none
     long ban_time = -1;       // seconds; -1: [pgwicket] ban_time
+    bool read_routing = false;        // read_routing = auto: reads to standbys, the rest to the primary
+    long read_after_write_ms = 1000;  // read_after_write_delay
 };
 
 struct DatabaseEntry {

@@ -105,7 +105,8 @@ bool is_uri(const std::string& s) { return s.rfind("postgresql://", 0) == 0 || s
 bool is_pool_key(std::string_view name) { return name == "pool_mode" || number_key(name); }
 bool is_replica_key(std::string_view name)
 {
-    return name == "load_balance" || name == "max_replica_lag" || name == "ban_time";
+    return name == "load_balance" || name == "max_replica_lag" || name == "ban_time" || name == "read_routing" ||
+           name == "read_after_write_delay";
 }
 
 // A whole number with an optional unit: `units` pairs suffixes with multipliers; the
@@ -137,6 +138,19 @@ Status set_replica_key(ReplicaSettings& r, const std::string& name, const std::s
             r.load_balance = LoadBalance::InOrder;
         else
             return Error{"load_balance \"" + value + "\" is not one of round-robin, random, in-order"};
+        return ok_status();
+    }
+    if (name == "read_routing") {
+        if (value != "auto" && value != "off")
+            return Error{"read_routing \"" + value + "\" is not one of auto, off"};
+        r.read_routing = value == "auto";
+        return ok_status();
+    }
+    if (name == "read_after_write_delay") {
+        auto ms = number_with_unit(value, {{"ms", 1}, {"", 1000}, {"s", 1000}, {"min", 60000}});
+        if (!ms || *ms > 3600 * 1000)
+            return Error{"read_after_write_delay \"" + value + "\" is not a time from 0 to 1 h (e.g. 1s, 500ms, 0)"};
+        r.read_after_write_ms = *ms;
         return ok_status();
     }
     if (name == "ban_time") {
@@ -201,6 +215,7 @@ Result<SplitConninfo> split_pool_keys(const std::string& conninfo)
     std::string first_size_key;  // the first sizing key, for "needs pool_mode"
     bool any = false;
     bool replica_keys = false;
+    std::string target;  // target_session_attrs, as written
     for (const auto& t : *tokens) {
         if (is_replica_key(t.name)) {
             if (Status ok = set_replica_key(out.replicas, t.name, t.value); !ok)
@@ -208,6 +223,8 @@ Result<SplitConninfo> split_pool_keys(const std::string& conninfo)
             replica_keys = true;
             continue;
         }
+        if (t.name == "target_session_attrs")
+            target = t.value;
         if (!is_pool_key(t.name)) {
             // The token's own text, quoting and escapes untouched.
             if (!out.conninfo.empty())
@@ -234,6 +251,11 @@ Result<SplitConninfo> split_pool_keys(const std::string& conninfo)
     }
     if (any && !out.pool.pooled)
         return Error{first_size_key + " needs pool_mode=session"};
+    if (out.replicas.read_routing && out.pool.pooled)
+        return Error{"read_routing=auto does not work with pool_mode yet: route reads on an entry without pool_mode"};
+    if (out.replicas.read_routing && !target.empty() && target != "any" && target != "primary" && target != "read-write")
+        return Error{"read_routing=auto sends writes to the primary: target_session_attrs=" + target +
+                     " contradicts it (leave it out, or use primary)"};
     return out;
 }
 

@@ -247,11 +247,13 @@ bool Relay::pump(Direction& d, bool from_client)
         };
         auto res = d.framer.scan(
             unscanned,
-            [this, from_client, &d](char type) {
+            [this, from_client, &d, unscanned](char type) {
                 if (from_client) {
                     if (!observer_)
                         return type == 'X';
-                    observer_->on_client_message(type);
+                    const size_t at = d.framer.header_offset() + 5;
+                    const size_t body = size_t(d.framer.header_size() - 5);
+                    observer_->on_client_message(type, unscanned.subspan(at, std::min(body, unscanned.size() - at)));
                     return type == 'X' || observer_->inspect_client(type);
                 }
                 if (!observer_)

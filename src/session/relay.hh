@@ -39,8 +39,9 @@ struct RelayOutcome {
 class RelayObserver {
 public:
     virtual ~RelayObserver() = default;
-    // Every message header from the client, once per message.
-    virtual void on_client_message(char type) = 0;
+    // Every message header from the client, once per message, with as much of its
+    // body as has arrived (maybe none of it).
+    virtual void on_client_message(char type, protocol::ByteSpan head) = 0;
     // Whether the session must see this client message whole (a policy checks it);
     // such messages larger than the relay buffer end the session (FATAL 54000).
     virtual bool inspect_client(char /*type*/) { return false; }

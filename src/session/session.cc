@@ -11,6 +11,7 @@
 #include "protocol/startup.hh"
 #include "session/cancel.hh"
 #include "session/audit_trail.hh"
+#include "session/read_router.hh"
 #include "session/policy_gate.hh"
 #include "session/relay.hh"
 #include "session/session_control.hh"
@@ -49,6 +50,54 @@ using protocol::Bytes;
 struct PgCancelDeleter {
     void operator()(PGcancel* c) const { PQfreeCancel(c); }
 };
+
+// read_routing: the session's standby connection, as the router uses it.
+class SessionStandby final : public StandbyLink {
+public:
+    SessionStandby(pool::HeldUpstream up, const ipc::TableHeader& table, int row, const config::ReplicaSettings& r)
+        : held_(std::move(up)), transport_(held_.transport()), cancel_(PQgetCancel(held_.conn.get())), table_(table),
+          row_(row), replicas_(r)
+    {
+        PGconn* c = held_.conn.get();
+        watch_ = health::watch_of(table, health::Target::Standby, PQhost(c), PQport(c));
+        route.transport = transport_.get();
+        route.cancel = cancel_.get();
+        route.where = held_.where;
+        route.host = PQhost(c) ? PQhost(c) : "";
+        route.port = PQport(c) ? PQport(c) : "";
+        route.backend_pid = held_.backend_pid;
+    }
+    bool fits() override
+    {
+        if (health::role_changed(table_, watch_, nullptr))
+            return false;
+        if (row_ < 0)
+            return true;  // not listed by the checker: libpq checked its role at connect
+        health::Candidate c{true, health::read_host(table_, std::uint32_t(row_))};
+        return !health::choose_hosts({c}, health::Target::Standby, replicas_, health::monotonic_ms(), 0, 0)
+                    .order.empty();
+    }
+
+private:
+    pool::HeldUpstream held_;
+    std::unique_ptr<upstream::Transport> transport_;
+    std::unique_ptr<PGcancel, PgCancelDeleter> cancel_;
+    const ipc::TableHeader& table_;
+    int row_;
+    config::ReplicaSettings replicas_;
+    health::HostWatch watch_;
+};
+
+// Sets a libpq parameter, replacing the entry's value.
+void set_param(upstream::Params& params, const char* key, const char* value)
+{
+    for (auto& [k, v] : params)
+        if (k == key) {
+            v = value;
+            return;
+        }
+    params.emplace_back(key, value);
+}
 
 const char* str_or_empty(const char* s) { return s ? s : ""; }
 
@@ -245,6 +294,12 @@ private:
     health::Target target_ = health::Target::Any;
     long ban_seconds_ = 0;
     health::HostWatch watch_;  // the established session's host (failover)
+    // read_routing = auto: the entry, its libpq parameters (for the standby connection),
+    // and the router while the session runs.
+    const config::DatabaseEntry* routing_entry_ = nullptr;
+    upstream::Params routing_params_;
+    ReadRouter* router_ = nullptr;
+    std::unique_ptr<StandbyLink> open_standby();
 };
 
 std::variant<protocol::StartupMessage, ExitCode> Session::read_startup()
@@ -484,6 +539,14 @@ ExitCode Session::proceed(const Login& login, const protocol::StartupMessage& st
         return fail("08006", params.error(), kExitUpstreamFailure);
     publish_client(user, database, startup);
 
+    if (entry->replicas.read_routing && !entry->pool.pooled) {
+        // The session's own connection is the primary's; reads go to a standby of the
+        // same hosts, opened when the first one comes.
+        routing_entry_ = entry;
+        set_param(*params, "target_session_attrs", "primary");
+        routing_params_ = *params;
+        set_param(routing_params_, "target_session_attrs", "standby");
+    }
     // The hosts to try, from what the health checker last saw (multi-host entries).
     ban_seconds_ = entry->replicas.ban_time >= 0 ? entry->replicas.ban_time : cfg_.ban_time;
     health::Attempts plan = health::plan_connection(*params, entry->replicas, *table_.header());
@@ -743,7 +806,57 @@ ExitCode Session::establish(pool::HeldUpstream& up, bool* reusable)
             return Error{err};
         return ok_status();
     };
-    return run_relay(*server, upstream_fd, status, pg_cancel ? std::function<Status()>(cancel) : nullptr, reusable);
+    if (!routing_entry_ || reusable)
+        return run_relay(*server, upstream_fd, status, pg_cancel ? std::function<Status()>(cancel) : nullptr, reusable);
+
+    RouteHost primary{server.get(), pg_cancel.get(), up.where, str_or_empty(PQhost(up.conn.get())),
+                      str_or_empty(PQport(up.conn.get())), up.backend_pid};
+    ReadRouter::Hooks hooks;
+    hooks.open_standby = [this] { return open_standby(); };
+    hooks.on_switch = [this](const RouteHost& h, ReadRouter::Side side) {
+        log_debug("read routing: statements go to the %s (%s) now", side == ReadRouter::kStandby ? "standby" : "primary",
+                  h.where.c_str());
+        note_upstream(h.where, h.host, h.port, h.backend_pid);
+    };
+    ReadRouter router(primary, policy_ ? policy_->functions : policy::FunctionAllowlist::builtin(),
+                      routing_entry_->replicas.read_after_write_ms, std::move(hooks));
+    router_ = &router;
+    const ExitCode code = run_relay(router, upstream_fd, status, [&router] { return router.cancel_running(); });
+    router_ = nullptr;
+    log_info("read routing: %llu units to the primary, %llu to a standby%s",
+             (unsigned long long)router.units(ReadRouter::kPrimary),
+             (unsigned long long)router.units(ReadRouter::kStandby), router.pinned() ? " (pinned to the primary)" : "");
+    return code;
+}
+
+// read_routing: a connection to a standby of the session's entry, chosen as a session
+// with target_session_attrs=standby would be; null when none can be had now.
+std::unique_ptr<StandbyLink> Session::open_standby()
+{
+    health::Attempts plan = health::plan_connection(routing_params_, routing_entry_->replicas, *table_.header());
+    if (plan.tries.empty()) {
+        log_debug("read routing: reads go to the primary: %s", plan.why_none.c_str());
+        return nullptr;
+    }
+    // Two tries at most: the session waits meanwhile.
+    for (size_t i = 0; i < plan.tries.size() && i < 2; ++i) {
+        const health::Attempt& t = plan.tries[i];
+        const std::string where = upstream::describe(t.params);
+        upstream::ConnectFailure why;
+        auto c = upstream::connect(t.params, net::Clock::now() + std::chrono::seconds(cfg_.server_connect_timeout), &why);
+        if (!c) {
+            log_warning("read routing: standby connection failed (%s): %s; reads go to the primary meanwhile",
+                        where.c_str(), why.message.c_str());
+            if (t.row >= 0 && why.server_sqlstate.empty() && ban_seconds_ > 0)
+                health::ban_host(*table_.header(), std::uint32_t(t.row), health::monotonic_ms() + ban_seconds_ * 1000);
+            continue;
+        }
+        log_info("read routing: connected to standby (%s), backend pid %d%s", where.c_str(), PQbackendPID(c->get()),
+                 PQsslInUse(c->get()) ? ", TLS" : "");
+        return std::make_unique<SessionStandby>(pool::hold(std::move(*c), "", where), *table_.header(), t.row,
+                                                routing_entry_->replicas);
+    }
+    return nullptr;
 }
 
 // The session_start record, written before the client's first ReadyForQuery: with
@@ -789,6 +902,7 @@ ExitCode Session::run_relay(upstream::Transport& server, int upstream_fd, char s
                            trail_ ? &*trail_ : nullptr, query_timeout, policy_ ? policy_->client_idle_timeout : 0);
     control_ptr = &control;
     control.set_keep_upstream(pooled);
+    control.set_router(router_);
     if (watch_.row >= 0)
         control.watch_host(table_.header(), watch_);
     if (policy_)

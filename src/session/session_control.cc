@@ -30,7 +30,8 @@ void SessionControl::set_cap(const std::string& setting, long value, const polic
 
 bool SessionControl::inspect_client(char type)
 {
-    return (gate_ && PolicyGate::checks(type)) || (trail_ && AuditTrail::follows(type));
+    return (gate_ && PolicyGate::checks(type)) || (trail_ && AuditTrail::follows(type)) ||
+           (router_ && ReadRouter::inspects(type));
 }
 
 std::optional<Bytes> SessionControl::on_client_body(char type, protocol::ByteSpan body)
@@ -45,18 +46,31 @@ std::optional<Bytes> SessionControl::on_client_body(char type, protocol::ByteSpa
         e.sqlstate = "58030";
         e.message = "pgwicket cannot write its audit trail, so it runs no statements";
         e.hint = "The statement was not sent to the server. Tell the pgwicket operator (audit_file).";
-        return gate_->refuse(type, body, e);
+        return routed(type, gate_->refuse(type, body, e));
     }
     if (gate_ && PolicyGate::checks(type))
         if (auto replacement = gate_->check(type, body))
-            return replacement;  // the denial callback recorded it
+            return routed(type, std::move(*replacement));  // the denial callback recorded it
     if (trail_)
         trail_->on_client_body(type, body);
+    if (router_ && ReadRouter::inspects(type))
+        router_->on_client_text(type, body, false);
     return std::nullopt;
 }
 
-void SessionControl::on_client_message(char type)
+// A stand-in for a refused message goes to the primary (it fails there as it would
+// anywhere; a standby unit must not depend on it).
+Bytes SessionControl::routed(char type, Bytes replacement)
 {
+    if (router_ && ReadRouter::inspects(type) && replacement.size() >= 5)
+        router_->on_client_text(type, protocol::ByteSpan(replacement).subspan(5), true);
+    return replacement;
+}
+
+void SessionControl::on_client_message(char type, protocol::ByteSpan head)
+{
+    if (router_)
+        router_->on_client_message(type, head);
     if (gate_)
         gate_->on_client_message(type);
     if (trail_)

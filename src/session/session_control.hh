@@ -10,6 +10,7 @@
 #include "common/net.hh"
 #include "session/audit_trail.hh"
 #include "session/policy_gate.hh"
+#include "session/read_router.hh"
 #include "session/relay.hh"
 #include "session/result_caps.hh"
 #include "session/slot_report.hh"
@@ -35,7 +36,7 @@ public:
 
     bool inspect_client(char type) override;
     std::optional<protocol::Bytes> on_client_body(char type, protocol::ByteSpan body) override;
-    void on_client_message(char type) override;
+    void on_client_message(char type, protocol::ByteSpan head) override;
     void on_server_message(char type, std::uint64_t size) override;
     // Rows past a cap are dropped by the relay from their headers, a run of them at once
     // (the server goes on sending until the cancel lands).
@@ -59,6 +60,8 @@ public:
         watch_table_ = h;
         watch_ = std::move(w);
     }
+    // read_routing: the router sees the client's stream as the relay scans it.
+    void set_router(ReadRouter* r) { router_ = r; }
     // Pooled sessions keep the upstream: the client's Terminate is not forwarded.
     void set_keep_upstream(bool keep) { keep_upstream_ = keep; }
     bool keep_upstream() override { return keep_upstream_; }
@@ -84,6 +87,7 @@ public:
     }
 
 private:
+    protocol::Bytes routed(char type, protocol::Bytes replacement);
     void check_role();
     int poll_timeout_unwatched_ms();
     net::Clock::time_point timeout_deadline() const { return started_ + std::chrono::seconds(query_timeout_); }
@@ -93,6 +97,7 @@ private:
     UpstreamCanceller canceller_;
     PolicyGate* gate_;
     AuditTrail* trail_;
+    ReadRouter* router_ = nullptr;
     ResultCaps caps_;
     std::uint32_t seen_seq_ = 0;  // the slot's cancel sequence we last acted on
     bool active_ = false;         // a client message came after the last ReadyForQuery

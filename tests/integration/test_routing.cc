@@ -1,0 +1,237 @@
+// Read routing (read_routing = auto) against a real streaming-replication cluster: in
+// one session, statements proven read-only run on a standby and everything else on the
+// primary, with transactions, prepared statements, session state, read-your-writes,
+// cancels and a standby that goes away.
+#include "cluster.hh"
+#include "harness.hh"
+
+#include <boost/test/unit_test.hpp>
+
+#include <map>
+#include <string>
+
+using namespace pgw::it;
+
+namespace {
+
+// `app` routes reads with no read-your-writes delay; `sticky` keeps reads on the
+// primary for a minute after a write (longer than any test needs).
+ProxyOptions routing_options(const ReplicaCluster& c)
+{
+    const std::string hosts = "host=" + c.hosts() + " port=" + c.ports() + " dbname=postgres user=postgres ";
+    ProxyOptions o;
+    o.extra_databases = "app = " + hosts + "read_routing=auto read_after_write_delay=0\n" +
+                        "sticky = " + hosts + "read_routing=auto read_after_write_delay=1min\n";
+    o.extra_settings = "server_check_period = 1\nban_time = 2\nadmin_users = postgres\n";
+    return o;
+}
+
+// Waits until the health checker knows every node's role.
+void wait_roles(Proxy& p, const ReplicaCluster& c)
+{
+    BOOST_REQUIRE_MESSAGE(wait_for([&] {
+                              Conn console = connect_ok(p.conninfo("pgwicket", "postgres"));
+                              Result r(PQexec(console.get(), "SHOW HOSTS"));
+                              int known = 0;
+                              for (int i = 0; i < PQntuples(r.get()); ++i) {
+                                  const std::string role = PQgetvalue(r.get(), i, PQfnumber(r.get(), "role"));
+                                  known += role == "primary" || role == "standby";
+                              }
+                              return known == c.size();
+                          }),
+                          p.log_tail());
+}
+
+std::string port_str(const ReplicaCluster& c, int node) { return std::to_string(c.port(node)); }
+
+// The server port through the extended protocol (Parse/Bind/Execute/Sync, unnamed).
+std::string port_extended(PGconn* c)
+{
+    Result r(PQexecParams(c, "SELECT inet_server_port()", 0, nullptr, nullptr, nullptr, nullptr, 0));
+    BOOST_REQUIRE_MESSAGE(PQresultStatus(r.get()) == PGRES_TUPLES_OK, PQerrorMessage(c));
+    return PQgetvalue(r.get(), 0, 0);
+}
+
+std::string port_prepared(PGconn* c, const char* name)
+{
+    Result r(PQexecPrepared(c, name, 0, nullptr, nullptr, nullptr, 0));
+    BOOST_REQUIRE_MESSAGE(PQresultStatus(r.get()) == PGRES_TUPLES_OK, PQerrorMessage(c));
+    return PQgetvalue(r.get(), 0, 0);
+}
+
+void prepare(PGconn* c, const char* name, const char* sql)
+{
+    Result r(PQprepare(c, name, sql, 0, nullptr));
+    BOOST_REQUIRE_MESSAGE(PQresultStatus(r.get()) == PGRES_COMMAND_OK, PQerrorMessage(c));
+}
+
+void exec_ok(PGconn* c, const std::string& sql)
+{
+    Result r(PQexec(c, sql.c_str()));
+    const auto st = PQresultStatus(r.get());
+    BOOST_REQUIRE_MESSAGE(st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK, sql << ": " << PQerrorMessage(c));
+}
+
+const char* kPort = "SELECT inet_server_port()";
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(routing)
+
+BOOST_AUTO_TEST_CASE(reads_go_to_a_standby_and_everything_else_to_the_primary)
+{
+    ReplicaCluster c("rr-basic", 1);
+    c.exec(0, "CREATE TABLE routed(i int); CREATE SEQUENCE routed_seq");
+    c.wait_replayed(1);
+    Proxy p("routing-basic", routing_options(c));
+    wait_roles(p, c);
+    const std::string primary = port_str(c, 0), standby = port_str(c, 1);
+
+    Conn a = connect_ok(p.conninfo("app"));
+    // The session's own connection is the primary's: the greeting's backend pid is its.
+    BOOST_CHECK_EQUAL(scalar(a.get(), kPort), standby);
+    BOOST_CHECK_EQUAL(scalar(a.get(), "SELECT pg_is_in_recovery()"), "t");
+    BOOST_CHECK_EQUAL(port_extended(a.get()), standby);
+    // Writes, and reads that write or lock, go to the primary; reads after them go back.
+    exec_ok(a.get(), "INSERT INTO routed VALUES (1)");
+    BOOST_CHECK_EQUAL(scalar(a.get(), "SELECT inet_server_port() FROM routed FOR UPDATE"), primary);
+    BOOST_CHECK_EQUAL(scalar(a.get(), "WITH w AS (INSERT INTO routed VALUES (2) RETURNING i) "
+                                      "SELECT inet_server_port() FROM w"),
+                      primary);
+    BOOST_CHECK_EQUAL(scalar(a.get(), kPort), standby);
+    // A transaction block stays on the primary from BEGIN to its end, reads included.
+    exec_ok(a.get(), "BEGIN");
+    BOOST_CHECK_EQUAL(scalar(a.get(), kPort), primary);
+    BOOST_CHECK_EQUAL(port_extended(a.get()), primary);
+    exec_ok(a.get(), "COMMIT");
+    BOOST_CHECK_EQUAL(scalar(a.get(), kPort), standby);
+    // A failed transaction too, until ROLLBACK.
+    exec_ok(a.get(), "BEGIN");
+    Result bad(PQexec(a.get(), "SELECT 1/0"));
+    BOOST_CHECK_EQUAL(PQresultStatus(bad.get()), PGRES_FATAL_ERROR);
+    Result aborted(PQexec(a.get(), kPort));
+    BOOST_CHECK_EQUAL(std::string(PQresultErrorField(aborted.get(), PG_DIAG_SQLSTATE)), "25P02");
+    exec_ok(a.get(), "ROLLBACK");
+    BOOST_CHECK_EQUAL(scalar(a.get(), kPort), standby);
+
+    // Named statements run where the unit using them runs, prepared there on demand: s1
+    // is prepared on the standby (and repeated on the primary), s2 on the primary only.
+    prepare(a.get(), "s1", kPort);
+    BOOST_CHECK_EQUAL(port_prepared(a.get(), "s1"), standby);
+    exec_ok(a.get(), "BEGIN");
+    BOOST_CHECK_EQUAL(port_prepared(a.get(), "s1"), primary);
+    prepare(a.get(), "s2", kPort);
+    exec_ok(a.get(), "COMMIT");
+    BOOST_CHECK_EQUAL(port_prepared(a.get(), "s2"), standby);
+    BOOST_CHECK_EQUAL(port_prepared(a.get(), "s1"), standby);
+    prepare(a.get(), "w1", "INSERT INTO routed VALUES ($1) RETURNING inet_server_port()");
+    {
+        const char* v[] = {"7"};
+        Result r(PQexecPrepared(a.get(), "w1", 1, v, nullptr, nullptr, 0));
+        BOOST_REQUIRE_MESSAGE(PQresultStatus(r.get()) == PGRES_TUPLES_OK, PQerrorMessage(a.get()));
+        BOOST_CHECK_EQUAL(PQgetvalue(r.get(), 0, 0), primary);
+    }
+    // Errors come from the host that ran the statement, as they would directly.
+    Result missing(PQexecPrepared(a.get(), "nosuch", 0, nullptr, nullptr, nullptr, 0));
+    BOOST_CHECK_EQUAL(std::string(PQresultErrorField(missing.get(), PG_DIAG_SQLSTATE)), "26000");
+    BOOST_CHECK_EQUAL(scalar(a.get(), kPort), standby);
+
+    // Sequences pin the session to the primary for good (currval must find nextval's value).
+    BOOST_CHECK_EQUAL(scalar(a.get(), "SELECT nextval('routed_seq')"), "1");
+    BOOST_CHECK_EQUAL(scalar(a.get(), "SELECT currval('routed_seq')"), "1");
+    BOOST_CHECK_EQUAL(scalar(a.get(), kPort), primary);
+    BOOST_CHECK_EQUAL(port_prepared(a.get(), "s1"), primary);
+    BOOST_CHECK_EQUAL(port_prepared(a.get(), "s2"), primary);
+    a.reset();
+    check_clean_stop(p);
+}
+
+BOOST_AUTO_TEST_CASE(session_state_pins_and_reads_follow_own_writes)
+{
+    ReplicaCluster c("rr-pins", 1);
+    c.exec(0, "CREATE TABLE routed(i int)");
+    c.wait_replayed(1);
+    Proxy p("routing-pins", routing_options(c));
+    wait_roles(p, c);
+    const std::string primary = port_str(c, 0), standby = port_str(c, 1);
+
+    // Each of these leaves state that only the primary would hold.
+    const char* pinning[] = {
+        "SET work_mem = '8MB'",
+        "SELECT set_config('work_mem', '8MB', false)",
+        "PREPARE q AS SELECT 1",
+        "LISTEN routed_channel",
+        "CREATE TEMP TABLE tmp_routed(i int)",
+        "SELECT pg_advisory_lock(42)",
+        "DECLARE cur CURSOR WITH HOLD FOR SELECT 1",
+        "DISCARD ALL",
+    };
+    for (const char* sql : pinning) {
+        Conn a = connect_ok(p.conninfo("app"));
+        BOOST_CHECK_EQUAL(scalar(a.get(), kPort), standby);
+        exec_ok(a.get(), sql);
+        BOOST_CHECK_MESSAGE(scalar(a.get(), kPort) == primary, sql << " did not pin the session");
+        BOOST_CHECK_EQUAL(port_extended(a.get()), primary);
+    }
+    // A temporary table is then readable where it lives.
+    {
+        Conn a = connect_ok(p.conninfo("app"));
+        exec_ok(a.get(), "CREATE TEMP TABLE tmp_routed AS SELECT 5 AS i");
+        BOOST_CHECK_EQUAL(scalar(a.get(), "SELECT i FROM tmp_routed"), "5");
+    }
+    // Read-your-writes: after its own write, the session reads from the primary.
+    {
+        Conn a = connect_ok(p.conninfo("sticky"));
+        BOOST_CHECK_EQUAL(scalar(a.get(), kPort), standby);
+        exec_ok(a.get(), "INSERT INTO routed VALUES (41)");
+        BOOST_CHECK_EQUAL(scalar(a.get(), "SELECT inet_server_port() FROM routed WHERE i = 41"), primary);
+        BOOST_CHECK_EQUAL(port_extended(a.get()), primary);
+    }
+    // Without a delay the next read may go to the standby at once (here it does).
+    {
+        Conn a = connect_ok(p.conninfo("app"));
+        exec_ok(a.get(), "INSERT INTO routed VALUES (42)");
+        BOOST_CHECK_EQUAL(scalar(a.get(), kPort), standby);
+    }
+    check_clean_stop(p);
+}
+
+BOOST_AUTO_TEST_CASE(cancel_reaches_the_standby_and_a_lost_standby_sends_reads_to_the_primary)
+{
+    ReplicaCluster c("rr-cancel", 1);
+    Proxy p("routing-cancel", routing_options(c));
+    wait_roles(p, c);
+    const std::string primary = port_str(c, 0), standby = port_str(c, 1);
+
+    Conn a = connect_ok(p.conninfo("app"));
+    BOOST_CHECK_EQUAL(scalar(a.get(), kPort), standby);
+    // A long read on the standby, cancelled with the session's own key.
+    BOOST_REQUIRE(PQsendQuery(a.get(), "SELECT count(*) FROM generate_series(1, 2000000000)"));
+    sleep_ms(300);
+    {
+        std::unique_ptr<PGcancel, void (*)(PGcancel*)> cancel(PQgetCancel(a.get()), PQfreeCancel);
+        char err[256];
+        BOOST_REQUIRE(PQcancel(cancel.get(), err, sizeof err));
+    }
+    std::string sqlstate;
+    while (PGresult* r = PQgetResult(a.get())) {
+        if (const char* s = PQresultErrorField(r, PG_DIAG_SQLSTATE))
+            sqlstate = s;
+        PQclear(r);
+    }
+    BOOST_CHECK_EQUAL(sqlstate, "57014");
+    BOOST_CHECK_EQUAL(scalar(a.get(), kPort), standby);
+
+    // The standby goes away between statements: reads go to the primary, nothing fails.
+    c.stop(1);
+    BOOST_CHECK_EQUAL(scalar(a.get(), kPort), primary);
+    BOOST_CHECK_EQUAL(port_extended(a.get()), primary);
+    Conn b = connect_ok(p.conninfo("app"));
+    BOOST_CHECK_EQUAL(scalar(b.get(), kPort), primary);
+    // Back: the next reads use it again (the checker sees it up within a period).
+    c.start(1);
+    BOOST_CHECK_MESSAGE(wait_for([&] { return scalar(a.get(), kPort) == standby; }, 30000), p.log_tail());
+    check_clean_stop(p);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
