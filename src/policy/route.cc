@@ -15,8 +15,8 @@ bool pinning_function(std::string_view fn)
 {
     if (fn.starts_with("pg_catalog."))
         fn.remove_prefix(11);
-    static constexpr std::array<std::string_view, 8> exact = {
-        "set_config", "nextval", "setval", "currval", "lastval", "pg_notify", "lo_open", "dblink_connect",
+    static constexpr std::array<std::string_view, 7> exact = {
+        "set_config", "nextval", "setval", "currval", "lastval", "lo_open", "dblink_connect",
     };
     for (std::string_view e : exact)
         if (fn == e)

@@ -2,6 +2,8 @@
 // one session, statements proven read-only run on a standby and everything else on the
 // primary, with transactions, prepared statements, session state, read-your-writes,
 // cancels and a standby that goes away.
+#include "../common/routing_corpus.hh"
+#include "audit_file.hh"
 #include "cluster.hh"
 #include "harness.hh"
 
@@ -232,6 +234,135 @@ BOOST_AUTO_TEST_CASE(cancel_reaches_the_standby_and_a_lost_standby_sends_reads_t
     c.start(1);
     BOOST_CHECK_MESSAGE(wait_for([&] { return scalar(a.get(), kPort) == standby; }, 30000), p.log_tail());
     check_clean_stop(p);
+}
+
+BOOST_AUTO_TEST_CASE(pgbench_reads_run_on_the_standby_in_every_query_mode)
+{
+    ReplicaCluster c("rr-pgbench", 1);
+    const std::string primary_port = port_str(c, 0);
+    RunOptions o;
+    o.env = client_env({{"PGSSLMODE", "disable"}});
+    o.timeout_s = 180;
+    RunResult init = run({env().bin("pgbench"), "-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p", primary_port, "-U",
+                          "postgres", "postgres"},
+                         o);
+    BOOST_REQUIRE_MESSAGE(init.ok(), init.out);
+    c.wait_replayed(1);
+    Proxy p("routing-pgbench", routing_options(c));
+    wait_roles(p, c);
+    auto standby_commits = [&] {
+        return std::stoll(c.scalar(1, "SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'"));
+    };
+    auto bench = [&](std::vector<std::string> args) {
+        std::vector<std::string> argv = {env().bin("pgbench"), "-h", "127.0.0.1", "-p", std::to_string(p.port()),
+                                         "-U", "postgres", "-n", "-c", "2", "-j", "1"};
+        argv.insert(argv.end(), args.begin(), args.end());
+        argv.push_back("app");
+        RunResult r = run(argv, o);
+        BOOST_CHECK_MESSAGE(r.ok() && r.out.find("number of failed transactions: 0") != std::string::npos,
+                            "pgbench " << args.front() << " " << args.back() << ": " << r.out << p.log_tail());
+    };
+    for (const char* mode : {"simple", "extended", "prepared"}) {
+        const long long before = standby_commits();
+        bench({"-S", "-t", "100", "-M", mode});
+        // 2 clients x 100 reads ran on the standby (its statistics are flushed within a second).
+        BOOST_CHECK_MESSAGE(wait_for([&] { return standby_commits() >= before + 200; }),
+                            mode << ": the standby committed " << standby_commits() - before);
+    }
+    // The read-write script (BEGIN ... END) runs whole on the primary, in every mode.
+    for (const char* mode : {"simple", "prepared"})
+        bench({"-t", "50", "-M", mode});
+    BOOST_CHECK_EQUAL(c.scalar(0, "SELECT count(*) FROM pgbench_history"), "200");
+    check_clean_stop(p);
+}
+
+// Every statement of the corpus, in a fresh session, through the simple protocol and
+// (where it can) the extended one: its audit records name the host it ran on, and a
+// statement after it shows whether it pinned the session.
+BOOST_AUTO_TEST_CASE(the_corpus_runs_where_it_should_in_both_protocols)
+{
+    ReplicaCluster c("rr-corpus", 1);
+    c.exec(0, "CREATE TABLE t(id int, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, '12'); "
+              "CREATE TABLE u(id int); INSERT INTO u VALUES (1), (2); CREATE TABLE t2(i int); "
+              "CREATE VIEW v_t AS SELECT * FROM t; CREATE MATERIALIZED VIEW mv_t AS SELECT id FROM t; "
+              "CREATE SEQUENCE s; "
+              "CREATE FUNCTION f_vol() RETURNS int VOLATILE LANGUAGE sql AS 'SELECT 1'; "
+              "CREATE FUNCTION f_ro(int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT $1'; "
+              "CREATE PROCEDURE p_noop() LANGUAGE plpgsql AS $$BEGIN END$$");
+    c.wait_replayed(1);
+    ProxyOptions o = routing_options(c);
+    const std::string audit = env().tmpdir + "/routing-corpus-audit.jsonl";
+    std::remove(audit.c_str());
+    o.extra_settings += "audit_file = " + audit + "\naudit_statement_text = full\n";
+    Proxy p("routing-corpus", o);
+    wait_roles(p, c);
+    const std::string primary = port_str(c, 0), standby = port_str(c, 1);
+
+    // Statements that leave no state share a session per protocol (each followed by a
+    // probe); each pinning one gets a session of its own.
+    const auto corpus = pgw::test::routing_corpus();
+    std::map<std::string, std::vector<const pgw::test::RoutingCase*>> sessions;  // by application_name
+    for (const auto& rc : corpus)
+        for (bool extended : {false, true}) {
+            if (extended && !rc.extended)
+                continue;
+            const std::string suffix = extended ? "-e" : "-s";
+            sessions[rc.where == "pin" ? "corpus-" + std::to_string(rc.line) + suffix : "corpus-shared" + suffix]
+                .push_back(&rc);
+        }
+    for (const auto& [tag, cases] : sessions) {
+        const bool extended = tag.back() == 'e';
+        Conn a = connect_ok(p.conninfo("app", "postgres", "application_name=" + tag));
+        for (const auto* rc : cases) {
+            PGresult* r = extended ? PQexecParams(a.get(), rc->sql.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0)
+                                   : PQexec(a.get(), rc->sql.c_str());
+            while (r) {
+                if (PQresultStatus(r) == PGRES_COPY_OUT) {
+                    char* row = nullptr;
+                    while (PQgetCopyData(a.get(), &row, 0) > 0)
+                        PQfreemem(row);
+                }
+                PQclear(r);
+                r = PQgetResult(a.get());
+            }
+            Result follow(PQexec(a.get(), "SELECT 1 AS followup"));
+            BOOST_CHECK_MESSAGE(PQresultStatus(follow.get()) == PGRES_TUPLES_OK,
+                                tag << " (" << rc->sql << "): the next statement failed: " << PQerrorMessage(a.get()));
+        }
+    }
+    p.stop();
+    std::map<std::string, std::vector<nlohmann::json>> records;
+    for (const auto& r : read_audit(audit).records)
+        if (text(r, "event") == "statement")
+            records[text(r, "application_name")].push_back(r);
+    for (const auto& [tag, cases] : sessions) {
+        // Each statement's records, then its probe's.
+        const auto& recs = records[tag];
+        size_t at = 0;
+        for (const auto* rc : cases) {
+            const std::string what = tag + " line " + std::to_string(rc->line) + " (" + rc->sql + ")";
+            size_t mains = 0;
+            for (; at < recs.size(); ++at) {
+                const auto& r = recs[at];
+                const std::string port = text(r, "upstream_port");
+                if (text(r, "statement") == "SELECT 1 AS followup") {
+                    const std::string want = rc->where == "pin" ? primary : standby;
+                    BOOST_CHECK_MESSAGE(port == want, what << ": the statement after it ran on " << port << ", not "
+                                                           << want << (rc->where == "pin" ? " (not pinned)" : " (pinned)"));
+                    ++at;
+                    break;
+                }
+                ++mains;
+                const std::string want = rc->where == "standby" ? standby : primary;
+                BOOST_CHECK_MESSAGE(port == want,
+                                    what << ": ran on " << port << ", not on the " << rc->where << " " << want);
+                if (rc->where == "standby")
+                    BOOST_CHECK_MESSAGE(text(r, "sqlstate") == "<null>" || text(r, "sqlstate").empty(),
+                                        what << ": failed on the standby: " << text(r, "sqlstate"));
+            }
+            BOOST_CHECK_MESSAGE(mains > 0, what << ": no audit record");
+        }
+    }
 }
 
 BOOST_AUTO_TEST_SUITE_END()
