@@ -20,7 +20,7 @@
 namespace pgw::ipc {
 
 inline constexpr std::uint32_t kTableMagic = 0x50475754;  // "PGWT"
-inline constexpr std::uint32_t kTableVersion = 11;
+inline constexpr std::uint32_t kTableVersion = 12;
 
 enum class SlotState : std::uint32_t {
     Free = 0,
@@ -74,6 +74,8 @@ enum Counter : std::uint32_t {
     kAuthFailuresMd5,
     kAuthFailuresJwt,       // a token that did not verify, or an identity not mapped
     kAuthFailuresRejected,  // a reject rule, no rule, or TLS required
+    kRoutedPrimary,  // read_routing: units run on the primary
+    kRoutedStandby,  // and on a standby
     kCounterCount
 };
 

@@ -322,6 +322,8 @@ bool ReadRouter::begin_unit()
     }
     w_unit_write_ = active_ == kPrimary && !unit_routable(u);
     ++units_routed_[active_];
+    if (hooks_.on_unit)
+        hooks_.on_unit(active_);
     if (u.pins)
         pin("a statement keeps state in the session");
     return true;

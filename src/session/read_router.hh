@@ -52,6 +52,8 @@ public:
         std::function<std::unique_ptr<StandbyLink>()> open_standby;
         // The host that runs the client's statements from now on (audit, slot).
         std::function<void(const RouteHost&, Side)> on_switch;
+        // Every unit, with the host chosen for it (counters).
+        std::function<void(Side)> on_unit;
     };
 
     ReadRouter(RouteHost primary, const policy::FunctionAllowlist& allow, long read_after_write_ms, Hooks hooks);

@@ -818,6 +818,10 @@ ExitCode Session::establish(pool::HeldUpstream& up, bool* reusable)
                   h.where.c_str());
         note_upstream(h.where, h.host, h.port, h.backend_pid);
     };
+    hooks.on_unit = [this](ReadRouter::Side side) {
+        if (ipc::Slot* sl = slot())
+            sl->counters.add(side == ReadRouter::kStandby ? ipc::kRoutedStandby : ipc::kRoutedPrimary, 1);
+    };
     ReadRouter router(primary, policy_ ? policy_->functions : policy::FunctionAllowlist::builtin(),
                       routing_entry_->replicas.read_after_write_ms, std::move(hooks));
     router_ = &router;

@@ -248,7 +248,10 @@ BOOST_AUTO_TEST_CASE(pgbench_reads_run_on_the_standby_in_every_query_mode)
                          o);
     BOOST_REQUIRE_MESSAGE(init.ok(), init.out);
     c.wait_replayed(1);
-    Proxy p("routing-pgbench", routing_options(c));
+    ProxyOptions po = routing_options(c);
+    const int metrics_port = free_port();
+    po.extra_settings += "stats_users = postgres\nmetrics_listen = 127.0.0.1:" + std::to_string(metrics_port) + "\n";
+    Proxy p("routing-pgbench", po);
     wait_roles(p, c);
     auto standby_commits = [&] {
         return std::stoll(c.scalar(1, "SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'"));
@@ -273,6 +276,11 @@ BOOST_AUTO_TEST_CASE(pgbench_reads_run_on_the_standby_in_every_query_mode)
     for (const char* mode : {"simple", "prepared"})
         bench({"-t", "50", "-M", mode});
     BOOST_CHECK_EQUAL(c.scalar(0, "SELECT count(*) FROM pgbench_history"), "200");
+    // The metrics count the units by the role that ran them: at least the 600 reads on the
+    // standby, and the read-write transactions' units on the primary.
+    const std::string body = http_get("http://127.0.0.1:" + std::to_string(metrics_port) + "/metrics").out;
+    BOOST_CHECK_GE(metric(body, "pgwicket_routed_units_total{role=\"standby\"}"), 600);
+    BOOST_CHECK_GE(metric(body, "pgwicket_routed_units_total{role=\"primary\"}"), 200 * 7);
     check_clean_stop(p);
 }
 

@@ -203,4 +203,31 @@ BOOST_AUTO_TEST_CASE(replica_keys_are_cut_out_and_checked)
     }
 }
 
+BOOST_AUTO_TEST_CASE(read_routing_keys_are_cut_out_and_checked)
+{
+    auto s = cfg::split_pool_keys("host=a,b read_routing=auto read_after_write_delay=250ms dbname=x");
+    BOOST_TEST_REQUIRE(s.ok(), (s.ok() ? std::string() : s.error()));
+    BOOST_TEST(s->conninfo == "host=a,b dbname=x");
+    BOOST_TEST(s->replicas.read_routing);
+    BOOST_TEST(s->replicas.read_after_write_ms == 250);
+    s = cfg::split_pool_keys("host=a,b read_routing=auto target_session_attrs=primary read_after_write_delay=0");
+    BOOST_TEST_REQUIRE(s.ok());
+    BOOST_TEST(s->replicas.read_after_write_ms == 0);
+    s = cfg::split_pool_keys("host=a,b read_routing=off");
+    BOOST_TEST_REQUIRE(s.ok());
+    BOOST_TEST(!s->replicas.read_routing);
+    BOOST_TEST(cfg::split_pool_keys("host=a,b").value().replicas.read_after_write_ms == 1000);
+    const std::pair<const char*, const char*> bad[] = {
+        {"read_routing=yes", "not one of auto, off"},
+        {"read_after_write_delay=soon", "not a time"},
+        {"read_routing=auto target_session_attrs=standby", "contradicts it"},
+        {"read_routing=auto pool_mode=session", "does not work with pool_mode"},
+    };
+    for (const auto& [keys, says] : bad) {
+        auto r = cfg::split_pool_keys(std::string("host=a,b ") + keys);
+        BOOST_TEST_REQUIRE(!r.ok(), keys);
+        BOOST_TEST(r.error().find(says) != std::string::npos, keys << ": " << r.error());
+    }
+}
+
 BOOST_AUTO_TEST_SUITE_END()
