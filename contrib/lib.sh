@@ -198,6 +198,14 @@ pgbench_tps()
     fi
 }
 
+# cpu_ticks PID: CPU clock ticks used by a process and its reaped children (utime,
+# stime, cutime, cstime of /proc/PID/stat): for pgwicket's supervisor, its workers'
+# CPU once they have exited.
+cpu_ticks()
+{
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 + $14 + $15 }' "/proc/$1/stat"
+}
+
 # ratio A B: A / B with two decimals, or "-" when either is not a number.
 ratio()
 {

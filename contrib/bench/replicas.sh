@@ -4,8 +4,9 @@
 # pgwicket), and an entry with target_session_attrs=standby that spreads sessions over
 # both standbys (round-robin), with how the transactions spread over the hosts (from
 # each host's pg_stat_database); then the cost of choosing a host per connection
-# (pgbench -C through a multi-host entry vs a one-host entry).
-# Read routing within a session (read_routing) is not built yet: this measures sessions.
+# (pgbench -C through a multi-host entry vs a one-host entry); then read routing: pgbench
+# -S (each session on its own) through a read_routing=auto entry, with the same spread, and
+# pgwicket's CPU per transaction (supervisor and exited workers) with routing on and off.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -62,7 +63,8 @@ PGW_EXTRA_SETTINGS="max_client_conn = 200
 server_check_period = 1" \
     PGW_EXTRA_DATABASES="ro = $hosts target_session_attrs=standby
 rw = $hosts target_session_attrs=primary
-one = host=127.0.0.1 port=${ports[0]} dbname=postgres user=postgres" \
+one = host=127.0.0.1 port=${ports[0]} dbname=postgres user=postgres
+routed = $hosts read_routing=auto" \
     pgw_start "$bin" "$work" "${ports[0]}" "replicas bench" || exit 1
 
 pgbench_init "replicas bench" "${ports[0]}" || exit 1
@@ -119,6 +121,26 @@ echo "replicas bench: pgbench -S -C -c 4 -j 2 (a connection per transaction), $s
 one_c=$(tps "$pgwport" one -C -c 4 -j 2)
 rw_c=$(tps "$pgwport" rw -C -c 4 -j 2)
 
+# per_txn DB ARGS...: "TPS spread... CPU-microseconds-per-transaction" through pgwicket
+# (the workers of the run have exited when their CPU is read).
+per_txn()
+{
+    local db=$1 t0 t1 line tps_
+    shift
+    t0=$(cpu_ticks "$pgw_pid")
+    line=$(spread "$db" "$@")
+    sleep 1
+    t1=$(cpu_ticks "$pgw_pid")
+    tps_=${line%% *}
+    echo "$line $(awk -v d=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v t="$tps_" -v s="$secs" \
+        'BEGIN { printf "%.0f", (t > 0 ? d / hz * 1e6 / (t * s) : 0) }')"
+}
+echo "replicas bench: read routing, pgbench -S -c 8 -j 2 (simple and prepared), $secs s each"
+read -r one_tps _ _ _ one_cpu <<<"$(per_txn one -c 8 -j 2)"
+read -r rt_tps rt_p0 rt_s1 rt_s2 rt_cpu <<<"$(per_txn routed -c 8 -j 2)"
+read -r onep_tps _ _ _ onep_cpu <<<"$(per_txn one -c 8 -j 2 -M prepared)"
+read -r rtp_tps rtp_p0 rtp_s1 rtp_s2 rtp_cpu <<<"$(per_txn routed -c 8 -j 2 -M prepared)"
+
 echo
 printf '%-44s %9s %9s   %s\n' "path" "TPS" "vs direct" "transactions on primary / standby 1 / standby 2"
 printf '%-44s %9s %9s\n' "primary, direct" "$direct" "1.00"
@@ -129,3 +151,12 @@ printf '%-44s %9s %9s   %s %s %s\n' "pgwicket, target_session_attrs=standby" "$r
 echo
 printf '%-44s %9s\n' "pgwicket -C, one-host entry" "$one_c"
 printf '%-44s %9s %9s\n' "pgwicket -C, 3-host entry (primary chosen)" "$rw_c" "$(ratio "$rw_c" "$one_c")"
+echo
+printf '%-44s %9s %9s %12s   %s\n' "read routing (pgbench -S -c 8)" "TPS" "vs direct" "pgw us/txn" \
+    "transactions on primary / standby 1 / standby 2"
+printf '%-44s %9s %9s %12s\n' "pgwicket, primary only (simple)" "$one_tps" "$(ratio "$one_tps" "$direct")" "$one_cpu"
+printf '%-44s %9s %9s %12s   %s %s %s\n' "pgwicket, read_routing=auto (simple)" "$rt_tps" "$(ratio "$rt_tps" "$direct")" \
+    "$rt_cpu" "$rt_p0" "$rt_s1" "$rt_s2"
+printf '%-44s %9s %9s %12s\n' "pgwicket, primary only (prepared)" "$onep_tps" "$(ratio "$onep_tps" "$direct")" "$onep_cpu"
+printf '%-44s %9s %9s %12s   %s %s %s\n' "pgwicket, read_routing=auto (prepared)" "$rtp_tps" \
+    "$(ratio "$rtp_tps" "$direct")" "$rtp_cpu" "$rtp_p0" "$rtp_s1" "$rtp_s2"
