@@ -148,6 +148,52 @@ BOOST_AUTO_TEST_CASE(reads_go_to_a_standby_and_everything_else_to_the_primary)
     check_clean_stop(p);
 }
 
+// libpq's pipeline mode: units sent before any answer is read. Each goes where it
+// should, a switch of host waits for the other host's answers, and the answers come back
+// in order; a unit that mixes a write into its reads runs on the primary whole.
+BOOST_AUTO_TEST_CASE(pipelined_units_switch_hosts_in_order)
+{
+    ReplicaCluster c("rr-pipeline", 1);
+    c.exec(0, "CREATE TABLE routed(i int)");
+    c.wait_replayed(1);
+    Proxy p("routing-pipeline", routing_options(c));
+    wait_roles(p, c);
+    const std::string primary = port_str(c, 0), standby = port_str(c, 1);
+
+    Conn a = connect_ok(p.conninfo("app"));
+    BOOST_REQUIRE(PQenterPipelineMode(a.get()));
+    const char* kWrite = "INSERT INTO routed VALUES (1) RETURNING inet_server_port()";
+    // Six units, alternating hosts, then one unit with both.
+    const std::vector<std::pair<std::vector<const char*>, std::string>> units = {
+        {{kPort}, standby},        {{kWrite}, primary}, {{kPort, kPort}, standby},
+        {{kWrite, kWrite}, primary}, {{kPort}, standby}, {{kPort}, standby},
+        {{kPort, kWrite, kPort}, primary},
+    };
+    for (const auto& [statements, where] : units) {
+        for (const char* sql : statements)
+            BOOST_REQUIRE(PQsendQueryParams(a.get(), sql, 0, nullptr, nullptr, nullptr, nullptr, 0));
+        BOOST_REQUIRE(PQpipelineSync(a.get()));
+    }
+    int n = 0;
+    for (const auto& [statements, where] : units) {
+        for (size_t i = 0; i < statements.size(); ++i) {
+            Result r(PQgetResult(a.get()));
+            BOOST_REQUIRE_MESSAGE(PQresultStatus(r.get()) == PGRES_TUPLES_OK, "unit " << n << ": " << PQerrorMessage(a.get()));
+            BOOST_CHECK_MESSAGE(PQgetvalue(r.get(), 0, 0) == where,
+                                "unit " << n << " statement " << i << " ran on " << PQgetvalue(r.get(), 0, 0));
+            Result end(PQgetResult(a.get()));  // the null after each statement's result
+            BOOST_CHECK(!end);
+        }
+        Result sync(PQgetResult(a.get()));
+        BOOST_CHECK_EQUAL(PQresultStatus(sync.get()), PGRES_PIPELINE_SYNC);
+        ++n;
+    }
+    BOOST_REQUIRE(PQexitPipelineMode(a.get()));
+    BOOST_CHECK_EQUAL(c.scalar(0, "SELECT count(*) FROM routed"), "4");
+    BOOST_CHECK_EQUAL(scalar(a.get(), kPort), standby);
+    check_clean_stop(p);
+}
+
 BOOST_AUTO_TEST_CASE(session_state_pins_and_reads_follow_own_writes)
 {
     ReplicaCluster c("rr-pins", 1);
