@@ -196,6 +196,7 @@ void Console::show_hosts()
     const auto* h = s_.table.header();
     const std::uint32_t n = std::min(h->host_rows.load(std::memory_order_acquire), ipc::kHostRows);
     const std::int64_t now = ipc::wall_clock_ms(), mono = health::monotonic_ms();
+    const std::vector<std::uint32_t> sessions = health::sessions_by_host(s_.table);
     for (std::uint32_t i = 0; i < n; ++i) {
         const health::HostView v = health::read_host(*h, i);
         char checked[32] = "", lag[32];
@@ -206,10 +207,10 @@ void Console::show_hosts()
                         std::to_string(v.lag_bytes), lag, checked,
                         std::to_string(v.checks), std::to_string(v.failures), std::to_string(v.role_gen),
                         v.banned_until_ms > mono ? std::to_string((v.banned_until_ms - mono + 999) / 1000) : "0",
-                        v.error});
+                        std::to_string(i < sessions.size() ? sessions[i] : 0), v.error});
     }
     result({"host", "port", "state", "role", "lag_bytes", "lag_s", "checked_s_ago", "checks", "failures",
-            "role_changes", "banned_s", "last_error"},
+            "role_changes", "banned_s", "sessions", "last_error"},
            rows, "SHOW");
 }
 

@@ -107,8 +107,12 @@ void add_pools(const ipc::TableHeader& h, std::vector<Family>& out)
 }
 
 // The health checker's hosts: one sample per host:port.
-void add_hosts(const ipc::TableHeader& h, std::vector<Family>& out)
+void add_hosts(const ipc::SessionTable& t, std::vector<Family>& out)
 {
+    const ipc::TableHeader& h = *t.header();
+    const std::vector<std::uint32_t> sessions = health::sessions_by_host(t);
+    Family connected = family("pgwicket_host_sessions", "gauge",
+                              "Sessions connected to the host now (their upstream or read-routing standby connection).");
     Family up = family("pgwicket_host_up", "gauge", "1 when the health checker's last check of the host succeeded.");
     Family primary = family("pgwicket_host_primary", "gauge", "1 when the host was a primary at its last check.");
     Family lag_bytes = family("pgwicket_host_replication_lag_bytes", "gauge",
@@ -128,8 +132,9 @@ void add_hosts(const ipc::TableHeader& h, std::vector<Family>& out)
         add(lag_s, labels, double(v.lag_ms) / 1000.0);
         add(changes, labels, v.role_gen);
         add(failures, labels, double(v.failures));
+        add(connected, labels, i < sessions.size() ? double(sessions[i]) : 0);
     }
-    for (Family* f : {&up, &primary, &lag_bytes, &lag_s, &changes, &failures})
+    for (Family* f : {&up, &primary, &lag_bytes, &lag_s, &changes, &failures, &connected})
         out.push_back(std::move(*f));
 }
 
@@ -325,7 +330,7 @@ std::vector<Family> collect(const ipc::SessionTable& table)
     out.push_back(reloads);
 
     add_pools(*table.header(), out);
-    add_hosts(*table.header(), out);
+    add_hosts(table, out);
     add_jwks(table.header()->jwks, out);
     return out;
 }

@@ -28,7 +28,7 @@ struct PoolSettings {
 // pgwicket's keys for an entry of several hosts (host=a,b,c): how a host is chosen
 // among those that fit the entry's target_session_attrs (which stays in the string:
 // libpq checks it again on the host chosen).
-enum class LoadBalance { RoundRobin, Random, InOrder };
+enum class LoadBalance { RoundRobin, Random, InOrder, LeastConnections };
 
 struct ReplicaSettings {
     LoadBalance load_balance = LoadBalance::RoundRobin;

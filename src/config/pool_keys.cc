@@ -136,8 +136,11 @@ Status set_replica_key(ReplicaSettings& r, const std::string& name, const std::s
             r.load_balance = LoadBalance::Random;
         else if (value == "in-order")
             r.load_balance = LoadBalance::InOrder;
+        else if (value == "least-connections")
+            r.load_balance = LoadBalance::LeastConnections;
         else
-            return Error{"load_balance \"" + value + "\" is not one of round-robin, random, in-order"};
+            return Error{"load_balance \"" + value +
+                         "\" is not one of round-robin, random, in-order, least-connections"};
         return ok_status();
     }
     if (name == "read_routing") {

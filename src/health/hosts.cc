@@ -34,12 +34,16 @@ const std::string* param(const std::vector<std::pair<std::string, std::string>>&
 }
 
 // Round-robin turns the group by the counter; random draws a rotation and a stride.
-void balance(std::vector<std::size_t>& group, config::LoadBalance how, std::uint64_t counter, std::uint64_t random)
+void balance(std::vector<std::size_t>& group, config::LoadBalance how, std::uint64_t counter, std::uint64_t random,
+             const std::vector<Candidate>& hosts)
 {
     if (group.size() < 2 || how == config::LoadBalance::InOrder)
         return;
-    const std::uint64_t turn = how == config::LoadBalance::RoundRobin ? counter : random;
+    const std::uint64_t turn = how == config::LoadBalance::Random ? random : counter;
     std::rotate(group.begin(), group.begin() + std::ptrdiff_t(turn % group.size()), group.end());
+    if (how == config::LoadBalance::LeastConnections)
+        std::stable_sort(group.begin(), group.end(),
+                         [&hosts](std::size_t a, std::size_t b) { return hosts[a].sessions < hosts[b].sessions; });
 }
 
 } // namespace
@@ -269,8 +273,8 @@ Choice choose_hosts(const std::vector<Candidate>& hosts, Target target, const co
         else
             first.push_back(i);
     }
-    balance(first, r.load_balance, counter, random);
-    balance(then, r.load_balance, counter, random);
+    balance(first, r.load_balance, counter, random, hosts);
+    balance(then, r.load_balance, counter, random, hosts);
     c.order = first;
     c.order.insert(c.order.end(), then.begin(), then.end());
     c.order.insert(c.order.end(), unknown.begin(), unknown.end());
@@ -298,7 +302,8 @@ Choice choose_hosts(const std::vector<Candidate>& hosts, Target target, const co
     return c;
 }
 
-Attempts plan_connection(const Params& params, const config::ReplicaSettings& r, ipc::TableHeader& h)
+Attempts plan_connection(const Params& params, const config::ReplicaSettings& r, ipc::TableHeader& h,
+                         const std::vector<std::uint32_t>* sessions)
 {
     Attempts a;
     const std::string* tsa = param(params, "target_session_attrs");
@@ -315,6 +320,8 @@ Attempts plan_connection(const Params& params, const config::ReplicaSettings& r,
         if (rows[i] >= 0) {
             candidates[i].listed = true;
             candidates[i].view = read_host(h, std::uint32_t(rows[i]));
+            if (sessions && size_t(rows[i]) < sessions->size())
+                candidates[i].sessions = (*sessions)[size_t(rows[i])];
         }
     }
     const std::uint64_t counter = h.balance_counter.fetch_add(1, std::memory_order_relaxed);
@@ -359,6 +366,34 @@ HostWatch watch_of(const ipc::TableHeader& h, Target target, const char* host, c
         w.role_gen = h.hosts[w.row].role_gen.load(std::memory_order_acquire);
     w.label = std::string(host) + ":" + port;
     return w;
+}
+
+std::vector<std::uint32_t> sessions_by_host(const ipc::SessionTable& t)
+{
+    std::vector<std::uint32_t> out(std::min(t.header()->host_rows.load(std::memory_order_acquire), ipc::kHostRows));
+    if (out.empty())
+        return out;
+    for (std::uint32_t i = 0; i < t.capacity(); ++i) {
+        const ipc::Slot& s = t.slot(i);
+        if (s.owner_pid.load(std::memory_order_relaxed) == 0)
+            continue;
+        for (const auto& row : s.host_rows) {
+            const std::uint32_t r = row.load(std::memory_order_relaxed);
+            if (r > 0 && r <= out.size())
+                ++out[r - 1];
+        }
+    }
+    return out;
+}
+
+void note_session_host(const ipc::TableHeader& h, ipc::Slot* slot, int which, const char* host, const char* port)
+{
+    if (!slot)
+        return;
+    int row = -1;
+    if (host && port && h.host_rows.load(std::memory_order_acquire) > 0)
+        row = find_host(h, host, unsigned(std::strtoul(port, nullptr, 10)));
+    slot->host_rows[which].store(std::uint32_t(row + 1), std::memory_order_relaxed);
 }
 
 bool role_changed(const ipc::TableHeader& h, const HostWatch& w, ipc::HostRole* now_role)

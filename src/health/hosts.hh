@@ -65,6 +65,7 @@ bool role_fits(Target t, ipc::HostRole role);
 struct Candidate {
     bool listed = false;  // the checker has a row for it (else: nothing known)
     HostView view;
+    std::uint32_t sessions = 0;  // sessions connected to it now (least-connections)
 };
 
 struct Choice {
@@ -79,7 +80,7 @@ struct Choice {
 // The hosts that fit `target`: up (or not yet checked), not banned, and standbys
 // within the lag limits; prefer-standby puts primaries after every fitting standby.
 // Within a group, load_balance orders them: round-robin from `counter`, random from
-// `random`, or as written.
+// `random`, as written, or fewest sessions first (ties in turn from `counter`).
 Choice choose_hosts(const std::vector<Candidate>& hosts, Target target, const config::ReplicaSettings& r,
                     std::int64_t now_ms, std::uint64_t counter, std::uint64_t random);
 
@@ -100,7 +101,15 @@ struct Attempts {
     std::string why_none;
     Target target = Target::Any;
 };
-Attempts plan_connection(const Params& params, const config::ReplicaSettings& r, ipc::TableHeader& h);
+// `sessions` (least-connections only): sessions per host row, from sessions_by_host.
+Attempts plan_connection(const Params& params, const config::ReplicaSettings& r, ipc::TableHeader& h,
+                         const std::vector<std::uint32_t>* sessions = nullptr);
+
+// Sessions per host row: each live slot's upstream and standby connections.
+std::vector<std::uint32_t> sessions_by_host(const ipc::SessionTable& t);
+// The slot's connection `which` (0: its upstream, 1: its read-routing standby) goes to
+// host:port now (a host without a row: none), or to no host (host null).
+void note_session_host(const ipc::TableHeader& h, ipc::Slot* slot, int which, const char* host, const char* port);
 
 // What a session remembers of its upstream host, to end when the host changes role
 // (failover): the row and its role_gen at connect time.

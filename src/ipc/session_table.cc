@@ -236,6 +236,8 @@ void SessionTable::release(std::uint32_t index) const
     s.owner_pid.store(0, std::memory_order_relaxed);
     s.secret_len.store(0, std::memory_order_relaxed);
     s.backend_pid.store(0, std::memory_order_relaxed);
+    for (auto& row : s.host_rows)
+        row.store(0, std::memory_order_relaxed);
     // New generation, cancel sequence back to 0: a cancel that matched the old
     // session's key and races with this store fails its compare-and-swap.
     std::uint64_t old = s.gen_cancel.load(std::memory_order_relaxed);

@@ -118,6 +118,9 @@ struct alignas(64) Slot {
     // Set by the admin console's KILL before it sends SIGTERM, so the owner can
     // tell the client who ended the session.
     std::atomic<std::uint32_t> kill_requested;
+    // The host rows (index + 1; 0: none) of the session's upstream connection and, with
+    // read routing, of its standby connection: SHOW HOSTS' sessions, least-connections.
+    std::atomic<std::uint32_t> host_rows[2];
     Counters counters;
 };
 

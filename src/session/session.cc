@@ -54,11 +54,13 @@ struct PgCancelDeleter {
 // read_routing: the session's standby connection, as the router uses it.
 class SessionStandby final : public StandbyLink {
 public:
-    SessionStandby(pool::HeldUpstream up, const ipc::TableHeader& table, int row, const config::ReplicaSettings& r)
+    SessionStandby(pool::HeldUpstream up, const ipc::TableHeader& table, ipc::Slot* slot, int row,
+                   const config::ReplicaSettings& r)
         : held_(std::move(up)), transport_(held_.transport()), cancel_(PQgetCancel(held_.conn.get())), table_(table),
-          row_(row), replicas_(r)
+          slot_(slot), row_(row), replicas_(r)
     {
         PGconn* c = held_.conn.get();
+        health::note_session_host(table, slot, 1, PQhost(c), PQport(c));
         watch_ = health::watch_of(table, health::Target::Standby, PQhost(c), PQport(c));
         route.transport = transport_.get();
         route.cancel = cancel_.get();
@@ -67,6 +69,9 @@ public:
         route.port = PQport(c) ? PQport(c) : "";
         route.backend_pid = held_.backend_pid;
     }
+    ~SessionStandby() override { health::note_session_host(table_, slot_, 1, nullptr, nullptr); }
+    SessionStandby(const SessionStandby&) = delete;
+    SessionStandby& operator=(const SessionStandby&) = delete;
     bool fits() override
     {
         if (health::role_changed(table_, watch_, nullptr))
@@ -83,6 +88,7 @@ private:
     std::unique_ptr<upstream::Transport> transport_;
     std::unique_ptr<PGcancel, PgCancelDeleter> cancel_;
     const ipc::TableHeader& table_;
+    ipc::Slot* slot_;
     int row_;
     config::ReplicaSettings replicas_;
     health::HostWatch watch_;
@@ -300,6 +306,12 @@ private:
     upstream::Params routing_params_;
     ReadRouter* router_ = nullptr;
     std::unique_ptr<StandbyLink> open_standby();
+    // Sessions per host row, for least-connections (empty otherwise: no scan of the slots).
+    std::vector<std::uint32_t> sessions_for(const config::ReplicaSettings& r) const
+    {
+        return r.load_balance == config::LoadBalance::LeastConnections ? health::sessions_by_host(table_)
+                                                                       : std::vector<std::uint32_t>{};
+    }
 };
 
 std::variant<protocol::StartupMessage, ExitCode> Session::read_startup()
@@ -549,7 +561,9 @@ ExitCode Session::proceed(const Login& login, const protocol::StartupMessage& st
     }
     // The hosts to try, from what the health checker last saw (multi-host entries).
     ban_seconds_ = entry->replicas.ban_time >= 0 ? entry->replicas.ban_time : cfg_.ban_time;
-    health::Attempts plan = health::plan_connection(*params, entry->replicas, *table_.header());
+    const auto sessions = sessions_for(entry->replicas);
+    health::Attempts plan = health::plan_connection(*params, entry->replicas, *table_.header(),
+                                                    sessions.empty() ? nullptr : &sessions);
     target_ = plan.target;
     if (plan.tries.empty()) {
         log_info("refused: %s", plan.why_none.c_str());
@@ -786,6 +800,7 @@ ExitCode Session::establish(pool::HeldUpstream& up, bool* reusable)
     }
     note_upstream(up.where, str_or_empty(PQhost(up.conn.get())), str_or_empty(PQport(up.conn.get())),
                   up.backend_pid);
+    health::note_session_host(*table_.header(), slot(), 0, PQhost(up.conn.get()), PQport(up.conn.get()));
     if (auto refused = audit_session_start())
         return *refused;
     greeting.raw(protocol::ready_for_query(status));
@@ -837,7 +852,9 @@ ExitCode Session::establish(pool::HeldUpstream& up, bool* reusable)
 // with target_session_attrs=standby would be; null when none can be had now.
 std::unique_ptr<StandbyLink> Session::open_standby()
 {
-    health::Attempts plan = health::plan_connection(routing_params_, routing_entry_->replicas, *table_.header());
+    const auto sessions = sessions_for(routing_entry_->replicas);
+    health::Attempts plan = health::plan_connection(routing_params_, routing_entry_->replicas, *table_.header(),
+                                                    sessions.empty() ? nullptr : &sessions);
     if (plan.tries.empty()) {
         log_debug("read routing: reads go to the primary: %s", plan.why_none.c_str());
         return nullptr;
@@ -857,7 +874,7 @@ std::unique_ptr<StandbyLink> Session::open_standby()
         }
         log_info("read routing: connected to standby (%s), backend pid %d%s", where.c_str(), PQbackendPID(c->get()),
                  PQsslInUse(c->get()) ? ", TLS" : "");
-        return std::make_unique<SessionStandby>(pool::hold(std::move(*c), "", where), *table_.header(), t.row,
+        return std::make_unique<SessionStandby>(pool::hold(std::move(*c), "", where), *table_.header(), slot(), t.row,
                                                 routing_entry_->replicas);
     }
     return nullptr;

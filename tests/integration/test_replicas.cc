@@ -26,7 +26,8 @@ ProxyOptions replica_options(const ReplicaCluster& c, const std::string& extra_k
                         "ro = " + hosts + "target_session_attrs=standby " + extra_keys + "\n" +
                         "pref = " + hosts + "target_session_attrs=prefer-standby " + extra_keys + "\n" +
                         "pooledro = " + hosts + "target_session_attrs=standby pool_mode=session pool_size=2 " +
-                        extra_keys + "\n";
+                        extra_keys + "\n" + "least = " + hosts +
+                        "target_session_attrs=standby load_balance=least-connections " + extra_keys + "\n";
     o.extra_settings = "server_check_period = 1\nban_time = 2\nadmin_users = postgres\n";
     return o;
 }
@@ -102,6 +103,27 @@ BOOST_AUTO_TEST_CASE(sessions_go_to_hosts_of_their_role_and_skip_stopped_ones)
         backends.insert(scalar(a.get(), "SELECT inet_server_port() || '/' || pg_backend_pid()"));
     }
     BOOST_CHECK_MESSAGE(backends.size() <= 4u, "8 pooled sessions used " << backends.size() << " backends");
+
+    // least-connections: a new session goes to the standby with fewer sessions now
+    // (held ones: a session that has just ended may not be counted out yet).
+    BOOST_REQUIRE_MESSAGE(wait_for([&] {
+                              auto h = hosts(p);
+                              return h[s1]["sessions"] == "0" && h[s2]["sessions"] == "0";
+                          }),
+                          "sessions of earlier connections are still counted");
+    {
+        std::vector<Conn> held;
+        std::vector<std::string> on;
+        for (int i = 0; i < 4; ++i) {
+            held.push_back(connect_ok(p.conninfo("least")));
+            on.push_back(scalar(held.back().get(), "SELECT inet_server_port()"));
+        }
+        BOOST_CHECK_NE(on[0], on[1]);
+        BOOST_CHECK_NE(on[2], on[3]);
+        auto h = hosts(p);
+        BOOST_CHECK_EQUAL(h[s1]["sessions"], "2");
+        BOOST_CHECK_EQUAL(h[s2]["sessions"], "2");
+    }
 
     // A standby stops: within a check period, no session goes to it.
     c.stop(1);

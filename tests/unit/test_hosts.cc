@@ -86,6 +86,30 @@ BOOST_AUTO_TEST_CASE(round_robin_turns_within_the_role)
     BOOST_TEST(order(hosts, health::Target::PreferStandby, {}, 1) == (V{2, 1, 0}));
 }
 
+BOOST_AUTO_TEST_CASE(least_connections_picks_the_host_with_fewest_sessions)
+{
+    std::vector<health::Candidate> hosts = {host(kUp, kPrimary), host(kUp, kStandby), host(kUp, kStandby),
+                                            host(kUp, kStandby)};
+    hosts[0].sessions = 0;  // the primary: another role, whatever its count
+    hosts[1].sessions = 5;
+    hosts[2].sessions = 1;
+    hosts[3].sessions = 3;
+    cfg::ReplicaSettings r;
+    r.load_balance = cfg::LoadBalance::LeastConnections;
+    BOOST_TEST(order(hosts, health::Target::Standby, r, 0) == (V{2, 3, 1}));
+    BOOST_TEST(order(hosts, health::Target::Standby, r, 7) == (V{2, 3, 1}));
+    // Equal counts take turns, as round-robin does.
+    hosts[1].sessions = hosts[2].sessions = hosts[3].sessions = 2;
+    BOOST_TEST(order(hosts, health::Target::Standby, r, 0) == (V{1, 2, 3}));
+    BOOST_TEST(order(hosts, health::Target::Standby, r, 1) == (V{2, 3, 1}));
+    // prefer-standby: the primary still comes after every fitting standby.
+    hosts[0].sessions = 0;
+    BOOST_TEST(order(hosts, health::Target::PreferStandby, r, 0).back() == 0u);
+    auto parsed = cfg::split_pool_keys("host=a,b load_balance=least-connections");
+    BOOST_TEST_REQUIRE(parsed.ok());
+    BOOST_TEST((parsed->replicas.load_balance == cfg::LoadBalance::LeastConnections));
+}
+
 BOOST_AUTO_TEST_CASE(down_banned_and_lagging_hosts_are_passed_over_and_named)
 {
     cfg::ReplicaSettings r;
@@ -196,7 +220,7 @@ BOOST_AUTO_TEST_CASE(replica_keys_are_cut_out_and_checked)
     s = cfg::split_pool_keys("host=a,b max_replica_lag=500ms ban_time=1min");
     BOOST_TEST(s->replicas.max_lag_ms == 500);
     BOOST_TEST(s->replicas.ban_time == 60);
-    for (const char* bad : {"load_balance=least-busy", "max_replica_lag=ten", "max_replica_lag=5 seconds",
+    for (const char* bad : {"load_balance=least-busy", "load_balance=least_connections", "max_replica_lag=ten", "max_replica_lag=5 seconds",
                             "ban_time=-1", "ban_time=100000"}) {
         auto r = cfg::split_pool_keys(std::string("host=a,b ") + bad);
         BOOST_TEST(!r.ok(), bad);
