@@ -4,6 +4,7 @@
 // bound to a host that changed role.
 #include "cluster.hh"
 #include "harness.hh"
+#include "tls_fixtures.hh"
 
 #include <boost/test/unit_test.hpp>
 
@@ -146,6 +147,54 @@ BOOST_AUTO_TEST_CASE(sessions_go_to_hosts_of_their_role_and_skip_stopped_ones)
     c.start(2);
     BOOST_CHECK_MESSAGE(wait_for([&] { return ports_of(p, "ro", 6) == std::set<std::string>{s1, s2}; }, 30000),
                         p.log_tail());
+    check_clean_stop(p);
+}
+
+// Hosts reached through TLS (sslmode=verify-full) are checked through TLS too, and read
+// routing's standby connection is TLS like the session's own; an entry whose CA does not
+// verify the hosts' certificates gets a client error saying so (last: its failure bans the
+// host for ban_time).
+BOOST_AUTO_TEST_CASE(tls_hosts_are_checked_and_routed_through_tls)
+{
+    const TlsFiles& tls = tls_files();
+    ReplicaCluster c("tls-hosts", 1,
+                     "ssl = on\nssl_cert_file = '" + tls.server_cert + "'\nssl_key_file = '" + tls.server_key + "'\n");
+    const std::string all = "host=" + c.hosts() + " port=" + c.ports() + " dbname=postgres user=postgres ";
+    ProxyOptions o;
+    // Long lines go on indented continuation lines.
+    const std::string verify = "\n    sslmode=verify-full sslrootcert=";
+    o.extra_databases = "tlsro = " + all + verify + tls.ca_cert + " target_session_attrs=standby\n" +
+                        "tlsrouted = " + all + verify + tls.ca_cert + " read_routing=auto\n" + "wrongca = " + all +
+                        verify + tls.other_ca_cert + " target_session_attrs=standby\n";
+    o.extra_settings = "server_check_period = 1\nadmin_users = postgres\n";
+    Proxy p("replicas-tls", o);
+    const std::string primary = port_str(c, 0), standby = port_str(c, 1);
+    BOOST_REQUIRE_MESSAGE(wait_for([&] {
+                              auto h = hosts(p);
+                              return h[primary]["role"] == "primary" && h[standby]["role"] == "standby";
+                          }),
+                          p.log_tail());
+    // The checker's own connections to both hosts use TLS.
+    for (int node : {0, 1})
+        BOOST_CHECK_EQUAL(c.scalar(node, "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a "
+                                         "USING (pid) WHERE a.application_name LIKE '%health check'"),
+                          "t");
+    const char* own_tls = "SELECT inet_server_port() || ' ' || ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    {
+        Conn a = connect_ok(p.conninfo("tlsro"));
+        BOOST_CHECK_EQUAL(scalar(a.get(), own_tls), standby + " true");
+    }
+    {
+        Conn a = connect_ok(p.conninfo("tlsrouted"));
+        BOOST_CHECK_EQUAL(scalar(a.get(), own_tls), standby + " true");
+        // txid_current() is not read-only: the primary, over TLS as well.
+        BOOST_CHECK_EQUAL(scalar(a.get(), std::string(own_tls) + " AND txid_current() > 0"), primary + " true");
+    }
+    // A certificate that does not verify: the client is told why.
+    Conn bad = connect(p.conninfo("wrongca"));
+    BOOST_CHECK_NE(PQstatus(bad.get()), CONNECTION_OK);
+    BOOST_CHECK_MESSAGE(std::string(PQerrorMessage(bad.get())).find("certificate verify failed") != std::string::npos,
+                        PQerrorMessage(bad.get()));
     check_clean_stop(p);
 }
 
