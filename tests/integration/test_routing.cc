@@ -46,6 +46,30 @@ void wait_roles(Proxy& p, const ReplicaCluster& c)
 
 std::string port_str(const ReplicaCluster& c, int node) { return std::to_string(c.port(node)); }
 
+// A primary and one standby (`setup` run on the primary and replayed first), and a
+// pgwicket with the routing entries (`settings` added to [pgwicket]) that knows their roles.
+struct Routed {
+    explicit Routed(const std::string& name, const std::string& setup = "", const std::string& settings = "")
+        : c("rr-" + name, 1), p("routing-" + name, options(c, setup, settings)), primary(port_str(c, 0)),
+          standby(port_str(c, 1))
+    {
+        wait_roles(p, c);
+    }
+    static ProxyOptions options(ReplicaCluster& c, const std::string& setup, const std::string& settings)
+    {
+        if (!setup.empty()) {
+            c.exec(0, setup);
+            c.wait_replayed(1);
+        }
+        ProxyOptions o = routing_options(c);
+        o.extra_settings += settings;
+        return o;
+    }
+    ReplicaCluster c;
+    Proxy p;
+    const std::string primary, standby;
+};
+
 // The server port through the extended protocol (Parse/Bind/Execute/Sync, unnamed).
 std::string port_extended(PGconn* c)
 {
@@ -82,12 +106,9 @@ BOOST_AUTO_TEST_SUITE(routing)
 
 BOOST_AUTO_TEST_CASE(reads_go_to_a_standby_and_everything_else_to_the_primary)
 {
-    ReplicaCluster c("rr-basic", 1);
-    c.exec(0, "CREATE TABLE routed(i int); CREATE SEQUENCE routed_seq");
-    c.wait_replayed(1);
-    Proxy p("routing-basic", routing_options(c));
-    wait_roles(p, c);
-    const std::string primary = port_str(c, 0), standby = port_str(c, 1);
+    Routed cluster("basic", "CREATE TABLE routed(i int); CREATE SEQUENCE routed_seq");
+    Proxy& p = cluster.p;
+    const std::string &primary = cluster.primary, &standby = cluster.standby;
 
     Conn a = connect_ok(p.conninfo("app"));
     // The session's own connection is the primary's: the greeting's backend pid is its.
@@ -153,12 +174,10 @@ BOOST_AUTO_TEST_CASE(reads_go_to_a_standby_and_everything_else_to_the_primary)
 // in order; a unit that mixes a write into its reads runs on the primary whole.
 BOOST_AUTO_TEST_CASE(pipelined_units_switch_hosts_in_order)
 {
-    ReplicaCluster c("rr-pipeline", 1);
-    c.exec(0, "CREATE TABLE routed(i int)");
-    c.wait_replayed(1);
-    Proxy p("routing-pipeline", routing_options(c));
-    wait_roles(p, c);
-    const std::string primary = port_str(c, 0), standby = port_str(c, 1);
+    Routed cluster("pipeline", "CREATE TABLE routed(i int)");
+    ReplicaCluster& c = cluster.c;
+    Proxy& p = cluster.p;
+    const std::string &primary = cluster.primary, &standby = cluster.standby;
 
     Conn a = connect_ok(p.conninfo("app"));
     BOOST_REQUIRE(PQenterPipelineMode(a.get()));
@@ -196,12 +215,9 @@ BOOST_AUTO_TEST_CASE(pipelined_units_switch_hosts_in_order)
 
 BOOST_AUTO_TEST_CASE(session_state_pins_and_reads_follow_own_writes)
 {
-    ReplicaCluster c("rr-pins", 1);
-    c.exec(0, "CREATE TABLE routed(i int)");
-    c.wait_replayed(1);
-    Proxy p("routing-pins", routing_options(c));
-    wait_roles(p, c);
-    const std::string primary = port_str(c, 0), standby = port_str(c, 1);
+    Routed cluster("pins", "CREATE TABLE routed(i int)");
+    Proxy& p = cluster.p;
+    const std::string &primary = cluster.primary, &standby = cluster.standby;
 
     // Each of these leaves state that only the primary would hold.
     const char* pinning[] = {
@@ -246,10 +262,10 @@ BOOST_AUTO_TEST_CASE(session_state_pins_and_reads_follow_own_writes)
 
 BOOST_AUTO_TEST_CASE(cancel_reaches_the_standby_and_a_lost_standby_sends_reads_to_the_primary)
 {
-    ReplicaCluster c("rr-cancel", 1);
-    Proxy p("routing-cancel", routing_options(c));
-    wait_roles(p, c);
-    const std::string primary = port_str(c, 0), standby = port_str(c, 1);
+    Routed cluster("cancel");
+    ReplicaCluster& c = cluster.c;
+    Proxy& p = cluster.p;
+    const std::string &primary = cluster.primary, &standby = cluster.standby;
 
     Conn a = connect_ok(p.conninfo("app"));
     BOOST_CHECK_EQUAL(scalar(a.get(), kPort), standby);
@@ -335,22 +351,19 @@ BOOST_AUTO_TEST_CASE(pgbench_reads_run_on_the_standby_in_every_query_mode)
 // statement after it shows whether it pinned the session.
 BOOST_AUTO_TEST_CASE(the_corpus_runs_where_it_should_in_both_protocols)
 {
-    ReplicaCluster c("rr-corpus", 1);
-    c.exec(0, "CREATE TABLE t(id int, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, '12'); "
-              "CREATE TABLE u(id int); INSERT INTO u VALUES (1), (2); CREATE TABLE t2(i int); "
-              "CREATE VIEW v_t AS SELECT * FROM t; CREATE MATERIALIZED VIEW mv_t AS SELECT id FROM t; "
-              "CREATE SEQUENCE s; "
-              "CREATE FUNCTION f_vol() RETURNS int VOLATILE LANGUAGE sql AS 'SELECT 1'; "
-              "CREATE FUNCTION f_ro(int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT $1'; "
-              "CREATE PROCEDURE p_noop() LANGUAGE plpgsql AS $$BEGIN END$$");
-    c.wait_replayed(1);
-    ProxyOptions o = routing_options(c);
     const std::string audit = env().tmpdir + "/routing-corpus-audit.jsonl";
     std::remove(audit.c_str());
-    o.extra_settings += "audit_file = " + audit + "\naudit_statement_text = full\n";
-    Proxy p("routing-corpus", o);
-    wait_roles(p, c);
-    const std::string primary = port_str(c, 0), standby = port_str(c, 1);
+    Routed cluster("corpus",
+             "CREATE TABLE t(id int, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, '12'); "
+             "CREATE TABLE u(id int); INSERT INTO u VALUES (1), (2); CREATE TABLE t2(i int); "
+             "CREATE VIEW v_t AS SELECT * FROM t; CREATE MATERIALIZED VIEW mv_t AS SELECT id FROM t; "
+             "CREATE SEQUENCE s; "
+             "CREATE FUNCTION f_vol() RETURNS int VOLATILE LANGUAGE sql AS 'SELECT 1'; "
+             "CREATE FUNCTION f_ro(int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT $1'; "
+             "CREATE PROCEDURE p_noop() LANGUAGE plpgsql AS $$BEGIN END$$",
+             "audit_file = " + audit + "\naudit_statement_text = full\n");
+    Proxy& p = cluster.p;
+    const std::string &primary = cluster.primary, &standby = cluster.standby;
 
     // Statements that leave no state share a session per protocol (each followed by a
     // probe); each pinning one gets a session of its own.
