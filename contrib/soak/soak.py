@@ -32,7 +32,7 @@ JWT_USER = "soakjwt"
 ROW_CAP = 1000
 
 MARKER = re.compile(r"soak:c(\d+):s(\d+):q(\d+)")
-PGB_SIMPLE = re.compile(r"soak:pgb \*/ (\d+)::int AS run, (\d+)::int AS client, (\d+)::int AS seq")
+PGB_SIMPLE = re.compile(r"soak-pgb \*/ (\d+)::int AS run, (\d+)::int AS client, (\d+)::int AS seq")
 
 
 def b64u(data):
@@ -148,12 +148,21 @@ class Soak:
 
     def add_fault(self, kind, start, end, scope, victims=(), detail=""):
         """scope: "all" touches every session alive in [start, end + 1 s]; "pid" touches the
-        victims (application names) and any session that began within a second of it."""
-        f = {"kind": kind, "start": start - self.t0, "end": end - self.t0, "scope": scope,
-             "victims": sorted(set(victims)), "detail": detail}
+        victims (application names) and any session that began within a second of it; "none"
+        touches nothing. A fault is listed from its start (end None: still going on)."""
+        f = {"kind": kind, "start": start - self.t0, "end": None if end is None else end - self.t0,
+             "scope": scope, "victims": sorted(set(victims)), "detail": detail}
         with self.lock:
             self.faults.append(f)
-        self.log("fault %-20s %5.1fs %s%s", kind, end - start, detail,
+        if end is not None:
+            self.fault_done(f)
+        return f
+
+    def fault_done(self, f, detail=None):
+        f["end"] = self.now()
+        if detail is not None:
+            f["detail"] = detail
+        self.log("fault %-20s %5.1fs %s%s", f["kind"], f["end"] - f["start"], f["detail"],
                  (" victims=" + ",".join(f["victims"])) if f["victims"] else "")
 
 
@@ -384,7 +393,7 @@ def sql_client(soak, client):
 
 PGBENCH_SCRIPT = """\\set aid random(1, 100000)
 \\set seq :seq + 1
-SELECT /* soak:pgb */ :run::int AS run, :client_id::int AS client, :seq::int AS seq, abalance FROM pgbench_accounts WHERE aid = :aid;
+SELECT /* soak-pgb */ :run::int AS run, :client_id::int AS client, :seq::int AS seq, abalance FROM pgbench_accounts WHERE aid = :aid;
 """
 
 
@@ -569,13 +578,13 @@ class Faults:
         if not rows:
             return self.s.log("fault sigstop_backend: no backend (skipped)")
         pid, app = random.choice(rows)
-        t = time.time()
+        # The session must live through it: its statements only wait, so it is not excluded.
+        f = self.s.add_fault("sigstop_backend", time.time(), None, "none", [],
+                             "backend %d (%s) stopped" % (pid, soak_app(app)))
         os.kill(pid, signal.SIGSTOP)
         time.sleep(self.stop_secs)
         os.kill(pid, signal.SIGCONT)
-        # The session must live through it: its statements only wait, so it is not excluded.
-        self.s.add_fault("sigstop_backend", t, time.time(), "none", [],
-                         "backend %d (%s) stopped" % (pid, soak_app(app)))
+        self.s.fault_done(f)
 
     def terminate_backend(self):
         rows = self.soak_backends()
@@ -587,11 +596,12 @@ class Faults:
         self.s.add_fault("terminate_backend", t, t, "pid", [soak_app(app)], "backend %d" % pid)
 
     def pg_restart(self, mode):
-        t = time.time()
+        f = self.s.add_fault("pg_restart_" + mode, time.time(), None, "all")
+        # The server's output goes to its log, not to a pipe of ours that it would keep open.
         p = subprocess.run(self.s.as_pg([os.path.join(self.s.a.pg_bindir, "pg_ctl"), "-D", self.s.a.pgdata, "-m", mode,
-                                         "-w", "-t", "60", "restart"]), capture_output=True, text=True)
-        self.s.add_fault("pg_restart_" + mode, t, time.time(), "all", [],
-                         "pg_ctl restart -m %s: exit %d" % (mode, p.returncode))
+                                         "-l", os.path.join(self.s.a.pgdata, "server.log"), "-w", "-t", "60",
+                                         "restart"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.s.fault_done(f, "pg_ctl restart -m %s: exit %d" % (mode, p.returncode))
 
     def pg_restart_fast(self):
         self.pg_restart("fast")
@@ -604,34 +614,27 @@ class Faults:
         loopback), so SIGSTOP of the postmaster: new connections and cancel requests hang."""
         with open(os.path.join(self.s.a.pgdata, "postmaster.pid")) as f:
             pid = int(f.readline())
-        t = time.time()
+        f = self.s.add_fault("postmaster_stop", time.time(), None, "all", [], "postmaster %d" % pid)
         os.kill(pid, signal.SIGSTOP)
         time.sleep(self.stop_secs)
         os.kill(pid, signal.SIGCONT)
-        self.s.add_fault("postmaster_stop", t, time.time(), "all", [], "postmaster %d" % pid)
+        self.s.fault_done(f)
 
     def audit_disk_full(self):
         if not self.s.a.audit_tmpfs:
             return self.s.log("fault audit_disk_full: skipped (the audit file is not on a tmpfs of its own)")
         filler = os.path.join(self.s.a.audit_dir, "filler")
-        t = time.time()
-        with open(filler, "wb") as f:
-            block = b"\0" * (1 << 20)
-            try:
-                while True:
-                    f.write(block)
-                    f.flush()
-            except OSError:
-                pass
-            try:   # the last partial megabyte too
-                while True:
-                    f.write(b"\0" * 4096)
-                    f.flush()
-            except OSError:
-                pass
+        f = self.s.add_fault("audit_disk_full", time.time(), None, "all", [], "tmpfs full, then freed")
+        with open(filler, "wb", buffering=0) as out:
+            for size in (1 << 20, 4096, 1):   # down to the last byte
+                try:
+                    while True:
+                        out.write(b"\0" * size)
+                except OSError:
+                    pass
         time.sleep(self.stop_secs)
         os.unlink(filler)
-        self.s.add_fault("audit_disk_full", t, time.time(), "all", [], "tmpfs full, then freed")
+        self.s.fault_done(f)
 
     KINDS = ["kill_busy", "kill_idle", "kill_spare", "kill_warm", "sigstop_backend", "terminate_backend",
              "pg_restart_fast", "pg_restart_immediate", "postmaster_stop", "audit_disk_full"]
@@ -690,13 +693,14 @@ def read_audit(path):
 
 
 def param_values(rec):
-    return [p.get("value") if isinstance(p, dict) else p for p in (rec.get("parameters") or [])]
+    return [p.get("text") if isinstance(p, dict) else p for p in (rec.get("parameters") or [])]
 
 
 def touched_by(soak, start, end, app):
     """The fault that touched a session (or pgbench run) that lived in [start, end], or None."""
     for f in soak.faults:
-        if f["scope"] == "all" and start <= f["end"] + 1.0 and end >= f["start"]:
+        f_end = soak.now() if f["end"] is None else f["end"]
+        if f["scope"] == "all" and start <= f_end + 1.0 and end >= f["start"]:
             return f["kind"]
         if f["scope"] == "pid" and (app in f["victims"] or abs(start - f["start"]) <= 1.0):
             return f["kind"]
@@ -770,7 +774,7 @@ def check(soak, base, warm, end_snap, leaks):
     records, unparsable = read_audit(os.path.join(soak.a.audit_dir, "audit.jsonl"))
     if unparsable:
         fail("%d audit lines are not JSON (cut records)" % unparsable)
-    full_windows = [(f["start"], f["end"] + 1.0) for f in soak.faults if f["kind"] == "audit_disk_full"]
+    full_windows = [(f["start"], (f["end"] or soak.now()) + 1.0) for f in soak.faults if f["kind"] == "audit_disk_full"]
     in_full = lambda t: t is not None and any(a <= t <= b for a, b in full_windows)
     stmt_rec = collections.defaultdict(list)
     denial_rec = collections.defaultdict(list)
@@ -778,7 +782,7 @@ def check(soak, base, warm, end_snap, leaks):
     phantoms = []
     for rec in records:
         text = rec.get("statement") or ""
-        if rec.get("event") == "statement" and "soak:pgb" in text:
+        if rec.get("event") == "statement" and "soak-pgb" in text:
             m = PGB_SIMPLE.search(text)
             vals = m.groups() if m else param_values(rec)[:3]
             try:
@@ -798,7 +802,9 @@ def check(soak, base, warm, end_snap, leaks):
     for key, st in soak.statements.items():
         recs = stmt_rec.get(key, [])
         if st["outcome"] == "cc":
-            if not any(r.get("tag") for r in recs):
+            # A result cut by max_rows is recorded with the server's outcome (its tag, or the
+            # 57014 of the cap's cancel when that landed first) and truncated = true.
+            if not any(r.get("tag") or r.get("truncated") for r in recs):
                 (missing_full if in_full(st["done"]) else missing).append(key)
         elif st["outcome"] == "skipped" and recs:
             never_ran.append(key + " (skipped after an error, yet recorded)")

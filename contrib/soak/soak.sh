@@ -36,6 +36,9 @@ cleanup()
     pgw_stop
     pg_stop "$pgdata"
     if [ "$audit_mounted" = 1 ]; then
+        if [ "${SOAK_KEEP:-0}" = 1 ]; then
+            cp "$audit_dir/audit.jsonl" "$work/audit.jsonl" 2>/dev/null || true
+        fi
         umount "$audit_dir" 2>/dev/null || umount -l "$audit_dir" 2>/dev/null || true
     fi
     if [ "${SOAK_KEEP:-0}" = 1 ]; then
