@@ -185,6 +185,7 @@ class Session:
         self.seq = 0
         self.markers = []
         self.failure = None
+        self.fail_t = None          # when the first failure was seen
         self.start = time.time()
         self.end = None
         self.conn = None
@@ -198,11 +199,15 @@ class Session:
         self.markers.append(m)
         return st
 
+    def fail(self, msg):
+        if self.failure is None:
+            self.failure, self.fail_t = msg, time.time()
+
     def settle(self, st, outcome):
         st["outcome"] = outcome
         st["done"] = time.time() - self.s.t0
-        if outcome != st["expect"] and self.failure is None:
-            self.failure = "%s %s: expected %s, got %s" % (st["marker"], st["kind"], st["expect"], outcome)
+        if outcome != st["expect"]:
+            self.fail("%s %s: expected %s, got %s" % (st["marker"], st["kind"], st["expect"], outcome))
 
     def run_statement(self, kind, sql_of, expect="cc", check=None):
         st = self.marker(kind, expect)
@@ -213,7 +218,7 @@ class Session:
                 problem = check(cur)
                 if problem:
                     self.settle(st, "cc")
-                    self.failure = self.failure or "%s %s: %s" % (st["marker"], kind, problem)
+                    self.fail("%s %s: %s" % (st["marker"], kind, problem))
                     return st
             self.settle(st, "cc")
         except psycopg2.Error as e:
@@ -281,7 +286,7 @@ class Session:
                 "COPY (SELECT /* %s */ g, md5(g::text) FROM generate_series(1, 500) g) TO STDOUT" % st["marker"], out)
             self.settle(st, "cc")
             if out.getvalue().count("\n") != 500:
-                self.failure = self.failure or "%s copy-out: %d lines" % (st["marker"], out.getvalue().count("\n"))
+                self.fail("%s copy-out: %d lines" % (st["marker"], out.getvalue().count("\n")))
         except psycopg2.Error as e:
             self.settle(st, "lost" if is_lost(e) else "err:" + e.pgcode)
             if is_lost(e):
@@ -295,7 +300,7 @@ class Session:
         deadline = time.time() + 5
         while st["outcome"] == "cc" and not any(n.payload == payload for n in self.conn.notifies):
             if time.time() > deadline:
-                self.failure = self.failure or "%s: notification %s never arrived" % (st["marker"], payload)
+                self.fail("%s: notification %s never arrived" % (st["marker"], payload))
                 break
             select.select([self.conn], [], [], 0.5)
             self.conn.poll()
@@ -354,7 +359,7 @@ class Session:
         try:
             self.conn = self.s.connect(self.db, self.login, self.app)
         except psycopg2.Error as e:
-            self.failure = "login: " + str(e).strip().splitlines()[0]
+            self.fail("login: " + (str(e).strip().splitlines() or ["?"])[0])
             self.end = time.time()
             return
         names = [n for n, w in self.OPS for _ in range(w)]
@@ -365,7 +370,7 @@ class Session:
                 getattr(self, "op_" + random.choice(names))()
                 time.sleep(random.uniform(0, 0.05))
         except psycopg2.Error as e:
-            self.failure = self.failure or "lost: " + (str(e).strip().splitlines() or ["?"])[0]
+            self.fail("lost: " + (str(e).strip().splitlines() or ["?"])[0])
         finally:
             try:
                 self.conn.close()
@@ -406,7 +411,7 @@ def pgbench_loop(soak, mode, db, clients, rate, counter):
         run = next(counter)
         app = "soak-pgb%d" % run
         prefix = os.path.join(soak.a.work, "pgb", str(run))
-        secs = int(min(15, soak.remaining() - 1))
+        secs = int(min(6, soak.remaining() - 1))
         env = dict(os.environ, PGPASSWORD=SCRAM_USERS["soak"], PGAPPNAME=app, PGSSLMODE="disable",
                    PGCONNECT_TIMEOUT="10")
         start = time.time()
@@ -696,12 +701,23 @@ def param_values(rec):
     return [p.get("text") if isinstance(p, dict) else p for p in (rec.get("parameters") or [])]
 
 
-def touched_by(soak, start, end, app):
-    """The fault that touched a session (or pgbench run) that lived in [start, end], or None."""
+def touched_by(soak, start, end, app, fail_t=None):
+    """The fault that touched a session (or pgbench run) that lived in [start, end] and failed
+    at fail_t (None: not known), or None. A fault on the whole upstream ("all") touches a
+    session that failed during it or up to 3 s after (a restart breaks every connection; a
+    client notices at its next statement); without a failure time, any session alive then.
+    The full audit disk touches every session alive meanwhile: with audit_failure = block, a
+    session whose record failed refuses its statements to its end. A fault on one process
+    ("pid") touches its victims and any session that started within a second of it (a spare
+    or a warm worker may just have been given a client)."""
     for f in soak.faults:
         f_end = soak.now() if f["end"] is None else f["end"]
-        if f["scope"] == "all" and start <= f_end + 1.0 and end >= f["start"]:
-            return f["kind"]
+        if f["scope"] == "all":
+            if f["kind"] == "audit_disk_full" or fail_t is None:
+                if start <= f_end + 1.0 and end >= f["start"]:
+                    return f["kind"]
+            elif f["start"] - 0.5 <= fail_t <= f_end + 3.0:
+                return f["kind"]
         if f["scope"] == "pid" and (app in f["victims"] or abs(start - f["start"]) <= 1.0):
             return f["kind"]
     return None
@@ -741,7 +757,7 @@ def check(soak, base, warm, end_snap, leaks):
     for s in sess:
         if s.failure is None:
             continue
-        f = touched_by(soak, s.start - soak.t0, s.end - soak.t0, s.app)
+        f = touched_by(soak, s.start - soak.t0, s.end - soak.t0, s.app, s.fail_t - soak.t0)
         if f:
             touched[f] += 1
         else:
@@ -802,9 +818,7 @@ def check(soak, base, warm, end_snap, leaks):
     for key, st in soak.statements.items():
         recs = stmt_rec.get(key, [])
         if st["outcome"] == "cc":
-            # A result cut by max_rows is recorded with the server's outcome (its tag, or the
-            # 57014 of the cap's cancel when that landed first) and truncated = true.
-            if not any(r.get("tag") or r.get("truncated") for r in recs):
+            if not any(r.get("tag") for r in recs):
                 (missing_full if in_full(st["done"]) else missing).append(key)
         elif st["outcome"] == "skipped" and recs:
             never_ran.append(key + " (skipped after an error, yet recorded)")
@@ -813,8 +827,12 @@ def check(soak, base, warm, end_snap, leaks):
                 never_ran.append(key + " (denied, yet recorded as run)")
             if not denial_rec.get(key) and not in_full(st["done"]):
                 wrong.append(key + " denied without a denial record")
-        if st["kind"] == "row-cap" and st["outcome"] == "cc" and recs and not any(r.get("truncated") for r in recs):
-            wrong.append(key + " cut by max_rows, record not marked truncated")
+        cut_tag = "SELECT %d" % ROW_CAP
+        if st["kind"] == "row-cap" and st["outcome"] == "cc" and recs and not any(
+                r.get("truncated") and r.get("tag") == cut_tag and r.get("sqlstate") is None for r in recs):
+            wrong.append("%s cut by max_rows: no record with truncated, tag %s and no sqlstate (what the client "
+                         "got): %s" % (key, cut_tag, [(r.get("tag"), r.get("sqlstate"), r.get("truncated"))
+                                                      for r in recs]))
     pgb_missing, pgb_missing_full, pgb_extra = 0, 0, 0
     for r in runs:
         for client, times in r["done"].items():
@@ -905,6 +923,9 @@ def leak_checks(soak):
         if len(kids) > spares + len(warm) + 1:
             problems.append("worker processes: %d, expected at most %d (%d spares, %d warm, 1 admin)" % (
                 len(kids), spares + len(warm) + 1, spares, len(warm)))
+        in_use = sum(float(r["value"]) for r in soak.admin("SHOW STATS") if r["metric"] == "pgwicket_sessions")
+        if in_use != 1:
+            problems.append("pgwicket_sessions (slots in use) is %g, expected 1 (the admin session asking)" % in_use)
         backends = soak.pg_query("SELECT pid, application_name FROM pg_stat_activity WHERE backend_type = "
                                  "'client backend' AND pid <> pg_backend_pid()")
         warm_pids = {int(r["backend_pid"]) for r in warm if r["backend_pid"]}
