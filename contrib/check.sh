@@ -41,7 +41,7 @@ count_results()
         cases_failed=$(sed -n 's/^ *\([0-9][0-9]*\) test cases\{0,1\} out of [0-9]* failed.*/\1/p' "$log" | tail -n 1)
         cases_passed=${cases_passed:-0}
         cases_failed=${cases_failed:-0}
-        # A script that is not a Boost.Test program (tests/soak/run-soak) is one test case.
+        # A script that is not a Boost.Test program (tests/soak/run-soak.sh) is one test case.
         if [ "$result" = PASS ] && [ "$cases_passed" -eq 0 ] && [ "$cases_failed" -eq 0 ]; then
             cases_passed=1
         fi
@@ -104,7 +104,7 @@ build_and_check()
 
 build_and_check normal build --enable-werror
 
-# The fault soak (tests/soak/run-soak) runs in the normal build only: a minute of load under
+# The fault soak (tests/soak/run-soak.sh) runs in the normal build only: a minute of load under
 # ASan would not fit CI's time, and its timing checks would measure the sanitizer.
 export SKIP_SOAK=1
 

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared helpers for contrib/demo.sh and contrib/bench/run.sh (sourced, not run).
+# Shared helpers for contrib/demo.sh, contrib/bench/*.sh and contrib/soak/soak.sh (sourced, not run).
 # They start throwaway PostgreSQL 15 clusters on free ports, as the postgres user when root.
 
 PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
@@ -291,10 +291,4 @@ tls_certs()
         cat "$tls/openssl.log" >&2
         return 1
     }
-}
-
-# pg_postmaster_pid DIR: the pid of the postmaster of the cluster in DIR (from postmaster.pid).
-pg_postmaster_pid()
-{
-    head -n 1 "$1/postmaster.pid"
 }
