@@ -116,14 +116,18 @@ class Soak:
         conn.autocommit = True
         return conn
 
-    def admin(self, sql):
-        """Rows of an admin console command, as dicts."""
+    def admin(self, *commands):
+        """Rows of admin console commands, as dicts (a list of them for several commands,
+        which run in one session, so that no other admin worker comes and goes between)."""
         conn = self.connect("pgwicket", "soakadmin", "soak-admin", timeout=5)
         try:
-            cur = conn.cursor()
-            cur.execute(sql)
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
+            results = []
+            for sql in commands:
+                cur = conn.cursor()
+                cur.execute(sql)
+                names = [d[0] for d in cur.description]
+                results.append([dict(zip(names, row)) for row in cur.fetchall()])
+            return results[0] if len(commands) == 1 else results
         finally:
             conn.close()
 
@@ -508,7 +512,8 @@ def children(pid):
                     stat = f.read()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+            if int(ppid) == pid and state != "Z":   # a zombie has ended already
                 kids.append(int(d))
     return kids
 
@@ -550,8 +555,8 @@ class Faults:
 
     def kill_spare(self):
         for _ in range(20):
-            busy = {int(r["worker_pid"]) for r in self.s.admin("SHOW SESSIONS") if r["worker_pid"]}
-            busy |= {int(r["worker_pid"]) for r in self.s.admin("SHOW SERVERS") if r["worker_pid"]}
+            sessions, servers = self.s.admin("SHOW SESSIONS", "SHOW SERVERS")
+            busy = {int(r["worker_pid"]) for r in sessions + servers if r["worker_pid"]}
             spares = [p for p in children(self.s.a.pgw_pid) if p not in busy]
             if spares:
                 pid = random.choice(spares)
@@ -909,8 +914,8 @@ def leak_checks(soak):
     problems = []
     for attempt in range(40):
         problems = []
-        sessions = [r for r in soak.admin("SHOW SESSIONS") if r["database"] != "pgwicket"]
-        servers = soak.admin("SHOW SERVERS")
+        sessions, servers, stats = soak.admin("SHOW SESSIONS", "SHOW SERVERS", "SHOW STATS")
+        sessions = [r for r in sessions if r["database"] != "pgwicket"]
         warm = [r for r in servers if r["state"] == "warm"]
         kids = children(soak.a.pgw_pid)
         spares = soak.a.spares
@@ -923,7 +928,7 @@ def leak_checks(soak):
         if len(kids) > spares + len(warm) + 1:
             problems.append("worker processes: %d, expected at most %d (%d spares, %d warm, 1 admin)" % (
                 len(kids), spares + len(warm) + 1, spares, len(warm)))
-        in_use = sum(float(r["value"]) for r in soak.admin("SHOW STATS") if r["metric"] == "pgwicket_sessions")
+        in_use = sum(float(r["value"]) for r in stats if r["metric"] == "pgwicket_sessions")
         if in_use != 1:
             problems.append("pgwicket_sessions (slots in use) is %g, expected 1 (the admin session asking)" % in_use)
         backends = soak.pg_query("SELECT pid, application_name FROM pg_stat_activity WHERE backend_type = "
