@@ -56,8 +56,10 @@ trap 'exit 143' TERM
 # unprivileged user can mount neither a tmpfs nor a loop device, and RLIMIT_FSIZE cannot be
 # put on a daemon that is already running, so without root the audit file is on the work
 # folder's disk and the disk-full fault is skipped (the report says so).
+# The trail grows by about 20 MiB a minute here; filling a larger tmpfs only costs time.
+audit_mb=${SOAK_AUDIT_MB:-$((64 + secs / 2))}
 mkdir -p "$audit_dir"
-if [ "$(id -u)" -eq 0 ] && mount -t tmpfs -o "size=${SOAK_AUDIT_MB:-768}m,mode=0755" pgwicket-soak-audit "$audit_dir"; then
+if [ "$(id -u)" -eq 0 ] && mount -t tmpfs -o "size=${audit_mb}m,mode=0755" pgwicket-soak-audit "$audit_dir"; then
     audit_mounted=1
 fi
 
@@ -116,7 +118,7 @@ deny = truncate
 max_rows = 1000" \
     pgw_start "$bin" "$work" "$pgport" "$label" || exit 1
 
-echo "$label: pgwicket $pgw_pid on 127.0.0.1:$pgwport, audit on $([ "$audit_mounted" = 1 ] && echo "a tmpfs of ${SOAK_AUDIT_MB:-768} MiB" || echo "the work folder's disk (no tmpfs: not root)")"
+echo "$label: pgwicket $pgw_pid on 127.0.0.1:$pgwport, audit on $([ "$audit_mounted" = 1 ] && echo "a tmpfs of $audit_mb MiB" || echo "the work folder's disk (no tmpfs: not root)")"
 status=0
 "$python" "$root/contrib/soak/soak.py" run --work "$work" --seconds "$secs" --pgdata "$pgdata" \
     --pg-bindir "$PG_BINDIR" --pgport "$pgport" --pgwport "$pgwport" --pgw-pid "$pgw_pid" \
