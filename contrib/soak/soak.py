@@ -10,20 +10,20 @@ import argparse
 import base64
 import collections
 import glob
+import io
+import itertools
 import json
 import os
 import random
 import re
 import select
 import signal
-import statistics
 import subprocess
 import sys
 import threading
 import time
 
 import psycopg2
-import psycopg2.extensions
 
 ISSUER = "https://soak.pgwicket.test"
 AUDIENCE = "pgwicket-soak"
@@ -272,7 +272,6 @@ class Session:
         st = self.marker("copy-in", "cc")
         data = "".join("%d\t%d\tpayload %s\n" % (self.client, i, "x" * 100) for i in range(300))
         try:
-            import io
             self.conn.cursor().copy_expert("COPY /* %s */ soak_copy (client, n, payload) FROM STDIN" % st["marker"],
                                            io.StringIO(data))
             self.settle(st, "cc")
@@ -282,7 +281,6 @@ class Session:
                 raise
 
     def op_copy_out(self):
-        import io
         st = self.marker("copy-out", "cc")
         out = io.StringIO()
         try:
@@ -955,7 +953,6 @@ def run(args):
     threads = [threading.Thread(target=prober, args=(soak,), name="probe")]
     for c in range(args.clients):
         threads.append(threading.Thread(target=sql_client, args=(soak, c), name="client%d" % c))
-    import itertools
     counter = itertools.count(1)
     for mode, db, clients in (("simple", "postgres", 2), ("extended", "postgres", 2), ("prepared", "pooled", 3)):
         threads.append(threading.Thread(target=pgbench_loop, args=(soak, mode, db, clients, 150, counter),
