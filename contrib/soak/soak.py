@@ -404,11 +404,7 @@ SELECT /* soak-pgb */ :run::int AS run, :client_id::int AS client, :seq::int AS 
 """
 
 
-def pgbench_loop(soak, mode, db, clients, rate, counter):
-    script = os.path.join(soak.a.work, "pgbench-soak.sql")
-    with open(script, "w") as f:
-        f.write(PGBENCH_SCRIPT)
-    os.makedirs(os.path.join(soak.a.work, "pgb"), exist_ok=True)
+def pgbench_loop(soak, mode, db, clients, rate, counter, script):
     while not soak.stop.is_set() and soak.remaining() > 3:
         run = next(counter)
         app = "soak-pgb%d" % run
@@ -431,7 +427,8 @@ def pgbench_loop(soak, mode, db, clients, rate, counter):
                         done[int(fields[0])].append(int(fields[4]) + int(fields[5]) / 1e6 - soak.t0)
         aborted = [line for line in p.stderr.splitlines() if "aborted" in line or "connection" in line.lower()]
         r = {"run": run, "app": app, "mode": mode, "db": db, "clients": clients, "start": start - soak.t0,
-             "end": end - soak.t0, "rc": p.returncode, "done": dict(done), "errors": aborted[:5],
+             "end": end - soak.t0, "rc": p.returncode, "done": dict(done),
+             "errors": aborted[:5] or p.stderr.strip().splitlines()[-2:],
              "transactions": sum(len(v) for v in done.values())}
         with soak.lock:
             soak.pgbench_runs.append(r)
@@ -689,15 +686,19 @@ def supervisor_snapshot(soak):
 # ---- checks --------------------------------------------------------------------------------------
 
 
-def read_audit(path):
-    records, bad = [], 0
+def read_audit(path, bad):
+    """The records of the audit file, one at a time (the file may hold hundreds of MiB);
+    lines that are not a JSON object are counted in bad[0]."""
     with open(path, "rb") as f:
         for line in f:
             try:
-                records.append(json.loads(line))
+                rec = json.loads(line)
             except ValueError:
-                bad += 1
-    return records, bad
+                rec = None
+            if isinstance(rec, dict):
+                yield rec
+            else:
+                bad[0] += 1
 
 
 def param_values(rec):
@@ -790,16 +791,15 @@ def check(soak, base, warm, end_snap, leaks):
             r["run"], r["mode"], r["db"], r["start"], r["end"], r["rc"], "; ".join(r["errors"][:2])))
 
     # 3. audit records: one per completed statement, none for a statement that never ran
-    records, unparsable = read_audit(os.path.join(soak.a.audit_dir, "audit.jsonl"))
-    if unparsable:
-        fail("%d audit lines are not JSON (cut records)" % unparsable)
     full_windows = [(f["start"], (f["end"] or soak.now()) + 1.0) for f in soak.faults if f["kind"] == "audit_disk_full"]
     in_full = lambda t: t is not None and any(a <= t <= b for a, b in full_windows)
     stmt_rec = collections.defaultdict(list)
     denial_rec = collections.defaultdict(list)
     pgb_rec = collections.defaultdict(set)
     phantoms = []
-    for rec in records:
+    records, unparsable = 0, [0]
+    for rec in read_audit(os.path.join(soak.a.audit_dir, "audit.jsonl"), unparsable):
+        records += 1
         text = rec.get("statement") or ""
         if rec.get("event") == "statement" and "soak-pgb" in text:
             m = PGB_SIMPLE.search(text)
@@ -817,6 +817,8 @@ def check(soak, base, warm, end_snap, leaks):
                 stmt_rec[key].append(rec)
             elif rec.get("event") == "denial":
                 denial_rec[key].append(rec)
+    if unparsable[0]:
+        fail("%d audit lines are not JSON objects (cut records)" % unparsable[0])
     missing, missing_full, never_ran, wrong = [], [], [], []
     for key, st in soak.statements.items():
         recs = stmt_rec.get(key, [])
@@ -852,7 +854,7 @@ def check(soak, base, warm, end_snap, leaks):
     say("audit: %d records; %d client statements completed (+%d pgbench transactions): %d without a record, "
         "%d without a record while the audit disk was full (%d AUDIT FAILURE log lines), "
         "%d records of statements that never ran" % (
-            len(records), cc, sum(r["transactions"] for r in runs), len(missing) + pgb_missing,
+            records, cc, sum(r["transactions"] for r in runs), len(missing) + pgb_missing,
             len(missing_full) + pgb_missing_full, audit_failures, len(never_ran) + pgb_extra + len(phantoms)))
     for key in missing[:10]:
         st = soak.statements[key]
@@ -954,8 +956,12 @@ def run(args):
     for c in range(args.clients):
         threads.append(threading.Thread(target=sql_client, args=(soak, c), name="client%d" % c))
     counter = itertools.count(1)
+    script = os.path.join(args.work, "pgbench-soak.sql")
+    with open(script, "w") as f:
+        f.write(PGBENCH_SCRIPT)
+    os.makedirs(os.path.join(args.work, "pgb"), exist_ok=True)
     for mode, db, clients in (("simple", "postgres", 2), ("extended", "postgres", 2), ("prepared", "pooled", 3)):
-        threads.append(threading.Thread(target=pgbench_loop, args=(soak, mode, db, clients, 150, counter),
+        threads.append(threading.Thread(target=pgbench_loop, args=(soak, mode, db, clients, 150, counter, script),
                                         name="pgbench-" + mode))
     threads.append(threading.Thread(target=vanisher, args=(soak,), name="vanisher"))
     faults = threading.Thread(target=Faults(soak).run, name="faults")
