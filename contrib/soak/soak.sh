@@ -11,6 +11,7 @@ source "$root/contrib/lib.sh"
 label=soak
 secs=${SOAK_SECONDS:-600}
 python=${SOAK_PYTHON:-/usr/bin/python3}
+export PYTHONDONTWRITEBYTECODE=1  # no __pycache__ in the source tree
 bin=$(pgw_binary "$root" "$label") || exit 1
 for tool in "$PG_BINDIR/initdb" "$PG_BINDIR/pg_ctl" "$PG_BINDIR/pgbench" "$PG_BINDIR/psql" openssl; do
     if ! command -v "$tool" >/dev/null 2>&1; then
