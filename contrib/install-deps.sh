@@ -20,6 +20,8 @@ packages=(
     haproxy python3 python3-yaml
     # contrib/audit (and the audit tests that run its jq one-liners)
     jq
+    # the fault soak's clients (contrib/soak/soak.py, run by make check)
+    python3-psycopg2
     # fuzz targets (tests/fuzz): clang with the libFuzzer runtime
     clang libclang-rt-14-dev
     "$@"

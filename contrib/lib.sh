@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared helpers for contrib/demo.sh and contrib/bench/run.sh (sourced, not run).
+# Shared helpers for contrib/demo.sh, contrib/bench/*.sh and contrib/soak/soak.sh (sourced, not run).
 # They start throwaway PostgreSQL 15 clusters on free ports, as the postgres user when root.
 
 PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
@@ -275,4 +275,28 @@ pgbouncer_stop()
             sleep 0.1
         done
     fi
+}
+
+# tls_certs DIR LABEL: a throwaway CA (DIR/ca.crt, ca.key) and a server certificate for
+# localhost / 127.0.0.1 signed by it (DIR/server.crt, server.key), RSA 2048, made with the
+# openssl command; its output goes to DIR/openssl.log, shown when it fails.
+tls_certs()
+{
+    local tls=$1 label=$2
+    mkdir -p "$tls"
+    {
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=pgwicket $label CA" \
+            -keyout "$tls/ca.key" -out "$tls/ca.crt" &&
+            openssl req -new -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+                -keyout "$tls/server.key" -out "$tls/server.csr" &&
+            printf '%s\n' "basicConstraints = CA:FALSE" "keyUsage = digitalSignature, keyEncipherment" \
+                "extendedKeyUsage = serverAuth" "subjectAltName = DNS:localhost, IP:127.0.0.1" \
+                >"$tls/server.ext" &&
+            openssl x509 -req -days 2 -set_serial "0x$(openssl rand -hex 8)" -in "$tls/server.csr" \
+                -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -extfile "$tls/server.ext" -out "$tls/server.crt"
+    } >"$tls/openssl.log" 2>&1 || {
+        echo "$label: openssl failed:" >&2
+        cat "$tls/openssl.log" >&2
+        return 1
+    }
 }

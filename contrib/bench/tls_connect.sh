@@ -46,24 +46,7 @@ trap 'exit 143' TERM
 # A throwaway CA and a server certificate for localhost / 127.0.0.1 signed by it, both RSA
 # 2048. The three servers present the same certificate, so the handshakes cost the same.
 echo "tls bench: throwaway CA and server certificate in $tls"
-make_certs()
-{
-    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=pgwicket bench CA" \
-        -keyout "$tls/ca.key" -out "$tls/ca.crt" || return 1
-    openssl req -new -newkey rsa:2048 -nodes -subj "/CN=localhost" \
-        -keyout "$tls/server.key" -out "$tls/server.csr" || return 1
-    printf '%s\n' "basicConstraints = CA:FALSE" "keyUsage = digitalSignature, keyEncipherment" \
-        "extendedKeyUsage = serverAuth" "subjectAltName = DNS:localhost, IP:127.0.0.1" \
-        >"$tls/server.ext"
-    openssl x509 -req -days 2 -set_serial "0x$(openssl rand -hex 8)" -in "$tls/server.csr" \
-        -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -extfile "$tls/server.ext" -out "$tls/server.crt"
-}
-mkdir -p "$tls"
-make_certs >"$tls/openssl.log" 2>&1 || {
-    echo "tls bench: openssl failed:" >&2
-    cat "$tls/openssl.log" >&2
-    exit 1
-}
+tls_certs "$tls" "tls bench" || exit 1
 # PostgreSQL wants its key owned by the server user and not readable by others.
 chmod 600 "$tls/server.key" "$tls/ca.key"
 if [ "$(id -u)" -eq 0 ]; then

@@ -107,7 +107,10 @@ Result<Received> receive_handoff(int channel)
     do {
         n = ::recvmsg(channel, &msg, MSG_CMSG_CLOEXEC);
     } while (n < 0 && errno == EINTR);
-    if (n == 0)
+    // A peer that exited with a message of ours unread resets the channel (ECONNRESET):
+    // that is its end too, not a bad message (the soak saw every warm worker ended at
+    // shutdown logged as one).
+    if (n == 0 || (n < 0 && errno == ECONNRESET))
         return Error{"channel closed"};
     if (n < 0)
         return Error{std::string("recvmsg: ") + std::strerror(errno)};

@@ -71,7 +71,7 @@ std::optional<protocol::Bytes> ResultCaps::end_of_cut(bool cancelled, bool in_tr
     if (error)
         return out;
     out[0] = std::byte('N');  // NoticeResponse: the same fields
-    auto done = protocol::command_complete("SELECT " + std::to_string(result_rows_));
+    auto done = protocol::command_complete(cut_tag());
     out.insert(out.end(), done.begin(), done.end());
     return out;
 }

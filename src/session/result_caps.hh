@@ -32,6 +32,9 @@ public:
     // cancel aborted the transaction on the server (the client sees the real state).
     // Nothing when no cut is in progress.
     std::optional<protocol::Bytes> end_of_cut(bool cancelled, bool in_transaction);
+    // The command tag the client gets at the end of a cut result ("SELECT <rows sent>"),
+    // which the audit trail records in place of the server's.
+    std::string cut_tag() const { return "SELECT " + std::to_string(result_rows_); }
     void on_ready_for_query() { capped_ = in_result_ = false; }
 
 private:

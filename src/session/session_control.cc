@@ -135,8 +135,9 @@ void SessionControl::on_ready_for_query(char status)
 
 void SessionControl::on_command_complete(std::string_view tag)
 {
+    // The record says what the client got: a cut result ends with the rows it was sent.
     if (trail_)
-        trail_->on_command_complete(tag);
+        trail_->on_command_complete(caps_.cutting() ? caps_.cut_tag() : std::string(tag));
     report_.statement_done(tag);
 }
 
@@ -170,10 +171,19 @@ Bytes SessionControl::stop_message()
 
 std::optional<Bytes> SessionControl::on_server_error(const protocol::ErrorFields& e)
 {
+    // The cap's own cancel: the client gets the rows sent and a WARNING (an ERROR 54000
+    // inside a transaction), and so does the record, not the server's 57014.
+    if (caps_.cutting() && e.sqlstate == "57014") {
+        if (trail_) {
+            if (in_transaction_)
+                trail_->on_error("54000");
+            else
+                trail_->on_command_complete(caps_.cut_tag());
+        }
+        return caps_.end_of_cut(true, in_transaction_);
+    }
     if (trail_)
         trail_->on_error(e.sqlstate);
-    if (caps_.cutting() && e.sqlstate == "57014")
-        return caps_.end_of_cut(true, in_transaction_);
     if (gate_)
         if (auto ours = gate_->on_server_error(e))
             return ours;  // a denial: counted as denied, not as an error

@@ -3,12 +3,15 @@
 // the session context that travels with a moved client, route keys, the SHOW SERVERS
 // rows in the shared table, and the pool gauges.
 #include "admin/stats.hh"
+#include "common/unique_fd.hh"
+#include "ipc/fdpass.hh"
 #include "pool/context.hh"
 #include "pool/held.hh"
 #include "pool/registry.hh"
 
 #include <boost/test/unit_test.hpp>
 
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <optional>
@@ -309,3 +312,18 @@ BOOST_AUTO_TEST_CASE(pool_gauges_escape_their_label_and_sum_routes_of_one_name)
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+// A worker that exits with the supervisor's message (a Retire at shutdown) unread resets
+// the channel: the supervisor reads that as the channel closed, like an exit with nothing
+// pending, not as a bad message from the worker.
+BOOST_AUTO_TEST_CASE(a_peer_gone_with_our_message_unread_is_a_closed_channel)
+{
+    int sv[2];
+    BOOST_TEST_REQUIRE(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0);
+    UniqueFd supervisor(sv[0]);
+    BOOST_TEST_REQUIRE(ipc::send_message(sv[0], ipc::HandoffType::Retire).ok());
+    close(sv[1]);
+    auto got = ipc::receive_handoff(supervisor.get());
+    BOOST_TEST_REQUIRE(!got.ok());
+    BOOST_TEST(got.error() == "channel closed");
+}
