@@ -79,12 +79,12 @@ grep -h "open files" "$work/pgwicket.log" | sed 's/^/scale: pgwicket: /' || true
 
 conn() { echo "host=127.0.0.1 port=$pgwport user=postgres dbname=$1"; }
 
-# hold N DB: a holder of N connections to DB in the background ($holder, status in
-# $work/hold.status: "ok failed pending seconds").
+# hold N DB PARALLEL: a holder of N connections to DB in the background ($holder, status
+# in $work/hold.status: "ok failed pending seconds"), PARALLEL logins in flight at most.
 hold()
 {
     rm -f "$work/hold.status"
-    "$holdconns" hold "$1" "$(conn "$2")" "$work/hold.status" 64 &
+    "$holdconns" hold "$1" "$(conn "$2")" "$work/hold.status" "$3" &
     holder=$!
 }
 
@@ -156,7 +156,8 @@ supervisor_cpu()
     t0=$(awk '{ print $14 + $15 }' /proc/"$pgw_pid"/stat)
     w0=$(awk '/^voluntary_ctxt_switches/ { print $2 }' /proc/"$pgw_pid"/status)
     if [ "${SCALE_PERF:-0}" = 1 ] && command -v perf >/dev/null; then
-        perf record -q -e cpu-clock -g -p "$pgw_pid" -o "$work/perf.$2.data" -- sleep "$secs" >/dev/null 2>&1
+        perf record -q -e cpu-clock --call-graph dwarf,16384 --no-inherit -p "$pgw_pid" -o "$work/perf.$2.data" \
+            -- sleep "$secs" >/dev/null 2>&1 || true
     else
         sleep "$secs"
     fi
@@ -195,7 +196,7 @@ baseline_workers=$(workers | wc -l)
 
 # --- Unpooled: one upstream backend per session -------------------------------------
 echo "scale: opening $idle idle sessions (64 logins in flight at a time)"
-hold "$idle" postgres
+hold "$idle" postgres 64
 report "unpooled, $idle idle sessions: $(wait_hold "$idle" 600)"
 
 echo "scale: pgbench -S -c $busy -j 2 for $BENCH_SECONDS s beside them"
@@ -225,6 +226,16 @@ pg_kib=$(pss_kib "${bpids[@]}")
 report "PSS: $((all_kib / idle)) KiB per idle session ($((all_kib / 1024)) MiB over ${#pids[@]} worker and helper \
 processes, spares included), supervisor $((sup_kib / 1024)) MiB; PostgreSQL $((pg_kib / ${#bpids[@]})) KiB per \
 backend (${#bpids[@]} processes)"
+# Where one idle session's PSS goes: its largest mappings.
+one=$(for p in "${pids[@]}"; do [ -r "/proc/$p/smaps" ] && grep -q '^Pss' "/proc/$p/smaps_rollup" && echo "$p"; done |
+    tail -n 100 | head -n 1)
+if [ -n "$one" ]; then
+    echo "scale: one idle session's worker ($one), PSS by mapping (KiB):"
+    awk '/^[0-9a-f]+-[0-9a-f]+ / { name = NF >= 6 ? $6 : "[anon]"; sub(/.*\//, "", name) }
+         $1 == "Pss:" { pss[name] += $2 } $1 == "Private_Dirty:" { priv[name] += $2 }
+         END { for (n in pss) if (pss[n] >= 8) printf "  %6d %6d private dirty  %s\n", pss[n], priv[n], n }' \
+        "/proc/$one/smaps" | sort -rn | head -n 8
+fi
 report "supervisor with $idle idle sessions: $(supervisor_cpu "$cpu_secs" idle)"
 report "at $idle sessions, $(admin_timed 'SHOW SESSIONS')"
 report "at $idle sessions, $(admin_timed 'SHOW STATS')"
@@ -252,7 +263,7 @@ report "closing $idle sessions: every worker reaped after $((($(date +%s%N) - st
 # means here: what clients cost while they wait, and what the supervisor does with a
 # queue that long. Then the same clients churning (connect, log in, disconnect).
 echo "scale: $idle clients on the pooled route (pool_size $pool)"
-hold "$idle" pooled
+hold "$idle" pooled "$idle"
 report "pooled, $idle clients: $(wait_hold "$pool" 600 $((idle - pool)))"
 for ((i = 0; i < 150; i++)); do
     waiting=$(curl -s "http://127.0.0.1:$metrics_port/metrics" |

@@ -28,7 +28,7 @@ AuxProcess::AuxProcess(std::string name, Main main, Wanted wanted)
 }
 
 bool AuxProcess::start(const config::Config& cfg, const ipc::SessionTable& table,
-                       const std::vector<int>& close_in_child, net::Clock::time_point now)
+                       const std::function<std::vector<int>()>& close_in_child, net::Clock::time_point now)
 {
     if (!due(now))
         return true;
@@ -39,7 +39,7 @@ bool AuxProcess::start(const config::Config& cfg, const ipc::SessionTable& table
         return false;
     }
     if (pid == 0) {
-        for (int fd : close_in_child)
+        for (int fd : close_in_child())
             ::close(fd);
         for (int s : {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCHLD})
             ::signal(s, SIG_DFL);

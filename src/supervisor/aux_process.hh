@@ -34,9 +34,11 @@ public:
     // Whether start() should run now: wanted, not running, and the delay after its last
     // exit has passed. Cheap, for every round of the loop.
     bool due(net::Clock::time_point now) const { return pid_ <= 0 && wanted_now_ && now >= not_before_; }
-    // Forks it (when due()). False when fork failed (tried again after a delay).
-    bool start(const config::Config& cfg, const ipc::SessionTable& table, const std::vector<int>& close_in_child,
-               net::Clock::time_point now);
+    // Forks it (when due()); the child closes what close_in_child() lists (called in the
+    // child: the list names every worker's channel). False when fork failed (tried again
+    // after a delay).
+    bool start(const config::Config& cfg, const ipc::SessionTable& table,
+               const std::function<std::vector<int>()>& close_in_child, net::Clock::time_point now);
     // A reaped child: true when it was this helper (its exit is logged, and its restart
     // delayed: 1 s, doubled up to 30 s while it keeps ending within a minute of starting).
     bool reaped(pid_t pid, int status, net::Clock::time_point now);

@@ -162,6 +162,10 @@ private:
     // of workers each time, before).
     size_t count(Worker::State s) const { return by_state_[size_t(s)]; }
     void set_state(Worker& w, Worker::State s);
+    bool at_capacity() const
+    {
+        return count(Worker::State::Busy) >= size_t(cfg_.max_client_conn) || free_slots_.empty();
+    }
     void forget(std::map<pid_t, Worker>::iterator it);
     void keep_helpers(Clock::time_point now);
     bool helpers_running() const;
@@ -298,7 +302,9 @@ Status Supervisor::setup()
 
 std::vector<int> Supervisor::fds_to_close_in_child(int own_parent_end) const
 {
-    std::vector<int> fds = {epoll_.get(), sigfd_.get()};
+    std::vector<int> fds;
+    fds.reserve(workers_.size() + listeners_.size() + 3);
+    fds.insert(fds.end(), {epoll_.get(), sigfd_.get()});
     if (own_parent_end >= 0)
         fds.push_back(own_parent_end);
     for (const auto& l : listeners_)
@@ -319,14 +325,16 @@ bool Supervisor::spawn_spare()
         return false;
     }
     UniqueFd parent_end(sv[0]), child_end(sv[1]);
-    std::vector<int> to_close = fds_to_close_in_child(parent_end.get());
     pid_t pid = fork();
     if (pid < 0) {
         log_error("fork: %s", std::strerror(errno));
         return false;
     }
+    // The list of what to close names every worker's channel: the child builds it from
+    // its copy of our state, so the supervisor's share of a fork does not grow with the
+    // sessions (and writes no heap pages it shares with thousands of children).
     if (pid == 0)
-        session::worker_main(cfg_, table_, tls_.get(), child_end.release(), to_close);
+        session::worker_main(cfg_, table_, tls_.get(), child_end.release(), fds_to_close_in_child(parent_end.get()));
     Worker w;
     w.pid = pid;
     w.channel = std::move(parent_end);
@@ -377,9 +385,14 @@ void Supervisor::dispatch(UniqueFd client, const sockaddr_storage& peer, socklen
         if (phase_ != Phase::Running) {
             h.type = ipc::HandoffType::ShuttingDown;
             refuse = true;
-        } else if (count(Worker::State::Busy) >= size_t(cfg_.max_client_conn) || free_slots_.empty()) {
-            h.type = ipc::HandoffType::Refuse;
-            refuse = true;
+        } else if (at_capacity()) {
+            // A session that has ended keeps its place until its worker is reaped, and a
+            // burst is accepted in one go before this round reads its SIGCHLD: reap first.
+            reap();
+            if (at_capacity()) {
+                h.type = ipc::HandoffType::Refuse;
+                refuse = true;
+            }
         }
         if (refuse) {
             ipc::SessionTable::bump(phase_ != Phase::Running ? counters.refused_shutdown
@@ -829,10 +842,13 @@ void Supervisor::perform(const std::vector<pool::Action>& actions)
                 set_state(s, Worker::State::Spare);
                 s.session_id = 0;
                 s.since = Clock::now();
-                if (s.generation == generation_ && phase_ == Phase::Running)
+                // Only up to spare_workers: after a burst on a full pool, every client
+                // that waited would otherwise stay as a spare process for good.
+                if (s.generation == generation_ && phase_ == Phase::Running &&
+                    spares_.size() < size_t(cfg_.spare_workers))
                     spares_.push_back(s.pid);
                 else
-                    s.channel.reset();  // forked before a reload, or stopping: it leaves
+                    s.channel.reset();  // forked before a reload, stopping, or one spare too many: it leaves
             }
             log_debug("C-%llu moved to warm worker %d", (unsigned long long)w.session_id, int(w.pid));
             break;
@@ -1112,8 +1128,8 @@ void Supervisor::keep_helpers(Clock::time_point now)
     if (phase_ == Phase::Ending)
         return;
     for (auto& a : aux_)
-        if (a.due(now))  // the close list only when it forks: it names every worker's channel
-            a.start(cfg_, table_, fds_to_close_in_child(-1), now);
+        if (a.due(now))
+            a.start(cfg_, table_, [this] { return fds_to_close_in_child(-1); }, now);
 }
 
 bool Supervisor::helpers_running() const
