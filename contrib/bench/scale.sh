@@ -208,8 +208,8 @@ report "at $((idle + busy)) sessions, $(admin_timed 'SHOW SESSIONS')"
 report "at $((idle + busy)) sessions, $(scrape_timed)"
 if wait "$pgbench_pid"; then
     report "pgbench -S -c $busy beside $idle idle sessions: $(sed -n 's/^tps = \([0-9.]*\).*/\1/p' \
-        "$work/pgbench.log" | head -n 1 | awk '{ printf "%.0f", $1 }') tps, $(grep -o \
-        'latency average = .*' "$work/pgbench.log")"
+        "$work/pgbench.log" | head -n 1 | awk '{ printf "%.0f", $1 }') tps ($(grep -o \
+        'initial connection time = .*' "$work/pgbench.log"), $(grep -o 'latency average = .*' "$work/pgbench.log"))"
 else
     echo "scale: pgbench failed:" >&2
     tail -n 5 "$work/pgbench.log" >&2
@@ -224,7 +224,8 @@ all_kib=$(pss_kib "${pids[@]}")
 mapfile -t bpids < <(backends)
 pg_kib=$(pss_kib "${bpids[@]}")
 report "PSS: $((all_kib / idle)) KiB per idle session ($((all_kib / 1024)) MiB over ${#pids[@]} worker and helper \
-processes, spares included), supervisor $((sup_kib / 1024)) MiB; PostgreSQL $((pg_kib / ${#bpids[@]})) KiB per \
+processes, spares included), supervisor $((sup_kib / 1024)) MiB PSS, $(awk '/^VmRSS/ { printf "%d", $2 / 1024 }' \
+"/proc/$pgw_pid/status") MiB RSS; PostgreSQL $((pg_kib / ${#bpids[@]})) KiB per \
 backend (${#bpids[@]} processes)"
 # Where one idle session's PSS goes: its largest mappings.
 one=$(for p in "${pids[@]}"; do [ -r "/proc/$p/smaps" ] && grep -q '^Pss' "/proc/$p/smaps_rollup" && echo "$p"; done |
@@ -274,7 +275,9 @@ done
 report "pooled: $waiting clients in the pool's queue"
 mapfile -t pids < <(workers)
 all_kib=$(pss_kib "${pids[@]}")
-report "pooled PSS: $((all_kib / idle)) KiB per client ($((all_kib / 1024)) MiB over ${#pids[@]} processes)"
+report "pooled PSS: $((all_kib / idle)) KiB per client ($((all_kib / 1024)) MiB over ${#pids[@]} processes), \
+supervisor $(($(pss_kib "$pgw_pid") / 1024)) MiB PSS, $(awk '/^VmRSS/ { printf "%d", $2 / 1024 }' \
+"/proc/$pgw_pid/status") MiB RSS"
 report "supervisor with $pool pooled sessions and $waiting waiting: $(supervisor_cpu "$cpu_secs" pooled)"
 report "pooled, $(admin_timed 'SHOW SESSIONS')"
 report "pooled, $(admin_timed 'SHOW POOLS')"

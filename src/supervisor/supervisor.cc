@@ -54,6 +54,9 @@ constexpr int kCrashLimit = 10;
 constexpr auto kCrashWindow = 10s;
 // After sessions are told to stop (57P01), how long they have before SIGKILL.
 constexpr auto kShutdownGrace = 10s;
+// Spares beyond spare_workers (workers whose waiting pooled client moved to a warm
+// worker) leave once the oldest has had no work for this long.
+constexpr auto kSpareLinger = 5s;
 // STATUS= is refreshed at most this often.
 constexpr auto kStatusInterval = 1s;
 
@@ -139,6 +142,7 @@ private:
     bool spawn_spare();
     void replenish();
     void retire_spares();
+    void trim_spares(Clock::time_point now);
     void on_signal();
     void reap();
     void reload();
@@ -354,6 +358,20 @@ void Supervisor::replenish()
     while (phase_ == Phase::Running && spares_.size() < size_t(cfg_.spare_workers))
         if (!spawn_spare())
             break;
+}
+
+// After a burst on a full pool every client that waited leaves a spare behind (its
+// worker logged it in, then handed it over): without this, 2,000 of them stayed for
+// good. Spares are used oldest first, so an old one at the front means no demand.
+void Supervisor::trim_spares(Clock::time_point now)
+{
+    while (spares_.size() > size_t(cfg_.spare_workers)) {
+        Worker& w = workers_.at(spares_.front());
+        if (now - w.since < kSpareLinger)
+            return;
+        w.channel.reset();
+        spares_.pop_front();
+    }
 }
 
 // Spares exit when their channel closes (they were forked with the old config,
@@ -842,13 +860,12 @@ void Supervisor::perform(const std::vector<pool::Action>& actions)
                 set_state(s, Worker::State::Spare);
                 s.session_id = 0;
                 s.since = Clock::now();
-                // Only up to spare_workers: after a burst on a full pool, every client
-                // that waited would otherwise stay as a spare process for good.
-                if (s.generation == generation_ && phase_ == Phase::Running &&
-                    spares_.size() < size_t(cfg_.spare_workers))
+                // It may make more spares than spare_workers: they serve the rest of a
+                // burst without a fork, and trim_spares ends them when the burst is over.
+                if (s.generation == generation_ && phase_ == Phase::Running)
                     spares_.push_back(s.pid);
                 else
-                    s.channel.reset();  // forked before a reload, stopping, or one spare too many: it leaves
+                    s.channel.reset();  // forked before a reload, or stopping: it leaves
             }
             log_debug("C-%llu moved to warm worker %d", (unsigned long long)w.session_id, int(w.pid));
             break;
@@ -1236,6 +1253,7 @@ int Supervisor::run()
         prefill(now);
         publish_pools(now);
         replenish();
+        trim_spares(now);
         keep_helpers(now);
         notify_status(false);
     }

@@ -252,8 +252,9 @@ BOOST_AUTO_TEST_CASE(full_pool_waits_in_order_then_53300)
 BOOST_AUTO_TEST_CASE(clients_that_waited_leave_no_extra_spares)
 {
     // A client that waited for a full pool is moved to the warm worker when it frees; the
-    // worker that held it becomes a spare again, but only up to spare_workers (2 here):
-    // the others leave. (Before, 2,000 clients that had waited left 2,000 spares behind.)
+    // worker that held it becomes a spare again, and those beyond spare_workers (2 here)
+    // leave once they have had no work for 5 s. (Before, 2,000 clients that had waited
+    // left 2,000 spares behind for good.)
     Proxy p("pool-spares", pooled_options("pool_size=1", "query_wait_timeout = 0\n"));
     Conn holder = connect_app(p, "pooled", "holder");
     constexpr int kWaiters = 6;
@@ -271,7 +272,7 @@ BOOST_AUTO_TEST_CASE(clients_that_waited_leave_no_extra_spares)
         t.join();
     BOOST_CHECK_EQUAL(served.load(), kWaiters);
     // Two spares and the warm worker.
-    BOOST_CHECK_MESSAGE(wait_for([&] { return children_of(p.pid()).size() == 3; }),
+    BOOST_CHECK_MESSAGE(wait_for([&] { return children_of(p.pid()).size() == 3; }, 15000),
                         children_of(p.pid()).size() << " processes under the supervisor");
     check_clean_stop(p);
 }
