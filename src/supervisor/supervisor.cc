@@ -19,6 +19,7 @@
 #include "tls/server_tls.hh"
 
 #include <fcntl.h>
+#include <openssl/rand.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
@@ -251,6 +252,13 @@ Status Supervisor::setup()
     if (!tls)
         return Error{tls.error()};
     tls_ = std::move(*tls);
+    // OpenSSL's default provider and random generators, set up once here before any fork
+    // (a client TLS context does it too, but TLS may be off): otherwise every worker sets
+    // them up itself on its first RAND_bytes, its session's cancel secret, about 230 KiB
+    // of heap of its own per session. A child's generators reseed on their first use
+    // after fork (OpenSSL 3 keeps the pid they were seeded in).
+    if (unsigned char probe[16]; RAND_bytes(probe, sizeof probe) != 1)
+        log_warning("OpenSSL's random generator failed at start; workers will try again for each session");
 
     // Before the first fork, so every worker maps the same table.
     auto table = ipc::SessionTable::create(std::uint32_t(cfg_.max_client_conn), std::uint32_t(cfg_.peer_id));
