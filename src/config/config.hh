@@ -66,6 +66,7 @@ struct Config {
     std::string unix_socket_dir;
     long unix_socket_mode = 0;
     long max_client_conn = 0;
+    long listen_backlog = 0;
     long spare_workers = 0;
     long client_login_timeout = 0;
     long server_connect_timeout = 0;

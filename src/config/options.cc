@@ -13,7 +13,7 @@ namespace {
 using T = OptionType;
 using R = ReloadClass;
 
-const std::array<OptionSpec, 66> kOptions = {{
+const std::array<OptionSpec, 67> kOptions = {{
     {"listen_addr", T::String, "127.0.0.1", 0, 0, "", R::Restart,
      "TCP addresses to listen on, comma-separated; * for all, empty for none",
      nullptr, &Config::listen_addr},
@@ -27,6 +27,9 @@ const std::array<OptionSpec, 66> kOptions = {{
     {"max_client_conn", T::Integer, "100", 1, 100000, "", R::Restart,
      "most client sessions at once; more get SQLSTATE 53300", &Config::max_client_conn,
      nullptr},
+    {"listen_backlog", T::Integer, "0", 0, 65535, "", R::Restart,
+     "length of each listener's queue of connections not yet accepted; 0: the kernel's most",
+     &Config::listen_backlog, nullptr},
     {"spare_workers", T::Integer, "4", 0, 256, "", R::Reload,
      "pre-forked idle workers kept ready so fork is off the connect path",
      &Config::spare_workers, nullptr},

@@ -162,16 +162,17 @@ std::vector<Action> Registry::expire(Clock::time_point now)
     std::vector<Action> actions;
     // The reserve may have opened for someone.
     serve(actions, now);
+    // A queue is in the order of `since` (clients join at its end), so the timed-out
+    // ones are at its front: no look at the others (thousands may wait).
     for (auto& [name, r] : routes_) {
         if (r.limits.query_wait_timeout.count() <= 0)
             continue;
-        std::erase_if(r.waiting, [&](const Waiter& w) {
-            if (now - w.since < r.limits.query_wait_timeout)
-                return false;
+        while (!r.waiting.empty() && now - r.waiting.front().since >= r.limits.query_wait_timeout) {
+            const Waiter& w = r.waiting.front();
             r.waits.add(std::chrono::duration<double>(now - w.since).count());
             actions.push_back({Action::Timeout, w.worker, 0});
-            return true;
-        });
+            r.waiting.pop_front();
+        }
     }
     // Routes nobody uses any more are forgotten (those with a minimum are kept).
     std::erase_if(routes_, [](const auto& kv) {
@@ -183,14 +184,23 @@ std::vector<Action> Registry::expire(Clock::time_point now)
 
 Registry::Clock::time_point Registry::next_deadline(Clock::time_point now) const
 {
+    // Called every round of the supervisor's loop: the queues are in the order of
+    // `since`, so the front times out first, and the first client not yet allowed the
+    // reserve is found by binary search.
     auto next = Clock::time_point::max();
-    for (const auto& [name, r] : routes_)
-        for (const auto& w : r.waiting) {
-            if (r.limits.query_wait_timeout.count() > 0)
-                next = std::min(next, w.since + r.limits.query_wait_timeout);
-            if (r.limits.reserve_pool_size > 0 && w.since + r.limits.reserve_pool_timeout > now)
-                next = std::min(next, w.since + r.limits.reserve_pool_timeout);
+    for (const auto& [name, r] : routes_) {
+        if (r.waiting.empty())
+            continue;
+        if (r.limits.query_wait_timeout.count() > 0)
+            next = std::min(next, r.waiting.front().since + r.limits.query_wait_timeout);
+        if (r.limits.reserve_pool_size > 0) {
+            auto first = std::partition_point(r.waiting.begin(), r.waiting.end(), [&](const Waiter& w) {
+                return w.since + r.limits.reserve_pool_timeout <= now;
+            });
+            if (first != r.waiting.end())
+                next = std::min(next, first->since + r.limits.reserve_pool_timeout);
         }
+    }
     return next;
 }
 

@@ -27,11 +27,10 @@ AuxProcess::AuxProcess(std::string name, Main main, Wanted wanted)
 {
 }
 
-bool AuxProcess::ensure(const config::Config& cfg, const ipc::SessionTable& table,
-                        const std::vector<int>& close_in_child, net::Clock::time_point now)
+bool AuxProcess::start(const config::Config& cfg, const ipc::SessionTable& table,
+                       const std::function<std::vector<int>()>& close_in_child, net::Clock::time_point now)
 {
-    wanted_now_ = wanted_(cfg);
-    if (pid_ > 0 || !wanted_now_ || now < not_before_)
+    if (!due(now))
         return true;
     pid_t pid = fork();
     if (pid < 0) {
@@ -40,7 +39,7 @@ bool AuxProcess::ensure(const config::Config& cfg, const ipc::SessionTable& tabl
         return false;
     }
     if (pid == 0) {
-        for (int fd : close_in_child)
+        for (int fd : close_in_child())
             ::close(fd);
         for (int s : {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCHLD})
             ::signal(s, SIG_DFL);

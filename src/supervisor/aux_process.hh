@@ -27,20 +27,28 @@ public:
 
     AuxProcess(std::string name, Main main, Wanted wanted);
 
-    // Starts it when the configuration wants it, it is not running, and the delay after
-    // its last exit has passed. False when fork failed (tried again on the next call).
-    bool ensure(const config::Config& cfg, const ipc::SessionTable& table, const std::vector<int>& close_in_child,
-                net::Clock::time_point now);
+    // Asks the configuration whether it wants this helper; at start and on every reload
+    // only (the health checker's answer parses every entry's connection string, too
+    // much for every round of the supervisor's loop).
+    void configure(const config::Config& cfg) { wanted_now_ = wanted_(cfg); }
+    // Whether start() should run now: wanted, not running, and the delay after its last
+    // exit has passed. Cheap, for every round of the loop.
+    bool due(net::Clock::time_point now) const { return pid_ <= 0 && wanted_now_ && now >= not_before_; }
+    // Forks it (when due()); the child closes what close_in_child() lists (called in the
+    // child: the list names every worker's channel). False when fork failed (tried again
+    // after a delay).
+    bool start(const config::Config& cfg, const ipc::SessionTable& table,
+               const std::function<std::vector<int>()>& close_in_child, net::Clock::time_point now);
     // A reaped child: true when it was this helper (its exit is logged, and its restart
     // delayed: 1 s, doubled up to 30 s while it keeps ending within a minute of starting).
     bool reaped(pid_t pid, int status, net::Clock::time_point now);
-    // SIGTERM (a reload restarts it with the new configuration through ensure();
+    // SIGTERM (a reload restarts it with the new configuration through start();
     // SIGKILL for a stop that cannot wait).
     void signal(int sig) const;
     bool running() const { return pid_ > 0; }
     pid_t pid() const { return pid_; }
     const std::string& name() const { return name_; }
-    // When ensure() should be called again (a restart delay running out); max() when
+    // When start() should be called again (a restart delay running out); max() when
     // nothing is due.
     net::Clock::time_point next_start() const;
 

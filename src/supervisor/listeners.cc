@@ -22,7 +22,16 @@
 namespace pgw::supervisor {
 namespace {
 
-constexpr int kBacklog = 1024;
+// The kernel's cap on a listen backlog (net.core.somaxconn): 4096 since Linux 5.4.
+int somaxconn()
+{
+    UniqueFd fd(::open("/proc/sys/net/core/somaxconn", O_RDONLY | O_CLOEXEC));
+    char buf[32] = {};
+    if (!fd.valid() || ::read(fd.get(), buf, sizeof buf - 1) <= 0)
+        return SOMAXCONN;
+    const long v = std::strtol(buf, nullptr, 10);
+    return v > 0 && v <= 1 << 30 ? int(v) : SOMAXCONN;
+}
 
 std::string sockaddr_name(const sockaddr* sa, socklen_t len)
 {
@@ -33,7 +42,7 @@ std::string sockaddr_name(const sockaddr* sa, socklen_t len)
                                      : std::string(host) + ":" + serv;
 }
 
-Status open_tcp(const std::string& addr, long port, std::vector<Listener>& out)
+Status open_tcp(const std::string& addr, long port, int backlog, std::vector<Listener>& out)
 {
     addrinfo hints{};
     hints.ai_family = AF_UNSPEC;
@@ -60,7 +69,7 @@ Status open_tcp(const std::string& addr, long port, std::vector<Listener>& out)
         if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0)
             return Error{"could not bind to " + name + ": " + std::strerror(errno) +
                          (errno == EADDRINUSE ? " (is another pgwicket or PostgreSQL running on this port?)" : "")};
-        if (::listen(fd.get(), kBacklog) != 0)
+        if (::listen(fd.get(), backlog) != 0)
             return Error{"could not listen on " + name + ": " + std::strerror(errno)};
         net::tune_listener(fd.get());
         out.push_back(Listener{std::move(fd), ListenerKind::Tcp, name, ""});
@@ -68,7 +77,7 @@ Status open_tcp(const std::string& addr, long port, std::vector<Listener>& out)
     return ok_status();
 }
 
-Status open_unix(const config::Config& cfg, std::vector<Listener>& out)
+Status open_unix(const config::Config& cfg, int backlog, std::vector<Listener>& out)
 {
     std::string path = unix_socket_path(cfg.unix_socket_dir, cfg.listen_port);
     sockaddr_un sun{};
@@ -95,7 +104,7 @@ Status open_unix(const config::Config& cfg, std::vector<Listener>& out)
         return Error{"could not bind Unix socket \"" + path + "\": " + std::strerror(errno)};
     if (::chmod(path.c_str(), mode_t(cfg.unix_socket_mode)) != 0)
         log_warning("could not set mode of \"%s\": %s", path.c_str(), std::strerror(errno));
-    if (::listen(fd.get(), kBacklog) != 0) {
+    if (::listen(fd.get(), backlog) != 0) {
         ::unlink(path.c_str());
         return Error{"could not listen on Unix socket \"" + path + "\": " + std::strerror(errno)};
     }
@@ -105,19 +114,32 @@ Status open_unix(const config::Config& cfg, std::vector<Listener>& out)
 
 } // namespace
 
+int listen_backlog(const config::Config& cfg)
+{
+    const int cap = somaxconn();
+    if (cfg.listen_backlog <= 0)
+        return cap;
+    if (cfg.listen_backlog > cap) {
+        log_warning("listen_backlog %ld is above the kernel's limit, net.core.somaxconn = %d, which applies "
+                    "instead; raise that sysctl for a longer queue", cfg.listen_backlog, cap);
+        return cap;
+    }
+    return int(cfg.listen_backlog);
+}
+
 std::string unix_socket_path(const std::string& dir, long port)
 {
     return dir + "/.s.PGSQL." + std::to_string(port);
 }
 
-Result<Listener> open_metrics_listener(const std::string& host_port)
+Result<Listener> open_metrics_listener(const std::string& host_port, int backlog)
 {
     auto hp = config::parse_host_port(host_port);
     if (!hp)
         return Error{"metrics_listen: " + hp.error()};
     long port = std::strtol(hp->port.c_str(), nullptr, 10);
     std::vector<Listener> ls;
-    if (auto st = open_tcp(hp->host.empty() ? "*" : hp->host, port, ls); !st)
+    if (auto st = open_tcp(hp->host.empty() ? "*" : hp->host, port, backlog, ls); !st)
         return Error{"metrics_listen: " + st.error()};
     if (ls.empty())
         return Error{"metrics_listen: \"" + host_port + "\" gave no address to listen on"};
@@ -177,18 +199,19 @@ Result<std::vector<Listener>> take_activated_listeners()
 Result<std::vector<Listener>> open_listeners(const config::Config& cfg)
 {
     std::vector<Listener> out;
+    const int backlog = listen_backlog(cfg);
     for (const auto& addr : cfg.listen_addresses())
-        if (auto st = open_tcp(addr, cfg.listen_port, out); !st) {
+        if (auto st = open_tcp(addr, cfg.listen_port, backlog, out); !st) {
             for (auto& l : out)
                 if (!l.unix_path.empty())
                     ::unlink(l.unix_path.c_str());
             return Error{st.error()};
         }
     if (!cfg.unix_socket_dir.empty())
-        if (auto st = open_unix(cfg, out); !st)
+        if (auto st = open_unix(cfg, backlog, out); !st)
             return Error{st.error()};
     if (!cfg.metrics_listen.empty()) {
-        auto m = open_metrics_listener(cfg.metrics_listen);
+        auto m = open_metrics_listener(cfg.metrics_listen, backlog);
         if (!m) {
             for (auto& l : out)
                 if (!l.unix_path.empty())

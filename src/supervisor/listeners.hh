@@ -28,7 +28,12 @@ Result<std::vector<Listener>> open_listeners(const config::Config& cfg);
 // were passed. A socket named "metrics" (FileDescriptorName=) serves metrics.
 Result<std::vector<Listener>> take_activated_listeners();
 
-Result<Listener> open_metrics_listener(const std::string& host_port);
+Result<Listener> open_metrics_listener(const std::string& host_port, int backlog);
+
+// The backlog our own listeners get: listen_backlog, or when 0 (the default) the most
+// the kernel allows (net.core.somaxconn), so a burst of connects waits in the queue
+// instead of being dropped while the supervisor accepts.
+int listen_backlog(const config::Config& cfg);
 
 // PostgreSQL's socket file name for a port.
 std::string unix_socket_path(const std::string& dir, long port);

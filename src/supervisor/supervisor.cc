@@ -19,8 +19,10 @@
 #include "tls/server_tls.hh"
 
 #include <fcntl.h>
+#include <openssl/rand.h>
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -28,11 +30,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <map>
+#include <set>
 #include <unordered_map>
 #include <string>
 
@@ -50,6 +55,9 @@ constexpr int kCrashLimit = 10;
 constexpr auto kCrashWindow = 10s;
 // After sessions are told to stop (57P01), how long they have before SIGKILL.
 constexpr auto kShutdownGrace = 10s;
+// Spares beyond spare_workers (workers whose waiting pooled client moved to a warm
+// worker) leave once the oldest has had no work for this long.
+constexpr auto kSpareLinger = 5s;
 // STATUS= is refreshed at most this often.
 constexpr auto kStatusInterval = 1s;
 
@@ -61,6 +69,35 @@ std::vector<AuxProcess> helper_processes()
     helpers.emplace_back("health checker", &health::checker_main, &health::checker_wanted);
     helpers.emplace_back("key fetcher", &jwks::fetcher_main, &jwks::fetcher_wanted);
     return helpers;
+}
+
+// The supervisor holds a channel per worker (sessions, spares, refusals, warm pooled
+// workers) besides its listeners, and the soft limit on open files is often 1024: it
+// is raised to the hard limit at start, as a log line says, and a hard limit too low
+// for max_client_conn is a warning (accept would fail with EMFILE, or a fork's
+// socketpair, long before max_client_conn).
+void raise_fd_limit(const config::Config& cfg)
+{
+    rlimit rl{};
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        const rlim_t was = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+            log_info("raised the limit on open files (RLIMIT_NOFILE) from %llu to the hard limit, %llu",
+                     (unsigned long long)was, (unsigned long long)rl.rlim_max);
+        else {
+            log_warning("could not raise the limit on open files from %llu to %llu: %s", (unsigned long long)was,
+                        (unsigned long long)rl.rlim_max, std::strerror(errno));
+            rl.rlim_cur = was;
+        }
+    }
+    const auto needed = rlim_t(cfg.max_client_conn + cfg.spare_workers) + kMaxRefusers + 64;
+    if (rl.rlim_cur < needed)
+        log_warning("the limit on open files is %llu, and max_client_conn %ld needs about %llu in the supervisor "
+                    "(a channel per worker); raise the hard limit (LimitNOFILE= in the service, ulimit -Hn)",
+                    (unsigned long long)rl.rlim_cur, cfg.max_client_conn, (unsigned long long)needed);
 }
 
 constexpr std::uint64_t kSignalTag = ~std::uint64_t(0);
@@ -106,6 +143,7 @@ private:
     bool spawn_spare();
     void replenish();
     void retire_spares();
+    void trim_spares(Clock::time_point now);
     void on_signal();
     void reap();
     void reload();
@@ -124,7 +162,16 @@ private:
     pool::Limits limits_for(const std::string& entry) const;
     void publish_pools(Clock::time_point now);
     std::vector<int> fds_to_close_in_child(int own_parent_end) const;
-    size_t count(Worker::State s) const;
+    // How many workers are in each state: kept by set_state and the two places that add
+    // and remove workers, since dispatch asks on every accept (a walk over thousands
+    // of workers each time, before).
+    size_t count(Worker::State s) const { return by_state_[size_t(s)]; }
+    void set_state(Worker& w, Worker::State s);
+    bool at_capacity() const
+    {
+        return count(Worker::State::Busy) >= size_t(cfg_.max_client_conn) || free_slots_.empty();
+    }
+    void forget(std::map<pid_t, Worker>::iterator it);
     void keep_helpers(Clock::time_point now);
     bool helpers_running() const;
 
@@ -136,12 +183,14 @@ private:
     std::vector<Listener> listeners_;
     UniqueFd epoll_, sigfd_;
     std::map<pid_t, Worker> workers_;
+    std::array<size_t, size_t(Worker::State::Relaying) + 1> by_state_{};
     std::deque<pid_t> spares_;
     std::uint64_t next_session_id_ = 1;
     Phase phase_ = Phase::Running;
     Clock::time_point drain_deadline_{}, kill_deadline_{};
     bool reload_requested_ = false;
     bool activated_ = false;  // listeners came from systemd
+    bool notify_ = false;     // systemd reads our sd_notify messages (NOTIFY_SOCKET)
     std::uint64_t watchdog_usec_ = 0;
     Clock::time_point next_watchdog_{}, next_status_{};
     std::string last_status_;
@@ -159,21 +208,28 @@ private:
     // a client opens a connection of the route; after a failed attempt the route waits.
     std::map<std::string, std::string> templates_;
     std::map<std::string, Clock::time_point> prefill_paused_;
+    std::set<std::string> prefilling_;  // routes a worker opens a connection of (one at a time)
     void seed_minimums();
     void prefill(Clock::time_point now);
     void guess(const std::string& host, const std::string& route);
 };
 
-size_t Supervisor::count(Worker::State s) const
+void Supervisor::set_state(Worker& w, Worker::State s)
 {
-    size_t n = 0;
-    for (const auto& [pid, w] : workers_)
-        n += w.state == s;
-    return n;
+    --by_state_[size_t(w.state)];
+    ++by_state_[size_t(s)];
+    w.state = s;
+}
+
+void Supervisor::forget(std::map<pid_t, Worker>::iterator it)
+{
+    --by_state_[size_t(it->second.state)];
+    workers_.erase(it);
 }
 
 Status Supervisor::setup()
 {
+    raise_fd_limit(cfg_);
     sigset_t mask;
     sigemptyset(&mask);
     // SIGUSR1/SIGUSR2 are for workers (routed cancels, drain notice); the supervisor
@@ -196,6 +252,13 @@ Status Supervisor::setup()
     if (!tls)
         return Error{tls.error()};
     tls_ = std::move(*tls);
+    // OpenSSL's default provider and random generators, set up once here before any fork
+    // (a client TLS context does it too, but TLS may be off): otherwise every worker sets
+    // them up itself on its first RAND_bytes, its session's cancel secret, about 230 KiB
+    // of heap of its own per session. A child's generators reseed on their first use
+    // after fork (OpenSSL 3 keeps the pid they were seeded in).
+    if (unsigned char probe[16]; RAND_bytes(probe, sizeof probe) != 1)
+        log_warning("OpenSSL's random generator failed at start; workers will try again for each session");
 
     // Before the first fork, so every worker maps the same table.
     auto table = ipc::SessionTable::create(std::uint32_t(cfg_.max_client_conn), std::uint32_t(cfg_.peer_id));
@@ -217,7 +280,7 @@ Status Supervisor::setup()
         for (const auto& l : listeners_)
             has_metrics |= l.kind == ListenerKind::Metrics;
         if (!has_metrics && !cfg_.metrics_listen.empty()) {
-            auto m = open_metrics_listener(cfg_.metrics_listen);
+            auto m = open_metrics_listener(cfg_.metrics_listen, listen_backlog(cfg_));
             if (!m)
                 return Error{m.error()};
             listeners_.push_back(std::move(*m));
@@ -228,6 +291,7 @@ Status Supervisor::setup()
             return Error{ls.error()};
         listeners_ = std::move(*ls);
     }
+    notify_ = std::getenv("NOTIFY_SOCKET") != nullptr;
     if (sd_watchdog_enabled(1, &watchdog_usec_) <= 0)
         watchdog_usec_ = 0;
 
@@ -250,7 +314,9 @@ Status Supervisor::setup()
 
 std::vector<int> Supervisor::fds_to_close_in_child(int own_parent_end) const
 {
-    std::vector<int> fds = {epoll_.get(), sigfd_.get()};
+    std::vector<int> fds;
+    fds.reserve(workers_.size() + listeners_.size() + 3);
+    fds.insert(fds.end(), {epoll_.get(), sigfd_.get()});
     if (own_parent_end >= 0)
         fds.push_back(own_parent_end);
     for (const auto& l : listeners_)
@@ -271,14 +337,16 @@ bool Supervisor::spawn_spare()
         return false;
     }
     UniqueFd parent_end(sv[0]), child_end(sv[1]);
-    std::vector<int> to_close = fds_to_close_in_child(parent_end.get());
     pid_t pid = fork();
     if (pid < 0) {
         log_error("fork: %s", std::strerror(errno));
         return false;
     }
+    // The list of what to close names every worker's channel: the child builds it from
+    // its copy of our state, so the supervisor's share of a fork does not grow with the
+    // sessions (and writes no heap pages it shares with thousands of children).
     if (pid == 0)
-        session::worker_main(cfg_, table_, tls_.get(), child_end.release(), to_close);
+        session::worker_main(cfg_, table_, tls_.get(), child_end.release(), fds_to_close_in_child(parent_end.get()));
     Worker w;
     w.pid = pid;
     w.channel = std::move(parent_end);
@@ -287,6 +355,7 @@ bool Supervisor::spawn_spare()
     ev.events = EPOLLIN;
     ev.data.u64 = kChannelTag | std::uint64_t(pid);
     epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, w.channel.get(), &ev);
+    ++by_state_[size_t(w.state)];
     workers_.emplace(pid, std::move(w));
     spares_.push_back(pid);
     return true;
@@ -297,6 +366,20 @@ void Supervisor::replenish()
     while (phase_ == Phase::Running && spares_.size() < size_t(cfg_.spare_workers))
         if (!spawn_spare())
             break;
+}
+
+// After a burst on a full pool every client that waited leaves a spare behind (its
+// worker logged it in, then handed it over): without this, 2,000 of them stayed for
+// good. Spares are used oldest first, so an old one at the front means no demand.
+void Supervisor::trim_spares(Clock::time_point now)
+{
+    while (spares_.size() > size_t(cfg_.spare_workers)) {
+        Worker& w = workers_.at(spares_.front());
+        if (now - w.since < kSpareLinger)
+            return;
+        w.channel.reset();
+        spares_.pop_front();
+    }
 }
 
 // Spares exit when their channel closes (they were forked with the old config,
@@ -328,9 +411,14 @@ void Supervisor::dispatch(UniqueFd client, const sockaddr_storage& peer, socklen
         if (phase_ != Phase::Running) {
             h.type = ipc::HandoffType::ShuttingDown;
             refuse = true;
-        } else if (count(Worker::State::Busy) >= size_t(cfg_.max_client_conn) || free_slots_.empty()) {
-            h.type = ipc::HandoffType::Refuse;
-            refuse = true;
+        } else if (at_capacity()) {
+            // A session that has ended keeps its place until its worker is reaped, and a
+            // burst is accepted in one go before this round reads its SIGCHLD: reap first.
+            reap();
+            if (at_capacity()) {
+                h.type = ipc::HandoffType::Refuse;
+                refuse = true;
+            }
         }
         if (refuse) {
             ipc::SessionTable::bump(phase_ != Phase::Running ? counters.refused_shutdown
@@ -388,14 +476,14 @@ bool Supervisor::hand_to(Worker& w, ipc::Handoff& h, int client_fd, bool refuse,
     }
     if (auto st = ipc::send_handoff(w.channel.get(), h, client_fd); !st) {
         log_warning("handoff to worker %d failed: %s", int(w.pid), st.error().c_str());
-        w.state = Worker::State::Retired;
+        set_state(w, Worker::State::Retired);
         ::kill(w.pid, SIGKILL);
         return false;
     }
     log_debug("C-%llu: %s handed to %s worker %d", (unsigned long long)h.session_id,
               net::describe_peer(h.peer, h.peer_len).c_str(), w.state == Worker::State::Warm ? "warm" : "spare",
               int(w.pid));
-    w.state = refuse ? Worker::State::Refusing : Worker::State::Busy;
+    set_state(w, refuse ? Worker::State::Refusing : Worker::State::Busy);
     w.session_id = h.session_id;
     w.peer_host = host;
     w.since = Clock::now();
@@ -472,6 +560,7 @@ void Supervisor::reap()
         }
         table_.release_servers_of(pid);
         if (!w.prefilling.empty()) {
+            prefilling_.erase(w.prefilling);
             if (WIFEXITED(status) && WEXITSTATUS(status) == session::kExitOk) {
                 // Nothing to open: the entry is gone, or the route's settings changed.
                 pool_.forget_minimum(w.prefilling);
@@ -481,7 +570,7 @@ void Supervisor::reap()
                 prefill_paused_[w.prefilling] = Clock::now() + 5s;
             }
         }
-        workers_.erase(it);
+        forget(it);
         // Its pooled connection, or its place in a pool's queue, is free now.
         perform(pool_.gone(pid, Clock::now()));
     }
@@ -533,7 +622,7 @@ void Supervisor::on_channel(pid_t pid, std::uint32_t events)
             std::vector<pool::Action> actions;
             if (pool_.leaving(pid, actions, Clock::now())) {
                 tell(w, ipc::HandoffType::Retire);
-                w.state = Worker::State::Leaving;
+                set_state(w, Worker::State::Leaving);
             }
             perform(actions);
         }
@@ -615,10 +704,7 @@ void Supervisor::prefill(Clock::time_point now)
                 continue;
             prefill_paused_.erase(paused);
         }
-        bool busy = false;
-        for (const auto& [pid, w] : workers_)
-            busy = busy || w.prefilling == route;
-        if (busy)
+        if (prefilling_.count(route))
             continue;
         if (spares_.empty() && !spawn_spare())
             return;
@@ -626,13 +712,14 @@ void Supervisor::prefill(Clock::time_point now)
         spares_.pop_front();
         Worker& w = workers_.at(pid);
         if (!ipc::send_message(w.channel.get(), ipc::HandoffType::Prefill, tmpl->second)) {
-            w.state = Worker::State::Retired;
+            set_state(w, Worker::State::Retired);
             ::kill(pid, SIGKILL);
             continue;
         }
         pool_.prefill(pid, route);
-        w.state = Worker::State::Busy;
+        set_state(w, Worker::State::Busy);
         w.prefilling = route;
+        prefilling_.insert(route);
         w.since = now;
         log_debug("worker %d opens a connection of %s (min_pool_size)", int(pid), pool::route_label(route).c_str());
     }
@@ -696,10 +783,11 @@ void Supervisor::on_warm(Worker& w, const std::string& route)
         // Draining, forked before a reload, or a connection the pool never counted.
         perform(pool_.gone(w.pid, Clock::now()));
         tell(w, ipc::HandoffType::Retire);
-        w.state = Worker::State::Leaving;
+        set_state(w, Worker::State::Leaving);
         return;
     }
-    w.state = Worker::State::Warm;
+    set_state(w, Worker::State::Warm);
+    prefilling_.erase(w.prefilling);
     w.prefilling.clear();
     if (!w.peer_host.empty())  // a prefill has no client host
         guess(w.peer_host, route);
@@ -735,7 +823,7 @@ void Supervisor::perform(const std::vector<pool::Action>& actions)
             auto it = workers_.find(a.warm);
             if (it != workers_.end() && it->second.state == Worker::State::Warm) {
                 tell(it->second, ipc::HandoffType::Retire);
-                it->second.state = Worker::State::Leaving;
+                set_state(it->second, Worker::State::Leaving);
             }
             break;
         }
@@ -756,7 +844,7 @@ void Supervisor::perform(const std::vector<pool::Action>& actions)
                 break;
             }
             Worker& w = warm->second;
-            w.state = Worker::State::Busy;
+            set_state(w, Worker::State::Busy);
             w.peer_host = s.peer_host;
             w.session_id = s.session_id;
             w.slot = s.slot;
@@ -770,16 +858,18 @@ void Supervisor::perform(const std::vector<pool::Action>& actions)
                 // It keeps its TLS client and relays to `w`; a connection of its own (it
                 // was warm on another route) it closes.
                 if (tell(s, ipc::HandoffType::HandedOver))
-                    s.state = Worker::State::Relaying;
+                    set_state(s, Worker::State::Relaying);
                 if (pool_.held_route(s.pid))
                     perform(pool_.gone(s.pid, Clock::now()));
             } else if (pool_.held_route(s.pid)) {
                 // A warm worker that got another route's client: warm again when it says so.
                 tell(s, ipc::HandoffType::HandedOver);
             } else if (tell(s, ipc::HandoffType::HandedOver)) {
-                s.state = Worker::State::Spare;
+                set_state(s, Worker::State::Spare);
                 s.session_id = 0;
                 s.since = Clock::now();
+                // It may make more spares than spare_workers: they serve the rest of a
+                // burst without a fork, and trim_spares ends them when the burst is over.
                 if (s.generation == generation_ && phase_ == Phase::Running)
                     spares_.push_back(s.pid);
                 else
@@ -907,8 +997,10 @@ void Supervisor::reload()
     replenish();
     seed_minimums();
     // Helpers start again with the new configuration (their shared state stays).
-    for (const auto& a : aux_)
+    for (auto& a : aux_) {
+        a.configure(cfg_);
         a.signal(SIGTERM);
+    }
     log_info("configuration reloaded from %s (%d change%s)", cfg_.path.c_str(), changed,
              changed == 1 ? "" : "s");
     sd_notify(0, "READY=1");
@@ -974,6 +1066,9 @@ void Supervisor::begin_end(const char* why)
 
 void Supervisor::notify_status(bool force)
 {
+    // Without systemd nobody reads it, and it counts every slot of the table.
+    if (!notify_)
+        return;
     const auto now = Clock::now();
     if (!force && now < next_status_)
         return;
@@ -1058,7 +1153,8 @@ void Supervisor::keep_helpers(Clock::time_point now)
     if (phase_ == Phase::Ending)
         return;
     for (auto& a : aux_)
-        a.ensure(cfg_, table_, fds_to_close_in_child(-1), now);
+        if (a.due(now))
+            a.start(cfg_, table_, [this] { return fds_to_close_in_child(-1); }, now);
 }
 
 bool Supervisor::helpers_running() const
@@ -1084,6 +1180,8 @@ int Supervisor::run()
     }
     replenish();
     seed_minimums();
+    for (auto& a : aux_)
+        a.configure(cfg_);
     keep_helpers(Clock::now());
     log_info("pgwicket %s ready: %zu spare workers, max_client_conn %ld%s", PGWICKET_VERSION,
              spares_.size(), cfg_.max_client_conn,
@@ -1142,7 +1240,8 @@ int Supervisor::run()
                     pid_t pid = waitpid(-1, &status, 0);
                     if (pid < 0)
                         break;
-                    workers_.erase(pid);
+                    if (auto it = workers_.find(pid); it != workers_.end())
+                        forget(it);
                     for (auto& a : aux_)
                         a.reaped(pid, status, now);
                 }
@@ -1162,6 +1261,7 @@ int Supervisor::run()
         prefill(now);
         publish_pools(now);
         replenish();
+        trim_spares(now);
         keep_helpers(now);
         notify_status(false);
     }

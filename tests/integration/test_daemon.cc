@@ -5,12 +5,15 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -426,6 +429,69 @@ BOOST_AUTO_TEST_CASE(syslog_sink)
     BOOST_TEST(contains(got, "ready:"), got);
     // Nothing of it went to stderr (the harness's log file) instead.
     BOOST_TEST(!contains(read_file(p.log_path()), "session ended"), p.log_tail());
+    check_clean_stop(p);
+}
+
+BOOST_AUTO_TEST_CASE(a_burst_at_max_client_conn_under_a_low_open_file_limit)
+{
+    // Started with a soft limit of 256 open files, the supervisor raises it to the hard
+    // limit (and says so), or it could not hold a channel to each of the 300 workers of a
+    // burst of 300 sessions, all started at once: max_client_conn exactly, none refused
+    // (the listen backlog holds them while the supervisor forks). The 301st gets 53300.
+    // Admin console sessions: no upstream backend needed.
+    constexpr int kBurst = 300;
+    rlimit rl{};
+    getrlimit(RLIMIT_NOFILE, &rl);
+    if (rl.rlim_max < rlim_t(3 * kBurst) || access("/usr/bin/prlimit", X_OK) != 0) {
+        BOOST_TEST_MESSAGE("skipped: needs /usr/bin/prlimit and a hard limit of " << 3 * kBurst << " open files");
+        return;
+    }
+    if (rl.rlim_cur < rlim_t(3 * kBurst)) {  // we hold a descriptor per connection too
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    ProxyOptions o;
+    o.max_client_conn = kBurst;
+    o.extra_settings = "admin_users = postgres\n";
+    o.launcher = {"/usr/bin/prlimit", "--nofile=256:" + std::to_string(std::min<rlim_t>(rl.rlim_max, 65536)), "--"};
+    Proxy p("pgwicket-burst", o);
+    BOOST_TEST(log_has(p, "raised the limit on open files (RLIMIT_NOFILE) from 256 to the hard limit"),
+               p.log_tail());
+
+    const std::string conninfo = p.conninfo("pgwicket", "postgres");
+    std::vector<Conn> conns;
+    for (int i = 0; i < kBurst; ++i)
+        conns.emplace_back(PQconnectStart(conninfo.c_str()));
+    std::vector<PostgresPollingStatusType> want(kBurst, PGRES_POLLING_WRITING);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    int pending = kBurst;
+    while (pending > 0 && std::chrono::steady_clock::now() < deadline) {
+        std::vector<pollfd> fds;
+        std::vector<int> which;
+        for (int i = 0; i < kBurst; ++i)
+            if (want[i] == PGRES_POLLING_READING || want[i] == PGRES_POLLING_WRITING) {
+                fds.push_back({PQsocket(conns[i].get()), short(want[i] == PGRES_POLLING_READING ? POLLIN : POLLOUT), 0});
+                which.push_back(i);
+            }
+        if (::poll(fds.data(), fds.size(), 1000) <= 0)
+            continue;
+        for (size_t k = 0; k < fds.size(); ++k)
+            if (fds[k].revents) {
+                want[which[k]] = PQconnectPoll(conns[which[k]].get());
+                pending -= want[which[k]] == PGRES_POLLING_OK || want[which[k]] == PGRES_POLLING_FAILED;
+            }
+    }
+    int ok = 0;
+    std::string first_error;
+    for (const auto& c : conns) {
+        ok += PQstatus(c.get()) == CONNECTION_OK;
+        if (PQstatus(c.get()) != CONNECTION_OK && first_error.empty())
+            first_error = PQerrorMessage(c.get());
+    }
+    BOOST_TEST(ok == kBurst, ok << " of " << kBurst << " connected; first error: " << first_error << p.log_tail());
+    Conn extra = connect(conninfo);
+    BOOST_TEST(contains(PQerrorMessage(extra.get()), "too many clients"), PQerrorMessage(extra.get()));
+    conns.clear();
     check_clean_stop(p);
 }
 

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <set>
 #include <chrono>
 #include <map>
@@ -245,6 +246,34 @@ BOOST_AUTO_TEST_CASE(full_pool_waits_in_order_then_53300)
     BOOST_CHECK_EQUAL(metric(body, "pgwicket_pool_wait_seconds_bucket{" + pool + ",le=\"+Inf\"}"), 3);
     BOOST_CHECK_GE(metric(body, "pgwicket_pool_wait_seconds_bucket{" + pool + ",le=\"0.001\"}"), 1);  // the holder
     BOOST_CHECK_GE(metric(body, "pgwicket_pool_wait_seconds_sum{" + pool + "}"), 3.0);
+    check_clean_stop(p);
+}
+
+BOOST_AUTO_TEST_CASE(clients_that_waited_leave_no_extra_spares)
+{
+    // A client that waited for a full pool is moved to the warm worker when it frees; the
+    // worker that held it becomes a spare again, and those beyond spare_workers (2 here)
+    // leave once they have had no work for 5 s. (Before, 2,000 clients that had waited
+    // left 2,000 spares behind for good.)
+    Proxy p("pool-spares", pooled_options("pool_size=1", "query_wait_timeout = 0\n"));
+    Conn holder = connect_app(p, "pooled", "holder");
+    constexpr int kWaiters = 6;
+    std::atomic<int> served{0};
+    std::vector<std::thread> waiters;
+    for (int i = 0; i < kWaiters; ++i)
+        waiters.emplace_back([&] {
+            // In, and out at once: the next waiter gets the connection.
+            Conn c = connect(p.conninfo("pooled", "postgres", "application_name=waiter"));
+            served += PQstatus(c.get()) == CONNECTION_OK;
+        });
+    BOOST_CHECK_MESSAGE(wait_for([&] { return pool_row(p) == "0 1 6 1"; }), "SHOW POOLS: " << pool_row(p));
+    holder.reset();
+    for (auto& t : waiters)
+        t.join();
+    BOOST_CHECK_EQUAL(served.load(), kWaiters);
+    // Two spares and the warm worker.
+    BOOST_CHECK_MESSAGE(wait_for([&] { return children_of(p.pid()).size() == 3; }, 15000),
+                        children_of(p.pid()).size() << " processes under the supervisor");
     check_clean_stop(p);
 }
 

@@ -31,6 +31,7 @@ listen_port = 7432
 unix_socket_dir = /run/pgwicket
 unix_socket_mode = 0700
 max_client_conn = 500
+listen_backlog = 2048
 spare_workers = 8
 client_login_timeout = 30
 server_connect_timeout = 5
@@ -140,6 +141,7 @@ BOOST_AUTO_TEST_CASE(good_config_sets_every_option)
     BOOST_TEST(c.unix_socket_dir == "/run/pgwicket");
     BOOST_TEST(c.unix_socket_mode == 0700);
     BOOST_TEST(c.max_client_conn == 500);
+    BOOST_TEST(c.listen_backlog == 2048);
     BOOST_TEST(c.spare_workers == 8);
     BOOST_TEST(c.client_login_timeout == 30);
     BOOST_TEST(c.server_connect_timeout == 5);
