@@ -4,6 +4,7 @@
 
 #include "common/log.hh"
 #include "health/hosts.hh"
+#include "upstream/connect.hh"
 
 #include <libpq-fe.h>
 #include <poll.h>
@@ -225,7 +226,12 @@ private:
     void advance(Probe& p, Clock::time_point now)
     {
         if (p.step == Probe::Step::Connecting) {
-            p.want = PQconnectPoll(p.conn);
+            {
+                // A hostile host can keep libpq in one step for minutes (2^31 SCRAM
+                // iterations): the checker then ends and is restarted (with backoff).
+                upstream::PollWatchdog watchdog(now + std::chrono::seconds(cfg_.server_connect_timeout + 2));
+                p.want = PQconnectPoll(p.conn);
+            }
             if (p.want == PGRES_POLLING_FAILED)
                 fail(p, first_line(PQerrorMessage(p.conn)), now);
             else if (p.want == PGRES_POLLING_OK)

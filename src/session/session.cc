@@ -609,7 +609,17 @@ std::optional<ExitCode> Session::connect_upstream(const std::vector<health::Atte
             *where_out = where;
         auto deadline = net::Clock::now() + std::chrono::seconds(cfg_.server_connect_timeout);
         why = {};
+        // Should libpq stay inside one step past the deadline (a server asking for 2^31
+        // SCRAM iterations), the watchdog ends the worker; a plaintext client gets this
+        // first (a TLS client, only the close: no TLS record can be made in a signal handler).
+        upstream::set_watchdog_last_words(
+            conn_.is_tls() ? -1 : client_.get(),
+            protocol::fatal("08006",
+                            "could not connect to upstream server for database \"" + database + "\" (" + where +
+                                "): timed out (server_connect_timeout) while libpq was busy with the server's login"),
+            kExitUpstreamFailure);
         auto c = upstream::connect(tries[i].params, deadline, &why);
+        upstream::set_watchdog_last_words(-1, {}, kExitUpstreamFailure);
         if (c) {
             conn = std::move(*c);
             return std::nullopt;

@@ -8,6 +8,7 @@
 #include "protocol/startup.hh"
 
 #include <libpq-fe.h>
+#include <signal.h>
 
 #include <memory>
 #include <string>
@@ -15,6 +16,25 @@
 #include <vector>
 
 namespace pgw::upstream {
+
+// libpq can spend minutes inside one PQconnectPoll call, where no deadline of ours is
+// looked at: a server that asks for 2^31 SCRAM iterations makes it compute PBKDF2 that
+// long. While a PollWatchdog lives, SIGALRM at `deadline` ends the process, after writing
+// the last words set below (the client's FATAL); connect() keeps one, 2 s past its own
+// deadline. Not nested; one per process at a time.
+class PollWatchdog {
+public:
+    explicit PollWatchdog(net::Clock::time_point deadline);
+    ~PollWatchdog();
+    PollWatchdog(const PollWatchdog&) = delete;
+    PollWatchdog& operator=(const PollWatchdog&) = delete;
+
+private:
+    struct ::sigaction old_ {};
+};
+// What a watchdog that fires writes to `fd` first (-1: nothing), and the process's exit
+// code then.
+void set_watchdog_last_words(int fd, std::vector<std::byte> words, int exit_code);
 
 struct PgConnDeleter {
     void operator()(PGconn* c) const { PQfinish(c); }

@@ -48,13 +48,16 @@ const std::string kClientNonce = "rOprNGfwEbeRWgbNEkqOabcd";
 
 // One step of the fake server's script.
 struct Act {
-    enum What { Send, Read, Flood, Stall } what;
-    std::string bytes;  // Send, Flood: what to write
+    enum What { Send, Read, Flood, Stall, ContinueEcho } what;
+    std::string bytes;  // Send, Flood: what to write; ContinueEcho: the iteration count
 };
 Act send(const std::string& b) { return {Act::Send, b}; }
 Act read() { return {Act::Read, ""}; }
 Act flood(const std::string& b) { return {Act::Flood, b}; }
 Act stall() { return {Act::Stall, ""}; }
+// A SCRAM server-first-message that extends the nonce of the client-first-message read
+// last, as a real server does (libpq checks it), with this iteration count.
+Act continue_echo(const std::string& iterations) { return {Act::ContinueEcho, iterations}; }
 
 // Reads exactly n bytes, or fewer when the peer closes or 60 s pass.
 std::string recv_exact(int fd, size_t n)
@@ -152,8 +155,17 @@ private:
         auto it = scripts_.find(user);
         if (it == scripts_.end())
             return;
+        std::string last;  // the body of the message read last
         for (const Act& a : it->second) {
             switch (a.what) {
+            case Act::ContinueEcho: {
+                const size_t r = last.find("r=");
+                const std::string nonce = r == std::string::npos ? "" : last.substr(r + 2);
+                const std::string m = sasl_continue(nonce.substr(0, nonce.find(',')) + "x", "QSXCR+Q6sek8bf92", a.bytes);
+                if (::send(c, m.data(), m.size(), MSG_NOSIGNAL) != ssize_t(m.size()))
+                    return;
+                break;
+            }
             case Act::Send:
                 if (::send(c, a.bytes.data(), a.bytes.size(), MSG_NOSIGNAL) != ssize_t(a.bytes.size()))
                     return;
@@ -162,7 +174,7 @@ private:
                 std::string h = recv_exact(c, 5);
                 if (h.size() < 5)
                     return;
-                recv_exact(c, get32(h, 1) - 4);
+                last = recv_exact(c, get32(h, 1) - 4);
                 break;
             }
             case Act::Flood:
@@ -338,6 +350,32 @@ BOOST_AUTO_TEST_CASE(pass_through_login_against_a_hostile_server)
     }
     BOOST_TEST(scalar(bystander.get(), "SELECT 2") == "2", "the bystander session broke");
     BOOST_TEST(fake.connections() == int(cases.size()));
+    check_clean_stop(p);
+}
+
+// Terminated mode: libpq itself logs in to a server that asks for 2^31 - 1 SCRAM
+// iterations, which keeps it inside one PQconnectPoll for minutes. The worker's watchdog
+// ends the login at server_connect_timeout (+ 2 s): the client gets FATAL 08006 in time,
+// and the supervisor and other sessions go on.
+BOOST_AUTO_TEST_CASE(libpq_login_kept_busy_by_a_hostile_server_ends_in_time)
+{
+    FakeServer fake({{"slowscram", {send(sasl_list()), read(), continue_echo("2147483647"), stall()}}});
+    ProxyOptions o;
+    o.extra_databases = "slowscram = host=127.0.0.1 port=" + std::to_string(fake.port()) +
+                        " user=slowscram password=secret sslmode=disable\n";
+    Proxy p("pgwicket-slowscram", o);
+    Conn bystander = connect_ok(p.conninfo());
+    const auto start = Clock::now();
+    Conn c = connect(p.conninfo("slowscram"));
+    const long ms = long(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count());
+    BOOST_TEST(PQstatus(c.get()) == CONNECTION_BAD);
+    const std::string error = PQerrorMessage(c.get());
+    BOOST_TEST(contains(error, "could not connect to upstream server"), error);
+    BOOST_TEST(contains(error, "server_connect_timeout"), error);
+    // Within the deadline, with room for a busy machine: never libpq's minutes.
+    BOOST_TEST(ms < (kConnectTimeout + 20) * 1000, ms << " ms");
+    BOOST_TEST(fake.connections() == 1);
+    BOOST_TEST(scalar(bystander.get(), "SELECT 1") == "1", "the bystander session broke");
     check_clean_stop(p);
 }
 
