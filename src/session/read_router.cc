@@ -96,9 +96,13 @@ ReadRouter::Unit& ReadRouter::scan_unit(char type)
 void ReadRouter::add_op(Op op)
 {
     Unit& u = units_.back();
-    if (u.started)  // the unit is under way: its host is chosen, nothing can be put before it
+    if (u.started) {
+        // The unit is under way (it was still arriving): its host is chosen, nothing can be
+        // put before it. A statement that may write makes its reads follow it.
+        if (op.kind == Op::Parse && !op.routable)
+            w_unit_write_ = true;
         apply(op, u.side, nullptr);
-    else
+    } else
         u.ops.push_back(std::move(op));
 }
 
@@ -289,8 +293,9 @@ bool ReadRouter::begin_unit()
         units_.back().closed = true;
     }
     Unit& u = units_.front();
+    const bool routable = unit_routable(u);  // before its ops are applied and cleared below
     Side want = kPrimary;
-    if (!pinned_ && u.closed && net::Clock::now() >= primary_until_ && unit_routable(u))
+    if (!pinned_ && u.closed && net::Clock::now() >= primary_until_ && routable)
         want = kStandby;
     if (want == kStandby && !standby_ready())
         want = kPrimary;
@@ -320,7 +325,7 @@ bool ReadRouter::begin_unit()
         append(prelude_, prelude);
         pending_.push_back({active_, true, false});
     }
-    w_unit_write_ = active_ == kPrimary && !unit_routable(u);
+    w_unit_write_ = active_ == kPrimary && !routable;
     ++units_routed_[active_];
     if (hooks_.on_unit)
         hooks_.on_unit(active_);

@@ -251,6 +251,15 @@ BOOST_AUTO_TEST_CASE(session_state_pins_and_reads_follow_own_writes)
         BOOST_CHECK_EQUAL(scalar(a.get(), "SELECT inet_server_port() FROM routed WHERE i = 41"), primary);
         BOOST_CHECK_EQUAL(port_extended(a.get()), primary);
     }
+    // The same after a write through the extended protocol (its verdict is its Parse's).
+    {
+        Conn a = connect_ok(p.conninfo("sticky"));
+        BOOST_CHECK_EQUAL(port_extended(a.get()), standby);
+        Result w(PQexecParams(a.get(), "INSERT INTO routed VALUES (43)", 0, nullptr, nullptr, nullptr, nullptr, 0));
+        BOOST_REQUIRE_EQUAL(PQresultStatus(w.get()), PGRES_COMMAND_OK);
+        BOOST_CHECK_EQUAL(port_extended(a.get()), primary);
+        BOOST_CHECK_EQUAL(scalar(a.get(), kPort), primary);
+    }
     // Without a delay the next read may go to the standby at once (here it does).
     {
         Conn a = connect_ok(p.conninfo("app"));
