@@ -312,8 +312,18 @@ bool ReadRouter::begin_unit()
     u.started = true;
     u.side = active_;
     protocol::Bytes prelude;
-    if (active_ == kPrimary)
-        prelude.swap(primary_backlog_);
+    if (active_ == kPrimary) {
+        // What standby units did to named statements since the primary's last unit, from
+        // their state now (so a session that only reads holds one entry per name, however
+        // often it prepares again). Closing a statement that does not exist is no error.
+        for (const std::string& name : primary_dirty_) {
+            append(prelude, close_statement(name));
+            auto it = prepared_.find(name);
+            if (it != prepared_.end() && (it->second.current & bit(kPrimary)))
+                append(prelude, it->second.parse);
+        }
+        primary_dirty_.clear();
+    }
     for (const Op& op : u.ops)
         apply(op, active_, &prelude);
     u.ops.clear();
@@ -352,9 +362,7 @@ void ReadRouter::apply(const Op& op, Side side, protocol::Bytes* prelude)
         p.have |= here;
         if (side == kStandby && !op.name.empty()) {
             // The primary gets every named statement too (before its next unit).
-            if (p.have & bit(kPrimary))
-                append(primary_backlog_, close_statement(op.name));
-            append(primary_backlog_, p.parse);
+            primary_dirty_.insert(op.name);
             p.have |= bit(kPrimary);
             p.current |= bit(kPrimary);
         }
@@ -380,7 +388,7 @@ void ReadRouter::apply(const Op& op, Side side, protocol::Bytes* prelude)
         p.have &= ~here;
         p.current = 0;
         if (side == kStandby && (p.have & bit(kPrimary))) {
-            append(primary_backlog_, close_statement(op.name));
+            primary_dirty_.insert(op.name);
             p.have &= ~bit(kPrimary);
         }
         if (p.have == 0)

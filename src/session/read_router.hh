@@ -18,6 +18,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -148,7 +149,7 @@ private:
     std::deque<Unit> units_;    // scanned and not yet written (the front may be under way)
     bool scan_closed_ = true;   // the last scanned message ended a unit
     std::map<std::string, Prepared> prepared_;
-    protocol::Bytes primary_backlog_;  // what a standby unit did to statements, for the primary
+    std::set<std::string> primary_dirty_;  // named statements a standby unit prepared or closed
     protocol::Bytes prelude_;          // ours, to write before the unit's bytes
     std::deque<Pending> pending_;
 
