@@ -80,7 +80,6 @@ public:
 
     // Cancels the statement running now (on whichever host runs it).
     Status cancel_running() const;
-    Side active() const { return active_; }
     bool pinned() const { return pinned_; }
     std::uint64_t units(Side s) const { return units_routed_[s]; }
 

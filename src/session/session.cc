@@ -94,17 +94,6 @@ private:
     health::HostWatch watch_;
 };
 
-// Sets a libpq parameter, replacing the entry's value.
-void set_param(upstream::Params& params, const char* key, const char* value)
-{
-    for (auto& [k, v] : params)
-        if (k == key) {
-            v = value;
-            return;
-        }
-    params.emplace_back(key, value);
-}
-
 const char* str_or_empty(const char* s) { return s ? s : ""; }
 
 // A port as libpq or the config spells it; 0 (null in the record) when it is not a number.
@@ -555,9 +544,9 @@ ExitCode Session::proceed(const Login& login, const protocol::StartupMessage& st
         // The session's own connection is the primary's; reads go to a standby of the
         // same hosts, opened when the first one comes.
         routing_entry_ = entry;
-        set_param(*params, "target_session_attrs", "primary");
+        upstream::put(*params, "target_session_attrs", "primary");
         routing_params_ = *params;
-        set_param(routing_params_, "target_session_attrs", "standby");
+        upstream::put(routing_params_, "target_session_attrs", "standby");
     }
     // The hosts to try, from what the health checker last saw (multi-host entries).
     ban_seconds_ = entry->replicas.ban_time >= 0 ? entry->replicas.ban_time : cfg_.ban_time;

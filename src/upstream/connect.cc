@@ -14,7 +14,6 @@
 #include <set>
 
 namespace pgw::upstream {
-namespace {
 
 void put(Params& p, const std::string& key, const std::string& value)
 {
@@ -25,6 +24,8 @@ void put(Params& p, const std::string& key, const std::string& value)
         }
     p.emplace_back(key, value);
 }
+
+namespace {
 
 const std::string* get(const Params& p, const std::string& key)
 {

@@ -42,6 +42,8 @@ struct PgConnDeleter {
 using PgConnPtr = std::unique_ptr<PGconn, PgConnDeleter>;
 
 using Params = std::vector<std::pair<std::string, std::string>>;
+// Sets a parameter, replacing its value when it is there already.
+void put(Params& p, const std::string& key, const std::string& value);
 
 struct ClientInfo {
     std::string user;
