@@ -181,21 +181,40 @@ work_dir()
     echo "$dir"
 }
 
-# pgbench_tps LABEL CONNINFO ARGS...: runs `pgbench -n -S -T $secs ARGS CONNINFO` (the
-# caller sets $pgbench, $secs and $work) and prints its TPS, or "fail" with the
-# end of pgbench's output on stderr.
-pgbench_tps()
+# pgbench_run LABEL CONNINFO ARGS...: runs `pgbench -n -S -T $secs ARGS CONNINFO` (the
+# caller sets $pgbench, $secs and $work) and prints "TPS TXNS": its TPS (rounded) and the
+# number of transactions it processed; or "fail fail" with the end of pgbench's output on
+# stderr.
+pgbench_run()
 {
     local label=$1 conninfo=$2 out
     shift 2
     out=$work/pgbench-$RANDOM-$RANDOM.log
     if "$pgbench" -n -S -T "$secs" "$@" "$conninfo" >"$out" 2>&1; then
-        sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | head -n 1 | awk '{ printf "%.0f\n", $1 }'
+        awk '/^tps = / && tps == "" { tps = sprintf("%.0f", $3) }
+             /^number of transactions actually processed:/ && txns == "" { split($6, a, "/"); txns = a[1] }
+             END { if (tps == "" || txns == "") print "fail fail"; else print tps, txns }' "$out"
     else
         echo "$label: pgbench $* ($conninfo) failed:" >&2
         tail -n 5 "$out" >&2
-        echo fail
+        echo fail fail
     fi
+}
+
+# pgbench_tps LABEL CONNINFO ARGS...: as pgbench_run, but prints only the TPS (or "fail").
+pgbench_tps()
+{
+    local result
+    result=$(pgbench_run "$@")
+    echo "${result%% *}"
+}
+
+# busy_ticks: the whole machine's busy CPU time so far, in clock ticks (USER_HZ, see
+# `getconf CLK_TCK`): user + nice + system + irq + softirq + steal of /proc/stat's
+# aggregate "cpu" line (guest time is already counted in user).
+busy_ticks()
+{
+    awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
 }
 
 # cpu_ticks PID: CPU clock ticks used by a process and its reaped children (utime,
