@@ -1,12 +1,16 @@
 /* bare_relay: the floor for a relaying proxy in contrib/bench/run.sh. A process per client,
-   two threads doing blocking recv/send, no parsing: 4 system calls per round trip. */
-/* Usage: bare_relay LISTEN_PORT UPSTREAM_HOST UPSTREAM_PORT. Listens on 127.0.0.1 only.
+   two threads doing blocking recv/send, no parsing: 4 system calls per round trip.
+   With a fourth argument "poll": one thread per client that waits in ppoll() on both
+   sockets, then recv() and send(): pgwicket's relay's kernel entries (6 per round trip)
+   without its parsing, to tell what the shape costs from what the code costs. */
+/* Usage: bare_relay LISTEN_PORT UPSTREAM_HOST UPSTREAM_PORT [poll]. Listens on 127.0.0.1 only.
    Build: cc -O2 -Wall -Wextra -pthread -o bare_relay bare_relay.c */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -104,12 +108,52 @@ static void serve(int client, const char* host, const char* port)
     _exit(0);
 }
 
+/* The "poll" shape: one thread, both sockets non-blocking, a wait before every read. */
+static void serve_poll(int client, const char* host, const char* port)
+{
+    int server = connect_upstream(host, port);
+    if (server < 0)
+        _exit(1);
+    nodelay(client);
+    nodelay(server);
+    static char buf[65536];
+    struct pollfd fds[2] = {{client, POLLIN, 0}, {server, POLLIN, 0}};
+    sigset_t none;
+    sigemptyset(&none);
+    for (;;) {
+        if (ppoll(fds, 2, NULL, &none) < 0) {
+            if (errno == EINTR)
+                continue;
+            _exit(1);
+        }
+        for (int i = 0; i < 2; i++) {
+            if (fds[i].revents == 0)
+                continue;
+            ssize_t n = recv(fds[i].fd, buf, sizeof buf, MSG_DONTWAIT);
+            if (n < 0 && (errno == EAGAIN || errno == EINTR))
+                continue;
+            if (n <= 0)
+                _exit(0);
+            /* Blocking send: the floor does not need back-pressure handling. */
+            for (ssize_t done = 0; done < n;) {
+                ssize_t w = send(fds[1 - i].fd, buf + done, (size_t)(n - done), MSG_NOSIGNAL);
+                if (w < 0 && errno == EINTR)
+                    continue;
+                if (w <= 0)
+                    _exit(0);
+                done += w;
+            }
+        }
+    }
+}
+
 int main(int argc, char** argv)
 {
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s LISTEN_PORT UPSTREAM_HOST UPSTREAM_PORT\n", argv[0]);
+    if ((argc != 4 && argc != 5) || (argc == 5 && strcmp(argv[4], "poll") != 0)) {
+        fprintf(stderr, "usage: %s LISTEN_PORT UPSTREAM_HOST UPSTREAM_PORT [poll]\n", argv[0]);
         return 2;
     }
+    const int poll_shape = argc == 5;
     char* end;
     long port = strtol(argv[1], &end, 10);
     if (*end != '\0' || port < 1 || port > 65535) {
@@ -154,6 +198,8 @@ int main(int argc, char** argv)
         pid_t pid = fork();
         if (pid == 0) {
             close(lfd);
+            if (poll_shape)
+                serve_poll(client, argv[2], argv[3]);
             serve(client, argv[2], argv[3]);
         }
         if (pid < 0)

@@ -26,16 +26,20 @@ work=$(work_dir pgwicket-bench)
 pgdata=$work/pg
 pgw_pid=
 bare_pid=
+poll_pid=
 
 # shellcheck disable=SC2317  # run by the EXIT trap
 cleanup()
 {
     trap - EXIT INT TERM
     pgw_stop
-    if [ -n "$bare_pid" ] && kill -0 "$bare_pid" 2>/dev/null; then
-        kill -TERM "$bare_pid" 2>/dev/null || true
-        wait "$bare_pid" 2>/dev/null || true
-    fi
+    local pid
+    for pid in "$bare_pid" "$poll_pid"; do
+        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
     pgbouncer_stop
     pg_stop "$pgdata"
     if [ "${BENCH_KEEP:-0}" = 1 ]; then
@@ -61,13 +65,24 @@ if ! "$cc" -O2 -Wall -Wextra -pthread -o "$work/bare_relay" "$root/contrib/bench
     cat "$work/bare_relay.cc.log" >&2
     exit 1
 fi
+# start_relay PORT [poll]: bare_relay on PORT in front of the cluster; prints its pid.
+start_relay()
+{
+    "$work/bare_relay" "$1" 127.0.0.1 "$pgport" ${2:+"$2"} >/dev/null 2>>"$work/bare_relay.log" &
+    local pid=$!
+    if ! wait_listening "$1" 10; then
+        echo "bench: bare_relay did not start; its log:" >&2
+        cat "$work/bare_relay.log" >&2
+        return 1
+    fi
+    echo "$pid"
+}
 bareport=$(free_port 58432)
-"$work/bare_relay" "$bareport" 127.0.0.1 "$pgport" 2>>"$work/bare_relay.log" &
-bare_pid=$!
-if ! wait_listening "$bareport" 10; then
-    echo "bench: bare_relay did not start; its log:" >&2
-    cat "$work/bare_relay.log" >&2
-    exit 1
+bare_pid=$(start_relay "$bareport") || exit 1
+# BENCH_POLL_RELAY=1: the same relay in pgwicket's shape (one thread, ppoll, recv, send).
+if [ "${BENCH_POLL_RELAY:-0}" = 1 ]; then
+    pollport=$(free_port 58532)
+    poll_pid=$(start_relay "$pollport" poll) || exit 1
 fi
 
 pgw_start "$bin" "$work" "$pgport" "bench" || exit 1
@@ -121,8 +136,13 @@ minus()
 echo "bench: warm-up (not counted)"
 secs=2 measure "$pgport" -c 2 -j 2 >/dev/null
 
-paths=(direct bare pgwicket)
+paths=(direct bare)
 declare -A port_of=([direct]=$pgport [bare]=$bareport [pgwicket]=$pgwport)
+if [ -n "$poll_pid" ]; then
+    paths+=(poll)
+    port_of[poll]=$pollport
+fi
+paths+=(pgwicket)
 if [ "$have_pgbouncer" = 1 ]; then
     paths+=(pgbouncer)
     port_of[pgbouncer]=$pgbport
@@ -179,7 +199,7 @@ echo
 echo "pgbench -S (select only), scale $scale, $secs s per run, $(nproc) CPUs, all on one host;"
 echo "median of $rounds round(s); us/txn = the whole machine's busy CPU (user+nice+system+irq+"
 echo "softirq+steal of /proc/stat, pgbench and PostgreSQL included) per transaction; overhead ="
-echo "a path's us/txn minus direct's; bare = bare_relay.c, a process per client and no parsing:"
+echo "a path's us/txn minus direct's; bare = bare_relay.c, a process per client and no parsing (poll: the same in pgwicket's one-thread ppoll shape):"
 # shellcheck disable=SC2059
 printf "$row_format" "case" "path" "TPS" "vs direct" "vs pgbouncer" "us/txn" "overhead us/txn"
 if [ "$rounds" -gt 1 ]; then
