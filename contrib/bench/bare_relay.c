@@ -88,14 +88,9 @@ static int connect_upstream(const char* host, const char* port)
     return fd;
 }
 
-/* The child: one client's whole life. Never returns. */
-static void serve(int client, const char* host, const char* port)
+/* The two-thread shape: a blocking recv/send loop per direction. */
+static void relay_threads(int client, int server)
 {
-    int server = connect_upstream(host, port);
-    if (server < 0)
-        _exit(1);
-    nodelay(client);
-    nodelay(server);
     struct pump up = {client, server}, down = {server, client};
     pthread_t t;
     if (pthread_create(&t, NULL, pump_run, &down) != 0) {
@@ -108,14 +103,10 @@ static void serve(int client, const char* host, const char* port)
     _exit(0);
 }
 
-/* The "poll" shape: one thread, both sockets non-blocking, a wait before every read. */
-static void serve_poll(int client, const char* host, const char* port)
+/* The "poll" shape: one thread, a wait for either socket before every read (which
+   does not block), then a blocking send. */
+static void relay_poll(int client, int server)
 {
-    int server = connect_upstream(host, port);
-    if (server < 0)
-        _exit(1);
-    nodelay(client);
-    nodelay(server);
     static char buf[65536];
     struct pollfd fds[2] = {{client, POLLIN, 0}, {server, POLLIN, 0}};
     sigset_t none;
@@ -145,6 +136,19 @@ static void serve_poll(int client, const char* host, const char* port)
             }
         }
     }
+}
+
+/* The child: one client's whole life. Never returns. */
+static void serve(int client, const char* host, const char* port, int poll_shape)
+{
+    int server = connect_upstream(host, port);
+    if (server < 0)
+        _exit(1);
+    nodelay(client);
+    nodelay(server);
+    if (poll_shape)
+        relay_poll(client, server);
+    relay_threads(client, server);
 }
 
 int main(int argc, char** argv)
@@ -198,9 +202,7 @@ int main(int argc, char** argv)
         pid_t pid = fork();
         if (pid == 0) {
             close(lfd);
-            if (poll_shape)
-                serve_poll(client, argv[2], argv[3]);
-            serve(client, argv[2], argv[3]);
+            serve(client, argv[2], argv[3], poll_shape);
         }
         if (pid < 0)
             perror("bare_relay: fork");
