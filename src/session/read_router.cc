@@ -400,6 +400,29 @@ void ReadRouter::apply(const Op& op, Side side, protocol::Bytes* prelude)
 
 // ---- the relay's upstream ------------------------------------------------------------------
 
+template <class AtStart>
+size_t ReadRouter::MessageWalk::walk(const std::byte* buf, size_t from, size_t to, AtStart&& at_start)
+{
+    size_t i = from;
+    while (i < to) {
+        if (left > 0) {
+            const size_t take = size_t(std::min<std::uint64_t>(left, to - i));
+            i += take;
+            left -= take;
+            continue;
+        }
+        if (have == 0 && !at_start(char(buf[i])))
+            break;
+        hdr[have++] = buf[i++];
+        if (have == 5) {
+            const std::uint32_t n = protocol::load_be32(hdr + 1);
+            left = n >= 4 ? n - 4 : 0;
+            have = 0;
+        }
+    }
+    return i;
+}
+
 IoResult ReadRouter::write(const std::byte* buf, size_t len)
 {
     size_t done = 0;
@@ -418,45 +441,24 @@ IoResult ReadRouter::write(const std::byte* buf, size_t len)
         }
         if (done == len)
             return {Io::Ok, done};
-        if (w_left_ == 0 && w_have_ == 0 && !w_begun_ && w_closed_ && !copy_data(char(buf[done]))) {
+        if (w_walk_.between() && !w_begun_ && w_closed_ && !copy_data(char(buf[done]))) {
             if (!begin_unit())
                 return stalled({Io::WantRead});
             w_begun_ = true;
             continue;  // our prelude first, perhaps on the other host
         }
-        // As much as goes to this host: up to the next unit's first byte.
-        size_t end = done;
-        {
-            std::uint64_t left = w_left_;
-            unsigned have = w_have_;
-            std::byte hdr[5];
-            std::memcpy(hdr, w_hdr_, sizeof hdr);
-            bool closed = w_closed_;
-            // Starting at a message whose unit begin_unit has just begun: not a new one.
-            bool first = left == 0 && have == 0;
-            while (end < len) {
-                if (left > 0) {
-                    const size_t take = size_t(std::min<std::uint64_t>(left, len - end));
-                    end += take;
-                    left -= take;
-                    continue;
-                }
-                if (have == 0) {
-                    const char type = char(buf[end]);
-                    if (!first && closed && !copy_data(type))
-                        break;
-                    if (!copy_data(type))
-                        closed = ends_unit(type);
-                }
-                first = false;
-                hdr[have++] = buf[end++];
-                if (have == 5) {
-                    const std::uint32_t n = protocol::load_be32(hdr + 1);
-                    left = n >= 4 ? n - 4 : 0;
-                    have = 0;
-                }
-            }
-        }
+        // As much as goes to this host: up to the next unit's first byte. Starting at a
+        // message whose unit begin_unit has just begun, that message is not a new unit.
+        MessageWalk plan = w_walk_;
+        bool closed = w_closed_, first = plan.between();
+        const size_t end = plan.walk(buf, done, len, [&closed, &first](char type) {
+            if (!first && closed && !copy_data(type))
+                return false;
+            first = false;
+            if (!copy_data(type))
+                closed = ends_unit(type);
+            return true;
+        });
         IoResult r = t.write(buf + done, end - done);
         if (r.status != Io::Ok) {
             if (r.status == Io::Error || r.status == Io::Eof)
@@ -464,29 +466,15 @@ IoResult ReadRouter::write(const std::byte* buf, size_t len)
             return stalled(r);
         }
         // Follow what was taken.
-        for (size_t i = done; i < done + r.n;) {
-            if (w_left_ > 0) {
-                const size_t take = size_t(std::min<std::uint64_t>(w_left_, done + r.n - i));
-                i += take;
-                w_left_ -= take;
-                continue;
+        w_walk_.walk(buf, done, done + r.n, [this](char type) {
+            w_begun_ = false;
+            if (!copy_data(type)) {
+                w_closed_ = ends_unit(type);
+                if (w_closed_)
+                    pending_.push_back({active_, false, w_unit_write_});
             }
-            if (w_have_ == 0) {
-                const char type = char(buf[i]);
-                w_begun_ = false;
-                if (!copy_data(type)) {
-                    w_closed_ = ends_unit(type);
-                    if (w_closed_)
-                        pending_.push_back({active_, false, w_unit_write_});
-                }
-            }
-            w_hdr_[w_have_++] = buf[i++];
-            if (w_have_ == 5) {
-                const std::uint32_t n = protocol::load_be32(w_hdr_ + 1);
-                w_left_ = n >= 4 ? n - 4 : 0;
-                w_have_ = 0;
-            }
-        }
+            return true;
+        });
         done += r.n;
         if (done < end)
             return {Io::Ok, done};
@@ -522,7 +510,7 @@ void ReadRouter::ready(char status)
     // Every unit sent to the standby is answered and nothing more is on its way: the
     // relay listens to the primary again, so what an idle standby says (a FATAL when it
     // shuts down) is looked at before its next unit instead of ending the session.
-    if (pending_.empty() && active_ == kStandby && prelude_.empty() && w_closed_ && w_left_ == 0 && w_have_ == 0)
+    if (pending_.empty() && active_ == kStandby && prelude_.empty() && w_closed_ && w_walk_.between())
         active_ = kPrimary;
 }
 

@@ -152,10 +152,20 @@ private:
     protocol::Bytes prelude_;          // ours, to write before the unit's bytes
     std::deque<Pending> pending_;
 
+    // A place in a stream of messages: how much of the current one has gone by.
+    struct MessageWalk {
+        std::uint64_t left = 0;  // body bytes left of the current message
+        unsigned have = 0;       // header bytes seen of the current message
+        std::byte hdr[5]{};
+        bool between() const { return left == 0 && have == 0; }
+        // Goes over buf[from, to), calling at_start(type) at each message's first byte; a
+        // false answer stops the walk before that message. Returns where it stopped.
+        template <class AtStart>
+        size_t walk(const std::byte* buf, size_t from, size_t to, AtStart&& at_start);
+    };
+
     // The write side's place in the client's stream.
-    std::uint64_t w_left_ = 0;  // bytes left of the current message
-    unsigned w_have_ = 0;       // header bytes seen of the current message
-    std::byte w_hdr_[5]{};
+    MessageWalk w_walk_;
     bool w_closed_ = true;      // the last message written ended a unit
     bool w_begun_ = false;      // begin_unit ran for the message at the write position
     bool w_unit_write_ = false; // the unit being written may write (primary, not routable)
