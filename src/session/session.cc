@@ -295,11 +295,14 @@ private:
     upstream::Params routing_params_;
     ReadRouter* router_ = nullptr;
     std::unique_ptr<StandbyLink> open_standby();
-    // Sessions per host row, for least-connections (empty otherwise: no scan of the slots).
-    std::vector<std::uint32_t> sessions_for(const config::ReplicaSettings& r) const
+    // The hosts to try, from what the health checker last saw; sessions per host row
+    // only for least-connections (no scan of the slots otherwise).
+    health::Attempts plan_hosts(const upstream::Params& params, const config::ReplicaSettings& r) const
     {
-        return r.load_balance == config::LoadBalance::LeastConnections ? health::sessions_by_host(table_)
-                                                                       : std::vector<std::uint32_t>{};
+        if (r.load_balance != config::LoadBalance::LeastConnections)
+            return health::plan_connection(params, r, *table_.header(), nullptr);
+        const auto sessions = health::sessions_by_host(table_);
+        return health::plan_connection(params, r, *table_.header(), &sessions);
     }
 };
 
@@ -550,9 +553,7 @@ ExitCode Session::proceed(const Login& login, const protocol::StartupMessage& st
     }
     // The hosts to try, from what the health checker last saw (multi-host entries).
     ban_seconds_ = entry->replicas.ban_time >= 0 ? entry->replicas.ban_time : cfg_.ban_time;
-    const auto sessions = sessions_for(entry->replicas);
-    health::Attempts plan = health::plan_connection(*params, entry->replicas, *table_.header(),
-                                                    sessions.empty() ? nullptr : &sessions);
+    health::Attempts plan = plan_hosts(*params, entry->replicas);
     target_ = plan.target;
     if (plan.tries.empty()) {
         log_info("refused: %s", plan.why_none.c_str());
@@ -851,9 +852,7 @@ ExitCode Session::establish(pool::HeldUpstream& up, bool* reusable)
 // with target_session_attrs=standby would be; null when none can be had now.
 std::unique_ptr<StandbyLink> Session::open_standby()
 {
-    const auto sessions = sessions_for(routing_entry_->replicas);
-    health::Attempts plan = health::plan_connection(routing_params_, routing_entry_->replicas, *table_.header(),
-                                                    sessions.empty() ? nullptr : &sessions);
+    health::Attempts plan = plan_hosts(routing_params_, routing_entry_->replicas);
     if (plan.tries.empty()) {
         log_debug("read routing: reads go to the primary: %s", plan.why_none.c_str());
         return nullptr;
