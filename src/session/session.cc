@@ -226,8 +226,18 @@ private:
     void set_login_prefix(const Login& login);
     std::optional<ExitCode> connect_upstream(const std::vector<health::Attempt>& tries, const std::string& database,
                                              upstream::PgConnPtr& conn, std::string* where = nullptr);
+    // One host of a plan: true with `conn`, or false with why not (a host that did not
+    // answer is banned for ban_time).
+    bool try_host(const health::Attempt& attempt, const std::string& database, upstream::PgConnPtr& conn,
+                  upstream::ConnectFailure& why);
+    // After the last host failed: the counters, the log and the client's error.
+    ExitCode connect_failed(const upstream::ConnectFailure& why, const std::string& where,
+                            const std::string& database);
     ExitCode pooled_session(const Login& login, const protocol::StartupMessage& startup,
-                            const config::DatabaseEntry& entry, const health::Attempt& attempt);
+                            const config::DatabaseEntry& entry, const std::vector<health::Attempt>& tries);
+    std::optional<ExitCode> pooled_connect(const Login& login, const protocol::StartupMessage& startup,
+                                           const config::DatabaseEntry& entry,
+                                           const std::vector<health::Attempt>& tries);
     // What the session watches of its upstream host (failover), from a new connection.
     health::HostWatch watch_of(PGconn* conn) const
     {
@@ -572,7 +582,7 @@ ExitCode Session::proceed(const Login& login, const protocol::StartupMessage& st
                 plan.tries.insert(plan.tries.begin(), *any);
     }
     if (entry->pool.pooled)
-        return pooled_session(login, startup, *entry, plan.tries.front());
+        return pooled_session(login, startup, *entry, plan.tries);
 
     upstream::PgConnPtr conn;
     std::string where;
@@ -586,8 +596,8 @@ ExitCode Session::proceed(const Login& login, const protocol::StartupMessage& st
     return establish(up);
 }
 
-// Opens the session's own upstream connection; on failure the client has its error
-// and the returned code ends the session.
+// Opens the session's own upstream connection, trying each host of the plan in turn;
+// on failure the client has its error and the returned code ends the session.
 std::optional<ExitCode> Session::connect_upstream(const std::vector<health::Attempt>& tries, const std::string& database,
                                                   upstream::PgConnPtr& conn, std::string* where_out)
 {
@@ -597,32 +607,45 @@ std::optional<ExitCode> Session::connect_upstream(const std::vector<health::Atte
         where = upstream::describe(tries[i].params);
         if (where_out)
             *where_out = where;
-        auto deadline = net::Clock::now() + std::chrono::seconds(cfg_.server_connect_timeout);
-        why = {};
-        // Should libpq stay inside one step past the deadline (a server asking for 2^31
-        // SCRAM iterations), the watchdog ends the worker; a plaintext client gets this
-        // first (a TLS client, only the close: no TLS record can be made in a signal handler).
-        upstream::set_watchdog_last_words(
-            conn_.is_tls() ? -1 : client_.get(),
-            protocol::fatal("08006",
-                            "could not connect to upstream server for database \"" + database + "\" (" + where +
-                                "): timed out (server_connect_timeout) while libpq was busy with the server's login"),
-            kExitUpstreamFailure);
-        auto c = upstream::connect(tries[i].params, deadline, &why);
-        upstream::set_watchdog_last_words(-1, {}, kExitUpstreamFailure);
-        if (c) {
-            conn = std::move(*c);
+        if (try_host(tries[i], database, conn, why))
             return std::nullopt;
-        }
-        if (tries[i].row >= 0 && why.server_sqlstate.empty() && ban_seconds_ > 0) {
-            // The host did not take the connection: the next sessions go elsewhere
-            // until ban_time has passed (or the checker sees it up again).
-            health::ban_host(*table_.header(), std::uint32_t(tries[i].row),
-                             health::monotonic_ms() + ban_seconds_ * 1000);
-        }
         if (i + 1 < tries.size())
             log_warning("upstream connection failed (%s): %s; trying the next host", where.c_str(), why.message.c_str());
     }
+    return connect_failed(why, where, database);
+}
+
+bool Session::try_host(const health::Attempt& attempt, const std::string& database, upstream::PgConnPtr& conn,
+                       upstream::ConnectFailure& why)
+{
+    auto deadline = net::Clock::now() + std::chrono::seconds(cfg_.server_connect_timeout);
+    why = {};
+    // Should libpq stay inside one step past the deadline (a server asking for 2^31
+    // SCRAM iterations), the watchdog ends the worker; a plaintext client gets this
+    // first (a TLS client, only the close: no TLS record can be made in a signal handler).
+    upstream::set_watchdog_last_words(
+        conn_.is_tls() ? -1 : client_.get(),
+        protocol::fatal("08006", "could not connect to upstream server for database \"" + database + "\" (" +
+                                     upstream::describe(attempt.params) +
+                                     "): timed out (server_connect_timeout) while libpq was busy with the server's login"),
+        kExitUpstreamFailure);
+    auto c = upstream::connect(attempt.params, deadline, &why);
+    upstream::set_watchdog_last_words(-1, {}, kExitUpstreamFailure);
+    if (c) {
+        conn = std::move(*c);
+        return true;
+    }
+    if (attempt.row >= 0 && why.server_sqlstate.empty() && ban_seconds_ > 0) {
+        // The host did not take the connection: the next sessions go elsewhere
+        // until ban_time has passed (or the checker sees it up again).
+        health::ban_host(*table_.header(), std::uint32_t(attempt.row), health::monotonic_ms() + ban_seconds_ * 1000);
+    }
+    return false;
+}
+
+ExitCode Session::connect_failed(const upstream::ConnectFailure& why, const std::string& where,
+                                 const std::string& database)
+{
     if (ipc::Slot* sl = slot()) {
         sl->counters.add(ipc::kUpstreamConnectFailures, 1);
         if (why.server_sqlstate.compare(0, 2, "28") == 0)
@@ -645,40 +668,29 @@ std::optional<ExitCode> Session::connect_upstream(const std::vector<health::Atte
                 kExitUpstreamFailure);
 }
 
-// A session on a pooled route. The worker that authenticated the client asks the
-// supervisor for the route: a plaintext client may move to a warm worker (this worker
-// is then a spare again), otherwise this worker connects, or waits for room. A warm
-// worker that received the client carries on with the connection it holds.
-ExitCode Session::pooled_session(const Login& login, const protocol::StartupMessage& startup,
-                                 const config::DatabaseEntry& entry, const health::Attempt& attempt)
+// Asks the supervisor for the route of each host in turn (the next one when a host does
+// not take the connection: its place in the pool is given back first), and connects
+// when told to. Returns the session's end when it does not go on here: moved to a warm
+// worker, refused, or no host took it.
+std::optional<ExitCode> Session::pooled_connect(const Login& login, const protocol::StartupMessage& startup,
+                                                const config::DatabaseEntry& entry,
+                                                const std::vector<health::Attempt>& tries)
 {
-    const upstream::Params& params = attempt.params;
-    const std::string route = pool::route_key(entry.name, params);
-    const std::string where = upstream::describe(params);
-    const std::string* app = nullptr;
-    for (const auto& [k, v] : params)
-        if (k == "application_name")
-            app = &v;
-    if (ws_.held && ws_.held->route != route && handoff_.type == ipc::HandoffType::MoveClient) {
-        // The supervisor matched the asker's key; ours must agree.
-        log_error("a client for route %s reached a worker warm on %s", route.c_str(), ws_.held->route.c_str());
-        return fail("XX000", "pgwicket internal error: pooled connection of the wrong route", kExitInternal);
-    }
-    // A warm worker given a new connection guessed it would be for its route; when it is
-    // for another, it asks for that one as a spare would, keeping its own meanwhile.
-    if (!ws_.held || ws_.held->route != route) {
-        pool::SessionContext ctx;
+    pool::SessionContext ctx;
+    ctx.entry = entry.name;
+    ctx.user = login.user;
+    ctx.database = login.database;
+    ctx.identity = login.identity;
+    ctx.rule_policy = login.rule_policy;
+    ctx.method = std::uint32_t(login.method);
+    ctx.secret_length = std::uint32_t(secret_length_);
+    ctx.protocol_minor = startup.minor;
+    ctx.groups = login.groups;
+    ctx.startup = startup.params;
+    for (size_t i = 0;; ++i) {
+        const std::string route = pool::route_key(entry.name, tries[i].params);
+        const std::string where = upstream::describe(tries[i].params);
         ctx.route = route;
-        ctx.entry = entry.name;
-        ctx.user = login.user;
-        ctx.database = login.database;
-        ctx.identity = login.identity;
-        ctx.rule_policy = login.rule_policy;
-        ctx.method = std::uint32_t(login.method);
-        ctx.secret_length = std::uint32_t(secret_length_);
-        ctx.protocol_minor = startup.minor;
-        ctx.groups = login.groups;
-        ctx.startup = startup.params;
         auto answer = ask_for_route(ctx);
         if (!answer)
             return *answer.error_code;
@@ -702,13 +714,51 @@ ExitCode Session::pooled_session(const Login& login, const protocol::StartupMess
         relay_end_.reset();
         ws_.held.reset();  // another route's: the pool no longer counts it
         upstream::PgConnPtr conn;
-        if (auto code = connect_upstream({attempt}, login.database, conn))
+        upstream::ConnectFailure why;
+        if (try_host(tries[i], login.database, conn, why)) {
+            log_info("connected to upstream (%s), backend pid %d%s; pooled on %s", where.c_str(),
+                     PQbackendPID(conn.get()), PQsslInUse(conn.get()) ? ", TLS" : "",
+                     pool::route_label(route).c_str());
+            ws_.held = pool::hold(std::move(conn), route, where);
+            ws_.held->watch = watch_of(ws_.held->conn.get());
+            return std::nullopt;
+        }
+        if (i + 1 == tries.size())
+            return connect_failed(why, where, login.database);
+        log_warning("upstream connection failed (%s): %s; trying the next host", where.c_str(), why.message.c_str());
+        // The supervisor counted a connection being opened on that route: not any more.
+        if (auto st = ipc::send_message(ws_.channel, ipc::HandoffType::Released); !st) {
+            log_error("telling the supervisor of a failed pooled connection: %s", st.error().c_str());
+            return fail("08006", "pgwicket could not reach its pool", kExitChannelError);
+        }
+    }
+}
+
+// A session on a pooled route. The worker that authenticated the client asks the
+// supervisor for the route: a plaintext client may move to a warm worker (this worker
+// is then a spare again), otherwise this worker connects, or waits for room. A warm
+// worker that received the client carries on with the connection it holds.
+ExitCode Session::pooled_session(const Login& login, const protocol::StartupMessage& startup,
+                                 const config::DatabaseEntry& entry, const std::vector<health::Attempt>& tries)
+{
+    const health::Attempt& attempt = tries.front();
+    const upstream::Params& params = attempt.params;
+    const std::string route = pool::route_key(entry.name, params);
+    const std::string where = upstream::describe(params);
+    const std::string* app = nullptr;
+    for (const auto& [k, v] : params)
+        if (k == "application_name")
+            app = &v;
+    if (ws_.held && ws_.held->route != route && handoff_.type == ipc::HandoffType::MoveClient) {
+        // The supervisor matched the asker's key; ours must agree.
+        log_error("a client for route %s reached a worker warm on %s", route.c_str(), ws_.held->route.c_str());
+        return fail("XX000", "pgwicket internal error: pooled connection of the wrong route", kExitInternal);
+    }
+    // A warm worker given a new connection guessed it would be for its route; when it is
+    // for another, it asks for that one as a spare would, keeping its own meanwhile.
+    if (!ws_.held || ws_.held->route != route) {
+        if (auto code = pooled_connect(login, startup, entry, tries))
             return *code;
-        log_info("connected to upstream (%s), backend pid %d%s; pooled on %s", where.c_str(),
-                 PQbackendPID(conn.get()), PQsslInUse(conn.get()) ? ", TLS" : "",
-                 pool::route_label(route).c_str());
-        ws_.held = pool::hold(std::move(conn), route, where);
-        ws_.held->watch = watch_of(ws_.held->conn.get());
     } else {
         // Reused: make sure it still works (the socket is looked at unless the warm
         // wait that this client ended saw it silent a moment ago), and name the new

@@ -221,6 +221,78 @@ BOOST_AUTO_TEST_CASE(a_standby_lagging_past_max_replica_lag_is_passed_over)
     check_clean_stop(p);
 }
 
+// A pooled entry of several hosts whose first host does not take connections (stopped
+// after the health checker saw it up, so only a session's own attempt finds out): each
+// session gives that host's pool its place back and gets a connection of the next
+// host's pool, both when it connects itself and when a warm worker takes its client.
+// SHOW POOLS proves the places came back: with every client gone, no route has a
+// connection counted active (each failed attempt was counted while it ran).
+BOOST_AUTO_TEST_CASE(a_pooled_session_takes_the_next_host_when_its_host_refuses)
+{
+    ReplicaCluster c("pool-next-host", 1);
+    const std::string primary = port_str(c, 0), standby = port_str(c, 1);
+    ProxyOptions o;
+    // In order, standby first; never banned, so every new worker's session tries it first.
+    o.extra_databases = "pooled = host=127.0.0.1,127.0.0.1 port=" + standby + "," + primary +
+                        " dbname=postgres user=postgres load_balance=in-order ban_time=0 pool_mode=session "
+                        "pool_size=2\n";
+    o.extra_settings = "server_check_period = 3600\nquery_wait_timeout = 3\nadmin_users = postgres\n";
+    Proxy p("replicas-pool-next-host", o);
+    BOOST_REQUIRE_MESSAGE(wait_for([&] {
+                              auto h = hosts(p);
+                              return h[primary]["state"] == "up" && h[standby]["state"] == "up";
+                          }),
+                          p.log_tail());
+    c.stop(1);
+    for (int round = 0; round < 2; ++round) {
+        // Two at once: each new one starts in a spare, which tries the standby first.
+        std::vector<Conn> held;
+        for (int i = 0; i < 2; ++i) {
+            Conn a = connect(p.conninfo("pooled"));
+            BOOST_REQUIRE_MESSAGE(PQstatus(a.get()) == CONNECTION_OK,
+                                  "session " << i << ": " << PQerrorMessage(a.get()) << p.log_tail());
+            BOOST_CHECK_EQUAL(scalar(a.get(), "SELECT inet_server_port()"), primary);
+            held.push_back(std::move(a));
+        }
+    }
+    for (int i = 0; i < 3; ++i)
+        BOOST_CHECK_EQUAL(port_of(p, "pooled"), primary);
+    const std::string log = read_file(p.log_path());
+    BOOST_CHECK_MESSAGE(log.find("port=" + standby + " ") != std::string::npos &&
+                            log.find("trying the next host") != std::string::npos,
+                        p.log_tail());
+    // SHOW POOLS, summed over its rows: connections warm, and every one counted (warm,
+    // in a session, being opened). A console session from a host whose last pooled
+    // client used this pool is guessed to be for it and runs in one of its warm
+    // workers: it is counted active meanwhile, so the total is what is checked.
+    const std::string local = "host=" + p.unix_dir() + " port=" + std::to_string(p.port()) + " user=postgres ";
+    auto pools = [&](long* warm) {
+        Conn console = connect_ok(local + "dbname=pgwicket");
+        Result r(PQexec(console.get(), "SHOW POOLS"));
+        long total = 0;
+        *warm = 0;
+        for (int i = 0; i < PQntuples(r.get()); ++i) {
+            *warm += std::stol(PQgetvalue(r.get(), i, PQfnumber(r.get(), "warm")));
+            total += std::stol(PQgetvalue(r.get(), i, PQfnumber(r.get(), "warm"))) +
+                     std::stol(PQgetvalue(r.get(), i, PQfnumber(r.get(), "active")));
+        }
+        return total;
+    };
+    long warm = 0;
+    // A client from where the pool has no guess yet (the Unix socket) starts in a spare,
+    // which fails on the standby, then is moved to a warm worker of the primary's pool.
+    BOOST_REQUIRE_MESSAGE(wait_for([&] { return pools(&warm) == 2 && warm == 2; }), "warm " << warm);
+    {
+        Conn a = connect_ok(local + "dbname=pooled");
+        BOOST_CHECK_EQUAL(scalar(a.get(), "SELECT inet_server_port()"), primary);
+    }
+    // Every place the failed attempts took is back: the primary's two connections are
+    // all the pools count.
+    long total = 0;
+    BOOST_CHECK_MESSAGE(wait_for([&] { return (total = pools(&warm)) == 2; }), "counted " << total);
+    check_clean_stop(p);
+}
+
 BOOST_AUTO_TEST_CASE(failover_moves_writes_and_ends_sessions_on_a_host_that_changed_role)
 {
     ReplicaCluster c("failover", 2);
