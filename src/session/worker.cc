@@ -114,6 +114,14 @@ void scrub_between_sessions()
                 held.idle_since = held.checked = net::Clock::now();
             }
         }
+        // SIGTERM and SIGINT are let in only inside ppoll(): one that comes between the
+        // look at the flag and the wait is not lost, so the wait needs no tick and lasts
+        // until the connection's next deadline (an idle warm worker costs no wake-ups).
+        sigset_t stop_signals, wait_mask;
+        sigemptyset(&stop_signals);
+        sigaddset(&stop_signals, SIGTERM);
+        sigaddset(&stop_signals, SIGINT);
+        sigprocmask(SIG_BLOCK, &stop_signals, &wait_mask);
         for (;;) {
             auto deadline = net::Clock::time_point::max();
             if (cfg.server_idle_timeout > 0)
@@ -121,8 +129,15 @@ void scrub_between_sessions()
             if (cfg.server_lifetime > 0)
                 deadline = std::min(deadline, held.created + seconds(cfg.server_lifetime));
             pollfd fds[2] = {{ws.channel, POLLIN, 0}, {held.fd(), POLLIN, 0}};
-            const int ms = leaving ? 1000 : std::min(1000, std::max(0, net::ms_until(deadline)));
-            const int n = ::poll(fds, leaving ? 1 : 2, ms);
+            timespec ts{};
+            const timespec* timeout = nullptr;  // leaving: until the supervisor answers
+            if (!leaving && deadline != net::Clock::time_point::max()) {
+                const int ms = std::max(0, net::ms_until(deadline));
+                ts.tv_sec = ms / 1000;
+                ts.tv_nsec = long(ms % 1000) * 1000000L;
+                timeout = &ts;
+            }
+            const int n = g_stop_requested ? 0 : ::ppoll(fds, leaving ? 1 : 2, timeout, &wait_mask);
             if (g_stop_requested) {
                 pool::close_gracefully(held);
                 _exit(kExitShutdown);
@@ -144,6 +159,7 @@ void scrub_between_sessions()
                     log_error("warm worker: unexpected message %u", unsigned(msg->handoff.type));
                     _exit(kExitChannelError);
                 }
+                sigprocmask(SIG_SETMASK, &wait_mask, nullptr);
                 int code = run_session(cfg, table, tls, std::move(*msg), ws);
                 // Still holding a reusable connection: warm again, whatever the client did.
                 if (!ws.held || code == kExitShutdown || code == kExitInternal || code == kExitChannelError ||
