@@ -123,9 +123,12 @@ std::string route_key(const std::string& entry, const upstream::Params& params)
         put_str(flat, k);
         put_str(flat, v);
     }
+    // Fetched once per process (an implicit fetch looks the algorithm up in the
+    // provider's tables at every call; this runs for every pooled session).
+    static EVP_MD* const sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int md_len = 0;
-    EVP_Digest(flat.data(), flat.size(), md, &md_len, EVP_sha256(), nullptr);
+    EVP_Digest(flat.data(), flat.size(), md, &md_len, sha256 ? sha256 : EVP_sha256(), nullptr);
     static const char hex[] = "0123456789abcdef";
     std::string digest;
     for (unsigned i = 0; i < 8 && i < md_len; ++i) {

@@ -46,13 +46,18 @@ Bytes authentication_ok()
     return w.take();
 }
 
-Bytes parameter_status(std::string_view name, std::string_view value)
+void parameter_status(Writer& w, std::string_view name, std::string_view value)
 {
-    Writer w;
     w.begin('S');
     w.cstring(name);
     w.cstring(value);
     w.finish();
+}
+
+Bytes parameter_status(std::string_view name, std::string_view value)
+{
+    Writer w;
+    parameter_status(w, name, value);
     return w.take();
 }
 

@@ -26,6 +26,8 @@ Bytes fatal(std::string_view sqlstate, std::string_view message, std::string_vie
 
 Bytes authentication_ok();
 Bytes parameter_status(std::string_view name, std::string_view value);
+// The same message appended to `w` (a greeting of many, without a buffer for each).
+void parameter_status(Writer& w, std::string_view name, std::string_view value);
 Bytes backend_key_data(std::uint32_t pid, ByteSpan secret);
 Bytes ready_for_query(char status);
 // 'v': the newest minor version we support plus the _pq_ options we did not recognise.

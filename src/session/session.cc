@@ -828,7 +828,7 @@ ExitCode Session::establish(pool::HeldUpstream& up, bool* reusable)
     protocol::Writer greeting;
     greeting.raw(protocol::authentication_ok());
     for (const auto& [name, value] : up.parameters)
-        greeting.raw(protocol::parameter_status(name, value));
+        protocol::parameter_status(greeting, name, value);
     // The cancel key: the backend's own pid, so that drivers, pg_stat_activity and the
     // server's log agree, and our secret (the upstream's stays here), new for every
     // session. Published in the slot before the client can know it.
