@@ -233,8 +233,10 @@ private:
     // After the last host failed: the counters, the log and the client's error.
     ExitCode connect_failed(const upstream::ConnectFailure& why, const std::string& where,
                             const std::string& database);
+    // `front_route`: the first host's route key when the caller has it ("": computed here).
     ExitCode pooled_session(const Login& login, const protocol::StartupMessage& startup,
-                            const config::DatabaseEntry& entry, const std::vector<health::Attempt>& tries);
+                            const config::DatabaseEntry& entry, const std::vector<health::Attempt>& tries,
+                            const std::string& front_route);
     std::optional<ExitCode> pooled_connect(const Login& login, const protocol::StartupMessage& startup,
                                            const config::DatabaseEntry& entry,
                                            const std::vector<health::Attempt>& tries);
@@ -570,19 +572,24 @@ ExitCode Session::proceed(const Login& login, const protocol::StartupMessage& st
         return fail("08006", "no upstream host of database \"" + database + "\" can take this session: " + plan.why_none,
                     kExitUpstreamFailure, "Try again later; SHOW HOSTS in pgwicket's admin console lists the hosts.");
     }
+    std::string front_route;  // the first host's route key, when known here
     if (entry->pool.pooled && ws_.held) {
         // A warm worker: its connection's host first when it fits (a moved client goes
         // on with the host its first worker chose, whatever fits now).
         auto held_host = [&](const health::Attempt& a) { return pool::route_key(entry->name, a.params) == ws_.held->route; };
         auto fit = std::find_if(plan.tries.begin(), plan.tries.end(), held_host);
-        if (fit != plan.tries.end())
+        if (fit != plan.tries.end()) {
             std::rotate(plan.tries.begin(), fit, fit + 1);
-        else if (handoff_.type == ipc::HandoffType::MoveClient)
-            if (auto any = std::find_if(plan.every.begin(), plan.every.end(), held_host); any != plan.every.end())
+            front_route = ws_.held->route;
+        } else if (handoff_.type == ipc::HandoffType::MoveClient) {
+            if (auto any = std::find_if(plan.every.begin(), plan.every.end(), held_host); any != plan.every.end()) {
                 plan.tries.insert(plan.tries.begin(), *any);
+                front_route = ws_.held->route;
+            }
+        }
     }
     if (entry->pool.pooled)
-        return pooled_session(login, startup, *entry, plan.tries);
+        return pooled_session(login, startup, *entry, plan.tries, front_route);
 
     upstream::PgConnPtr conn;
     std::string where;
@@ -739,11 +746,12 @@ std::optional<ExitCode> Session::pooled_connect(const Login& login, const protoc
 // is then a spare again), otherwise this worker connects, or waits for room. A warm
 // worker that received the client carries on with the connection it holds.
 ExitCode Session::pooled_session(const Login& login, const protocol::StartupMessage& startup,
-                                 const config::DatabaseEntry& entry, const std::vector<health::Attempt>& tries)
+                                 const config::DatabaseEntry& entry, const std::vector<health::Attempt>& tries,
+                                 const std::string& front_route)
 {
     const health::Attempt& attempt = tries.front();
     const upstream::Params& params = attempt.params;
-    const std::string route = pool::route_key(entry.name, params);
+    const std::string route = front_route.empty() ? pool::route_key(entry.name, params) : front_route;
     const std::string where = upstream::describe(params);
     const std::string* app = nullptr;
     for (const auto& [k, v] : params)
