@@ -2,6 +2,7 @@
 // inih has no line numbers in its callback here, so the reader counts lines.
 #include "config/config.hh"
 
+#include "auth/ossl.hh"
 #include "auth/userlist.hh"
 #include "config/options.hh"
 #include "config/pool_keys.hh"
@@ -18,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <set>
@@ -538,6 +540,47 @@ Config defaults()
             c.*(spec.int_field) = std::strtol(v.c_str(), nullptr, spec.name == "unix_socket_mode" ? 8 : 10);
     }
     return c;
+}
+
+void keep_restart_only(const Config& running, Config& next,
+                       const std::function<void(const OptionSpec&, const std::string& was, const std::string& now)>& note)
+{
+    for (const auto& spec : options()) {
+        const std::string was = option_value(running, spec), now = option_value(next, spec);
+        if (was == now)
+            continue;
+        if (spec.reload == ReloadClass::Restart) {
+            if (spec.str_field)
+                next.*(spec.str_field) = running.*(spec.str_field);
+            else
+                next.*(spec.int_field) = running.*(spec.int_field);
+        }
+        note(spec, was, now);
+    }
+}
+
+std::string source_digest(const Config& cfg)
+{
+    std::string all;
+    for (const std::string* path : {&cfg.path, &cfg.auth_hba_file, &cfg.auth_file, &cfg.jwt_jwks_file}) {
+        all += *path;
+        all.push_back('\0');
+        if (path->empty())
+            continue;
+        std::ifstream in(*path, std::ios::binary);
+        const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        all += std::to_string(text.size());
+        all.push_back('\0');
+        all += text;
+    }
+    const auto md = auth::ossl::sha256({reinterpret_cast<const std::uint8_t*>(all.data()), all.size()});
+    static const char hex[] = "0123456789abcdef";
+    std::string out;
+    for (std::uint8_t b : md) {
+        out.push_back(hex[b >> 4]);
+        out.push_back(hex[b & 15]);
+    }
+    return out;
 }
 
 Result<Config> load_file(const std::string& path)

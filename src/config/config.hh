@@ -8,6 +8,7 @@
 #include "common/result.hh"
 #include "policy/policy.hh"
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -193,6 +194,18 @@ Result<HostPort> parse_host_port(const std::string& text);
 // Rules between options and sections ([peers] and peer_id, something to listen
 // on); load_file applies them, and a reload again after keeping restart-only values.
 std::vector<std::string> cross_check(const Config& cfg);
+
+// A reload: keeps `running`'s values of the restart-only options in `next`, and calls
+// `note` for each option whose value differs (restart-only ones too: `next` has the
+// running value then).
+struct OptionSpec;
+void keep_restart_only(const Config& running, Config& next,
+                       const std::function<void(const OptionSpec&, const std::string& was, const std::string& now)>& note);
+
+// SHA-256 (hex) of every file a load of this configuration reads: the file itself and,
+// when set, auth_hba_file, auth_file and jwt_jwks_file. Two processes that each loaded
+// the file and got the same digest read the same configuration.
+std::string source_digest(const Config& cfg);
 
 // Reads and parses a JWKS file (jwt_jwks_file); workers call it again for an unknown kid.
 Result<std::shared_ptr<const auth::jwt::Jwks>> load_jwks(const std::string& path);

@@ -68,6 +68,7 @@ bool known_type(HandoffType t)
     case HandoffType::HandedOver:
     case HandoffType::Retire:
     case HandoffType::PoolTimeout:
+    case HandoffType::Reconfigure:
         return true;
     }
     return false;

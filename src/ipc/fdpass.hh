@@ -14,7 +14,7 @@
 namespace pgw::ipc {
 
 inline constexpr std::uint32_t kHandoffMagic = 0x50475748;  // "PGWH"
-inline constexpr std::uint32_t kHandoffVersion = 5;
+inline constexpr std::uint32_t kHandoffVersion = 6;
 inline constexpr std::uint32_t kNoSlot = ~std::uint32_t(0);
 // The largest payload a message carries (a pooled session's context).
 inline constexpr std::uint32_t kMaxPayload = 48 * 1024;
@@ -38,6 +38,7 @@ enum class HandoffType : std::uint32_t {
     HandedOver = 22,  // to the asker: the client went to a warm worker; be a spare again
     Retire = 23,      // to a warm worker: close the upstream and exit
     PoolTimeout = 24,  // to the asker: query_wait_timeout passed; answer 53300
+    Reconfigure = 25,  // to a warm worker after a reload; payload: config digest, route's context
 };
 
 // Written and read with memcpy by the same binary on both ends of a private

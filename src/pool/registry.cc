@@ -147,6 +147,17 @@ std::vector<Action> Registry::retire_all_warm(Clock::time_point now)
     return actions;
 }
 
+std::vector<std::pair<pid_t, std::string>> Registry::take_all_warm()
+{
+    std::vector<std::pair<pid_t, std::string>> all;
+    for (auto& [name, r] : routes_) {
+        for (pid_t w : r.warm)
+            all.emplace_back(w, name);
+        r.warm.clear();
+    }
+    return all;
+}
+
 std::vector<Action> Registry::gone(pid_t worker, Clock::time_point now)
 {
     std::vector<Action> actions;

@@ -76,6 +76,10 @@ public:
     bool leaving(pid_t worker, std::vector<Action>& actions, Clock::time_point now);
     // Takes every warm worker out (reload, drain): returns Retire actions.
     std::vector<Action> retire_all_warm(Clock::time_point now);
+    // Takes every warm worker out of its route's stack, still counted in the route (a
+    // reload asks each to take the new configuration; it says Warm again, or leaves).
+    // Returns them with their routes.
+    std::vector<std::pair<pid_t, std::string>> take_all_warm();
     // A worker is gone (reaped), or gave up its upstream: its place is free.
     std::vector<Action> gone(pid_t worker, Clock::time_point now);
     // Clients whose query_wait_timeout has passed.

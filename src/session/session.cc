@@ -1252,6 +1252,17 @@ std::optional<pool::SessionContext> starting_context(const config::Config& cfg, 
     return ctx;
 }
 
+Result<std::string> route_for(const config::Config& cfg, const pool::SessionContext& ctx)
+{
+    const config::DatabaseEntry* entry = cfg.find_entry(ctx.entry);
+    if (!entry || !entry->pool.pooled)
+        return Error{"entry \"" + ctx.entry + "\" is gone or no longer pooled"};
+    auto params = prefill_params(cfg, *entry, ctx);
+    if (!params)
+        return Error{params.error()};
+    return pool::route_key(entry->name, *params);
+}
+
 ExitCode prefill_route(const config::Config& cfg, const std::string& context, WorkerState& ws)
 {
     auto ctx = pool::decode_context(context);

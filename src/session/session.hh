@@ -42,6 +42,10 @@ ExitCode prefill_route(const config::Config& cfg, const std::string& context, Wo
 // fix their upstream user (it would be each client's).
 std::optional<pool::SessionContext> starting_context(const config::Config& cfg, const config::DatabaseEntry& entry);
 
+// The route key a client of this context gets under `cfg`, with why not when it gets
+// none (the entry is gone or no longer pooled, its parameters do not build).
+Result<std::string> route_for(const config::Config& cfg, const pool::SessionContext& ctx);
+
 // Runs one session. kExitHandedOver: the client moved to a warm worker and this
 // worker may serve another; `ws.held` set: a pooled connection, reset, to keep warm.
 ExitCode run_session(const config::Config& cfg, const ipc::SessionTable& table, SSL_CTX* tls,

@@ -9,6 +9,7 @@
 
 #include "pool/context.hh"
 #include "pool/held.hh"
+#include "tls/server_tls.hh"
 
 #include <malloc.h>
 #include <poll.h>
@@ -73,10 +74,57 @@ void scrub_between_sessions()
 // waits for a client (MoveClient, or a new connection the supervisor guessed is for it). The server closing or speaking, server_idle_timeout
 // and server_lifetime make it ask to leave; it goes only when the supervisor answers
 // Retire, because a client may already be on its way to it.
-[[noreturn]] void keep_warm(const config::Config& cfg, const ipc::SessionTable& table, SSL_CTX* tls, WorkerState& ws)
+// The configuration a warm worker serves its sessions with: the one it was forked with,
+// until a reload gives it another (Reconfigure).
+struct Serving {
+    const config::Config* cfg;
+    SSL_CTX* tls;
+    std::unique_ptr<config::Config> own_cfg;  // taken after a reload
+    tls::ServerContext own_tls;
+};
+
+// After a reload: reads the configuration files as the supervisor did and takes what
+// they say, provided they are what the supervisor read (the same digest) and the
+// connection's route is the same under them; the error says why not.
+Status take_configuration(Serving& s, const std::string& payload, const std::string& route)
+{
+    constexpr size_t kDigestLen = 64;  // config::source_digest, hex
+    if (payload.size() < kDigestLen)
+        return Error{"a Reconfigure message without a digest"};
+    auto ctx = pool::decode_context(payload.substr(kDigestLen));
+    if (!ctx)
+        return Error{ctx.error()};
+    auto next = config::load_file(s.cfg->path);
+    if (!next)
+        return Error{"the configuration does not load: " + next.error()};
+    config::keep_restart_only(*s.cfg, *next, [](const config::OptionSpec&, const std::string&, const std::string&) {});
+    if (auto errors = config::cross_check(*next); !errors.empty())
+        return Error{"the configuration does not hold together: " + errors.front()};
+    if (config::source_digest(*next) != payload.substr(0, kDigestLen))
+        return Error{"the configuration files changed again since the supervisor read them"};
+    auto key = route_for(*next, *ctx);
+    if (!key)
+        return Error{key.error()};
+    if (*key != route)
+        return Error{"its route's settings changed"};
+    auto tls = tls::make_server_context(*next);
+    if (!tls)
+        return Error{tls.error()};
+    s.own_cfg = std::make_unique<config::Config>(std::move(*next));
+    s.own_tls = std::move(*tls);
+    s.cfg = s.own_cfg.get();
+    s.tls = s.own_tls.get();
+    log::setup(config::log_settings(*s.cfg));
+    return ok_status();
+}
+
+[[noreturn]] void keep_warm(const config::Config& forked_cfg, const ipc::SessionTable& table, SSL_CTX* forked_tls,
+                            WorkerState& ws)
 {
     using namespace std::chrono;
+    Serving serving{&forked_cfg, forked_tls, nullptr, nullptr};
     for (;;) {
+        const config::Config& cfg = *serving.cfg;
         scrub_between_sessions();
         pool::HeldUpstream& held = *ws.held;
         log::set_prefix("pool " + pool::route_label(held.route) + " (backend pid " + std::to_string(held.backend_pid) + ")");
@@ -153,6 +201,18 @@ void scrub_between_sessions()
                     pool::close_gracefully(held);
                     _exit(kExitOk);
                 }
+                if (msg->handoff.type == ipc::HandoffType::Reconfigure) {
+                    if (leaving)
+                        continue;  // Retire is on its way
+                    if (auto st = take_configuration(serving, msg->payload, held.route); !st) {
+                        log_info("pooled connection not kept after the reload: %s", st.error().c_str());
+                        ask_to_leave();
+                        continue;
+                    }
+                    log_info("took the reloaded configuration; the pooled connection stays");
+                    sigprocmask(SIG_SETMASK, &wait_mask, nullptr);
+                    break;  // warm again, under the new configuration
+                }
                 // A client moved here, or a new connection the supervisor guessed is for
                 // this route (it may be for another, a cancel request, the console).
                 if (msg->handoff.type != ipc::HandoffType::MoveClient && !starts_session(msg->handoff.type)) {
@@ -160,7 +220,7 @@ void scrub_between_sessions()
                     _exit(kExitChannelError);
                 }
                 sigprocmask(SIG_SETMASK, &wait_mask, nullptr);
-                int code = run_session(cfg, table, tls, std::move(*msg), ws);
+                int code = run_session(cfg, table, serving.tls, std::move(*msg), ws);
                 // Still holding a reusable connection: warm again, whatever the client did.
                 if (!ws.held || code == kExitShutdown || code == kExitInternal || code == kExitChannelError ||
                     g_stop_requested)

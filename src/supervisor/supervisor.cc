@@ -111,7 +111,9 @@ struct Worker {
     // Warm: holds a reset pooled connection, no session. Leaving: told to retire.
     // Relaying: its TLS client's session went to a warm worker, with which it relays
     // until the session ends (the session is counted there, not here).
-    enum class State { Spare, Busy, Refusing, Retired, Warm, Leaving, Relaying } state = State::Spare;
+    // Reconfiguring: a warm worker asked to take a reloaded configuration (Reconfigure),
+    // until it says Warm again or Leaving.
+    enum class State { Spare, Busy, Refusing, Retired, Warm, Leaving, Relaying, Reconfiguring } state = State::Spare;
     std::uint64_t session_id = 0;
     std::uint32_t slot = ipc::kNoSlot;
     Clock::time_point since = Clock::now();
@@ -156,6 +158,7 @@ private:
     void on_channel(pid_t pid, std::uint32_t events);
     void on_need_route(Worker& w, ipc::Received&& msg);
     void on_warm(Worker& w, const std::string& route);
+    void reconfigure(Worker& w, const std::string& route);
     void perform(const std::vector<pool::Action>& actions);
     bool tell(Worker& w, ipc::HandoffType type);
     bool hand_to(Worker& w, ipc::Handoff& h, int client_fd, bool refuse, const std::string& host);
@@ -183,7 +186,7 @@ private:
     std::vector<Listener> listeners_;
     UniqueFd epoll_, sigfd_;
     std::map<pid_t, Worker> workers_;
-    std::array<size_t, size_t(Worker::State::Relaying) + 1> by_state_{};
+    std::array<size_t, size_t(Worker::State::Reconfiguring) + 1> by_state_{};
     std::deque<pid_t> spares_;
     std::uint64_t next_session_id_ = 1;
     Phase phase_ = Phase::Running;
@@ -200,6 +203,7 @@ private:
     // Helper processes beside the workers (aux_process.hh), restarted when they end.
     std::vector<AuxProcess> aux_;
     std::uint64_t generation_ = 0;  // bumped by every reload
+    std::string config_digest_;     // config::source_digest of the last reload's files
     // New connections go straight to a warm worker of the route the same client host
     // used last (one process hop instead of three, and TLS clients reuse connections
     // too). A host's guess follows what its clients ask for; a bounded map.
@@ -529,7 +533,8 @@ void Supervisor::reap()
                            : w.state == Worker::State::Warm     ? "warm"
                            : w.state == Worker::State::Leaving  ? "retired pooled"
                            : w.state == Worker::State::Relaying ? "TLS relay"
-                                                                : "spare";
+                           : w.state == Worker::State::Reconfiguring ? "reconfiguring pooled"
+                                                                     : "spare";
         auto& sc = table_.header()->supervisor;
         if (WIFSIGNALED(status))
             ipc::SessionTable::bump(sc.exits_by_signal);
@@ -606,7 +611,7 @@ void Supervisor::on_channel(pid_t pid, std::uint32_t events)
             return on_need_route(w, std::move(*msg));
         break;
     case ipc::HandoffType::Warm:
-        if (w.state == Worker::State::Busy)
+        if (w.state == Worker::State::Busy || w.state == Worker::State::Reconfiguring)
             return on_warm(w, msg->payload);
         break;
     case ipc::HandoffType::Released:
@@ -618,6 +623,13 @@ void Supervisor::on_channel(pid_t pid, std::uint32_t events)
         }
         break;
     case ipc::HandoffType::Leaving:
+        if (w.state == Worker::State::Reconfiguring) {
+            // It could not take the new configuration: nobody else can be on the way.
+            perform(pool_.gone(pid, Clock::now()));
+            tell(w, ipc::HandoffType::Retire);
+            set_state(w, Worker::State::Leaving);
+            return;
+        }
         if (w.state == Worker::State::Warm) {
             std::vector<pool::Action> actions;
             if (pool_.leaving(pid, actions, Clock::now())) {
@@ -779,6 +791,11 @@ void Supervisor::on_warm(Worker& w, const std::string& route)
         w.slot = ipc::kNoSlot;
     }
     w.since = Clock::now();
+    if (phase_ == Phase::Running && w.generation != generation_) {
+        // Forked or last configured before a reload.
+        if (const std::string* held = pool_.held_route(w.pid); held && *held == route)
+            return reconfigure(w, route);
+    }
     if (phase_ != Phase::Running || w.generation != generation_ || !pool_.warm(w.pid, route, actions, Clock::now())) {
         // Draining, forked before a reload, or a connection the pool never counted.
         perform(pool_.gone(w.pid, Clock::now()));
@@ -792,6 +809,25 @@ void Supervisor::on_warm(Worker& w, const std::string& route)
     if (!w.peer_host.empty())  // a prefill has no client host
         guess(w.peer_host, route);
     perform(actions);
+}
+
+// A warm connection after a reload: its worker is asked to take the new configuration.
+// It reads the files itself and keeps the connection only when they give the digest
+// ours gave (nothing changed in between) and its route's key is the same under the new
+// configuration; then it says Warm, else Leaving. The route's context (what a client of
+// it sent) is needed to work out the key: without one (too many routes) it is retired.
+void Supervisor::reconfigure(Worker& w, const std::string& route)
+{
+    auto t = templates_.find(route);
+    if (t == templates_.end() ||
+        !ipc::send_message(w.channel.get(), ipc::HandoffType::Reconfigure, config_digest_ + t->second)) {
+        perform(pool_.gone(w.pid, Clock::now()));
+        tell(w, ipc::HandoffType::Retire);
+        set_state(w, Worker::State::Leaving);
+        return;
+    }
+    w.generation = generation_;
+    set_state(w, Worker::State::Reconfiguring);
 }
 
 void Supervisor::guess(const std::string& host, const std::string& route)
@@ -915,25 +951,20 @@ void Supervisor::reload()
     }
     config::Config merged = std::move(*next);
     int changed = 0;
-    for (const auto& spec : config::options()) {
-        std::string was = config::option_value(cfg_, spec), now = config::option_value(merged, spec);
-        if (was == now)
-            continue;
+    // Restart-only options keep their running values, so the config in force stays one
+    // consistent value.
+    config::keep_restart_only(cfg_, merged, [&](const config::OptionSpec& spec, const std::string& was,
+                                                const std::string& now) {
         if (spec.reload == config::ReloadClass::Restart) {
             log_warning("%s changed from \"%s\" to \"%s\", but it takes effect only after a "
                         "restart; still using \"%s\"",
                         std::string(spec.name).c_str(), was.c_str(), now.c_str(), was.c_str());
-            // Keep the running value, so the config in force stays one consistent value.
-            if (spec.str_field)
-                merged.*(spec.str_field) = cfg_.*(spec.str_field);
-            else
-                merged.*(spec.int_field) = cfg_.*(spec.int_field);
-            continue;
+            return;
         }
         ++changed;
         log_info("%s changed from \"%s\" to \"%s\"", std::string(spec.name).c_str(), was.c_str(),
                  now.c_str());
-    }
+    });
     if (merged.peer_id != cfg_.peer_id || merged.max_client_conn != cfg_.max_client_conn)
         log_warning("internal error: restart-only options escaped the reload check");
     auto entries_differ = [](const auto& a, const auto& b, auto key) {
@@ -989,10 +1020,16 @@ void Supervisor::reload()
     cfg_ = std::move(merged);
     ipc::SessionTable::bump(sc.reloads);
     reopen_logs();
-    // Spares and warm workers were forked with the old configuration; sessions keep
-    // theirs, and their pooled connections leave when they end.
+    // Spares were forked with the old configuration: replaced. Warm workers are asked to
+    // take the new one (their connections stay when their routes are unchanged); busy
+    // ones are asked when they say Warm. Sessions keep theirs.
     ++generation_;
-    perform(pool_.retire_all_warm(Clock::now()));
+    // (Read again after the load: a file changed in the moment between makes a worker
+    // that reads it later adopt the newer one, which a next reload gives everyone.)
+    config_digest_ = config::source_digest(cfg_);
+    for (const auto& [pid, route] : pool_.take_all_warm())
+        if (auto it = workers_.find(pid); it != workers_.end())
+            reconfigure(it->second, route);
     retire_spares();
     replenish();
     seed_minimums();

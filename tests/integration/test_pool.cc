@@ -665,18 +665,49 @@ BOOST_AUTO_TEST_CASE(show_servers_and_pool_gauges_follow_a_connection)
     check_clean_stop(p);
 }
 
-// A reload retires warm connections (they were opened under the old configuration) with
-// a Terminate; a stop closes them too.
-BOOST_AUTO_TEST_CASE(reload_and_stop_close_warm_connections)
+// A reload that leaves a route as it was keeps its warm connection: the warm worker
+// takes the new configuration (a change of log_statements shows in its next session).
+// One that changes the route's entry retires it, with a Terminate; a stop closes the
+// connection too.
+BOOST_AUTO_TEST_CASE(reload_keeps_unchanged_routes_warm_and_stop_closes_them)
 {
     Proxy p("pool-reload", pooled_options());
     const std::string pid = warm_backend(p, "pooled", "before-reload", "1 0 0 1");
+    // Another [pgwicket] setting, same [databases].
+    const std::string ini = read_file(p.config_path());
+    const size_t databases = ini.find("[databases]");
+    BOOST_REQUIRE(databases != std::string::npos);
+    write_file(p.config_path(), ini.substr(0, databases) + "log_statements = 1\n" + ini.substr(databases));
+    size_t from = p.log_size();
     BOOST_REQUIRE(::kill(p.pid(), SIGHUP) == 0);
-    BOOST_CHECK_MESSAGE(wait_for([&] { return !backend_alive(pid); }), "a reload left the warm connection open");
-    std::string after;
+    auto logged = [&](const std::string& text) { return read_file(p.log_path()).find(text, from) != std::string::npos; };
+    BOOST_REQUIRE_MESSAGE(wait_for([&] { return logged("took the reloaded configuration"); }), p.log_tail());
+    BOOST_REQUIRE_MESSAGE(wait_for([&] { return pool_gauges(p) == "1 0 0 1"; }), "metrics: " << pool_gauges(p));
     {
         Conn b = connect_app(p, "pooled", "after-reload");
-        after = pid_of(b.get());
+        BOOST_CHECK_EQUAL(pid_of(b.get()), pid);
+        PQclear(PQexec(b.get(), "SELECT g FROM generate_series(1, 7) g"));
+    }
+    BOOST_CHECK_MESSAGE(wait_for([&] { return logged("statement: SELECT 7, 7 rows"); }),
+                        "the kept worker does not log statements: " << p.log_tail());
+    BOOST_REQUIRE(wait_for([&] { return pool_gauges(p) == "1 0 0 1"; }));
+
+    // The pooled entry changes: its warm connection goes.
+    std::string changed = read_file(p.config_path());
+    const size_t entry = changed.find("pooled = host=");
+    const size_t keys = changed.find("pool_mode=session", entry);
+    BOOST_REQUIRE(entry != std::string::npos && keys != std::string::npos);
+    changed.insert(keys, "connect_timeout=7 ");
+    write_file(p.config_path(), changed);
+    from = p.log_size();
+    BOOST_REQUIRE(::kill(p.pid(), SIGHUP) == 0);
+    BOOST_CHECK_MESSAGE(wait_for([&] { return !backend_alive(pid); }), "a reload left the changed route's connection open");
+    BOOST_CHECK_MESSAGE(logged("pooled connection not kept after the reload: its route's settings changed"),
+                        p.log_tail());
+    std::string after;
+    {
+        Conn c = connect_app(p, "pooled", "after-change");
+        after = pid_of(c.get());
         BOOST_CHECK_NE(after, pid);
     }
     BOOST_REQUIRE(wait_for([&] { return pool_gauges(p) == "1 0 0 1"; }));
@@ -756,12 +787,10 @@ BOOST_AUTO_TEST_CASE(audit_and_sessions_name_who_uses_the_connection_now)
     BOOST_CHECK(session_of["alice"] != session_of["bob"]);
 }
 
-// min_pool_size: once a client has used the route, connections are opened without a client
-// up to the minimum, and opened again after a reload retired them.
 // min_pool_size opens the entry's own route (clients that log in as its upstream user and
 // send nothing that changes the upstream settings) at start, before any client; a reload
-// closes those connections and opens new ones; a client gets one of them, and a client
-// whose settings make another route has that route kept at its minimum too.
+// that leaves the route as it was keeps those connections; a client gets one of them, and
+// a client whose settings make another route has that route kept at its minimum too.
 BOOST_AUTO_TEST_CASE(min_pool_size_keeps_connections_ready)
 {
     Proxy p("pool-min", pooled_options("pool_size=3 min_pool_size=2", "application_name_prefix = pgw-min\n"));
@@ -778,18 +807,43 @@ BOOST_AUTO_TEST_CASE(min_pool_size_keeps_connections_ready)
     BOOST_REQUIRE_EQUAL(at_start.size(), 2u);
     for (const auto& pid : at_start)
         BOOST_CHECK_MESSAGE(backend_alive(pid), "backend " << pid << " of SHOW SERVERS is not there");
+    // A reload that changes nothing of the route keeps them.
+    const size_t before_reload = p.log_size();
     BOOST_REQUIRE(::kill(p.pid(), SIGHUP) == 0);
-    BOOST_CHECK_MESSAGE(wait_for([&] { return std::none_of(at_start.begin(), at_start.end(), backend_alive); }),
-                        "the reload kept the old connections");
+    auto kept = [&] {
+        const std::string log = read_file(p.log_path());
+        size_t n = 0;
+        for (size_t at = log.find("took the reloaded configuration", before_reload); at != std::string::npos;
+             at = log.find("took the reloaded configuration", at + 1))
+            ++n;
+        return n;
+    };
+    BOOST_CHECK_MESSAGE(wait_for([&] { return kept() == 2; }), p.log_tail());
     BOOST_REQUIRE_MESSAGE(wait_for([&] { return pool_gauges(p) == "2 0 0 3"; }), "metrics: " << pool_gauges(p));
     const auto after_reload = servers();
-    BOOST_CHECK_EQUAL(after_reload.size(), 2u);
+    BOOST_CHECK(after_reload == at_start);
     // A client gets one of them.
     {
         Conn c = connect_app(p, "pooled", "after");
         const std::string pid = pid_of(c.get());
         BOOST_CHECK_MESSAGE(after_reload.count(pid), "backend " << pid << " is not one kept ready");
     }
+    // A reload that changes the entry: those connections go, and the minimum is opened
+    // again for the entry's new route.
+    std::string changed = read_file(p.config_path());
+    const size_t entry = changed.find("pooled = host=");
+    const size_t keys = changed.find("pool_mode=session", entry);
+    BOOST_REQUIRE(entry != std::string::npos && keys != std::string::npos);
+    changed.insert(keys, "connect_timeout=9 ");
+    write_file(p.config_path(), changed);
+    BOOST_REQUIRE(::kill(p.pid(), SIGHUP) == 0);
+    BOOST_CHECK_MESSAGE(wait_for([&] { return std::none_of(after_reload.begin(), after_reload.end(), backend_alive); }),
+                        "a reload that changed the route kept its connections");
+    BOOST_REQUIRE_MESSAGE(wait_for([&] { return pool_gauges(p) == "2 0 0 3"; }), "metrics: " << pool_gauges(p));
+    const auto after_change = servers();
+    BOOST_CHECK_EQUAL(after_change.size(), 2u);
+    for (const auto& pid : after_change)
+        BOOST_CHECK(!after_reload.count(pid));
     // Another route of the same entry (a startup setting the first does not have): kept at
     // its minimum once a client has used it. Its backends carry that client's
     // application_name: its own, and the one a prefill opens from its session context.
