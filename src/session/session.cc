@@ -1252,7 +1252,8 @@ std::optional<pool::SessionContext> starting_context(const config::Config& cfg, 
     return ctx;
 }
 
-Result<std::string> route_for(const config::Config& cfg, const pool::SessionContext& ctx)
+Result<std::vector<std::string>> routes_for(const config::Config& cfg, const pool::SessionContext& ctx,
+                                            ipc::TableHeader& hosts)
 {
     const config::DatabaseEntry* entry = cfg.find_entry(ctx.entry);
     if (!entry || !entry->pool.pooled)
@@ -1260,7 +1261,13 @@ Result<std::string> route_for(const config::Config& cfg, const pool::SessionCont
     auto params = prefill_params(cfg, *entry, ctx);
     if (!params)
         return Error{params.error()};
-    return pool::route_key(entry->name, *params);
+    // As a session's host plan makes them: a connection of one host each.
+    const health::Attempts plan = health::plan_connection(*params, entry->replicas, hosts);
+    std::vector<std::string> keys;
+    for (const auto* list : {&plan.tries, &plan.every})
+        for (const auto& a : *list)
+            keys.push_back(pool::route_key(entry->name, a.params));
+    return keys;
 }
 
 ExitCode prefill_route(const config::Config& cfg, const std::string& context, WorkerState& ws)

@@ -42,9 +42,11 @@ ExitCode prefill_route(const config::Config& cfg, const std::string& context, Wo
 // fix their upstream user (it would be each client's).
 std::optional<pool::SessionContext> starting_context(const config::Config& cfg, const config::DatabaseEntry& entry);
 
-// The route key a client of this context gets under `cfg`, with why not when it gets
-// none (the entry is gone or no longer pooled, its parameters do not build).
-Result<std::string> route_for(const config::Config& cfg, const pool::SessionContext& ctx);
+// The route keys a client of this context may get under `cfg` (one per host of a
+// multi-host entry), with why not when it gets none (the entry is gone or no longer
+// pooled, its parameters do not build).
+Result<std::vector<std::string>> routes_for(const config::Config& cfg, const pool::SessionContext& ctx,
+                                            ipc::TableHeader& hosts);
 
 // Runs one session. kExitHandedOver: the client moved to a warm worker and this
 // worker may serve another; `ws.held` set: a pooled connection, reset, to keep warm.

@@ -86,7 +86,7 @@ struct Serving {
 // After a reload: reads the configuration files as the supervisor did and takes what
 // they say, provided they are what the supervisor read (the same digest) and the
 // connection's route is the same under them; the error says why not.
-Status take_configuration(Serving& s, const std::string& payload, const std::string& route)
+Status take_configuration(Serving& s, const std::string& payload, const std::string& route, ipc::TableHeader& hosts)
 {
     constexpr size_t kDigestLen = 64;  // config::source_digest, hex
     if (payload.size() < kDigestLen)
@@ -102,10 +102,10 @@ Status take_configuration(Serving& s, const std::string& payload, const std::str
         return Error{"the configuration does not hold together: " + errors.front()};
     if (config::source_digest(*next) != payload.substr(0, kDigestLen))
         return Error{"the configuration files changed again since the supervisor read them"};
-    auto key = route_for(*next, *ctx);
-    if (!key)
-        return Error{key.error()};
-    if (*key != route)
+    auto keys = routes_for(*next, *ctx, hosts);
+    if (!keys)
+        return Error{keys.error()};
+    if (std::find(keys->begin(), keys->end(), route) == keys->end())
         return Error{"its route's settings changed"};
     auto tls = tls::make_server_context(*next);
     if (!tls)
@@ -204,7 +204,7 @@ Status take_configuration(Serving& s, const std::string& payload, const std::str
                 if (msg->handoff.type == ipc::HandoffType::Reconfigure) {
                     if (leaving)
                         continue;  // Retire is on its way
-                    if (auto st = take_configuration(serving, msg->payload, held.route); !st) {
+                    if (auto st = take_configuration(serving, msg->payload, held.route, *table.header()); !st) {
                         log_info("pooled connection not kept after the reload: %s", st.error().c_str());
                         ask_to_leave();
                         continue;

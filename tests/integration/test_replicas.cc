@@ -290,6 +290,18 @@ BOOST_AUTO_TEST_CASE(a_pooled_session_takes_the_next_host_when_its_host_refuses)
     // all the pools count.
     long total = 0;
     BOOST_CHECK_MESSAGE(wait_for([&] { return (total = pools(&warm)) == 2; }), "counted " << total);
+    // A reload keeps them (the route of a host of a multi-host entry is still that host's).
+    const size_t from = p.log_size();
+    BOOST_REQUIRE(::kill(p.pid(), SIGHUP) == 0);
+    auto count_from = [&](const std::string& text) {
+        const std::string now = read_file(p.log_path());
+        int n = 0;
+        for (size_t at = now.find(text, from); at != std::string::npos; at = now.find(text, at + 1))
+            ++n;
+        return n;
+    };
+    BOOST_CHECK_MESSAGE(wait_for([&] { return count_from("took the reloaded configuration") == 2; }), p.log_tail());
+    BOOST_CHECK_EQUAL(count_from("not kept after the reload"), 0);
     check_clean_stop(p);
 }
 
