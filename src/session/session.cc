@@ -1219,12 +1219,50 @@ Result<upstream::Params> prefill_params(const config::Config& cfg, const config:
     return upstream::build_params(entry, client_info(cfg, login, startup, "", policy), cfg.application_name_prefix);
 }
 
+// The connections a session of this entry could use, one host each as a session's host
+// plan makes them, with their route keys: those that fit now first (`fits`), then the
+// other hosts as written. An entry of several hosts that the health checker has not
+// answered for yet gives one connection of every host (libpq chooses). `checked`: the
+// health checker has answered for the host (always, for an entry of one host).
+struct HostRoute {
+    health::Attempt attempt;
+    std::string route;
+    bool fits = false;
+    bool checked = true;
+};
+std::vector<HostRoute> host_routes(const config::DatabaseEntry& entry, const upstream::Params& params,
+                                   ipc::TableHeader& hosts)
+{
+    const health::Attempts plan = health::plan_connection(params, entry.replicas, hosts);
+    auto checked = [&](const health::Attempt& a) {
+        return health::hosts_of(params).size() <= 1 ||
+               (a.row >= 0 && health::read_host(hosts, std::uint32_t(a.row)).state != ipc::HostState::Unknown);
+    };
+    std::vector<HostRoute> out;
+    for (const auto& a : plan.tries)
+        out.push_back({a, pool::route_key(entry.name, a.params), true, checked(a)});
+    for (const auto& a : plan.every) {
+        std::string key = pool::route_key(entry.name, a.params);
+        if (std::none_of(out.begin(), out.end(), [&](const HostRoute& h) { return h.route == key; }))
+            out.push_back({a, std::move(key), false, checked(a)});
+    }
+    return out;
+}
+
+// Whether host_routes gave one connection per host (not libpq's whole list).
+bool hosts_known(const upstream::Params& params, const std::vector<HostRoute>& routes)
+{
+    return health::hosts_of(params).size() <= 1 || routes.size() > 1 ||
+           (routes.size() == 1 && health::hosts_of(routes[0].attempt.params).size() == 1);
+}
+
 } // namespace
 
-std::optional<pool::SessionContext> starting_context(const config::Config& cfg, const config::DatabaseEntry& entry)
+std::vector<pool::SessionContext> starting_contexts(const config::Config& cfg, const config::DatabaseEntry& entry,
+                                                   ipc::TableHeader& hosts)
 {
     if (!entry.pool.pooled || entry.name == "*" || cfg.min_pool_size_for(entry) <= 0)
-        return std::nullopt;
+        return {};
     pool::SessionContext ctx;
     ctx.entry = ctx.database = entry.name;
     ctx.method = std::uint32_t(auth::Method::Trust);
@@ -1233,23 +1271,33 @@ std::optional<pool::SessionContext> starting_context(const config::Config& cfg, 
     // of its own, the client's name is used, and none is known yet.
     auto probe = prefill_params(cfg, entry, ctx);
     if (!probe)
-        return std::nullopt;
-    // An entry of several hosts pools per chosen host, which only a client's session
-    // chooses: min_pool_size is not kept for it (not built yet).
-    if (health::hosts_of(*probe).size() > 1)
-        return std::nullopt;
+        return {};
     std::string user;
     for (const auto& [k, v] : *probe)
         if (k == "user")
             user = v;
     if (user.empty())
-        return std::nullopt;
+        return {};
     ctx.user = ctx.identity = ctx.startup[0].second = user;
     auto params = prefill_params(cfg, entry, ctx);
     if (!params)
-        return std::nullopt;
-    ctx.route = pool::route_key(entry.name, *params);
-    return ctx;
+        return {};
+    // An entry of several hosts has a pool per host: a route for each host that takes
+    // its sessions, once the health checker has answered for every host (until then
+    // none: the supervisor asks again every few seconds, and so learns of hosts that
+    // come to fit later).
+    const auto routes = host_routes(entry, *params, hosts);
+    if (!hosts_known(*params, routes) ||
+        std::any_of(routes.begin(), routes.end(), [](const HostRoute& h) { return !h.checked; }))
+        return {};
+    std::vector<pool::SessionContext> out;
+    for (const auto& h : routes) {
+        if (!h.fits)
+            continue;
+        ctx.route = h.route;
+        out.push_back(ctx);
+    }
+    return out;
 }
 
 Result<std::vector<std::string>> routes_for(const config::Config& cfg, const pool::SessionContext& ctx,
@@ -1261,16 +1309,14 @@ Result<std::vector<std::string>> routes_for(const config::Config& cfg, const poo
     auto params = prefill_params(cfg, *entry, ctx);
     if (!params)
         return Error{params.error()};
-    // As a session's host plan makes them: a connection of one host each.
-    const health::Attempts plan = health::plan_connection(*params, entry->replicas, hosts);
     std::vector<std::string> keys;
-    for (const auto* list : {&plan.tries, &plan.every})
-        for (const auto& a : *list)
-            keys.push_back(pool::route_key(entry->name, a.params));
+    for (auto& h : host_routes(*entry, *params, hosts))
+        keys.push_back(std::move(h.route));
     return keys;
 }
 
-ExitCode prefill_route(const config::Config& cfg, const std::string& context, WorkerState& ws)
+ExitCode prefill_route(const config::Config& cfg, ipc::TableHeader& hosts, const std::string& context,
+                       WorkerState& ws)
 {
     auto ctx = pool::decode_context(context);
     if (!ctx) {
@@ -1286,14 +1332,30 @@ ExitCode prefill_route(const config::Config& cfg, const std::string& context, Wo
     // The same parameters the route's clients get (application_name aside, which each
     // client sets).
     const std::string route = ctx->route;
-    auto params = prefill_params(cfg, *entry, std::move(*ctx));
-    if (!params || pool::route_key(entry->name, *params) != route) {
+    auto all = prefill_params(cfg, *entry, std::move(*ctx));
+    if (!all) {
         log_info("min_pool_size: the route's settings changed; not opening a connection");
         return kExitOk;
     }
-    const std::string where = upstream::describe(*params);
+    // The route's host (an entry of several hosts has a pool per host), as a session's
+    // host plan would connect to it.
+    const auto routes = host_routes(*entry, *all, hosts);
+    auto mine = std::find_if(routes.begin(), routes.end(), [&](const HostRoute& h) { return h.route == route; });
+    if (mine == routes.end()) {
+        log_info("min_pool_size: the route's settings changed; not opening a connection");
+        return kExitOk;
+    }
+    if (!mine->fits) {
+        // Down, banned, lagging or of the wrong role: its minimum is dropped (the
+        // supervisor's next look at the entry brings it back when the host fits again).
+        log_info("min_pool_size: %s does not take this entry's sessions now; not opening a connection",
+                 upstream::describe(mine->attempt.params).c_str());
+        return kExitOk;
+    }
+    const upstream::Params& params = mine->attempt.params;
+    const std::string where = upstream::describe(params);
     upstream::ConnectFailure why;
-    auto conn = upstream::connect(*params, net::Clock::now() + std::chrono::seconds(cfg.server_connect_timeout), &why);
+    auto conn = upstream::connect(params, net::Clock::now() + std::chrono::seconds(cfg.server_connect_timeout), &why);
     if (!conn) {
         log_warning("min_pool_size: upstream connection failed (%s): %s%s%s", where.c_str(),
                     why.server_sqlstate.c_str(), why.server_sqlstate.empty() ? "" : ": ", why.message.c_str());

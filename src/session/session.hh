@@ -35,12 +35,16 @@ struct WorkerState {
 // min_pool_size: opens a connection of the route a session context names, with no
 // client, into `ws.held` (left empty when the entry or the route changed, or the
 // connection failed; the log says which).
-ExitCode prefill_route(const config::Config& cfg, const std::string& context, WorkerState& ws);
+// `hosts`: the health checker's rows (the route's host of a multi-host entry).
+ExitCode prefill_route(const config::Config& cfg, ipc::TableHeader& hosts, const std::string& context,
+                       WorkerState& ws);
 // min_pool_size before a route's first client: the session context of a client that logs
 // in to a pooled entry as the entry's own upstream user and sends nothing else, with its
-// route. None for '*', for entries without min_pool_size, and for entries that do not
-// fix their upstream user (it would be each client's).
-std::optional<pool::SessionContext> starting_context(const config::Config& cfg, const config::DatabaseEntry& entry);
+// route; one per host for an entry of several hosts (none until the health checker has
+// seen them). None for '*', for entries without min_pool_size, and for entries that do
+// not fix their upstream user (it would be each client's).
+std::vector<pool::SessionContext> starting_contexts(const config::Config& cfg, const config::DatabaseEntry& entry,
+                                                   ipc::TableHeader& hosts);
 
 // The route keys a client of this context may get under `cfg` (one per host of a
 // multi-host entry), with why not when it gets none (the entry is gone or no longer

@@ -276,7 +276,7 @@ void worker_main(const config::Config& cfg, const ipc::SessionTable& table, SSL_
                 _exit(kExitChannelError);
             }
             if (work->handoff.type == ipc::HandoffType::Prefill) {
-                code = prefill_route(cfg, work->payload, ws);
+                code = prefill_route(cfg, *table.header(), work->payload, ws);
                 break;
             }
             if (!starts_session(work->handoff.type)) {

@@ -204,6 +204,7 @@ private:
     std::vector<AuxProcess> aux_;
     std::uint64_t generation_ = 0;  // bumped by every reload
     std::string config_digest_;     // config::source_digest of the last reload's files
+    Clock::time_point next_seed_{};  // seed_minimums again (prefill)
     // New connections go straight to a warm worker of the route the same client host
     // used last (one process hop instead of three, and TLS clients reuse connections
     // too). A host's guess follows what its clients ask for; a bounded map.
@@ -693,8 +694,8 @@ void Supervisor::on_need_route(Worker& w, ipc::Received&& msg)
 void Supervisor::seed_minimums()
 {
     for (const auto& e : cfg_.databases)
-        if (auto ctx = session::starting_context(cfg_, e))
-            templates_.try_emplace(ctx->route, pool::encode(*ctx));
+        for (const auto& ctx : session::starting_contexts(cfg_, e, *table_.header()))
+            templates_.try_emplace(ctx.route, pool::encode(ctx));
     for (const auto& [route, payload] : templates_)
         if (auto ctx = pool::decode_context(payload))
             pool_.declare(route, limits_for(ctx->entry));
@@ -707,6 +708,12 @@ void Supervisor::prefill(Clock::time_point now)
 {
     if (phase_ != Phase::Running)
         return;
+    // An entry of several hosts has its routes once the health checker has seen its
+    // hosts (none before): looked for again every few seconds.
+    if (now >= next_seed_) {
+        next_seed_ = now + 5s;
+        seed_minimums();
+    }
     for (const auto& route : pool_.below_minimum(now)) {
         auto tmpl = templates_.find(route);
         if (tmpl == templates_.end())

@@ -305,6 +305,33 @@ BOOST_AUTO_TEST_CASE(a_pooled_session_takes_the_next_host_when_its_host_refuses)
     check_clean_stop(p);
 }
 
+// min_pool_size on an entry of several hosts: a pool per host, each kept at its minimum
+// before any client (once the health checker has seen the hosts), a host that does not
+// fit the entry's target_session_attrs left out.
+BOOST_AUTO_TEST_CASE(min_pool_size_fills_a_pool_per_host)
+{
+    ReplicaCluster c("pool-min-hosts", 2);
+    ProxyOptions o;
+    o.extra_databases = "pooled = host=" + c.hosts() + " port=" + c.ports() +
+                        " dbname=postgres user=postgres target_session_attrs=standby pool_mode=session "
+                        "pool_size=3 min_pool_size=2\n";
+    o.extra_settings = "server_check_period = 1\napplication_name_prefix = pgw-min-hosts\n";
+    Proxy p("replicas-pool-min-hosts", o);
+    // Client backends but ours and the health checker's.
+    auto prefilled = [&](int node) {
+        return c.scalar(node, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND "
+                              "pid <> pg_backend_pid() AND application_name NOT LIKE '% health check'");
+    };
+    BOOST_CHECK_MESSAGE(wait_for([&] { return prefilled(1) == "2" && prefilled(2) == "2"; }, 30000),
+                        "standbys: " << prefilled(1) << " " << prefilled(2) << p.log_tail());
+    BOOST_CHECK_EQUAL(prefilled(0), "0");
+    // A client gets one of them.
+    Conn a = connect_ok(p.conninfo("pooled"));
+    BOOST_CHECK_EQUAL(scalar(a.get(), "SELECT pg_is_in_recovery()"), "t");
+    a.reset();
+    check_clean_stop(p);
+}
+
 BOOST_AUTO_TEST_CASE(failover_moves_writes_and_ends_sessions_on_a_host_that_changed_role)
 {
     ReplicaCluster c("failover", 2);
