@@ -689,7 +689,7 @@ void Supervisor::on_need_route(Worker& w, ipc::Received&& msg)
 }
 
 // The routes min_pool_size applies to, with the configuration now in force: each pooled
-// entry's own route (session::starting_context) from the start, and every route a client
+// entry's own route (session::starting_contexts) from the start, and every route a client
 // has used, with new limits after a reload.
 void Supervisor::seed_minimums()
 {
