@@ -190,6 +190,18 @@ std::string pool_gauges(Proxy& p)
            v("pgwicket_pool_waiting_clients{" + pool + "}") + " " + v("pgwicket_pool_size{" + pool + "}");
 }
 
+// Adds libpq keys to the "pooled" entry's connection string in the config file (its route
+// changes), for a reload to take.
+void add_to_pooled_entry(const Proxy& p, const std::string& keys)
+{
+    std::string ini = read_file(p.config_path());
+    const size_t entry = ini.find("pooled = host=");
+    const size_t at = ini.find("pool_mode=session", entry);
+    BOOST_REQUIRE(entry != std::string::npos && at != std::string::npos);
+    ini.insert(at, keys + " ");
+    write_file(p.config_path(), ini);
+}
+
 // One client of `db` comes and goes; returns its backend's pid once the connection is warm
 // (the "pooled" entry's gauges read `gauges`).
 std::string warm_backend(Proxy& p, const std::string& db, const std::string& app, const std::string& gauges)
@@ -693,12 +705,7 @@ BOOST_AUTO_TEST_CASE(reload_keeps_unchanged_routes_warm_and_stop_closes_them)
     BOOST_REQUIRE(wait_for([&] { return pool_gauges(p) == "1 0 0 1"; }));
 
     // The pooled entry changes: its warm connection goes.
-    std::string changed = read_file(p.config_path());
-    const size_t entry = changed.find("pooled = host=");
-    const size_t keys = changed.find("pool_mode=session", entry);
-    BOOST_REQUIRE(entry != std::string::npos && keys != std::string::npos);
-    changed.insert(keys, "connect_timeout=7 ");
-    write_file(p.config_path(), changed);
+    add_to_pooled_entry(p, "connect_timeout=7");
     from = p.log_size();
     BOOST_REQUIRE(::kill(p.pid(), SIGHUP) == 0);
     BOOST_CHECK_MESSAGE(wait_for([&] { return !backend_alive(pid); }), "a reload left the changed route's connection open");
@@ -830,12 +837,7 @@ BOOST_AUTO_TEST_CASE(min_pool_size_keeps_connections_ready)
     }
     // A reload that changes the entry: those connections go, and the minimum is opened
     // again for the entry's new route.
-    std::string changed = read_file(p.config_path());
-    const size_t entry = changed.find("pooled = host=");
-    const size_t keys = changed.find("pool_mode=session", entry);
-    BOOST_REQUIRE(entry != std::string::npos && keys != std::string::npos);
-    changed.insert(keys, "connect_timeout=9 ");
-    write_file(p.config_path(), changed);
+    add_to_pooled_entry(p, "connect_timeout=9");
     BOOST_REQUIRE(::kill(p.pid(), SIGHUP) == 0);
     BOOST_CHECK_MESSAGE(wait_for([&] { return std::none_of(after_reload.begin(), after_reload.end(), backend_alive); }),
                         "a reload that changed the route kept its connections");
