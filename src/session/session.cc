@@ -1125,9 +1125,20 @@ Session::RouteAnswer Session::ask_for_route(pool::SessionContext ctx)
         answer.error_code = fail("08006", "pgwicket could not reach its pool", kExitChannelError);
         return answer;
     }
+    // SIGTERM and SIGINT are let in only inside ppoll(), so the wait (up to
+    // query_wait_timeout, which the supervisor keeps) needs no tick.
+    sigset_t stop_signals, wait_mask;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGINT);
+    sigprocmask(SIG_BLOCK, &stop_signals, &wait_mask);
+    struct RestoreMask {
+        const sigset_t& mask;
+        ~RestoreMask() { sigprocmask(SIG_SETMASK, &mask, nullptr); }
+    } restore{wait_mask};
     for (;;) {
         pollfd p{ws_.channel, POLLIN, 0};
-        int n = ::poll(&p, 1, 1000);
+        int n = g_stop_requested ? 0 : ::ppoll(&p, 1, nullptr, &wait_mask);
         if (g_stop_requested) {
             answer.error_code = fail("57P01", "terminating connection due to administrator command", kExitShutdown);
             return answer;
