@@ -1136,14 +1136,29 @@ Session::RouteAnswer Session::ask_for_route(pool::SessionContext ctx)
         const sigset_t& mask;
         ~RestoreMask() { sigprocmask(SIG_SETMASK, &mask, nullptr); }
     } restore{wait_mask};
+    // The client is watched too: it says nothing until it has its greeting, so its
+    // socket wakes us only when it goes away (or breaks the protocol: then it is left to
+    // the session). A client that gives up leaves the queue at once, with this process.
+    bool watch_client = true;
     for (;;) {
-        pollfd p{ws_.channel, POLLIN, 0};
-        int n = g_stop_requested ? 0 : ::ppoll(&p, 1, nullptr, &wait_mask);
+        pollfd p[2] = {{ws_.channel, POLLIN, 0}, {client_.get(), POLLIN | POLLRDHUP, 0}};
+        int n = g_stop_requested ? 0 : ::ppoll(p, watch_client ? 2 : 1, nullptr, &wait_mask);
         if (g_stop_requested) {
             answer.error_code = fail("57P01", "terminating connection due to administrator command", kExitShutdown);
             return answer;
         }
-        if (n <= 0)
+        if (n > 0 && watch_client && p[1].revents) {
+            char byte;
+            if ((p[1].revents & (POLLHUP | POLLRDHUP | POLLERR)) ||
+                ::recv(client_.get(), &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
+                log_info("the client left while waiting for a pooled connection of %s",
+                         pool::route_label(ctx.route).c_str());
+                answer.error_code = kExitOk;
+                return answer;
+            }
+            watch_client = false;
+        }
+        if (n <= 0 || !p[0].revents)
             continue;
         auto reply = ipc::receive_handoff(ws_.channel);
         if (!reply) {

@@ -261,6 +261,30 @@ BOOST_AUTO_TEST_CASE(full_pool_waits_in_order_then_53300)
     check_clean_stop(p);
 }
 
+// A client that gives up while waiting for a full pool leaves the queue at once, not when
+// its turn or query_wait_timeout (a minute here) comes.
+BOOST_AUTO_TEST_CASE(a_client_that_gives_up_leaves_the_queue)
+{
+    Proxy p("pool-give-up", pooled_options("pool_size=1", "query_wait_timeout = 60\n"));
+    Conn holder = connect_app(p, "pooled", "holder");
+    BOOST_CHECK_EQUAL(pool_row(p), "0 1 0 1");
+    {
+        RawSocket quitter(p.port());
+        BOOST_REQUIRE(quitter.send(startup_packet({{"user", "postgres"}, {"database", "pooled"}})));
+        BOOST_REQUIRE_MESSAGE(wait_for([&] { return pool_row(p) == "0 1 1 1"; }), "SHOW POOLS: " << pool_row(p));
+        quitter.close();
+    }
+    BOOST_CHECK_MESSAGE(wait_for([&] { return pool_row(p) == "0 1 0 1"; }), "SHOW POOLS: " << pool_row(p));
+    BOOST_CHECK_MESSAGE(contains(read_file(p.log_path()), "the client left while waiting for a pooled connection"),
+                        p.log_tail());
+    // The pool goes on as before.
+    holder.reset();
+    Conn next = connect_app(p, "pooled", "next");
+    BOOST_CHECK_EQUAL(scalar(next.get(), "SELECT 1"), "1");
+    next.reset();
+    check_clean_stop(p);
+}
+
 BOOST_AUTO_TEST_CASE(clients_that_waited_leave_no_extra_spares)
 {
     // A client that waited for a full pool is moved to the warm worker when it frees; the
