@@ -70,10 +70,6 @@ void scrub_between_sessions()
     log::set_prefix("");
 }
 
-// A pooled connection between sessions: the worker tells the supervisor it is warm and
-// waits for a client (MoveClient, or a new connection the supervisor guessed is for it). The server closing or speaking, server_idle_timeout
-// and server_lifetime make it ask to leave; it goes only when the supervisor answers
-// Retire, because a client may already be on its way to it.
 // The configuration a warm worker serves its sessions with: the one it was forked with,
 // until a reload gives it another (Reconfigure).
 struct Serving {
@@ -118,6 +114,10 @@ Status take_configuration(Serving& s, const std::string& payload, const std::str
     return ok_status();
 }
 
+// A pooled connection between sessions: the worker tells the supervisor it is warm and
+// waits for a client (MoveClient, or a new connection the supervisor guessed is for it). The server closing or speaking, server_idle_timeout
+// and server_lifetime make it ask to leave; it goes only when the supervisor answers
+// Retire, because a client may already be on its way to it.
 [[noreturn]] void keep_warm(const config::Config& forked_cfg, const ipc::SessionTable& table, SSL_CTX* forked_tls,
                             WorkerState& ws)
 {
