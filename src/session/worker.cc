@@ -115,9 +115,11 @@ Status take_configuration(Serving& s, const std::string& payload, const std::str
 }
 
 // A pooled connection between sessions: the worker tells the supervisor it is warm and
-// waits for a client (MoveClient, or a new connection the supervisor guessed is for it). The server closing or speaking, server_idle_timeout
-// and server_lifetime make it ask to leave; it goes only when the supervisor answers
-// Retire, because a client may already be on its way to it.
+// waits for a client (MoveClient, or a new connection the supervisor guessed is for it).
+// The server closing or speaking, server_idle_timeout and server_lifetime make it ask to
+// leave; it goes only when the supervisor answers Retire, because a client may already
+// be on its way to it. After a reload (Reconfigure) it takes the new configuration, or
+// asks to leave when it cannot.
 [[noreturn]] void keep_warm(const config::Config& forked_cfg, const ipc::SessionTable& table, SSL_CTX* forked_tls,
                             WorkerState& ws)
 {
