@@ -23,6 +23,7 @@
 #include "health/hosts.hh"
 #include "pool/held.hh"
 
+#include <openssl/err.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <signal.h>
@@ -1139,6 +1140,24 @@ Session::RouteAnswer Session::ask_for_route(pool::SessionContext ctx)
     // The client is watched too: it says nothing until it has its greeting, so its
     // socket wakes us only when it goes away (or breaks the protocol: then it is left to
     // the session). A client that gives up leaves the queue at once, with this process.
+    // A TLS client's goodbye (close_notify) is a record like any other in TLS 1.3: it is
+    // looked at with SSL_peek, which keeps any data it decrypts for the session.
+    auto client_gone = [&](short revents) {
+        if (revents & (POLLHUP | POLLRDHUP | POLLERR))
+            return true;
+        if (conn_.is_tls()) {
+            char byte;
+            ERR_clear_error();
+            const int r = SSL_peek(conn_.ssl(), &byte, 1);
+            if (r > 0)
+                return false;
+            const int e = SSL_get_error(conn_.ssl(), r);
+            ERR_clear_error();
+            return e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE;
+        }
+        char byte;
+        return ::recv(client_.get(), &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+    };
     bool watch_client = true;
     for (;;) {
         pollfd p[2] = {{ws_.channel, POLLIN, 0}, {client_.get(), POLLIN | POLLRDHUP, 0}};
@@ -1148,15 +1167,15 @@ Session::RouteAnswer Session::ask_for_route(pool::SessionContext ctx)
             return answer;
         }
         if (n > 0 && watch_client && p[1].revents) {
-            char byte;
-            if ((p[1].revents & (POLLHUP | POLLRDHUP | POLLERR)) ||
-                ::recv(client_.get(), &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
+            if (client_gone(p[1].revents)) {
                 log_info("the client left while waiting for a pooled connection of %s",
                          pool::route_label(ctx.route).c_str());
                 answer.error_code = kExitOk;
                 return answer;
             }
-            watch_client = false;
+            // Bytes for the session (SSL_peek may also have read a record that was no
+            // data, such as a key update: then the client is still watched).
+            watch_client = conn_.is_tls() && SSL_has_pending(conn_.ssl()) != 1;
         }
         if (n <= 0 || !p[0].revents)
             continue;

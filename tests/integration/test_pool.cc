@@ -5,6 +5,7 @@
 // SHOW SERVERS and the pool gauges.
 #include "harness.hh"
 #include "audit_file.hh"
+#include "tls_client.hh"
 #include "tls_fixtures.hh"
 
 #include <boost/test/unit_test.hpp>
@@ -278,6 +279,29 @@ BOOST_AUTO_TEST_CASE(a_client_that_gives_up_leaves_the_queue)
     BOOST_CHECK_MESSAGE(contains(read_file(p.log_path()), "the client left while waiting for a pooled connection"),
                         p.log_tail());
     // The pool goes on as before.
+    holder.reset();
+    Conn next = connect_app(p, "pooled", "next");
+    BOOST_CHECK_EQUAL(scalar(next.get(), "SELECT 1"), "1");
+    next.reset();
+    check_clean_stop(p);
+}
+
+// A TLS client that says goodbye (close_notify, an encrypted record like any other in
+// TLS 1.3) while waiting leaves the queue too, with its socket still open.
+BOOST_AUTO_TEST_CASE(a_tls_client_that_says_goodbye_leaves_the_queue)
+{
+    const auto& t = tls_files();
+    Proxy p("pool-give-up-tls",
+            pooled_options("pool_size=1", "query_wait_timeout = 60\nclient_tls_sslmode = prefer\nclient_tls_cert_file = " +
+                                              t.server_cert + "\nclient_tls_key_file = " + t.server_key + "\n"));
+    Conn holder = connect_app(p, "pooled", "holder");
+    {
+        TlsClient quitter(p.port(), t.ca_cert);
+        BOOST_REQUIRE(quitter.send(startup_packet({{"user", "postgres"}, {"database", "pooled"}})));
+        BOOST_REQUIRE_MESSAGE(wait_for([&] { return pool_row(p) == "0 1 1 1"; }), "SHOW POOLS: " << pool_row(p));
+        quitter.say_goodbye();
+        BOOST_CHECK_MESSAGE(wait_for([&] { return pool_row(p) == "0 1 0 1"; }), "SHOW POOLS: " << pool_row(p));
+    }
     holder.reset();
     Conn next = connect_app(p, "pooled", "next");
     BOOST_CHECK_EQUAL(scalar(next.get(), "SELECT 1"), "1");

@@ -188,6 +188,8 @@ TlsClient::TlsClient(int port, const std::string& ca_file) : sock_(port)
 
 TlsClient::~TlsClient() = default;
 
+void TlsClient::say_goodbye() { SSL_shutdown(ssl_.get()); }
+
 bool TlsClient::send(std::string_view bytes)
 {
     auto deadline = Clock::now() + std::chrono::seconds(10);

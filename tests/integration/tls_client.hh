@@ -90,6 +90,8 @@ public:
     std::vector<Message> read_until_ready(int timeout_ms = 10000);
     // Reads and discards until the peer closes; false when it is still open after timeout_ms.
     bool wait_closed(int timeout_ms = 10000);
+    // Sends a TLS close_notify and nothing else: the socket stays open.
+    void say_goodbye();
 
 private:
     bool fill(size_t n, std::chrono::steady_clock::time_point deadline);
