@@ -1279,8 +1279,10 @@ std::vector<HostRoute> host_routes(const config::DatabaseEntry& entry, const ups
                                    ipc::TableHeader& hosts)
 {
     const health::Attempts plan = health::plan_connection(params, entry.replicas, hosts);
+    const bool one_host = health::hosts_of(params).size() <= 1;
+    // (libpq's whole list, before any answer, has no row: not checked.)
     auto checked = [&](const health::Attempt& a) {
-        return health::hosts_of(params).size() <= 1 ||
+        return one_host ||
                (a.row >= 0 && health::read_host(hosts, std::uint32_t(a.row)).state != ipc::HostState::Unknown);
     };
     std::vector<HostRoute> out;
@@ -1292,13 +1294,6 @@ std::vector<HostRoute> host_routes(const config::DatabaseEntry& entry, const ups
             out.push_back({a, std::move(key), false, checked(a)});
     }
     return out;
-}
-
-// Whether host_routes gave one connection per host (not libpq's whole list).
-bool hosts_known(const upstream::Params& params, const std::vector<HostRoute>& routes)
-{
-    return health::hosts_of(params).size() <= 1 || routes.size() > 1 ||
-           (routes.size() == 1 && health::hosts_of(routes[0].attempt.params).size() == 1);
 }
 
 } // namespace
@@ -1332,8 +1327,7 @@ std::vector<pool::SessionContext> starting_contexts(const config::Config& cfg, c
     // none: the supervisor asks again every few seconds, and so learns of hosts that
     // come to fit later).
     const auto routes = host_routes(entry, *params, hosts);
-    if (!hosts_known(*params, routes) ||
-        std::any_of(routes.begin(), routes.end(), [](const HostRoute& h) { return !h.checked; }))
+    if (std::any_of(routes.begin(), routes.end(), [](const HostRoute& h) { return !h.checked; }))
         return {};
     std::vector<pool::SessionContext> out;
     for (const auto& h : routes) {

@@ -159,6 +159,9 @@ private:
     void on_need_route(Worker& w, ipc::Received&& msg);
     void on_warm(Worker& w, const std::string& route);
     void reconfigure(Worker& w, const std::string& route);
+    // A worker whose pooled connection is to go: its place is freed, and it is told to
+    // close the connection and exit.
+    void retire_holder(Worker& w);
     void perform(const std::vector<pool::Action>& actions);
     bool tell(Worker& w, ipc::HandoffType type);
     bool hand_to(Worker& w, ipc::Handoff& h, int client_fd, bool refuse, const std::string& host);
@@ -626,10 +629,7 @@ void Supervisor::on_channel(pid_t pid, std::uint32_t events)
     case ipc::HandoffType::Leaving:
         if (w.state == Worker::State::Reconfiguring) {
             // It could not take the new configuration: nobody else can be on the way.
-            perform(pool_.gone(pid, Clock::now()));
-            tell(w, ipc::HandoffType::Retire);
-            set_state(w, Worker::State::Leaving);
-            return;
+            return retire_holder(w);
         }
         if (w.state == Worker::State::Warm) {
             std::vector<pool::Action> actions;
@@ -805,10 +805,7 @@ void Supervisor::on_warm(Worker& w, const std::string& route)
     }
     if (phase_ != Phase::Running || w.generation != generation_ || !pool_.warm(w.pid, route, actions, Clock::now())) {
         // Draining, forked before a reload, or a connection the pool never counted.
-        perform(pool_.gone(w.pid, Clock::now()));
-        tell(w, ipc::HandoffType::Retire);
-        set_state(w, Worker::State::Leaving);
-        return;
+        return retire_holder(w);
     }
     set_state(w, Worker::State::Warm);
     prefilling_.erase(w.prefilling);
@@ -828,13 +825,17 @@ void Supervisor::reconfigure(Worker& w, const std::string& route)
     auto t = templates_.find(route);
     if (t == templates_.end() ||
         !ipc::send_message(w.channel.get(), ipc::HandoffType::Reconfigure, config_digest_ + t->second)) {
-        perform(pool_.gone(w.pid, Clock::now()));
-        tell(w, ipc::HandoffType::Retire);
-        set_state(w, Worker::State::Leaving);
-        return;
+        return retire_holder(w);
     }
     w.generation = generation_;
     set_state(w, Worker::State::Reconfiguring);
+}
+
+void Supervisor::retire_holder(Worker& w)
+{
+    perform(pool_.gone(w.pid, Clock::now()));
+    tell(w, ipc::HandoffType::Retire);
+    set_state(w, Worker::State::Leaving);
 }
 
 void Supervisor::guess(const std::string& host, const std::string& route)
@@ -1034,9 +1035,12 @@ void Supervisor::reload()
     // (Read again after the load: a file changed in the moment between makes a worker
     // that reads it later adopt the newer one, which a next reload gives everyone.)
     config_digest_ = config::source_digest(cfg_);
-    for (const auto& [pid, route] : pool_.take_all_warm())
+    for (const auto& [pid, route] : pool_.take_all_warm()) {
         if (auto it = workers_.find(pid); it != workers_.end())
             reconfigure(it->second, route);
+        else
+            perform(pool_.gone(pid, Clock::now()));  // (not expected: reaped workers leave the pool)
+    }
     retire_spares();
     replenish();
     seed_minimums();
