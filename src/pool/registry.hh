@@ -74,7 +74,7 @@ public:
     // A warm worker wants to go. True when it was warm (it may: Retire it); false when a
     // client is already on its way to it.
     bool leaving(pid_t worker, std::vector<Action>& actions, Clock::time_point now);
-    // Takes every warm worker out (reload, drain): returns Retire actions.
+    // Takes every warm worker out (drain): returns Retire actions.
     std::vector<Action> retire_all_warm(Clock::time_point now);
     // Takes every warm worker out of its route's stack, still counted in the route (a
     // reload asks each to take the new configuration; it says Warm again, or leaves).
