@@ -199,6 +199,8 @@ void Console::show_hosts()
     const std::vector<std::uint32_t> sessions = health::sessions_by_host(s_.table);
     for (std::uint32_t i = 0; i < n; ++i) {
         const health::HostView v = health::read_host(*h, i);
+        if (!v.listed)
+            continue;  // no longer in the configuration
         char checked[32] = "", lag[32];
         if (v.checked_ms > 0)
             std::snprintf(checked, sizeof checked, "%.1f", double(now - v.checked_ms) / 1000.0);

@@ -125,6 +125,8 @@ void add_hosts(const ipc::SessionTable& t, std::vector<Family>& out)
     const std::uint32_t n = std::min(h.host_rows.load(std::memory_order_acquire), ipc::kHostRows);
     for (std::uint32_t i = 0; i < n; ++i) {
         const health::HostView v = health::read_host(h, i);
+        if (!v.listed)
+            continue;  // no longer in the configuration
         const std::string labels = "host=\"" + label_value(v.host) + "\",port=\"" + std::to_string(v.port) + "\"";
         add(up, labels, v.state == ipc::HostState::Up ? 1 : 0);
         add(primary, labels, v.role == ipc::HostRole::Primary ? 1 : 0);

@@ -45,6 +45,8 @@ std::int64_t realtime_ms()
     return std::int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 
+unsigned port_number(const HostAddress& a) { return unsigned(std::strtoul(a.port.c_str(), nullptr, 10)); }
+
 bool checked_entry(const Params& p)
 {
     if (hosts_of(p).size() > 1)
@@ -111,7 +113,7 @@ public:
                 continue;
             ++group;
             for (const HostAddress& a : hosts_of(p)) {
-                const unsigned port = unsigned(std::strtoul(a.port.c_str(), nullptr, 10));
+                const unsigned port = port_number(a);
                 if (std::any_of(probes_.begin(), probes_.end(),
                                 [&](const auto& q) { return q->view.host == a.host && q->view.port == port; }))
                     continue;
@@ -347,6 +349,22 @@ private:
 };
 
 } // namespace
+
+std::vector<std::pair<std::string, unsigned>> checked_hosts(const config::Config& cfg)
+{
+    std::vector<std::pair<std::string, unsigned>> out;
+    for (const auto& entry : cfg.databases) {
+        Params p = parse(entry.conninfo);
+        if (!checked_entry(p))
+            continue;
+        for (const HostAddress& a : hosts_of(p)) {
+            std::pair<std::string, unsigned> key{a.host, port_number(a)};
+            if (std::find(out.begin(), out.end(), key) == out.end())
+                out.push_back(std::move(key));
+        }
+    }
+    return out;
+}
 
 bool checker_wanted(const config::Config& cfg)
 {

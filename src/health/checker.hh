@@ -6,11 +6,18 @@
 #include "config/config.hh"
 #include "ipc/session_table.hh"
 
+#include <string>
+#include <utility>
+#include <vector>
+
 namespace pgw::health {
 
 // Whether the configuration has a host to check: an entry of several hosts, or one
 // with a target_session_attrs other than any.
 bool checker_wanted(const config::Config& cfg);
+
+// The hosts (host, port) that configuration checks, each once.
+std::vector<std::pair<std::string, unsigned>> checked_hosts(const config::Config& cfg);
 
 // The process's main loop; returns its exit status (it normally runs until SIGTERM).
 int checker_main(const config::Config& cfg, const ipc::SessionTable& table);

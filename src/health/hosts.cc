@@ -4,9 +4,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <cstdlib>
-
 #include <algorithm>
+#include <cstdlib>
 #include <numeric>
 
 namespace pgw::health {
@@ -101,6 +100,7 @@ HostView read_host(const ipc::TableHeader& h, std::uint32_t index)
             break;
     }
     v.banned_until_ms = row.banned_until_ms.load(std::memory_order_relaxed);
+    v.listed = row.listed.load(std::memory_order_relaxed) != 0;
     return v;
 }
 
@@ -115,16 +115,30 @@ int find_host(const ipc::TableHeader& h, const std::string& host, unsigned port)
 
 int claim_host(ipc::TableHeader& h, const std::string& host, unsigned port)
 {
-    if (int i = find_host(h, host, port); i >= 0)
+    if (int i = find_host(h, host, port); i >= 0) {
+        h.hosts[i].listed.store(1, std::memory_order_relaxed);
         return i;
+    }
     const std::uint32_t n = h.host_rows.load(std::memory_order_relaxed);
     if (n >= ipc::kHostRows)
         return -1;
     ipc::HostRow& row = h.hosts[n];
     row.host.set(host);
     row.port.store(port, std::memory_order_relaxed);
+    row.listed.store(1, std::memory_order_relaxed);
     h.host_rows.store(n + 1, std::memory_order_release);
     return int(n);
+}
+
+void list_hosts(ipc::TableHeader& h, const std::vector<std::pair<std::string, unsigned>>& checked)
+{
+    const std::uint32_t n = std::min(h.host_rows.load(std::memory_order_acquire), ipc::kHostRows);
+    for (std::uint32_t i = 0; i < n; ++i) {
+        ipc::HostRow& row = h.hosts[i];
+        const std::pair<std::string, unsigned> key{row.host.get(), row.port.load(std::memory_order_relaxed)};
+        const bool listed = std::find(checked.begin(), checked.end(), key) != checked.end();
+        row.listed.store(listed ? 1 : 0, std::memory_order_relaxed);
+    }
 }
 
 void write_host(ipc::TableHeader& h, std::uint32_t index, const HostView& v)

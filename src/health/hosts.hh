@@ -37,6 +37,7 @@ struct HostView {
     std::int64_t banned_until_ms = 0;
     std::uint64_t checks = 0, failures = 0;
     std::string error;
+    bool listed = true;  // the configuration in force checks it
 };
 
 // Row `index` (below host_rows), copied under its sequence lock.
@@ -45,6 +46,9 @@ HostView read_host(const ipc::TableHeader& h, std::uint32_t index);
 int find_host(const ipc::TableHeader& h, const std::string& host, unsigned port);
 // The health checker's side: the row for host:port, claimed when new (-1: table full).
 int claim_host(ipc::TableHeader& h, const std::string& host, unsigned port);
+// After a reload: lists the rows of `checked` (host, port), the hosts the configuration
+// now in force checks, and unlists every other row.
+void list_hosts(ipc::TableHeader& h, const std::vector<std::pair<std::string, unsigned>>& checked);
 // Writes the checker's fields of a row (not host, port or the ban).
 void write_host(ipc::TableHeader& h, std::uint32_t index, const HostView& v);
 // A worker could not connect to the host: pass it over until `until_ms` (monotonic).

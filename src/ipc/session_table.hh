@@ -20,7 +20,7 @@
 namespace pgw::ipc {
 
 inline constexpr std::uint32_t kTableMagic = 0x50475754;  // "PGWT"
-inline constexpr std::uint32_t kTableVersion = 12;
+inline constexpr std::uint32_t kTableVersion = 13;
 
 enum class SlotState : std::uint32_t {
     Free = 0,
@@ -204,6 +204,10 @@ struct alignas(64) HostRow {
     SlotText host;
     std::atomic<std::uint32_t> port;
     SlotText error;  // the last failure, for SHOW HOSTS
+    // 1 while the configuration in force checks the host: a reload that drops it clears
+    // this (the row stays, its place and numbers kept for a host that comes back), and
+    // SHOW HOSTS and the metrics leave it out.
+    std::atomic<std::uint32_t> listed;
 };
 
 // The signing-key fetcher's report (src/jwks/fetcher.cc is its only writer; workers

@@ -6,6 +6,7 @@
 #include "common/net.hh"
 #include "config/options.hh"
 #include "health/checker.hh"
+#include "health/hosts.hh"
 #include "ipc/fdpass.hh"
 #include "ipc/session_table.hh"
 #include "jwks/fetcher.hh"
@@ -1044,6 +1045,9 @@ void Supervisor::reload()
     retire_spares();
     replenish();
     seed_minimums();
+    // Hosts no entry has now leave SHOW HOSTS and the metrics (their rows stay for a host
+    // that comes back; the restarted checker lists the hosts it checks as it claims them).
+    health::list_hosts(*table_.header(), health::checked_hosts(cfg_));
     // Helpers start again with the new configuration (their shared state stays).
     for (auto& a : aux_) {
         a.configure(cfg_);

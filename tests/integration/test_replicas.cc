@@ -308,6 +308,57 @@ BOOST_AUTO_TEST_CASE(a_pooled_session_takes_the_next_host_when_its_host_refuses)
 // min_pool_size on an entry of several hosts: a pool per host, each kept at its minimum
 // before any client (once the health checker has seen the hosts), a host that does not
 // fit the entry's target_session_attrs left out.
+// A reload that drops a host from every entry takes it out of SHOW HOSTS and the metrics;
+// one that brings it back lists it again. (One server under two names is two hosts.)
+BOOST_AUTO_TEST_CASE(hosts_dropped_by_a_reload_leave_show_hosts)
+{
+    const std::string port = std::to_string(env().pg_port);
+    ProxyOptions o;
+    o.extra_databases = "two = host=127.0.0.1,localhost port=" + port + " dbname=postgres user=postgres\n";
+    const std::string metrics_at = "127.0.0.1:" + std::to_string(free_port());
+    o.extra_settings = "server_check_period = 1\nadmin_users = postgres\nmetrics_listen = " + metrics_at + "\n";
+    Proxy p("replicas-hosts-reload", o);
+    auto names = [&] {
+        std::set<std::string> out;
+        Conn console = connect_ok(p.conninfo("pgwicket", "postgres"));
+        Result r(PQexec(console.get(), "SHOW HOSTS"));
+        for (int i = 0; i < PQntuples(r.get()); ++i)
+            out.insert(std::string(PQgetvalue(r.get(), i, 0)) + ":" + PQgetvalue(r.get(), i, 1));
+        return out;
+    };
+    const std::string a = "127.0.0.1:" + port, b = "localhost:" + port;
+    BOOST_REQUIRE_MESSAGE(wait_for([&] { return names() == std::set<std::string>{a, b}; }), p.log_tail());
+    const std::string ini = read_file(p.config_path());
+    auto reload_with = [&](const std::string& from, const std::string& to) {
+        std::string next = ini;
+        const size_t at = next.find(from);
+        BOOST_REQUIRE(at != std::string::npos);
+        next.replace(at, from.size(), to);
+        write_file(p.config_path(), next);
+        const size_t log_from = p.log_size();
+        BOOST_REQUIRE(::kill(p.pid(), SIGHUP) == 0);
+        BOOST_REQUIRE_MESSAGE(wait_for([&] {
+                                  return read_file(p.log_path()).find("configuration reloaded", log_from) !=
+                                         std::string::npos;
+                              }),
+                              p.log_tail());
+    };
+    // localhost goes: one host, still checked (target_session_attrs asks for a role).
+    reload_with("host=127.0.0.1,localhost", "target_session_attrs=read-write host=127.0.0.1");
+    BOOST_CHECK_MESSAGE(wait_for([&] { return names() == std::set<std::string>{a}; }), p.log_tail());
+    const std::string metrics = http_get("http://" + metrics_at + "/metrics").out;
+    BOOST_CHECK_MESSAGE(metrics.find("host=\"127.0.0.1\"") != std::string::npos &&
+                            metrics.find("host=\"localhost\"") == std::string::npos,
+                        metrics);
+    // No entry with hosts to check: nothing listed.
+    reload_with("host=127.0.0.1,localhost", "host=127.0.0.1");
+    BOOST_CHECK_MESSAGE(wait_for([&] { return names().empty(); }), p.log_tail());
+    // Both back, with the numbers they had.
+    reload_with("dbname=postgres user=postgres\n", "dbname=postgres user=postgres\n");
+    BOOST_CHECK_MESSAGE(wait_for([&] { return names() == std::set<std::string>{a, b}; }), p.log_tail());
+    check_clean_stop(p);
+}
+
 BOOST_AUTO_TEST_CASE(min_pool_size_fills_a_pool_per_host)
 {
     ReplicaCluster c("pool-min-hosts", 2);
