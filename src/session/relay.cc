@@ -2,6 +2,7 @@
 // poll only when every side would block. Memory is two fixed buffers, whatever the result size.
 #include "session/relay.hh"
 
+#include "common/held_signals.hh"
 #include "common/log.hh"
 #include "common/net.hh"
 #include "protocol/framer.hh"
@@ -177,13 +178,7 @@ public:
         // Poll sees what is in the sockets; bytes a TLS layer holds decrypted are read.
         c2s_.may_read = client.has_buffered();
         s2c_.may_read = server.has_buffered();
-        sigset_t session_signals;
-        sigemptyset(&session_signals);
-        for (int sig : {SIGTERM, SIGINT, SIGUSR1, SIGCHLD, SIGHUP})
-            sigaddset(&session_signals, sig);
-        sigprocmask(SIG_BLOCK, &session_signals, &wait_mask_);
     }
-    ~Relay() { sigprocmask(SIG_SETMASK, &wait_mask_, nullptr); }
     Relay(const Relay&) = delete;
     Relay& operator=(const Relay&) = delete;
 
@@ -202,7 +197,8 @@ private:
     Direction c2s_, s2c_;
     const volatile std::sig_atomic_t* stop_;
     RelayObserver* observer_;
-    sigset_t wait_mask_;  // the mask before the relay: what ppoll() waits with
+    // Let in only inside ppoll(); the mask from before the relay is back when it ends.
+    HeldSignals signals_{SIGTERM, SIGINT, SIGUSR1, SIGCHLD, SIGHUP};
     RelayOutcome out_;
     bool last_server_error_fatal_ = false;
 };
@@ -407,7 +403,7 @@ void Relay::wait()
     if (held && (timeout_ms < 0 || timeout_ms > 100))
         timeout_ms = 100;
     timespec ts{timeout_ms / 1000, long(timeout_ms % 1000) * 1000000};
-    int rc = ::ppoll(fds, 2, timeout_ms < 0 ? nullptr : &ts, &wait_mask_);
+    int rc = ::ppoll(fds, 2, timeout_ms < 0 ? nullptr : &ts, signals_.wait_mask());
     if (rc < 0 && errno != EINTR)
         log_warning("relay: poll failed: %s", std::strerror(errno));
     // A read is retried when its fd reported what it waited for, or trouble

@@ -5,6 +5,7 @@
 #include "admin/console.hh"
 #include "auth/authenticate.hh"
 #include "admin/metrics_http.hh"
+#include "common/held_signals.hh"
 #include "common/log.hh"
 #include "common/net.hh"
 #include "protocol/messages.hh"
@@ -1128,15 +1129,7 @@ Session::RouteAnswer Session::ask_for_route(pool::SessionContext ctx)
     }
     // SIGTERM and SIGINT are let in only inside ppoll(), so the wait (up to
     // query_wait_timeout, which the supervisor keeps) needs no tick.
-    sigset_t stop_signals, wait_mask;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGTERM);
-    sigaddset(&stop_signals, SIGINT);
-    sigprocmask(SIG_BLOCK, &stop_signals, &wait_mask);
-    struct RestoreMask {
-        const sigset_t& mask;
-        ~RestoreMask() { sigprocmask(SIG_SETMASK, &mask, nullptr); }
-    } restore{wait_mask};
+    HeldSignals stop_signals{SIGTERM, SIGINT};
     // The client is watched too: it says nothing until it has its greeting, so its
     // socket wakes us only when it goes away (or breaks the protocol: then it is left to
     // the session). A client that gives up leaves the queue at once, with this process.
@@ -1161,7 +1154,7 @@ Session::RouteAnswer Session::ask_for_route(pool::SessionContext ctx)
     bool watch_client = true;
     for (;;) {
         pollfd p[2] = {{ws_.channel, POLLIN, 0}, {client_.get(), POLLIN | POLLRDHUP, 0}};
-        int n = g_stop_requested ? 0 : ::ppoll(p, watch_client ? 2 : 1, nullptr, &wait_mask);
+        int n = g_stop_requested ? 0 : ::ppoll(p, watch_client ? 2 : 1, nullptr, stop_signals.wait_mask());
         if (g_stop_requested) {
             answer.error_code = fail("57P01", "terminating connection due to administrator command", kExitShutdown);
             return answer;

@@ -2,6 +2,7 @@
 // reset here; no exception leaves this function, and the process ends with _exit().
 #include "session/worker.hh"
 
+#include "common/held_signals.hh"
 #include "common/log.hh"
 #include "ipc/fdpass.hh"
 #include "session/exit_codes.hh"
@@ -167,11 +168,7 @@ Status take_configuration(Serving& s, const std::string& payload, const std::str
         // SIGTERM and SIGINT are let in only inside ppoll(): one that comes between the
         // look at the flag and the wait is not lost, so the wait needs no tick and lasts
         // until the connection's next deadline (an idle warm worker costs no wake-ups).
-        sigset_t stop_signals, wait_mask;
-        sigemptyset(&stop_signals);
-        sigaddset(&stop_signals, SIGTERM);
-        sigaddset(&stop_signals, SIGINT);
-        sigprocmask(SIG_BLOCK, &stop_signals, &wait_mask);
+        HeldSignals stop_signals{SIGTERM, SIGINT};
         for (;;) {
             auto deadline = net::Clock::time_point::max();
             if (cfg.server_idle_timeout > 0)
@@ -187,7 +184,7 @@ Status take_configuration(Serving& s, const std::string& payload, const std::str
                 ts.tv_nsec = long(ms % 1000) * 1000000L;
                 timeout = &ts;
             }
-            const int n = g_stop_requested ? 0 : ::ppoll(fds, leaving ? 1 : 2, timeout, &wait_mask);
+            const int n = g_stop_requested ? 0 : ::ppoll(fds, leaving ? 1 : 2, timeout, stop_signals.wait_mask());
             if (g_stop_requested) {
                 pool::close_gracefully(held);
                 _exit(kExitShutdown);
@@ -212,7 +209,7 @@ Status take_configuration(Serving& s, const std::string& payload, const std::str
                         continue;
                     }
                     log_info("took the reloaded configuration; the pooled connection stays");
-                    sigprocmask(SIG_SETMASK, &wait_mask, nullptr);
+                    stop_signals.restore();
                     break;  // warm again, under the new configuration
                 }
                 // A client moved here, or a new connection the supervisor guessed is for
@@ -221,7 +218,7 @@ Status take_configuration(Serving& s, const std::string& payload, const std::str
                     log_error("warm worker: unexpected message %u", unsigned(msg->handoff.type));
                     _exit(kExitChannelError);
                 }
-                sigprocmask(SIG_SETMASK, &wait_mask, nullptr);
+                stop_signals.restore();
                 int code = run_session(cfg, table, serving.tls, std::move(*msg), ws);
                 // Still holding a reusable connection: warm again, whatever the client did.
                 if (!ws.held || code == kExitShutdown || code == kExitInternal || code == kExitChannelError ||
