@@ -40,8 +40,10 @@ std::string denied_text()
 
 } // namespace
 
-PolicyGate::PolicyGate(const policy::Policy* p, DeniedFn on_denied, OverrideFn on_override)
-    : policy_(p), denied_text_(denied_text()), on_denied_(std::move(on_denied)), on_override_(std::move(on_override))
+PolicyGate::PolicyGate(const policy::Policy* p, policy::ClassifyCache& cache, DeniedFn on_denied,
+                       OverrideFn on_override)
+    : policy_(p), denied_text_(denied_text()), on_denied_(std::move(on_denied)), on_override_(std::move(on_override)),
+      cache_(cache)
 {
 }
 

@@ -25,7 +25,9 @@ public:
     // pgwicket.max_rows / pgwicket.max_bytes that the policy allows; it still goes upstream,
     // where PostgreSQL keeps it as a placeholder setting (so SHOW works too).
     using OverrideFn = std::function<void(const std::string&, long)>;
-    PolicyGate(const policy::Policy* p, DeniedFn on_denied, OverrideFn on_override = nullptr);
+    // `cache`: the session's classifications (shared with its read router, if any).
+    PolicyGate(const policy::Policy* p, policy::ClassifyCache& cache, DeniedFn on_denied,
+               OverrideFn on_override = nullptr);
 
     // Query, Parse and FunctionCall are checked whole.
     static bool checks(char type) { return type == 'Q' || type == 'P' || type == 'F'; }
@@ -51,7 +53,7 @@ private:
     std::string denied_text_;  // what goes upstream in place of a denied statement
     DeniedFn on_denied_;
     OverrideFn on_override_;
-    policy::ClassifyCache cache_;
+    policy::ClassifyCache& cache_;
     std::uint64_t sync_points_sent_ = 0;  // Query, FunctionCall, Sync sent upstream
     std::uint64_t sync_points_done_ = 0;  // ReadyForQuery received
     // The error to show for the denial answered at each sync point.

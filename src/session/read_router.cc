@@ -67,9 +67,9 @@ constexpr auto kStandbyRetry = std::chrono::seconds(1);
 
 } // namespace
 
-ReadRouter::ReadRouter(RouteHost primary, const policy::FunctionAllowlist& allow, long read_after_write_ms,
-                       Hooks hooks)
-    : primary_(std::move(primary)), allow_(allow), cache_(256, 256 * 1024), read_after_write_ms_(read_after_write_ms),
+ReadRouter::ReadRouter(RouteHost primary, const policy::FunctionAllowlist& allow, policy::ClassifyCache& cache,
+                       long read_after_write_ms, Hooks hooks)
+    : primary_(std::move(primary)), allow_(allow), cache_(cache), read_after_write_ms_(read_after_write_ms),
       hooks_(std::move(hooks))
 {
 }

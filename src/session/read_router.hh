@@ -57,7 +57,9 @@ public:
         std::function<void(Side)> on_unit;
     };
 
-    ReadRouter(RouteHost primary, const policy::FunctionAllowlist& allow, long read_after_write_ms, Hooks hooks);
+    // `cache`: the session's classifications (shared with its policy gate, if any).
+    ReadRouter(RouteHost primary, const policy::FunctionAllowlist& allow, policy::ClassifyCache& cache,
+               long read_after_write_ms, Hooks hooks);
     ~ReadRouter() override;
     ReadRouter(const ReadRouter&) = delete;
     ReadRouter& operator=(const ReadRouter&) = delete;
@@ -131,7 +133,7 @@ private:
     RouteHost primary_;
     std::unique_ptr<StandbyLink> standby_;
     const policy::FunctionAllowlist& allow_;
-    policy::ClassifyCache cache_;
+    policy::ClassifyCache& cache_;
     long read_after_write_ms_;
     Hooks hooks_;
 

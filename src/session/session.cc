@@ -290,6 +290,9 @@ private:
     UniqueFd client_;
     tls::Conn conn_;  // reads and writes client_, through TLS once it is on
     const policy::Policy* policy_ = nullptr;  // the session's, chosen after authentication
+    // Statement classifications, shared by the policy gate and the read router: a text
+    // both look at is parsed once. Empty (nothing allocated) until one of them asks.
+    policy::ClassifyCache classify_cache_;
     audit::Sink audit_sink_{cfg_.audit_file, cfg_.audit_journald != 0};
     std::optional<AuditTrail> trail_;  // when audit or log_statements is on
     net::Clock::time_point login_deadline_{};  // client_login_timeout: startup and authentication
@@ -897,7 +900,7 @@ ExitCode Session::establish(pool::HeldUpstream& up, bool* reusable)
         if (ipc::Slot* sl = slot())
             sl->counters.add(side == ReadRouter::kStandby ? ipc::kRoutedStandby : ipc::kRoutedPrimary, 1);
     };
-    ReadRouter router(primary, policy_ ? policy_->functions : policy::FunctionAllowlist::builtin(),
+    ReadRouter router(primary, policy_ ? policy_->functions : policy::FunctionAllowlist::builtin(), classify_cache_,
                       routing_entry_->replicas.read_after_write_ms, std::move(hooks));
     router_ = &router;
     const ExitCode code = run_relay(router, upstream_fd, status, [&router] { return router.cancel_running(); });
@@ -965,7 +968,7 @@ ExitCode Session::run_relay(upstream::Transport& server, int upstream_fd, char s
     std::optional<PolicyGate> gate;
     SessionControl* control_ptr = nullptr;  // set below; the gate's override callback needs it
     if (policy_ || trail_)
-        gate.emplace(policy_, [this](char type, protocol::ByteSpan body, const std::string& kind,
+        gate.emplace(policy_, classify_cache_, [this](char type, protocol::ByteSpan body, const std::string& kind,
                                      const std::string& reason) {
             log_info("denied by policy \"%s\": %s statement: %s", policy_->name.c_str(), kind.c_str(), reason.c_str());
             if (ipc::Slot* sl = slot())
@@ -1005,6 +1008,9 @@ ExitCode Session::run_relay(upstream::Transport& server, int upstream_fd, char s
     }
     if (trail_)
         trail_->write(audit::Event::SessionEnd, relay_end_name(out.end));
+    if (classify_cache_.misses() > 0)
+        log_debug("statement texts classified: %llu parsed, %llu from the session's cache",
+                  (unsigned long long)classify_cache_.misses(), (unsigned long long)classify_cache_.hits());
     log_info("session ended: %s%s%s; %llu bytes / %llu messages from client, %llu bytes / %llu "
              "messages from server, %lld ms",
              relay_end_name(out.end), out.detail.empty() ? "" : ": ", out.detail.c_str(),
