@@ -206,6 +206,30 @@ BOOST_AUTO_TEST_CASE(rows_round_trip_and_plans_pick_one_host)
     BOOST_TEST(plan.tries[0].row == -1);
 }
 
+// A reload unlists the rows of hosts no entry checks now; claiming a row lists it again,
+// with what the row had.
+BOOST_AUTO_TEST_CASE(rows_of_hosts_a_reload_dropped_are_unlisted_and_come_back)
+{
+    auto header = std::make_unique<ipc::TableHeader>();
+    ipc::TableHeader& h = *header;
+    BOOST_TEST(health::claim_host(h, "pg1", 5432) == 0);
+    BOOST_TEST(health::claim_host(h, "pg2", 5432) == 1);
+    BOOST_TEST(health::read_host(h, 0).listed);
+    health::HostView v;
+    v.checks = 9;
+    health::write_host(h, 1, v);
+    health::list_hosts(h, {{"pg1", 5432}, {"pg2", 5433}});
+    BOOST_TEST(health::read_host(h, 0).listed);
+    BOOST_TEST(!health::read_host(h, 1).listed);  // pg2:5432 is not pg2:5433
+    BOOST_TEST(health::find_host(h, "pg2", 5432) == 1);  // the row keeps its place
+    health::list_hosts(h, {});
+    BOOST_TEST(!health::read_host(h, 0).listed);
+    BOOST_TEST(health::claim_host(h, "pg2", 5432) == 1);
+    BOOST_TEST(health::read_host(h, 1).listed);
+    BOOST_TEST(health::read_host(h, 1).checks == 9u);
+    BOOST_TEST(!health::read_host(h, 0).listed);
+}
+
 BOOST_AUTO_TEST_CASE(replica_keys_are_cut_out_and_checked)
 {
     auto s = cfg::split_pool_keys("host=a,b load_balance=random max_replica_lag=16MB ban_time=30s dbname=x");
