@@ -647,7 +647,7 @@ bool Session::try_host(const health::Attempt& attempt, const std::string& databa
         conn = std::move(*c);
         return true;
     }
-    if (attempt.row >= 0 && why.server_sqlstate.empty() && ban_seconds_ > 0) {
+    if (attempt.row >= 0 && upstream::host_refused(why) && ban_seconds_ > 0) {
         // The host did not take the connection: the next sessions go elsewhere
         // until ban_time has passed (or the checker sees it up again).
         health::ban_host(*table_.header(), std::uint32_t(attempt.row), health::monotonic_ms() + ban_seconds_ * 1000);
@@ -929,7 +929,7 @@ std::unique_ptr<StandbyLink> Session::open_standby()
         if (!c) {
             log_warning("read routing: standby connection failed (%s): %s; reads go to the primary meanwhile",
                         where.c_str(), why.message.c_str());
-            if (t.row >= 0 && why.server_sqlstate.empty() && ban_seconds_ > 0)
+            if (t.row >= 0 && upstream::host_refused(why) && ban_seconds_ > 0)
                 health::ban_host(*table_.header(), std::uint32_t(t.row), health::monotonic_ms() + ban_seconds_ * 1000);
             continue;
         }

@@ -236,6 +236,14 @@ PollWatchdog::~PollWatchdog()
     ::sigaction(SIGALRM, &old_, nullptr);
 }
 
+bool host_refused(const ConnectFailure& f)
+{
+    // libpq's own words for a certificate check it made ("certificate verify failed",
+    // "server certificate for ... does not match host name", "could not read root
+    // certificate file"): the entry's trust, not the host's health.
+    return f.server_sqlstate.empty() && f.message.find("certificate") == std::string::npos;
+}
+
 Result<PgConnPtr> connect(const Params& params, net::Clock::time_point deadline,
                           ConnectFailure* failure)
 {

@@ -78,6 +78,12 @@ struct ConnectFailure {
     std::string message;
 };
 
+// Whether the failure was the host's (refused, unreachable, timed out, closed): not an
+// error the server sent (a wrong password, a missing database), nor a certificate the
+// entry's own settings do not accept (its sslrootcert, a name that does not match).
+// Only these pass the host over (ban_time) for every entry that uses it.
+bool host_refused(const ConnectFailure& f);
+
 // Connects without blocking past the deadline (PQconnectStartParams + PQconnectPoll).
 // On failure returns an Error and fills *failure.
 Result<PgConnPtr> connect(const Params& params, net::Clock::time_point deadline,

@@ -195,6 +195,12 @@ BOOST_AUTO_TEST_CASE(tls_hosts_are_checked_and_routed_through_tls)
     BOOST_CHECK_NE(PQstatus(bad.get()), CONNECTION_OK);
     BOOST_CHECK_MESSAGE(std::string(PQerrorMessage(bad.get())).find("certificate verify failed") != std::string::npos,
                         PQerrorMessage(bad.get()));
+    // That was the entry's trust, not the standby's health: other entries still reach it.
+    BOOST_CHECK_EQUAL(hosts(p)[standby]["banned_s"], "0");
+    {
+        Conn a = connect_ok(p.conninfo("tlsro"));
+        BOOST_CHECK_EQUAL(scalar(a.get(), own_tls), standby + " true");
+    }
     check_clean_stop(p);
 }
 
