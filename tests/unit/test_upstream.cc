@@ -106,6 +106,21 @@ BOOST_AUTO_TEST_CASE(server_errors_are_parsed_from_verbose_libpq_text)
         "connection to server at \"127.0.0.1\", port 1 failed: Connection refused\n", code, msg));
 }
 
+// Only the host's own failures pass it over for every entry (ban_time).
+BOOST_AUTO_TEST_CASE(only_failures_of_the_host_ban_it)
+{
+    auto refused = [](std::string sqlstate, std::string message) {
+        return upstream::host_refused(upstream::ConnectFailure{std::move(sqlstate), std::move(message)});
+    };
+    BOOST_TEST(refused("", "connection to server at \"10.0.0.2\", port 5432 failed: Connection refused"));
+    BOOST_TEST(refused("", "timed out connecting (server_connect_timeout)"));
+    BOOST_TEST(!refused("28P01", "password authentication failed for user \"app\""));
+    BOOST_TEST(!refused("", "connection to server at \"10.0.0.2\", port 5432 failed: SSL error: certificate verify "
+                            "failed"));
+    BOOST_TEST(!refused("", "connection to server at \"10.0.0.2\", port 5432 failed: server certificate for "
+                            "\"pg2\" does not match host name \"10.0.0.2\""));
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(upstream_identity)
