@@ -232,6 +232,10 @@ private:
     // answer is banned for ban_time).
     bool try_host(const health::Attempt& attempt, const std::string& database, upstream::PgConnPtr& conn,
                   upstream::ConnectFailure& why);
+    // A connection to the host of `row` failed: when it was the host's failure, the next
+    // sessions (of every entry) go elsewhere until ban_time has passed (or the checker
+    // sees it up again).
+    void ban_if_host_failed(int row, const upstream::ConnectFailure& why);
     // After the last host failed: the counters, the log and the client's error.
     ExitCode connect_failed(const upstream::ConnectFailure& why, const std::string& where,
                             const std::string& database);
@@ -647,12 +651,14 @@ bool Session::try_host(const health::Attempt& attempt, const std::string& databa
         conn = std::move(*c);
         return true;
     }
-    if (attempt.row >= 0 && upstream::host_refused(why) && ban_seconds_ > 0) {
-        // The host did not take the connection: the next sessions go elsewhere
-        // until ban_time has passed (or the checker sees it up again).
-        health::ban_host(*table_.header(), std::uint32_t(attempt.row), health::monotonic_ms() + ban_seconds_ * 1000);
-    }
+    ban_if_host_failed(attempt.row, why);
     return false;
+}
+
+void Session::ban_if_host_failed(int row, const upstream::ConnectFailure& why)
+{
+    if (row >= 0 && upstream::host_refused(why) && ban_seconds_ > 0)
+        health::ban_host(*table_.header(), std::uint32_t(row), health::monotonic_ms() + ban_seconds_ * 1000);
 }
 
 ExitCode Session::connect_failed(const upstream::ConnectFailure& why, const std::string& where,
@@ -929,8 +935,7 @@ std::unique_ptr<StandbyLink> Session::open_standby()
         if (!c) {
             log_warning("read routing: standby connection failed (%s): %s; reads go to the primary meanwhile",
                         where.c_str(), why.message.c_str());
-            if (t.row >= 0 && upstream::host_refused(why) && ban_seconds_ > 0)
-                health::ban_host(*table_.header(), std::uint32_t(t.row), health::monotonic_ms() + ban_seconds_ * 1000);
+            ban_if_host_failed(t.row, why);
             continue;
         }
         log_info("read routing: connected to standby (%s), backend pid %d%s", where.c_str(), PQbackendPID(c->get()),
