@@ -63,6 +63,7 @@ bool known_type(HandoffType t)
     case HandoffType::Warm:
     case HandoffType::Leaving:
     case HandoffType::Released:
+    case HandoffType::PassOn:
     case HandoffType::Connect:
     case HandoffType::MoveClient:
     case HandoffType::HandedOver:
@@ -84,6 +85,7 @@ FdRule fd_rule(HandoffType t)
     case HandoffType::ShuttingDown:
     case HandoffType::Metrics:
     case HandoffType::MoveClient:
+    case HandoffType::PassOn:
         return FdRule::Required;
     case HandoffType::NeedRoute:
         return FdRule::Optional;

@@ -14,14 +14,14 @@
 namespace pgw::ipc {
 
 inline constexpr std::uint32_t kHandoffMagic = 0x50475748;  // "PGWH"
-inline constexpr std::uint32_t kHandoffVersion = 6;
+inline constexpr std::uint32_t kHandoffVersion = 7;
 inline constexpr std::uint32_t kNoSlot = ~std::uint32_t(0);
 // The largest payload a message carries (a pooled session's context).
 inline constexpr std::uint32_t kMaxPayload = 48 * 1024;
 
 enum class HandoffType : std::uint32_t {
     // Supervisor to a spare, with the accepted fd.
-    Session = 1,  // run a session on the attached fd
+    Session = 1,  // run a session on the attached fd; a payload is its startup packet, read already
     Refuse = 2,   // read the startup packet, answer 53300 (max_client_conn reached), close
     ShuttingDown = 3,  // draining: serve a cancel request, answer a startup with 57P03
     Metrics = 4,       // an HTTP connection to the metrics listener
@@ -32,6 +32,8 @@ enum class HandoffType : std::uint32_t {
     Warm = 11,       // payload: route key; the session ended, the upstream is reset
     Leaving = 12,    // a warm worker wants to go (timer, dead upstream); wait for Retire
     Released = 13,   // a worker closed the pooled connection it held; its session goes on unpooled
+    PassOn = 14,     // a warm worker does not serve this plaintext client (console, unpooled entry):
+                     // fd: the client; payload: its startup packet, for a spare to go on from
     // Supervisor to worker:
     Connect = 20,     // to the asker: connect upstream yourself (counted in the pool)
     MoveClient = 21,  // to a warm worker, with the client fd; payload: the session context

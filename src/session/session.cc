@@ -280,7 +280,21 @@ private:
 
     // Reads packets until a StartupMessage; answers SSL/GSS requests with 'N'.
     std::variant<protocol::StartupMessage, ExitCode> read_startup();
+    // The startup packet a warm worker read and passed on with the client (PassOn).
+    std::variant<protocol::StartupMessage, ExitCode> passed_on_startup();
     ExitCode start_session(const protocol::StartupMessage& startup);
+    // A warm worker that the supervisor's guess gave a new plaintext connection can send
+    // its client on to a spare, startup packet and all, and stay warm (PassOn).
+    bool may_pass_on() const
+    {
+        return ws_.held && handoff_.type == ipc::HandoffType::Session && !conn_.is_tls();
+    }
+    // Whether this warm worker should pass the client on rather than serve it: the
+    // console, and entries that are not pooled (or whose rule hands the login to the
+    // server), would otherwise keep the route's connection from its clients while they
+    // last, or close it. Clients of another pooled route ask for it (NeedRoute).
+    bool serves_elsewhere(const std::string& user, const std::string& database) const;
+    ExitCode pass_on();
 
     ipc::Slot* slot() const
     {
@@ -302,7 +316,8 @@ private:
     net::Clock::time_point login_deadline_{};  // client_login_timeout: startup and authentication
     std::string peer_, peer_host_;
     std::size_t secret_length_ = 4;  // of the client's cancel secret: 4 (protocol 3.0), 32 (3.2)
-    std::string payload_;  // MoveClient: the session context
+    std::string payload_;  // MoveClient: the session context; Session: a startup packet passed on
+    std::vector<std::byte> startup_packet_;  // as read, while it may be passed on (may_pass_on)
     UniqueFd relay_end_;   // ask_for_route, TLS client: our end of the socket offered instead of it
     WorkerState& ws_;      // the worker's channel and pooled upstream, which outlive the session
     // The entry's target_session_attrs, and how long a host that failed a connect is
@@ -429,9 +444,51 @@ std::variant<protocol::StartupMessage, ExitCode> Session::read_startup()
                                   slot() ? &slot()->counters : nullptr);
             return kExitOk;
         case protocol::FirstPacketKind::Startup:
+            if (may_pass_on())
+                startup_packet_ = std::move(body);
             return std::move(fp.startup);
         }
     }
+}
+
+bool Session::serves_elsewhere(const std::string& user, const std::string& database) const
+{
+    if (database == admin::kConsoleDatabase)
+        return true;
+    const config::DatabaseEntry* entry = cfg_.find_database(database);
+    if (!entry)
+        return false;  // refused here as anywhere
+    if (!entry->pool.pooled)
+        return true;
+    const bool local = handoff_.listener_kind == 1;
+    const auth::Rule* rule = auth::match_rule(
+        cfg_.rules, auth::ConnectionFacts{local, false, local ? nullptr : &handoff_.peer, database, user});
+    return rule && rule->method == auth::Method::PassThrough;
+}
+
+ExitCode Session::pass_on()
+{
+    ipc::Handoff h = handoff_;
+    h.type = ipc::HandoffType::PassOn;
+    const std::string_view packet(reinterpret_cast<const char*>(startup_packet_.data()), startup_packet_.size());
+    if (auto st = ipc::send_handoff(ws_.channel, h, client_.get(), packet); !st) {
+        log_error("passing the client on to another worker: %s", st.error().c_str());
+        return kExitChannelError;
+    }
+    log_debug("not for pool %s: client passed on to a spare", pool::route_label(ws_.held->route).c_str());
+    return kExitHandedOver;
+}
+
+std::variant<protocol::StartupMessage, ExitCode> Session::passed_on_startup()
+{
+    auto decoded = protocol::decode_first_packet(protocol::as_bytes(payload_));
+    auto* fp = std::get_if<protocol::FirstPacket>(&decoded);
+    if (!fp || fp->kind != protocol::FirstPacketKind::Startup) {
+        log_error("a session passed on without a startup packet");
+        return kExitChannelError;
+    }
+    log_debug("startup packet passed on by a warm worker");
+    return std::move(fp->startup);
 }
 
 ExitCode Session::start_session(const protocol::StartupMessage& startup)
@@ -439,6 +496,8 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
     const std::string user = *startup.get("user");
     const std::string* db_param = startup.get("database");
     const std::string database = db_param && !db_param->empty() ? *db_param : user;
+    if (!startup_packet_.empty() && serves_elsewhere(user, database))
+        return pass_on();
     log::set_prefix("C-" + std::to_string(handoff_.session_id) + ": " + database + "/" + user +
                     "@" + peer_);
 
@@ -1239,7 +1298,7 @@ ExitCode Session::run()
         return moved_in();
     // TCP_NODELAY and keepalive come from the listener (net::tune_listener).
     login_deadline_ = net::Clock::now() + std::chrono::seconds(cfg_.client_login_timeout);
-    auto startup = read_startup();
+    auto startup = payload_.empty() ? read_startup() : passed_on_startup();
     if (auto* code = std::get_if<ExitCode>(&startup))
         return *code;
     if (handoff_.type == ipc::HandoffType::Refuse) {

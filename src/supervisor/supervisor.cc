@@ -165,7 +165,12 @@ private:
     void retire_holder(Worker& w);
     void perform(const std::vector<pool::Action>& actions);
     bool tell(Worker& w, ipc::HandoffType type);
-    bool hand_to(Worker& w, ipc::Handoff& h, int client_fd, bool refuse, const std::string& host);
+    bool hand_to(Worker& w, ipc::Handoff& h, int client_fd, bool refuse, const std::string& host,
+                 std::string_view payload = {});
+    // To a spare (forked now if there is none); closes the client when no worker takes it.
+    void to_spare(UniqueFd client, ipc::Handoff& h, bool refuse, const std::string& host,
+                  std::string_view payload = {});
+    void pass_on(Worker& w, ipc::Received&& msg);
     pool::Limits limits_for(const std::string& entry) const;
     void publish_pools(Clock::time_point now);
     std::vector<int> fds_to_close_in_child(int own_parent_end) const;
@@ -457,23 +462,50 @@ void Supervisor::dispatch(UniqueFd client, const sockaddr_storage& peer, socklen
             }
         }
     }
+    to_spare(std::move(client), h, refuse, host);
+}
+
+void Supervisor::to_spare(UniqueFd client, ipc::Handoff& h, bool refuse, const std::string& host,
+                          std::string_view payload)
+{
     // A spare that died since it was forked fails the send; try the next one.
     for (int attempt = 0; attempt < 3 && (refuse || !free_slots_.empty()); ++attempt) {
         if (spares_.empty() && !spawn_spare())
             break;
         pid_t pid = spares_.front();
         spares_.pop_front();
-        if (hand_to(workers_.at(pid), h, client.get(), refuse, host))
+        if (hand_to(workers_.at(pid), h, client.get(), refuse, host, payload))
             return;
     }
     log_error("no worker could take the connection from %s; closing it",
-              net::describe_peer(peer, peer_len).c_str());
+              net::describe_peer(h.peer, h.peer_len).c_str());
+}
+
+// A warm worker that the guess gave a client it does not serve (the console, an
+// unpooled entry) sends it back with the startup packet it read: the session goes on in
+// a spare, under the same session id, and the worker says Warm next.
+void Supervisor::pass_on(Worker& w, ipc::Received&& msg)
+{
+    ipc::Handoff h = msg.handoff;  // the client's address and listener, as it was handed over
+    h.session_id = w.session_id;
+    h.payload_len = 0;
+    // The slot is given again (the worker has published nothing in it yet, and writes
+    // nothing more to it).
+    if (w.slot != ipc::kNoSlot) {
+        table_.release(w.slot);
+        free_slots_.push_back(w.slot);
+        w.slot = ipc::kNoSlot;
+    }
+    const bool refuse = phase_ != Phase::Running;
+    h.type = refuse ? ipc::HandoffType::ShuttingDown : ipc::HandoffType::Session;
+    to_spare(std::move(msg.client), h, refuse, w.peer_host, msg.payload);
 }
 
 // Sends an accepted connection to `w` (a spare, or a warm worker guessed for it), with a
 // slot unless it is refused. False when the worker is gone: it is killed, and its slot
 // freed when it is reaped.
-bool Supervisor::hand_to(Worker& w, ipc::Handoff& h, int client_fd, bool refuse, const std::string& host)
+bool Supervisor::hand_to(Worker& w, ipc::Handoff& h, int client_fd, bool refuse, const std::string& host,
+                         std::string_view payload)
 {
     h.slot = ipc::kNoSlot;
     if (!refuse) {
@@ -483,7 +515,7 @@ bool Supervisor::hand_to(Worker& w, ipc::Handoff& h, int client_fd, bool refuse,
         table_.claim(h.slot, w.pid, h.session_id);
         w.slot = h.slot;
     }
-    if (auto st = ipc::send_handoff(w.channel.get(), h, client_fd); !st) {
+    if (auto st = ipc::send_handoff(w.channel.get(), h, client_fd, payload); !st) {
         log_warning("handoff to worker %d failed: %s", int(w.pid), st.error().c_str());
         set_state(w, Worker::State::Retired);
         ::kill(w.pid, SIGKILL);
@@ -626,6 +658,11 @@ void Supervisor::on_channel(pid_t pid, std::uint32_t events)
             perform(pool_.gone(pid, Clock::now()));
             return;
         }
+        break;
+    case ipc::HandoffType::PassOn:
+        if (w.state == Worker::State::Busy && !w.asked_client.valid() && w.asked_context.empty() &&
+            pool_.held_route(pid))
+            return pass_on(w, std::move(*msg));
         break;
     case ipc::HandoffType::Leaving:
         if (w.state == Worker::State::Reconfiguring) {
