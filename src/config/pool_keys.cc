@@ -254,8 +254,6 @@ Result<SplitConninfo> split_pool_keys(const std::string& conninfo)
     }
     if (any && !out.pool.pooled)
         return Error{first_size_key + " needs pool_mode=session"};
-    if (out.replicas.read_routing && out.pool.pooled)
-        return Error{"read_routing=auto does not work with pool_mode yet: route reads on an entry without pool_mode"};
     if (out.replicas.read_routing && !target.empty() && target != "any" && target != "primary" && target != "read-write")
         return Error{"read_routing=auto sends writes to the primary: target_session_attrs=" + target +
                      " contradicts it (leave it out, or use primary)"};

@@ -157,8 +157,22 @@ bool stirred(const HeldUpstream& held)
     return ::poll(&p, 1, 0) != 0;
 }
 
+Status set_application_name(HeldUpstream& held, const std::string& name, net::Clock::time_point deadline)
+{
+    char* lit = PQescapeLiteral(held.conn.get(), name.c_str(), name.size());
+    if (!lit)
+        return Error{"could not quote application_name"};
+    Status named = simple_query(held, std::string("SET application_name = ") + lit, deadline);
+    PQfreemem(lit);
+    return named;
+}
+
 void close_gracefully(HeldUpstream& held)
 {
+    if (held.standby) {
+        close_gracefully(*held.standby);
+        held.standby.reset();
+    }
     // PQfinish sends Terminate on a non-blocking socket and frees the connection.
     held.conn.reset();
     held.row.release();

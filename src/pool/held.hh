@@ -64,6 +64,11 @@ struct HeldUpstream {
     net::Clock::time_point quiet_at{};
     ServerRowLease row;  // in SHOW SERVERS, once mark_server has found a free row
     health::HostWatch watch;  // its host's role when connected (multi-host entries)
+    // read_routing on a pooled route: the standby connection that the sessions of this
+    // one route their reads to, kept with it between sessions (reset, and closed, with
+    // it). Opened by the first session that reads; not listed in SHOW SERVERS.
+    std::unique_ptr<HeldUpstream> standby;
+    int standby_row = -1;  // the standby's host row (health checker), -1 when not listed
 
     int fd() const { return PQsocket(conn.get()); }
     // A transport over libpq's socket (and its TLS session); the connection must outlive it.
@@ -78,6 +83,10 @@ HeldUpstream hold(upstream::PgConnPtr conn, std::string route, std::string where
 // dropped. An ErrorResponse, a close, a protocol surprise or a status other than 'I'
 // is an error: the connection's state is then in doubt and it must not be reused.
 Status simple_query(HeldUpstream& held, const std::string& sql, net::Clock::time_point deadline);
+
+// SET application_name on a held connection (its ParameterStatus updates `parameters`),
+// so the server names the client that uses it now.
+Status set_application_name(HeldUpstream& held, const std::string& name, net::Clock::time_point deadline);
 
 // Whether the server has sent anything, or closed, while nobody was talking to it.
 bool stirred(const HeldUpstream& held);

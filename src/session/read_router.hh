@@ -82,6 +82,14 @@ public:
 
     // Cancels the statement running now (on whichever host runs it).
     Status cancel_running() const;
+    // Nothing under way on either host: the last unit written went out whole and every
+    // answer has been read, no prelude of ours waits (a pooled session's connections may
+    // then serve another client). Units scanned and never begun sent nothing (the
+    // Terminate that a pooled session keeps).
+    bool idle() const { return pending_.empty() && prelude_.empty() && w_closed_ && w_walk_.between(); }
+    // The standby connection, for a pooled connection to keep (null when none is open);
+    // the router is done after this.
+    std::unique_ptr<StandbyLink> release_standby() { return std::move(standby_); }
     bool pinned() const { return pinned_; }
     std::uint64_t units(Side s) const { return units_routed_[s]; }
 

@@ -1,11 +1,10 @@
 // The session state machine: first packet (SSL/GSS refusals, cancel, startup),
 // database lookup, upstream connect, greeting, relay, and the log line at the end.
-#include "session/session.hh"
+#include "session/session_impl.hh"
 
 #include "admin/console.hh"
 #include "auth/authenticate.hh"
 #include "admin/metrics_http.hh"
-#include "common/held_signals.hh"
 #include "common/log.hh"
 #include "common/net.hh"
 #include "protocol/messages.hh"
@@ -24,7 +23,6 @@
 #include "health/hosts.hh"
 #include "pool/held.hh"
 
-#include <openssl/err.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <signal.h>
@@ -44,10 +42,10 @@ volatile std::sig_atomic_t g_cancel_signal = 0;
 volatile std::sig_atomic_t g_reopen_log = 0;
 volatile std::sig_atomic_t g_drain_notice = 0;
 
-namespace {
-
 using namespace std::chrono_literals;
 using protocol::Bytes;
+
+namespace {
 
 struct PgCancelDeleter {
     void operator()(PGcancel* c) const { PQfreeCancel(c); }
@@ -74,6 +72,8 @@ public:
     ~SessionStandby() override { health::note_session_host(table_, slot_, 1, nullptr, nullptr); }
     SessionStandby(const SessionStandby&) = delete;
     SessionStandby& operator=(const SessionStandby&) = delete;
+    pool::HeldUpstream& held() { return held_; }
+    int row() const { return row_; }
     bool fits() override
     {
         if (health::role_changed(table_, watch_, nullptr))
@@ -98,13 +98,6 @@ private:
 
 const char* str_or_empty(const char* s) { return s ? s : ""; }
 
-// A port as libpq or the config spells it; 0 (null in the record) when it is not a number.
-std::uint32_t port_number(const std::string& port)
-{
-    char* end = nullptr;
-    unsigned long v = std::strtoul(port.c_str(), &end, 10);
-    return port.empty() || *end != '\0' || v > 65535 ? 0 : std::uint32_t(v);
-}
 
 ipc::Counter auth_failure_counter(auth::Method m)
 {
@@ -122,17 +115,15 @@ ipc::Counter auth_failure_counter(auth::Method m)
     }
     return ipc::kAuthFailuresRejected;
 }
+} // namespace
 
-// Who authenticated, and how: all a session needs of the login after it.
-struct Login {
-    std::string user;
-    std::string database;
-    std::string identity;  // the SSO identity, else the user name
-    auth::Method method = auth::Method::Trust;
-    std::vector<std::string> groups;
-    std::string rule_policy;
-    bool sso() const { return identity != user; }
-};
+// A port as libpq or the config spells it; 0 (null in the record) when it is not a number.
+std::uint32_t port_number(const std::string& port)
+{
+    char* end = nullptr;
+    unsigned long v = std::strtoul(port.c_str(), &end, 10);
+    return port.empty() || *end != '\0' || v > 65535 ? 0 : std::uint32_t(v);
+}
 
 // The login and startup packet a session context carries (a moved client, a prefill).
 std::pair<Login, protocol::StartupMessage> login_of(pool::SessionContext&& ctx)
@@ -160,187 +151,6 @@ upstream::ClientInfo client_info(const config::Config& cfg, const Login& login, 
         info.role = *role;
     return info;
 }
-
-class Session {
-public:
-    Session(const config::Config& cfg, const ipc::SessionTable& table, SSL_CTX* tls, ipc::Received&& work,
-            WorkerState& ws)
-        : cfg_(cfg), table_(table), tls_ctx_(tls), handoff_(work.handoff), client_(std::move(work.client)),
-          conn_(client_.get()), payload_(std::move(work.payload)), ws_(ws)
-    {
-        peer_ = net::describe_peer(handoff_.peer, handoff_.peer_len);
-        peer_host_ = net::peer_host(handoff_.peer, handoff_.peer_len);
-        log::set_prefix("C-" + std::to_string(handoff_.session_id) + ": " + peer_);
-    }
-
-    ExitCode run();
-
-private:
-    // Sends a message we built ourselves, with a short deadline (errors, greeting).
-    bool send(const Bytes& b)
-    {
-        return conn_.write_all(b.data(), b.size(), net::Clock::now() + 10s);
-    }
-    // Ends the session with an error the client can read before the close.
-    ExitCode fail(const protocol::ErrorFields& e, ExitCode code)
-    {
-        send(protocol::error_response(e));
-        conn_.linger_close(net::Clock::now() + 1s);
-        return code;
-    }
-    ExitCode fail(const char* sqlstate, const std::string& message, ExitCode code,
-                  const std::string& hint = {})
-    {
-        protocol::ErrorFields e;
-        e.sqlstate = sqlstate;
-        e.message = message;
-        e.hint = hint;
-        return fail(e, code);
-    }
-    // A startup packet PostgreSQL would refuse: with its FATAL, or by closing without a
-    // word where the server does (see protocol::StartupError).
-    ExitCode refuse_startup(const protocol::StartupError& err)
-    {
-        if (!err.reply) {
-            // Read what the client already sent, so the close is a FIN, not a reset
-            // that a driver would report as an error of its own.
-            net::discard_pending(client_.get());
-            return kExitClientError;
-        }
-        return fail(err.sqlstate, err.message, kExitClientError);
-    }
-    // Who and where, in the slot, for SHOW SESSIONS and the metrics.
-    void publish_client(const std::string& user, const std::string& database, const protocol::StartupMessage& startup)
-    {
-        if (ipc::Slot* sl = slot()) {
-            sl->client_addr.set(peer_);
-            sl->user.set(user);
-            sl->database.set(database);
-            const std::string* app = startup.get("application_name");
-            sl->application_name.set(app ? *app : "");
-        }
-    }
-    // `reusable` (pooled sessions only): whether the connection may serve another client.
-    ExitCode run_relay(upstream::Transport& server, int upstream_fd, char status, std::function<Status()> cancel,
-                       bool* reusable = nullptr);
-    ExitCode establish(pool::HeldUpstream& up, bool* reusable = nullptr);
-    ExitCode proceed(const Login& login, const protocol::StartupMessage& startup);
-    void set_login_prefix(const Login& login);
-    std::optional<ExitCode> connect_upstream(const std::vector<health::Attempt>& tries, const std::string& database,
-                                             upstream::PgConnPtr& conn, std::string* where = nullptr);
-    // One host of a plan: true with `conn`, or false with why not (a host that did not
-    // answer is banned for ban_time).
-    bool try_host(const health::Attempt& attempt, const std::string& database, upstream::PgConnPtr& conn,
-                  upstream::ConnectFailure& why);
-    // A connection to the host of `row` failed: when it was the host's failure, the next
-    // sessions (of every entry) go elsewhere until ban_time has passed (or the checker
-    // sees it up again).
-    void ban_if_host_failed(int row, const upstream::ConnectFailure& why);
-    // After the last host failed: the counters, the log and the client's error.
-    ExitCode connect_failed(const upstream::ConnectFailure& why, const std::string& where,
-                            const std::string& database);
-    // `front_route`: the first host's route key when the caller has it ("": computed here).
-    ExitCode pooled_session(const Login& login, const protocol::StartupMessage& startup,
-                            const config::DatabaseEntry& entry, const std::vector<health::Attempt>& tries,
-                            const std::string& front_route);
-    std::optional<ExitCode> pooled_connect(const Login& login, const protocol::StartupMessage& startup,
-                                           const config::DatabaseEntry& entry,
-                                           const std::vector<health::Attempt>& tries);
-    // What the session watches of its upstream host (failover), from a new connection.
-    health::HostWatch watch_of(PGconn* conn) const
-    {
-        return health::watch_of(*table_.header(), target_, PQhost(conn), PQport(conn));
-    }
-    // Asks the supervisor for a pooled route and waits for its answer.
-    struct RouteAnswer {
-        std::optional<ipc::HandoffType> type;
-        std::optional<ExitCode> error_code;
-        explicit operator bool() const { return type.has_value(); }
-    };
-    RouteAnswer ask_for_route(pool::SessionContext ctx);
-    // A TLS client whose session went to a warm worker: relays between the client and
-    // the socket that went instead of it, until either side ends.
-    ExitCode relay_tls_client();
-    // A session moved here from the worker that authenticated it.
-    ExitCode moved_in();
-    std::optional<ExitCode> audit_session_start();
-    // Where the session's statements run, for its audit records.
-    void note_upstream(std::string where, std::string host, const std::string& port, std::uint32_t backend_pid)
-    {
-        if (!trail_)
-            return;
-        audit::SessionInfo& ai = trail_->info();
-        ai.upstream = std::move(where);
-        ai.upstream_host = std::move(host);
-        ai.upstream_port = port_number(port);
-        ai.backend_pid = backend_pid;
-    }
-    ExitCode pass_through(const config::DatabaseEntry& entry, const upstream::ClientInfo& info,
-                          const protocol::StartupMessage& startup);
-
-    // Reads packets until a StartupMessage; answers SSL/GSS requests with 'N'.
-    std::variant<protocol::StartupMessage, ExitCode> read_startup();
-    // The startup packet a warm worker read and passed on with the client (PassOn).
-    std::variant<protocol::StartupMessage, ExitCode> passed_on_startup();
-    ExitCode start_session(const protocol::StartupMessage& startup);
-    // A warm worker that the supervisor's guess gave a new plaintext connection can send
-    // its client on to a spare, startup packet and all, and stay warm (PassOn).
-    bool may_pass_on() const
-    {
-        return ws_.held && handoff_.type == ipc::HandoffType::Session && !conn_.is_tls();
-    }
-    // Whether this warm worker should pass the client on rather than serve it: the
-    // console, and entries that are not pooled (or whose rule hands the login to the
-    // server), would otherwise keep the route's connection from its clients while they
-    // last, or close it. Clients of another pooled route ask for it (NeedRoute).
-    bool serves_elsewhere(const std::string& user, const std::string& database) const;
-    ExitCode pass_on();
-
-    ipc::Slot* slot() const
-    {
-        return handoff_.slot < table_.capacity() ? &table_.slot(handoff_.slot) : nullptr;
-    }
-
-    const config::Config& cfg_;
-    const ipc::SessionTable& table_;
-    SSL_CTX* tls_ctx_;  // null: client TLS is off
-    ipc::Handoff handoff_;
-    UniqueFd client_;
-    tls::Conn conn_;  // reads and writes client_, through TLS once it is on
-    const policy::Policy* policy_ = nullptr;  // the session's, chosen after authentication
-    // Statement classifications, shared by the policy gate and the read router: a text
-    // both look at is parsed once. Empty (nothing allocated) until one of them asks.
-    policy::ClassifyCache classify_cache_;
-    audit::Sink audit_sink_{cfg_.audit_file, cfg_.audit_journald != 0};
-    std::optional<AuditTrail> trail_;  // when audit or log_statements is on
-    net::Clock::time_point login_deadline_{};  // client_login_timeout: startup and authentication
-    std::string peer_, peer_host_;
-    std::size_t secret_length_ = 4;  // of the client's cancel secret: 4 (protocol 3.0), 32 (3.2)
-    std::string payload_;  // MoveClient: the session context; Session: a startup packet passed on
-    std::vector<std::byte> startup_packet_;  // as read, while it may be passed on (may_pass_on)
-    UniqueFd relay_end_;   // ask_for_route, TLS client: our end of the socket offered instead of it
-    WorkerState& ws_;      // the worker's channel and pooled upstream, which outlive the session
-    // The entry's target_session_attrs, and how long a host that failed a connect is
-    // passed over (multi-host entries).
-    health::Target target_ = health::Target::Any;
-    long ban_seconds_ = 0;
-    health::HostWatch watch_;  // the established session's host (failover)
-    // read_routing = auto: the entry, its libpq parameters (for the standby connection),
-    // and the router while the session runs.
-    const config::DatabaseEntry* routing_entry_ = nullptr;
-    upstream::Params routing_params_;
-    ReadRouter* router_ = nullptr;
-    std::unique_ptr<StandbyLink> open_standby();
-    // The hosts to try, from what the health checker last saw; sessions per host row
-    // only for least-connections (no scan of the slots otherwise).
-    health::Attempts plan_hosts(const upstream::Params& params, const config::ReplicaSettings& r) const
-    {
-        if (r.load_balance != config::LoadBalance::LeastConnections)
-            return health::plan_connection(params, r, *table_.header(), nullptr);
-        const auto sessions = health::sessions_by_host(table_);
-        return health::plan_connection(params, r, *table_.header(), &sessions);
-    }
-};
 
 std::variant<protocol::StartupMessage, ExitCode> Session::read_startup()
 {
@@ -449,34 +259,6 @@ std::variant<protocol::StartupMessage, ExitCode> Session::read_startup()
             return std::move(fp.startup);
         }
     }
-}
-
-bool Session::serves_elsewhere(const std::string& user, const std::string& database) const
-{
-    if (database == admin::kConsoleDatabase)
-        return true;
-    const config::DatabaseEntry* entry = cfg_.find_database(database);
-    if (!entry)
-        return false;  // refused here as anywhere
-    if (!entry->pool.pooled)
-        return true;
-    const bool local = handoff_.listener_kind == 1;
-    const auth::Rule* rule = auth::match_rule(
-        cfg_.rules, auth::ConnectionFacts{local, false, local ? nullptr : &handoff_.peer, database, user});
-    return rule && rule->method == auth::Method::PassThrough;
-}
-
-ExitCode Session::pass_on()
-{
-    ipc::Handoff h = handoff_;
-    h.type = ipc::HandoffType::PassOn;
-    const std::string_view packet(reinterpret_cast<const char*>(startup_packet_.data()), startup_packet_.size());
-    if (auto st = ipc::send_handoff(ws_.channel, h, client_.get(), packet); !st) {
-        log_error("passing the client on to another worker: %s", st.error().c_str());
-        return kExitChannelError;
-    }
-    log_debug("not for pool %s: client passed on to a spare", pool::route_label(ws_.held->route).c_str());
-    return kExitHandedOver;
 }
 
 std::variant<protocol::StartupMessage, ExitCode> Session::passed_on_startup()
@@ -623,7 +405,7 @@ ExitCode Session::proceed(const Login& login, const protocol::StartupMessage& st
         return fail("08006", params.error(), kExitUpstreamFailure);
     publish_client(user, database, startup);
 
-    if (entry->replicas.read_routing && !entry->pool.pooled) {
+    if (entry->replicas.read_routing) {
         // The session's own connection is the primary's; reads go to a standby of the
         // same hosts, opened when the first one comes.
         routing_entry_ = entry;
@@ -745,158 +527,6 @@ ExitCode Session::connect_failed(const upstream::ConnectFailure& why, const std:
                 kExitUpstreamFailure);
 }
 
-// Asks the supervisor for the route of each host in turn (the next one when a host does
-// not take the connection: its place in the pool is given back first), and connects
-// when told to. Returns the session's end when it does not go on here: moved to a warm
-// worker, refused, or no host took it.
-std::optional<ExitCode> Session::pooled_connect(const Login& login, const protocol::StartupMessage& startup,
-                                                const config::DatabaseEntry& entry,
-                                                const std::vector<health::Attempt>& tries)
-{
-    pool::SessionContext ctx;
-    ctx.entry = entry.name;
-    ctx.user = login.user;
-    ctx.database = login.database;
-    ctx.identity = login.identity;
-    ctx.rule_policy = login.rule_policy;
-    ctx.method = std::uint32_t(login.method);
-    ctx.secret_length = std::uint32_t(secret_length_);
-    ctx.protocol_minor = startup.minor;
-    ctx.groups = login.groups;
-    ctx.startup = startup.params;
-    for (size_t i = 0;; ++i) {
-        const std::string route = pool::route_key(entry.name, tries[i].params);
-        const std::string where = upstream::describe(tries[i].params);
-        ctx.route = route;
-        auto answer = ask_for_route(ctx);
-        if (!answer)
-            return *answer.error_code;
-        switch (*answer.type) {
-        case ipc::HandoffType::HandedOver:
-            if (relay_end_.valid())
-                return relay_tls_client();
-            log_debug("handed to a warm worker on route %s", pool::route_label(route).c_str());
-            return kExitHandedOver;
-        case ipc::HandoffType::PoolTimeout:
-            log_info("refused: no connection of pool %s within query_wait_timeout (%ld s)",
-                     pool::route_label(route).c_str(), cfg_.query_wait_timeout);
-            return fail("53300",
-                        "no upstream connection of pool \"" + pool::route_label(route) +
-                            "\" became free within query_wait_timeout (" + std::to_string(cfg_.query_wait_timeout) +
-                            " s)",
-                        kExitRefused, "The pool is full (pool_size); try again later, or ask the operator to raise it.");
-        default:
-            break;  // Connect
-        }
-        relay_end_.reset();
-        ws_.held.reset();  // another route's: the pool no longer counts it
-        upstream::PgConnPtr conn;
-        upstream::ConnectFailure why;
-        if (try_host(tries[i], login.database, conn, why)) {
-            log_info("connected to upstream (%s), backend pid %d%s; pooled on %s", where.c_str(),
-                     PQbackendPID(conn.get()), PQsslInUse(conn.get()) ? ", TLS" : "",
-                     pool::route_label(route).c_str());
-            ws_.held = pool::hold(std::move(conn), route, where);
-            ws_.held->watch = watch_of(ws_.held->conn.get());
-            return std::nullopt;
-        }
-        if (i + 1 == tries.size())
-            return connect_failed(why, where, login.database);
-        log_warning("upstream connection failed (%s): %s; trying the next host", where.c_str(), why.message.c_str());
-        // The supervisor counted a connection being opened on that route: not any more.
-        if (auto st = ipc::send_message(ws_.channel, ipc::HandoffType::Released); !st) {
-            log_error("telling the supervisor of a failed pooled connection: %s", st.error().c_str());
-            return fail("08006", "pgwicket could not reach its pool", kExitChannelError);
-        }
-    }
-}
-
-// A session on a pooled route. The worker that authenticated the client asks the
-// supervisor for the route: a plaintext client may move to a warm worker (this worker
-// is then a spare again), otherwise this worker connects, or waits for room. A warm
-// worker that received the client carries on with the connection it holds.
-ExitCode Session::pooled_session(const Login& login, const protocol::StartupMessage& startup,
-                                 const config::DatabaseEntry& entry, const std::vector<health::Attempt>& tries,
-                                 const std::string& front_route)
-{
-    const health::Attempt& attempt = tries.front();
-    const upstream::Params& params = attempt.params;
-    const std::string route = front_route.empty() ? pool::route_key(entry.name, params) : front_route;
-    const std::string where = upstream::describe(params);
-    const std::string* app = nullptr;
-    for (const auto& [k, v] : params)
-        if (k == "application_name")
-            app = &v;
-    if (ws_.held && ws_.held->route != route && handoff_.type == ipc::HandoffType::MoveClient) {
-        // The supervisor matched the asker's key; ours must agree.
-        log_error("a client for route %s reached a worker warm on %s", route.c_str(), ws_.held->route.c_str());
-        return fail("XX000", "pgwicket internal error: pooled connection of the wrong route", kExitInternal);
-    }
-    // A warm worker given a new connection guessed it would be for its route; when it is
-    // for another, it asks for that one as a spare would, keeping its own meanwhile.
-    if (!ws_.held || ws_.held->route != route) {
-        if (auto code = pooled_connect(login, startup, entry, tries))
-            return *code;
-    } else {
-        // Reused: make sure it still works (the socket is looked at unless the warm
-        // wait that this client ended saw it silent a moment ago), and name the new
-        // client upstream.
-        auto& held = *ws_.held;
-        const auto now = net::Clock::now();
-        const auto deadline = now + std::chrono::seconds(cfg_.server_connect_timeout);
-        Status ok = ok_status();
-        if (!held.conn)
-            ok = Error{"its reset failed"};
-        else if (ipc::HostRole role{}; health::role_changed(*table_.header(), held.watch, &role))
-            ok = Error{"its host " + held.watch.label + " is a " + health::role_name(role) + " now"};
-        else if (now - held.quiet_at > std::chrono::milliseconds(10) && pool::stirred(held))
-            ok = Error{"the server closed it or spoke while it was idle"};
-        else if (now - held.checked >= std::chrono::seconds(cfg_.server_check_delay)) {
-            // The route's startup settings hold the client's search_path: the check runs
-            // with pg_catalog's functions and operators, never ones the client put first.
-            ok = pool::simple_query(held,
-                                    cfg_.server_check_query.empty()
-                                        ? cfg_.server_check_query
-                                        : "SET LOCAL search_path = pg_catalog, pg_temp; " + cfg_.server_check_query,
-                                    deadline);
-            held.checked = now;
-        }
-        if (!ok) {
-            log_info("pooled connection (backend pid %u) is not usable (%s); connecting afresh", held.backend_pid,
-                     ok.error().c_str());
-            ws_.held.reset();
-            upstream::PgConnPtr conn;
-            if (auto code = connect_upstream({attempt}, login.database, conn))
-                return *code;
-            ws_.held = pool::hold(std::move(conn), route, where);
-            ws_.held->watch = watch_of(ws_.held->conn.get());
-        } else if (app && held.parameters["application_name"] != *app) {
-            char* lit = PQescapeLiteral(held.conn.get(), app->c_str(), app->size());
-            Status named = lit ? pool::simple_query(held, std::string("SET application_name = ") + lit, deadline)
-                               : Status(Error{"could not quote application_name"});
-            PQfreemem(lit);
-            if (!named) {
-                log_warning("pooled connection (backend pid %u): %s; closing it", held.backend_pid,
-                            named.error().c_str());
-                ws_.held.reset();
-                return fail("08006", "pooled upstream connection failed: " + named.error(), kExitUpstreamFailure);
-            }
-        }
-        log_debug("reusing pooled connection to %s (backend pid %u, session %u on it)", where.c_str(),
-                  ws_.held->backend_pid, ws_.held->sessions + 1);
-    }
-    auto& held = *ws_.held;
-    ++held.sessions;
-    pool::mark_server(held, table_, pool::ServerState::Active);
-    bool reusable = false;
-    const ExitCode code = establish(held, &reusable);
-    if (reusable)
-        held.reset_pending = true;  // keep_warm resets it
-    else
-        ws_.held.reset();
-    return code;
-}
-
 // The greeting on a connected upstream, then the relay. With `reusable` (a pooled
 // session) the client's Terminate stays here, and it says whether the connection may
 // serve another client.
@@ -949,7 +579,7 @@ ExitCode Session::establish(pool::HeldUpstream& up, bool* reusable)
             return Error{err};
         return ok_status();
     };
-    if (!routing_entry_ || reusable)
+    if (!routing_entry_)
         return run_relay(*server, upstream_fd, status, pg_cancel ? std::function<Status()>(cancel) : nullptr, reusable);
 
     RouteHost primary{server.get(), pg_cancel.get(), up.where, str_or_empty(PQhost(up.conn.get())),
@@ -968,11 +598,25 @@ ExitCode Session::establish(pool::HeldUpstream& up, bool* reusable)
     ReadRouter router(primary, policy_ ? policy_->functions : policy::FunctionAllowlist::builtin(), classify_cache_,
                       routing_entry_->replicas.read_after_write_ms, std::move(hooks));
     router_ = &router;
-    const ExitCode code = run_relay(router, upstream_fd, status, [&router] { return router.cancel_running(); });
+    const ExitCode code =
+        run_relay(router, upstream_fd, status, [&router] { return router.cancel_running(); }, reusable);
     router_ = nullptr;
     log_info("read routing: %llu units to the primary, %llu to a standby%s",
              (unsigned long long)router.units(ReadRouter::kPrimary),
              (unsigned long long)router.units(ReadRouter::kStandby), router.pinned() ? " (pinned to the primary)" : "");
+    if (reusable && *reusable) {
+        // A pooled connection serves its next client with its standby connection, when
+        // nothing was under way on either host as the client left.
+        if (!router.idle()) {
+            *reusable = false;
+        } else if (auto link = router.release_standby()) {
+            auto& used = static_cast<SessionStandby&>(*link);
+            up.standby = std::make_unique<pool::HeldUpstream>(std::move(used.held()));
+            up.standby_row = used.row();
+            up.standby->reset_pending = true;  // keep_warm resets it with the primary
+            up.standby->idle_since = net::Clock::now();
+        }
+    }
     return code;
 }
 
@@ -980,6 +624,31 @@ ExitCode Session::establish(pool::HeldUpstream& up, bool* reusable)
 // with target_session_attrs=standby would be; null when none can be had now.
 std::unique_ptr<StandbyLink> Session::open_standby()
 {
+    if (ws_.held && ws_.held->standby) {
+        // A pooled connection's standby, kept from an earlier session: used again when it
+        // still serves reads and the server left it alone, named for this client.
+        std::unique_ptr<pool::HeldUpstream> kept = std::move(ws_.held->standby);
+        auto link = std::make_unique<SessionStandby>(std::move(*kept), *table_.header(), slot(), ws_.held->standby_row,
+                                                     routing_entry_->replicas);
+        pool::HeldUpstream& h = link->held();
+        Status ok = ok_status();
+        if (!h.conn || pool::stirred(h))
+            ok = Error{"the server closed it or spoke while it was idle"};
+        else if (!link->fits())
+            ok = Error{"its host no longer serves reads"};
+        else
+            for (const auto& [k, v] : routing_params_)
+                if (k == "application_name" && h.parameters["application_name"] != v)
+                    ok = pool::set_application_name(
+                        h, v, net::Clock::now() + std::chrono::seconds(cfg_.server_connect_timeout));
+        if (ok) {
+            log_debug("read routing: reusing the standby connection (%s, backend pid %u)", h.where.c_str(),
+                      h.backend_pid);
+            return link;
+        }
+        log_info("read routing: the kept standby connection (%s, backend pid %u) is not usable (%s); connecting afresh",
+                 h.where.c_str(), h.backend_pid, ok.error().c_str());
+    }
     health::Attempts plan = plan_hosts(routing_params_, routing_entry_->replicas);
     if (plan.tries.empty()) {
         log_debug("read routing: reads go to the primary: %s", plan.why_none.c_str());
@@ -1170,124 +839,6 @@ ExitCode Session::pass_through(const config::DatabaseEntry& entry, const upstrea
     return run_relay(*server, up.fd.get(), up.status, cancel);
 }
 
-Session::RouteAnswer Session::ask_for_route(pool::SessionContext ctx)
-{
-    RouteAnswer answer;
-    ipc::Handoff h = handoff_;
-    h.type = ipc::HandoffType::NeedRoute;
-    // A plaintext client may move to a warm worker. A TLS session cannot leave this
-    // process: one end of a socket pair goes instead, and if the client is given to a
-    // warm worker this one relays between them (relay_tls_client).
-    int movable = client_.get();
-    UniqueFd far_end;
-    if (conn_.is_tls()) {
-        int sv[2];
-        movable = -1;
-        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) == 0) {
-            relay_end_ = UniqueFd(sv[0]);
-            far_end = UniqueFd(sv[1]);
-            movable = sv[1];
-            ctx.relayed_by = std::uint32_t(getpid());
-        } else {
-            log_warning("socketpair: %s; this TLS client cannot be given a warm connection", std::strerror(errno));
-        }
-    }
-    if (auto st = ipc::send_handoff(ws_.channel, h, movable, pool::encode(ctx)); !st) {
-        log_error("asking the supervisor for a pooled connection: %s", st.error().c_str());
-        answer.error_code = fail("08006", "pgwicket could not reach its pool", kExitChannelError);
-        return answer;
-    }
-    // SIGTERM and SIGINT are let in only inside ppoll(), so the wait (up to
-    // query_wait_timeout, which the supervisor keeps) needs no tick.
-    HeldSignals stop_signals{SIGTERM, SIGINT};
-    // The client is watched too: it says nothing until it has its greeting, so its
-    // socket wakes us only when it goes away (or breaks the protocol: then it is left to
-    // the session). A client that gives up leaves the queue at once, with this process.
-    // A TLS client's goodbye (close_notify) is a record like any other in TLS 1.3: it is
-    // looked at with SSL_peek, which keeps any data it decrypts for the session.
-    auto client_gone = [&](short revents) {
-        if (revents & (POLLHUP | POLLRDHUP | POLLERR))
-            return true;
-        if (conn_.is_tls()) {
-            char byte;
-            ERR_clear_error();
-            const int r = SSL_peek(conn_.ssl(), &byte, 1);
-            if (r > 0)
-                return false;
-            const int e = SSL_get_error(conn_.ssl(), r);
-            ERR_clear_error();
-            return e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE;
-        }
-        char byte;
-        return ::recv(client_.get(), &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
-    };
-    bool watch_client = true;
-    for (;;) {
-        pollfd p[2] = {{ws_.channel, POLLIN, 0}, {client_.get(), POLLIN | POLLRDHUP, 0}};
-        int n = g_stop_requested ? 0 : ::ppoll(p, watch_client ? 2 : 1, nullptr, stop_signals.wait_mask());
-        if (g_stop_requested) {
-            answer.error_code = fail("57P01", "terminating connection due to administrator command", kExitShutdown);
-            return answer;
-        }
-        if (n > 0 && watch_client && p[1].revents) {
-            if (client_gone(p[1].revents)) {
-                log_info("the client left while waiting for a pooled connection of %s",
-                         pool::route_label(ctx.route).c_str());
-                answer.error_code = kExitOk;
-                return answer;
-            }
-            // Bytes for the session (SSL_peek may also have read a record that was no
-            // data, such as a key update: then the client is still watched).
-            watch_client = conn_.is_tls() && SSL_has_pending(conn_.ssl()) != 1;
-        }
-        if (n <= 0 || !p[0].revents)
-            continue;
-        auto reply = ipc::receive_handoff(ws_.channel);
-        if (!reply) {
-            log_error("waiting for a pooled connection: %s", reply.error().c_str());
-            answer.error_code = fail("08006", "pgwicket could not reach its pool", kExitChannelError);
-            return answer;
-        }
-        switch (reply->handoff.type) {
-        case ipc::HandoffType::Connect:
-        case ipc::HandoffType::HandedOver:
-        case ipc::HandoffType::PoolTimeout:
-            answer.type = reply->handoff.type;
-            return answer;
-        default:
-            log_error("unexpected message %u while waiting for a pooled connection", unsigned(reply->handoff.type));
-            answer.error_code = fail("XX000", "pgwicket internal error while waiting for its pool", kExitInternal);
-            return answer;
-        }
-    }
-}
-
-ExitCode Session::relay_tls_client()
-{
-    log_info("session given to a warm worker; relaying for this TLS client");
-    // Our connection of another route, if we were warm: the supervisor has counted it gone.
-    ws_.held.reset();
-    upstream::TlsTransport client(conn_.ssl(), client_.get());
-    upstream::PlainTransport worker(relay_end_.get());
-    // No stop flag: the warm worker runs the session, and its end (a message to the
-    // client included) reaches the client through here.
-    const RelayOutcome out = relay(client, worker, 'I', nullptr);
-    log_info("relay for the TLS client ended: %s", relay_end_name(out.end));
-    return kExitOk;
-}
-
-ExitCode Session::moved_in()
-{
-    auto ctx = pool::decode_context(payload_);
-    if (!ctx) {
-        log_error("session moved in: %s", ctx.error().c_str());
-        return kExitChannelError;
-    }
-    secret_length_ = ctx->secret_length == ipc::kSecretBytes ? ipc::kSecretBytes : 4;
-    auto [login, startup] = login_of(std::move(*ctx));
-    return proceed(login, startup);
-}
-
 ExitCode Session::run()
 {
     // The client socket is non-blocking already: the supervisor accepts with
@@ -1311,161 +862,6 @@ ExitCode Session::run()
                     "The proxy is draining its sessions before it stops; connect again in a moment.");
     }
     return start_session(std::get<protocol::StartupMessage>(startup));
-}
-
-} // namespace
-
-namespace {
-
-// The upstream parameters of a login with no client address on a pooled entry: what a
-// prefill connects with, and what its route is keyed on.
-Result<upstream::Params> prefill_params(const config::Config& cfg, const config::DatabaseEntry& entry,
-                                        pool::SessionContext ctx)
-{
-    auto [login, startup] = login_of(std::move(ctx));
-    const policy::Policy* policy = cfg.policy_for(login.groups, login.rule_policy, login.database);
-    return upstream::build_params(entry, client_info(cfg, login, startup, "", policy), cfg.application_name_prefix);
-}
-
-// The connections a session of this entry could use, one host each as a session's host
-// plan makes them, with their route keys: those that fit now first (`fits`), then the
-// other hosts as written. An entry of several hosts that the health checker has not
-// answered for yet gives one connection of every host (libpq chooses). `checked`: the
-// health checker has answered for the host (always, for an entry of one host).
-struct HostRoute {
-    health::Attempt attempt;
-    std::string route;
-    bool fits = false;
-    bool checked = true;
-};
-std::vector<HostRoute> host_routes(const config::DatabaseEntry& entry, const upstream::Params& params,
-                                   ipc::TableHeader& hosts)
-{
-    const health::Attempts plan = health::plan_connection(params, entry.replicas, hosts);
-    const bool one_host = health::hosts_of(params).size() <= 1;
-    // (libpq's whole list, before any answer, has no row: not checked.)
-    auto checked = [&](const health::Attempt& a) {
-        return one_host ||
-               (a.row >= 0 && health::read_host(hosts, std::uint32_t(a.row)).state != ipc::HostState::Unknown);
-    };
-    std::vector<HostRoute> out;
-    for (const auto& a : plan.tries)
-        out.push_back({a, pool::route_key(entry.name, a.params), true, checked(a)});
-    for (const auto& a : plan.every) {
-        std::string key = pool::route_key(entry.name, a.params);
-        if (std::none_of(out.begin(), out.end(), [&](const HostRoute& h) { return h.route == key; }))
-            out.push_back({a, std::move(key), false, checked(a)});
-    }
-    return out;
-}
-
-} // namespace
-
-std::vector<pool::SessionContext> starting_contexts(const config::Config& cfg, const config::DatabaseEntry& entry,
-                                                   ipc::TableHeader& hosts)
-{
-    if (!entry.pool.pooled || entry.name == "*" || cfg.min_pool_size_for(entry) <= 0)
-        return {};
-    pool::SessionContext ctx;
-    ctx.entry = ctx.database = entry.name;
-    ctx.method = std::uint32_t(auth::Method::Trust);
-    ctx.startup = {{"user", ""}, {"database", entry.name}};
-    // Which upstream user? Only the entry can say before a client comes: with no user
-    // of its own, the client's name is used, and none is known yet.
-    auto probe = prefill_params(cfg, entry, ctx);
-    if (!probe)
-        return {};
-    std::string user;
-    for (const auto& [k, v] : *probe)
-        if (k == "user")
-            user = v;
-    if (user.empty())
-        return {};
-    ctx.user = ctx.identity = ctx.startup[0].second = user;
-    auto params = prefill_params(cfg, entry, ctx);
-    if (!params)
-        return {};
-    // An entry of several hosts has a pool per host: a route for each host that takes
-    // its sessions, once the health checker has answered for every host (until then
-    // none: the supervisor asks again every few seconds, and so learns of hosts that
-    // come to fit later).
-    const auto routes = host_routes(entry, *params, hosts);
-    if (std::any_of(routes.begin(), routes.end(), [](const HostRoute& h) { return !h.checked; }))
-        return {};
-    std::vector<pool::SessionContext> out;
-    for (const auto& h : routes) {
-        if (!h.fits)
-            continue;
-        ctx.route = h.route;
-        out.push_back(ctx);
-    }
-    return out;
-}
-
-Result<std::vector<std::string>> routes_for(const config::Config& cfg, const pool::SessionContext& ctx,
-                                            ipc::TableHeader& hosts)
-{
-    const config::DatabaseEntry* entry = cfg.find_entry(ctx.entry);
-    if (!entry || !entry->pool.pooled)
-        return Error{"entry \"" + ctx.entry + "\" is gone or no longer pooled"};
-    auto params = prefill_params(cfg, *entry, ctx);
-    if (!params)
-        return Error{params.error()};
-    std::vector<std::string> keys;
-    for (auto& h : host_routes(*entry, *params, hosts))
-        keys.push_back(std::move(h.route));
-    return keys;
-}
-
-ExitCode prefill_route(const config::Config& cfg, ipc::TableHeader& hosts, const std::string& context,
-                       WorkerState& ws)
-{
-    auto ctx = pool::decode_context(context);
-    if (!ctx) {
-        log_error("prefill: %s", ctx.error().c_str());
-        return kExitChannelError;
-    }
-    log::set_prefix("pool " + pool::route_label(ctx->route) + ": ");
-    const config::DatabaseEntry* entry = cfg.find_entry(ctx->entry);
-    if (!entry || !entry->pool.pooled) {
-        log_info("min_pool_size: entry \"%s\" is gone or no longer pooled", ctx->entry.c_str());
-        return kExitOk;
-    }
-    // The same parameters the route's clients get (application_name aside, which each
-    // client sets).
-    const std::string route = ctx->route;
-    auto all = prefill_params(cfg, *entry, std::move(*ctx));
-    if (!all) {
-        log_info("min_pool_size: the route's settings changed; not opening a connection");
-        return kExitOk;
-    }
-    // The route's host (an entry of several hosts has a pool per host), as a session's
-    // host plan would connect to it.
-    const auto routes = host_routes(*entry, *all, hosts);
-    auto mine = std::find_if(routes.begin(), routes.end(), [&](const HostRoute& h) { return h.route == route; });
-    if (mine == routes.end()) {
-        log_info("min_pool_size: the route's settings changed; not opening a connection");
-        return kExitOk;
-    }
-    if (!mine->fits) {
-        // Down, banned, lagging or of the wrong role: its minimum is dropped (the
-        // supervisor's next look at the entry brings it back when the host fits again).
-        log_info("min_pool_size: %s does not take this entry's sessions now; not opening a connection",
-                 upstream::describe(mine->attempt.params).c_str());
-        return kExitOk;
-    }
-    const upstream::Params& params = mine->attempt.params;
-    const std::string where = upstream::describe(params);
-    upstream::ConnectFailure why;
-    auto conn = upstream::connect(params, net::Clock::now() + std::chrono::seconds(cfg.server_connect_timeout), &why);
-    if (!conn) {
-        log_warning("min_pool_size: upstream connection failed (%s): %s%s%s", where.c_str(),
-                    why.server_sqlstate.c_str(), why.server_sqlstate.empty() ? "" : ": ", why.message.c_str());
-        return kExitUpstreamFailure;
-    }
-    log_info("opened a connection for min_pool_size (%s), backend pid %d", where.c_str(), PQbackendPID(conn->get()));
-    ws.held = pool::hold(std::move(*conn), route, where);
-    return kExitOk;
 }
 
 ExitCode run_session(const config::Config& cfg, const ipc::SessionTable& table, SSL_CTX* tls,

@@ -165,6 +165,20 @@ Status take_configuration(Serving& s, const std::string& payload, const std::str
                 held.idle_since = held.checked = net::Clock::now();
             }
         }
+        if (held.standby && held.standby->reset_pending) {
+            // read_routing: the standby connection the session routed reads to is kept
+            // only when it resets too; the pooled connection stays either way.
+            held.standby->reset_pending = false;
+            const auto deadline = net::Clock::now() + seconds(cfg.server_connect_timeout);
+            if (auto st = pool::simple_query(*held.standby, cfg.server_reset_query, deadline); !st || !held.conn) {
+                if (!st)
+                    log_info("standby connection (backend pid %u) not kept: %s", held.standby->backend_pid,
+                             st.error().c_str());
+                held.standby.reset();
+            } else {
+                held.standby->idle_since = held.standby->checked = net::Clock::now();
+            }
+        }
         // SIGTERM and SIGINT are let in only inside ppoll(): one that comes between the
         // look at the flag and the wait is not lost, so the wait needs no tick and lasts
         // until the connection's next deadline (an idle warm worker costs no wake-ups).
@@ -175,7 +189,9 @@ Status take_configuration(Serving& s, const std::string& payload, const std::str
                 deadline = std::min(deadline, held.idle_since + seconds(cfg.server_idle_timeout));
             if (cfg.server_lifetime > 0)
                 deadline = std::min(deadline, held.created + seconds(cfg.server_lifetime));
-            pollfd fds[2] = {{ws.channel, POLLIN, 0}, {held.fd(), POLLIN, 0}};
+            pollfd fds[3] = {{ws.channel, POLLIN, 0},
+                             {held.fd(), POLLIN, 0},
+                             {held.standby ? held.standby->fd() : -1, POLLIN, 0}};
             timespec ts{};
             const timespec* timeout = nullptr;  // leaving: until the supervisor answers
             if (!leaving && deadline != net::Clock::time_point::max()) {
@@ -184,7 +200,7 @@ Status take_configuration(Serving& s, const std::string& payload, const std::str
                 ts.tv_nsec = long(ms % 1000) * 1000000L;
                 timeout = &ts;
             }
-            const int n = g_stop_requested ? 0 : ::ppoll(fds, leaving ? 1 : 2, timeout, stop_signals.wait_mask());
+            const int n = g_stop_requested ? 0 : ::ppoll(fds, leaving ? 1 : 3, timeout, stop_signals.wait_mask());
             if (g_stop_requested) {
                 pool::close_gracefully(held);
                 _exit(kExitShutdown);
@@ -228,6 +244,15 @@ Status take_configuration(Serving& s, const std::string& payload, const std::str
             }
             if (leaving)
                 continue;
+            if (n > 0 && fds[2].revents && held.standby) {
+                log_info("the standby connection (%s, backend pid %u) was closed or spoken on by the server; "
+                         "closing it",
+                         held.standby->where.c_str(), held.standby->backend_pid);
+                pool::close_gracefully(*held.standby);
+                held.standby.reset();
+                if (!fds[1].revents)
+                    continue;
+            }
             const bool stirred = n > 0 && fds[1].revents;
             if (stirred || net::Clock::now() >= deadline) {
                 log_info("pooled connection %s; leaving the pool",

@@ -17,13 +17,16 @@ using namespace pgw::it;
 namespace {
 
 // `app` routes reads with no read-your-writes delay; `sticky` keeps reads on the
-// primary for a minute after a write (longer than any test needs).
+// primary for a minute after a write (longer than any test needs); `pooledapp` is `app`
+// with a pool of one connection.
 ProxyOptions routing_options(const ReplicaCluster& c)
 {
     const std::string hosts = "host=" + c.hosts() + " port=" + c.ports() + " dbname=postgres user=postgres ";
     ProxyOptions o;
     o.extra_databases = "app = " + hosts + "read_routing=auto read_after_write_delay=0\n" +
-                        "sticky = " + hosts + "read_routing=auto read_after_write_delay=1min\n";
+                        "sticky = " + hosts + "read_routing=auto read_after_write_delay=1min\n" +
+                        "pooledapp = " + hosts + "read_routing=auto read_after_write_delay=0 pool_mode=session " +
+                        "pool_size=1\n";
     o.extra_settings = "server_check_period = 1\nban_time = 2\nadmin_users = postgres\n";
     return o;
 }
@@ -166,6 +169,55 @@ BOOST_AUTO_TEST_CASE(reads_go_to_a_standby_and_everything_else_to_the_primary)
     BOOST_CHECK_EQUAL(port_prepared(a.get(), "s1"), primary);
     BOOST_CHECK_EQUAL(port_prepared(a.get(), "s2"), primary);
     a.reset();
+    check_clean_stop(p);
+}
+
+// A pooled entry routes reads too. Its pooled connection keeps the standby connection
+// that its sessions read from: the next client gets both, reset (a statement the first
+// prepared is gone on either host) and named for it upstream. A standby that goes away
+// while the connection is warm is dropped, and the next read opens another.
+BOOST_AUTO_TEST_CASE(a_pooled_entry_keeps_its_standby_connection_for_the_next_client)
+{
+    Routed cluster("pooled", "CREATE TABLE pooled_routed(i int)");
+    Proxy& p = cluster.p;
+    const std::string& standby = cluster.standby;
+    const char* kWritePid = "INSERT INTO pooled_routed VALUES (1) RETURNING pg_backend_pid()";
+    const char* kReadPid = "SELECT pg_backend_pid() FROM pg_is_in_recovery() r WHERE r";
+    std::string primary_pid, standby_pid;
+    {
+        Conn a = connect_ok(p.conninfo("pooledapp", "postgres", "application_name=first"));
+        BOOST_CHECK_EQUAL(scalar(a.get(), kPort), standby);
+        standby_pid = scalar(a.get(), kReadPid);
+        prepare(a.get(), "s1", kPort);
+        BOOST_CHECK_EQUAL(port_prepared(a.get(), "s1"), standby);
+        primary_pid = scalar(a.get(), kWritePid);
+        BOOST_CHECK_EQUAL(port_prepared(a.get(), "s1"), standby);
+    }
+    BOOST_REQUIRE(!standby_pid.empty() && !primary_pid.empty());
+    {
+        Conn b = connect_ok(p.conninfo("pooledapp", "postgres", "application_name=second"));
+        BOOST_CHECK_EQUAL(scalar(b.get(), kReadPid), standby_pid);
+        // Both connections name this client (application_name_prefix and all).
+        const std::string app = cluster.c.scalar(1, "SELECT application_name FROM pg_stat_activity WHERE pid = " + standby_pid);
+        BOOST_CHECK(contains(app, "second"));
+        BOOST_CHECK_EQUAL(app, cluster.c.scalar(0, "SELECT application_name FROM pg_stat_activity WHERE pid = " + primary_pid));
+        prepare(b.get(), "s1", kPort);  // fails when the first client's s1 is still there
+        BOOST_CHECK_EQUAL(port_prepared(b.get(), "s1"), standby);
+        BOOST_CHECK_EQUAL(scalar(b.get(), kWritePid), primary_pid);
+    }
+    // The standby stops under the warm connection, and comes back.
+    cluster.c.stop(1);
+    BOOST_CHECK_MESSAGE(wait_for([&] { return contains(read_file(p.log_path()), "was closed or spoken on by the server; closing it"); }),
+                        p.log_tail());
+    cluster.c.start(1);
+    wait_roles(p, cluster.c);
+    {
+        Conn d = connect_ok(p.conninfo("pooledapp", "postgres", "application_name=third"));
+        BOOST_CHECK_EQUAL(scalar(d.get(), kWritePid), primary_pid);
+        BOOST_CHECK_MESSAGE(wait_for([&] { return scalar(d.get(), kPort) == standby; }), p.log_tail());
+        const std::string again = scalar(d.get(), kReadPid);
+        BOOST_CHECK(!again.empty() && again != standby_pid);
+    }
     check_clean_stop(p);
 }
 

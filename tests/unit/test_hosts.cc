@@ -265,11 +265,14 @@ BOOST_AUTO_TEST_CASE(read_routing_keys_are_cut_out_and_checked)
     BOOST_TEST_REQUIRE(s.ok());
     BOOST_TEST(!s->replicas.read_routing);
     BOOST_TEST(cfg::split_pool_keys("host=a,b").value().replicas.read_after_write_ms == 1000);
+    // Pooled entries route reads too (the pooled connection keeps its standby connection).
+    s = cfg::split_pool_keys("host=a,b read_routing=auto pool_mode=session pool_size=3");
+    BOOST_TEST_REQUIRE(s.ok());
+    BOOST_TEST((s->replicas.read_routing && s->pool.pooled));
     const std::pair<const char*, const char*> bad[] = {
         {"read_routing=yes", "not one of auto, off"},
         {"read_after_write_delay=soon", "not a time"},
         {"read_routing=auto target_session_attrs=standby", "contradicts it"},
-        {"read_routing=auto pool_mode=session", "does not work with pool_mode"},
     };
     for (const auto& [keys, says] : bad) {
         auto r = cfg::split_pool_keys(std::string("host=a,b ") + keys);
