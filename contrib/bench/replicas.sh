@@ -6,7 +6,9 @@
 # each host's pg_stat_database); then the cost of choosing a host per connection
 # (pgbench -C through a multi-host entry vs a one-host entry); then read routing: pgbench
 # -S (each session on its own) through a read_routing=auto entry, with the same spread, and
-# pgwicket's CPU per transaction (supervisor and exited workers) with routing on and off.
+# pgwicket's CPU per transaction (supervisor and exited workers) with routing on and off;
+# last, a connection per transaction (pgbench -S -C) through read_routing=auto entries
+# without and with pool_mode.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -64,7 +66,8 @@ server_check_period = 1" \
     PGW_EXTRA_DATABASES="ro = $hosts target_session_attrs=standby
 rw = $hosts target_session_attrs=primary
 one = host=127.0.0.1 port=${ports[0]} dbname=postgres user=postgres
-routed = $hosts read_routing=auto" \
+routed = $hosts read_routing=auto
+pooledrouted = $hosts read_routing=auto pool_mode=session pool_size=8" \
     pgw_start "$bin" "$work" "${ports[0]}" "replicas bench" || exit 1
 
 pgbench_init "replicas bench" "${ports[0]}" || exit 1
@@ -140,6 +143,10 @@ read -r one_tps _ _ _ one_cpu <<<"$(per_txn one -c 8 -j 2)"
 read -r rt_tps rt_p0 rt_s1 rt_s2 rt_cpu <<<"$(per_txn routed -c 8 -j 2)"
 read -r onep_tps _ _ _ onep_cpu <<<"$(per_txn one -c 8 -j 2 -M prepared)"
 read -r rtp_tps rtp_p0 rtp_s1 rtp_s2 rtp_cpu <<<"$(per_txn routed -c 8 -j 2 -M prepared)"
+echo "replicas bench: read routing, pgbench -S -C -c 8 -j 2 (a connection per transaction), $secs s each"
+direct_c=$(tps "${ports[0]}" postgres -C -c 8 -j 2)
+read -r rtc_tps rtc_p0 rtc_s1 rtc_s2 <<<"$(spread routed -C -c 8 -j 2)"
+read -r prc_tps prc_p0 prc_s1 prc_s2 <<<"$(spread pooledrouted -C -c 8 -j 2)"
 
 echo
 printf '%-44s %9s %9s   %s\n' "path" "TPS" "vs direct" "transactions on primary / standby 1 / standby 2"
@@ -160,3 +167,11 @@ printf '%-44s %9s %9s %12s   %s %s %s\n' "pgwicket, read_routing=auto (simple)" 
 printf '%-44s %9s %9s %12s\n' "pgwicket, primary only (prepared)" "$onep_tps" "$(ratio "$onep_tps" "$direct")" "$onep_cpu"
 printf '%-44s %9s %9s %12s   %s %s %s\n' "pgwicket, read_routing=auto (prepared)" "$rtp_tps" \
     "$(ratio "$rtp_tps" "$direct")" "$rtp_cpu" "$rtp_p0" "$rtp_s1" "$rtp_s2"
+echo
+printf '%-44s %9s %9s   %s\n' "read routing (pgbench -S -C -c 8)" "TPS" "vs direct" \
+    "transactions on primary / standby 1 / standby 2"
+printf '%-44s %9s %9s\n' "primary, direct" "$direct_c" "1.00"
+printf '%-44s %9s %9s   %s %s %s\n' "pgwicket, read_routing=auto" "$rtc_tps" "$(ratio "$rtc_tps" "$direct_c")" \
+    "$rtc_p0" "$rtc_s1" "$rtc_s2"
+printf '%-44s %9s %9s   %s %s %s\n' "pgwicket, read_routing=auto, pool_mode=session" "$prc_tps" \
+    "$(ratio "$prc_tps" "$direct_c")" "$prc_p0" "$prc_s1" "$prc_s2"
