@@ -120,6 +120,7 @@ struct Worker {
     Clock::time_point since = Clock::now();
     std::uint64_t generation = 0;  // of the configuration it was forked with
     std::string peer_host;         // of its session's client: whose guess its messages update
+    ipc::Handoff handed{};         // the last connection handed to it: its client's address and listener
     std::string prefilling;        // the route it opens a connection of for min_pool_size, until Warm
     // A pooled client waiting for a decision (NeedRoute): what goes to a warm worker.
     ipc::Handoff asked{};
@@ -486,8 +487,9 @@ void Supervisor::to_spare(UniqueFd client, ipc::Handoff& h, bool refuse, const s
 // a spare, under the same session id, and the worker says Warm next.
 void Supervisor::pass_on(Worker& w, ipc::Received&& msg)
 {
-    ipc::Handoff h = msg.handoff;  // the client's address and listener, as it was handed over
-    h.session_id = w.session_id;
+    // The client's address and listener as the supervisor handed them over, not the
+    // worker's word (a local client may be trusted where a TCP one is not).
+    ipc::Handoff h = w.handed;
     h.payload_len = 0;
     // The slot is given again (the worker has published nothing in it yet, and writes
     // nothing more to it).
@@ -525,6 +527,7 @@ bool Supervisor::hand_to(Worker& w, ipc::Handoff& h, int client_fd, bool refuse,
               net::describe_peer(h.peer, h.peer_len).c_str(), w.state == Worker::State::Warm ? "warm" : "spare",
               int(w.pid));
     set_state(w, refuse ? Worker::State::Refusing : Worker::State::Busy);
+    w.handed = h;
     w.session_id = h.session_id;
     w.peer_host = host;
     w.since = Clock::now();

@@ -579,6 +579,24 @@ BOOST_AUTO_TEST_CASE(a_warm_worker_given_another_kind_of_client)
         BOOST_CHECK_EQUAL(pid_of(b.get()), pid);
         BOOST_CHECK_EQUAL(scalar(console.get(), "SHOW POOLS").empty(), false);
     }
+    // The same over the Unix socket (its own guess, "[local]"): the spare the console is
+    // passed on to knows it for a local connection.
+    {
+        const std::string local = "host=" + p.unix_dir() + " port=" + std::to_string(p.port()) + " user=postgres ";
+        connect_ok(local + "dbname=pooled application_name=local").reset();
+        BOOST_CHECK_MESSAGE(wait_for([&] { return pool_gauges(p) == "1 0 0 1"; }), pool_gauges(p));
+        Conn console = connect_ok(local + "dbname=pgwicket");
+        BOOST_CHECK_EQUAL(scalar(console.get(), "SHOW POOLS").empty(), false);
+        Result r(PQexec(console.get(), "SHOW SESSIONS"));
+        BOOST_REQUIRE_EQUAL(PQresultStatus(r.get()), PGRES_TUPLES_OK);
+        bool local_console = false;
+        for (int i = 0; i < PQntuples(r.get()); ++i)
+            local_console |= std::string(PQgetvalue(r.get(), i, PQfnumber(r.get(), "database"))) == "pgwicket" &&
+                             std::string(PQgetvalue(r.get(), i, PQfnumber(r.get(), "client_addr"))) == "[local]";
+        BOOST_CHECK_MESSAGE(local_console, "no console session from [local] in SHOW SESSIONS");
+        BOOST_CHECK_MESSAGE(wait_for([&] { return pool_gauges(p) == "1 0 0 1"; }),
+                            "the console holds the pooled connection: " << pool_gauges(p));
+    }
     // An unpooled entry: its own connection, closed at its end; the pooled one stays warm.
     std::string unpooled_pid;
     {
