@@ -408,8 +408,7 @@ ExitCode Session::proceed(const Login& login, const protocol::StartupMessage& st
     if (entry->replicas.read_routing) {
         // The session's own connection is the primary's; reads go to a standby of the
         // same hosts, opened when the first one comes.
-        routing_entry_ = entry;
-        upstream::put(*params, "target_session_attrs", "primary");
+        routing_entry_ = entry;  // (build_params made the session's own connection the primary's)
         routing_params_ = *params;
         upstream::put(routing_params_, "target_session_attrs", "standby");
     }

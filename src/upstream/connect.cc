@@ -145,6 +145,11 @@ Result<Params> build_params(const config::DatabaseEntry& entry, const ClientInfo
     // The relay reads and writes libpq's socket itself, which it can only do on a
     // plain or TLS stream: GSSAPI encryption must stay off.
     put(p, "gssencmode", "disable");
+    // read_routing: the session's own connection is the primary's (its reads go to a
+    // standby connection of its own), and a pooled route is keyed on that; sessions and
+    // min_pool_size prefills must agree.
+    if (entry.replicas.read_routing)
+        put(p, "target_session_attrs", "primary");
     return p;
 }
 

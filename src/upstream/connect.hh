@@ -60,7 +60,8 @@ struct ClientInfo {
 // client's own application_name is appended.
 std::string application_name_base(const std::string& app_prefix, const ClientInfo& client);
 
-// The libpq keywords for this client on this database entry. Pure, for tests.
+// The libpq keywords for this client on this database entry (target_session_attrs=primary
+// when the entry routes reads). Pure, for tests.
 Result<Params> build_params(const config::DatabaseEntry& entry, const ClientInfo& client,
                             const std::string& app_prefix);
 

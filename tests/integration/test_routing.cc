@@ -9,6 +9,8 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <signal.h>
+
 #include <map>
 #include <string>
 
@@ -18,7 +20,7 @@ namespace {
 
 // `app` routes reads with no read-your-writes delay; `sticky` keeps reads on the
 // primary for a minute after a write (longer than any test needs); `pooledapp` is `app`
-// with a pool of one connection.
+// with a pool of one connection, opened before its first client.
 ProxyOptions routing_options(const ReplicaCluster& c)
 {
     const std::string hosts = "host=" + c.hosts() + " port=" + c.ports() + " dbname=postgres user=postgres ";
@@ -26,7 +28,7 @@ ProxyOptions routing_options(const ReplicaCluster& c)
     o.extra_databases = "app = " + hosts + "read_routing=auto read_after_write_delay=0\n" +
                         "sticky = " + hosts + "read_routing=auto read_after_write_delay=1min\n" +
                         "pooledapp = " + hosts + "read_routing=auto read_after_write_delay=0 pool_mode=session " +
-                        "pool_size=1\n";
+                        "pool_size=1 min_pool_size=1\n";
     o.extra_settings = "server_check_period = 1\nban_time = 2\nadmin_users = postgres\n";
     return o;
 }
@@ -172,10 +174,11 @@ BOOST_AUTO_TEST_CASE(reads_go_to_a_standby_and_everything_else_to_the_primary)
     check_clean_stop(p);
 }
 
-// A pooled entry routes reads too. Its pooled connection keeps the standby connection
-// that its sessions read from: the next client gets both, reset (a statement the first
-// prepared is gone on either host) and named for it upstream. A standby that goes away
-// while the connection is warm is dropped, and the next read opens another.
+// A pooled entry routes reads too. Its pooled connection (the primary's, opened for
+// min_pool_size on the route its clients use) keeps the standby connection that its
+// sessions read from: the next client gets both, reset (a statement the first prepared
+// is gone on either host) and named for it upstream; a reload keeps them. A standby that
+// goes away while the connection is warm is dropped, and the next read opens another.
 BOOST_AUTO_TEST_CASE(a_pooled_entry_keeps_its_standby_connection_for_the_next_client)
 {
     Routed cluster("pooled", "CREATE TABLE pooled_routed(i int)");
@@ -183,6 +186,17 @@ BOOST_AUTO_TEST_CASE(a_pooled_entry_keeps_its_standby_connection_for_the_next_cl
     const std::string& standby = cluster.standby;
     const char* kWritePid = "INSERT INTO pooled_routed VALUES (1) RETURNING pg_backend_pid()";
     const char* kReadPid = "SELECT pg_backend_pid() FROM pg_is_in_recovery() r WHERE r";
+    auto pooled_backend = [&] {
+        Conn console = connect_ok(p.conninfo("pgwicket", "postgres"));
+        Result r(PQexec(console.get(), "SHOW SERVERS"));
+        for (int i = 0; PQresultStatus(r.get()) == PGRES_TUPLES_OK && i < PQntuples(r.get()); ++i)
+            if (std::string(PQgetvalue(r.get(), i, PQfnumber(r.get(), "pool"))).rfind("pooledapp/", 0) == 0)
+                return std::string(PQgetvalue(r.get(), i, PQfnumber(r.get(), "backend_pid")));
+        return std::string();
+    };
+    std::string prefilled;
+    BOOST_REQUIRE_MESSAGE(wait_for([&] { return !(prefilled = pooled_backend()).empty(); }),
+                          "min_pool_size opened nothing\n" << p.log_tail());
     std::string primary_pid, standby_pid;
     {
         Conn a = connect_ok(p.conninfo("pooledapp", "postgres", "application_name=first"));
@@ -194,6 +208,7 @@ BOOST_AUTO_TEST_CASE(a_pooled_entry_keeps_its_standby_connection_for_the_next_cl
         BOOST_CHECK_EQUAL(port_prepared(a.get(), "s1"), standby);
     }
     BOOST_REQUIRE(!standby_pid.empty() && !primary_pid.empty());
+    BOOST_CHECK_EQUAL(primary_pid, prefilled);
     {
         Conn b = connect_ok(p.conninfo("pooledapp", "postgres", "application_name=second"));
         BOOST_CHECK_EQUAL(scalar(b.get(), kReadPid), standby_pid);
@@ -204,6 +219,19 @@ BOOST_AUTO_TEST_CASE(a_pooled_entry_keeps_its_standby_connection_for_the_next_cl
         prepare(b.get(), "s1", kPort);  // fails when the first client's s1 is still there
         BOOST_CHECK_EQUAL(port_prepared(b.get(), "s1"), standby);
         BOOST_CHECK_EQUAL(scalar(b.get(), kWritePid), primary_pid);
+    }
+    // A reload that changes nothing of the route keeps both connections.
+    const size_t mark = read_file(p.log_path()).size();
+    ::kill(p.pid(), SIGHUP);
+    BOOST_CHECK_MESSAGE(wait_for([&] {
+                            return read_file(p.log_path()).find("took the reloaded configuration", mark) !=
+                                   std::string::npos;
+                        }),
+                        p.log_tail());
+    {
+        Conn c = connect_ok(p.conninfo("pooledapp", "postgres", "application_name=after-reload"));
+        BOOST_CHECK_EQUAL(scalar(c.get(), kReadPid), standby_pid);
+        BOOST_CHECK_EQUAL(scalar(c.get(), kWritePid), primary_pid);
     }
     // The standby stops under the warm connection, and comes back.
     cluster.c.stop(1);

@@ -52,6 +52,19 @@ BOOST_AUTO_TEST_CASE(entry_user_and_dbname_are_forced)
     BOOST_TEST(value_of(*p, "user") == "readonly");
 }
 
+BOOST_AUTO_TEST_CASE(an_entry_that_routes_reads_connects_its_sessions_to_the_primary)
+{
+    config::DatabaseEntry e{"app", "host=db1,db2", 1};
+    auto s = startup({{"user", "alice"}});
+    auto plain = upstream::build_params(e, {"alice", "app", "h", &s, "", "", {}}, "pgw");
+    BOOST_REQUIRE(plain.ok());
+    BOOST_TEST(value_of(*plain, "target_session_attrs") == "<unset>");
+    e.replicas.read_routing = true;
+    auto routed = upstream::build_params(e, {"alice", "app", "h", &s, "", "", {}}, "pgw");
+    BOOST_REQUIRE(routed.ok());
+    BOOST_TEST(value_of(*routed, "target_session_attrs") == "primary");
+}
+
 BOOST_AUTO_TEST_CASE(startup_parameters_are_applied_upstream)
 {
     config::DatabaseEntry e{"*", "host=db1 options='-c work_mem=4MB'", 1};
