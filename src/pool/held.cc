@@ -184,10 +184,12 @@ void ServerRowLease::release()
         ipc::SessionTable::release_server_row(*std::exchange(row_, nullptr), ::getpid());
 }
 
-void mark_server(HeldUpstream& held, const ipc::SessionTable& table, ServerState state)
+namespace {
+
+void mark_row(HeldUpstream& held, const std::string& label, const ipc::SessionTable& table, ServerState state)
 {
     using namespace std::chrono;
-    if (!table.valid() || !held.conn)
+    if (!held.conn)
         return;
     // The held times are steady-clock; the row's are wall-clock, for other processes.
     const auto now = net::Clock::now();
@@ -202,7 +204,7 @@ void mark_server(HeldUpstream& held, const ipc::SessionTable& table, ServerState
             return;
         }
         ipc::ServerRow& r = *held.row.get();
-        r.pool.set(route_label(held.route));
+        r.pool.set(label);
         r.backend_pid.store(held.backend_pid, std::memory_order_relaxed);
         r.tls.store(PQsslInUse(held.conn.get()) ? 1 : 0, std::memory_order_relaxed);
         r.connected_ms.store(wall(held.created), std::memory_order_relaxed);
@@ -212,6 +214,18 @@ void mark_server(HeldUpstream& held, const ipc::SessionTable& table, ServerState
     r.checked_ms.store(wall(held.checked), std::memory_order_relaxed);
     r.sessions.store(held.sessions, std::memory_order_relaxed);
     r.state.store(std::uint32_t(state), std::memory_order_release);
+}
+
+} // namespace
+
+void mark_server(HeldUpstream& held, const ipc::SessionTable& table, ServerState state)
+{
+    if (!table.valid())
+        return;
+    const std::string label = route_label(held.route);
+    mark_row(held, label, table, state);
+    if (held.standby)
+        mark_row(*held.standby, label + " (standby)", table, state);
 }
 
 } // namespace pgw::pool

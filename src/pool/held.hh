@@ -66,7 +66,8 @@ struct HeldUpstream {
     health::HostWatch watch;  // its host's role when connected (multi-host entries)
     // read_routing on a pooled route: the standby connection that the sessions of this
     // one route their reads to, kept with it between sessions (reset, and closed, with
-    // it). Opened by the first session that reads; not listed in SHOW SERVERS.
+    // it). Opened by the first session that reads; listed in SHOW SERVERS (pool name
+    // followed by "(standby)") from its first session's end.
     std::unique_ptr<HeldUpstream> standby;
     int standby_row = -1;  // the standby's host row (health checker), -1 when not listed
 
@@ -95,8 +96,9 @@ bool stirred(const HeldUpstream& held);
 void close_gracefully(HeldUpstream& held);
 
 // Publishes the connection's state, its times and session count in its SHOW SERVERS
-// row, claiming a free row of `table` on the first call. Without a free row the
-// connection works all the same and is not listed (one warning per pgwicket run).
+// row, claiming a free row of `table` on the first call, and the same for its kept
+// standby connection ("<pool> (standby)"). Without a free row the connection works all
+// the same and is not listed (one warning per pgwicket run).
 void mark_server(HeldUpstream& held, const ipc::SessionTable& table, ServerState state);
 
 } // namespace pgw::pool

@@ -614,6 +614,7 @@ ExitCode Session::establish(pool::HeldUpstream& up, bool* reusable)
             up.standby_row = used.row();
             up.standby->reset_pending = true;  // keep_warm resets it with the primary
             up.standby->idle_since = net::Clock::now();
+            ++up.standby->sessions;
         }
     }
     return code;

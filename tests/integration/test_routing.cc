@@ -186,11 +186,12 @@ BOOST_AUTO_TEST_CASE(a_pooled_entry_keeps_its_standby_connection_for_the_next_cl
     const std::string& standby = cluster.standby;
     const char* kWritePid = "INSERT INTO pooled_routed VALUES (1) RETURNING pg_backend_pid()";
     const char* kReadPid = "SELECT pg_backend_pid() FROM pg_is_in_recovery() r WHERE r";
-    auto pooled_backend = [&] {
+    // The backend of SHOW SERVERS' row of `pool` ("" when there is none).
+    auto pooled_backend = [&](const std::string& pool = "pooledapp/postgres/postgres") {
         Conn console = connect_ok(p.conninfo("pgwicket", "postgres"));
         Result r(PQexec(console.get(), "SHOW SERVERS"));
         for (int i = 0; PQresultStatus(r.get()) == PGRES_TUPLES_OK && i < PQntuples(r.get()); ++i)
-            if (std::string(PQgetvalue(r.get(), i, PQfnumber(r.get(), "pool"))).rfind("pooledapp/", 0) == 0)
+            if (std::string(PQgetvalue(r.get(), i, PQfnumber(r.get(), "pool"))) == pool)
                 return std::string(PQgetvalue(r.get(), i, PQfnumber(r.get(), "backend_pid")));
         return std::string();
     };
@@ -209,6 +210,8 @@ BOOST_AUTO_TEST_CASE(a_pooled_entry_keeps_its_standby_connection_for_the_next_cl
     }
     BOOST_REQUIRE(!standby_pid.empty() && !primary_pid.empty());
     BOOST_CHECK_EQUAL(primary_pid, prefilled);
+    BOOST_CHECK_MESSAGE(wait_for([&] { return pooled_backend("pooledapp/postgres/postgres (standby)") == standby_pid; }),
+                        "SHOW SERVERS does not list the standby connection");
     {
         Conn b = connect_ok(p.conninfo("pooledapp", "postgres", "application_name=second"));
         BOOST_CHECK_EQUAL(scalar(b.get(), kReadPid), standby_pid);
