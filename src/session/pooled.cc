@@ -28,9 +28,8 @@ bool Session::serves_elsewhere(const std::string& user, const std::string& datab
         return false;  // refused here as anywhere
     if (!entry->pool.pooled)
         return true;
-    const bool local = handoff_.listener_kind == 1;
     const auth::Rule* rule = auth::match_rule(
-        cfg_.rules, auth::ConnectionFacts{local, false, local ? nullptr : &handoff_.peer, database, user});
+        cfg_.rules, auth::ConnectionFacts{local(), false, local() ? nullptr : &handoff_.peer, database, user});
     return rule && rule->method == auth::Method::PassThrough;
 }
 
@@ -125,10 +124,7 @@ ExitCode Session::pooled_session(const Login& login, const protocol::StartupMess
     const upstream::Params& params = attempt.params;
     const std::string route = front_route.empty() ? pool::route_key(entry.name, params) : front_route;
     const std::string where = upstream::describe(params);
-    const std::string* app = nullptr;
-    for (const auto& [k, v] : params)
-        if (k == "application_name")
-            app = &v;
+    const std::string* app = upstream::get(params, "application_name");
     if (ws_.held && ws_.held->route != route && handoff_.type == ipc::HandoffType::MoveClient) {
         // The supervisor matched the asker's key; ours must agree.
         log_error("a client for route %s reached a worker warm on %s", route.c_str(), ws_.held->route.c_str());
@@ -373,10 +369,8 @@ std::vector<pool::SessionContext> starting_contexts(const config::Config& cfg, c
     auto probe = prefill_params(cfg, entry, ctx);
     if (!probe)
         return {};
-    std::string user;
-    for (const auto& [k, v] : *probe)
-        if (k == "user")
-            user = v;
+    const std::string* probed = upstream::get(*probe, "user");
+    const std::string user = probed ? *probed : std::string();
     if (user.empty())
         return {};
     ctx.user = ctx.identity = ctx.startup[0].second = user;

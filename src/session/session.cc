@@ -298,8 +298,7 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
                     kExitRefused, "Connect replication clients to the server directly.");
     }
 
-    const bool local = handoff_.listener_kind == 1;
-    if (cfg_.client_tls_sslmode == "require" && !local && !conn_.is_tls()) {
+    if (cfg_.client_tls_sslmode == "require" && !local() && !conn_.is_tls()) {
         log_info("refused: plaintext connection and client_tls_sslmode = require");
         if (ipc::Slot* sl = slot())
             sl->counters.add(ipc::kAuthFailuresRejected, 1);
@@ -307,7 +306,7 @@ ExitCode Session::start_session(const protocol::StartupMessage& startup)
                     "Connect with sslmode=require or verify-full.");
     }
 
-    auth::AuthRequest areq{cfg_, conn_, user, database, local, local ? nullptr : &handoff_.peer, peer_host_,
+    auth::AuthRequest areq{cfg_, conn_, user, database, local(), local() ? nullptr : &handoff_.peer, peer_host_,
                            login_deadline_, &table_};
     auth::AuthResult who = auth::authenticate(areq);
     if (!who.ok) {
@@ -636,11 +635,10 @@ std::unique_ptr<StandbyLink> Session::open_standby()
             ok = Error{"the server closed it or spoke while it was idle"};
         else if (!link->fits())
             ok = Error{"its host no longer serves reads"};
-        else
-            for (const auto& [k, v] : routing_params_)
-                if (k == "application_name" && h.parameters["application_name"] != v)
-                    ok = pool::set_application_name(
-                        h, v, net::Clock::now() + std::chrono::seconds(cfg_.server_connect_timeout));
+        else if (const std::string* app = upstream::get(routing_params_, "application_name");
+                 app && h.parameters["application_name"] != *app)
+            ok = pool::set_application_name(h, *app,
+                                            net::Clock::now() + std::chrono::seconds(cfg_.server_connect_timeout));
         if (ok) {
             log_debug("read routing: reusing the standby connection (%s, backend pid %u)", h.where.c_str(),
                       h.backend_pid);

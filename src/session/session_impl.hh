@@ -184,6 +184,8 @@ private:
     bool serves_elsewhere(const std::string& user, const std::string& database) const;
     ExitCode pass_on();
 
+    // The client came through the Unix socket.
+    bool local() const { return handoff_.listener_kind == 1; }
     ipc::Slot* slot() const
     {
         return handoff_.slot < table_.capacity() ? &table_.slot(handoff_.slot) : nullptr;

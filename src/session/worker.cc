@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstdio>
 #include <exception>
+#include <utility>
 
 namespace pgw::session {
 namespace {
@@ -115,6 +116,19 @@ Status take_configuration(Serving& s, const std::string& payload, const std::str
     return ok_status();
 }
 
+// Runs server_reset_query on a connection whose session has just ended (reset_pending),
+// and counts it as idle and known to work from now.
+Status reset_if_pending(pool::HeldUpstream& held, const config::Config& cfg)
+{
+    if (!std::exchange(held.reset_pending, false))
+        return ok_status();
+    const auto deadline = net::Clock::now() + std::chrono::seconds(cfg.server_connect_timeout);
+    if (auto st = pool::simple_query(held, cfg.server_reset_query, deadline); !st)
+        return st;
+    held.idle_since = held.checked = net::Clock::now();
+    return ok_status();
+}
+
 // A pooled connection between sessions: the worker tells the supervisor it is warm and
 // waits for a client (MoveClient, or a new connection the supervisor guessed is for it).
 // The server closing or speaking, server_idle_timeout and server_lifetime make it ask to
@@ -153,30 +167,19 @@ Status take_configuration(Serving& s, const std::string& payload, const std::str
             }
             leaving = true;
         };
-        if (held.reset_pending) {
-            held.reset_pending = false;
-            const auto deadline = net::Clock::now() + seconds(cfg.server_connect_timeout);
-            if (auto st = pool::simple_query(held, cfg.server_reset_query, deadline); !st) {
-                // A client may be on its way already: it gets a fresh connection.
-                log_info("pooled connection not kept: %s", st.error().c_str());
-                held.conn.reset();
-                ask_to_leave();
-            } else {
-                held.idle_since = held.checked = net::Clock::now();
-            }
-        }
-        if (held.standby && held.standby->reset_pending) {
+        if (auto st = reset_if_pending(held, cfg); !st) {
+            // A client may be on its way already: it gets a fresh connection.
+            log_info("pooled connection not kept: %s", st.error().c_str());
+            held.conn.reset();
+            held.standby.reset();
+            ask_to_leave();
+        } else if (held.standby) {
             // read_routing: the standby connection the session routed reads to is kept
             // only when it resets too; the pooled connection stays either way.
-            held.standby->reset_pending = false;
-            const auto deadline = net::Clock::now() + seconds(cfg.server_connect_timeout);
-            if (auto st = pool::simple_query(*held.standby, cfg.server_reset_query, deadline); !st || !held.conn) {
-                if (!st)
-                    log_info("standby connection (backend pid %u) not kept: %s", held.standby->backend_pid,
-                             st.error().c_str());
+            if (auto sst = reset_if_pending(*held.standby, cfg); !sst) {
+                log_info("standby connection (backend pid %u) not kept: %s", held.standby->backend_pid,
+                         sst.error().c_str());
                 held.standby.reset();
-            } else {
-                held.standby->idle_since = held.standby->checked = net::Clock::now();
             }
         }
         // SIGTERM and SIGINT are let in only inside ppoll(): one that comes between the

@@ -490,7 +490,6 @@ void Supervisor::pass_on(Worker& w, ipc::Received&& msg)
     // The client's address and listener as the supervisor handed them over, not the
     // worker's word (a local client may be trusted where a TCP one is not).
     ipc::Handoff h = w.handed;
-    h.payload_len = 0;
     // The slot is given again (the worker has published nothing in it yet, and writes
     // nothing more to it).
     if (w.slot != ipc::kNoSlot) {

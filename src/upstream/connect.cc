@@ -25,8 +25,6 @@ void put(Params& p, const std::string& key, const std::string& value)
     p.emplace_back(key, value);
 }
 
-namespace {
-
 const std::string* get(const Params& p, const std::string& key)
 {
     for (const auto& [k, v] : p)
@@ -34,6 +32,8 @@ const std::string* get(const Params& p, const std::string& key)
             return &v;
     return nullptr;
 }
+
+namespace {
 
 std::string first_line(std::string s)
 {

@@ -44,6 +44,8 @@ using PgConnPtr = std::unique_ptr<PGconn, PgConnDeleter>;
 using Params = std::vector<std::pair<std::string, std::string>>;
 // Sets a parameter, replacing its value when it is there already.
 void put(Params& p, const std::string& key, const std::string& value);
+// A parameter's value, or null when it is not set.
+const std::string* get(const Params& p, const std::string& key);
 
 struct ClientInfo {
     std::string user;
