@@ -483,6 +483,20 @@ std::string scalar(PGconn* c, const std::string& sql)
     return PQgetvalue(r.get(), 0, 0);
 }
 
+std::vector<std::map<std::string, std::string>> server_rows(Proxy& p)
+{
+    Conn console = connect_ok(p.conninfo("pgwicket", "postgres"));
+    Result r(PQexec(console.get(), "SHOW SERVERS"));
+    BOOST_REQUIRE_MESSAGE(PQresultStatus(r.get()) == PGRES_TUPLES_OK, PQresultErrorMessage(r.get()));
+    std::vector<std::map<std::string, std::string>> rows;
+    for (int i = 0; i < PQntuples(r.get()); ++i) {
+        auto& row = rows.emplace_back();
+        for (int j = 0; j < PQnfields(r.get()); ++j)
+            row[PQfname(r.get(), j)] = PQgetvalue(r.get(), i, j);
+    }
+    return rows;
+}
+
 std::string direct_scalar(const std::string& sql, const std::string& db)
 {
     Conn c = connect_ok(env().direct(db));

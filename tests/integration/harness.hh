@@ -227,6 +227,9 @@ std::string direct_scalar(const std::string& sql, const std::string& db = "postg
 // Whether a backend of that pid is still in pg_stat_activity (direct connection).
 bool backend_alive(const std::string& pid);
 void direct_exec(const std::string& sql, const std::string& db = "postgres");
+// SHOW SERVERS through the proxy's admin console (as postgres): each row as column name ->
+// value.
+std::vector<std::map<std::string, std::string>> server_rows(Proxy& p);
 
 // ---- raw protocol ----------------------------------------------------------------------------
 

@@ -640,21 +640,6 @@ BOOST_AUTO_TEST_CASE(a_warm_worker_given_another_kind_of_client)
     check_clean_stop(p);
 }
 
-// SHOW SERVERS' rows, each as column name -> value.
-std::vector<std::map<std::string, std::string>> server_rows(Proxy& p)
-{
-    Conn console = connect_ok(p.conninfo("pgwicket", "postgres"));
-    Result r(PQexec(console.get(), "SHOW SERVERS"));
-    BOOST_REQUIRE_MESSAGE(PQresultStatus(r.get()) == PGRES_TUPLES_OK, PQresultErrorMessage(r.get()));
-    std::vector<std::map<std::string, std::string>> rows;
-    for (int i = 0; i < PQntuples(r.get()); ++i) {
-        auto& row = rows.emplace_back();
-        for (int j = 0; j < PQnfields(r.get()); ++j)
-            row[PQfname(r.get(), j)] = PQgetvalue(r.get(), i, j);
-    }
-    return rows;
-}
-
 std::string text_of(const std::vector<std::map<std::string, std::string>>& rows)
 {
     std::string out;

@@ -188,11 +188,9 @@ BOOST_AUTO_TEST_CASE(a_pooled_entry_keeps_its_standby_connection_for_the_next_cl
     const char* kReadPid = "SELECT pg_backend_pid() FROM pg_is_in_recovery() r WHERE r";
     // The backend of SHOW SERVERS' row of `pool` ("" when there is none).
     auto pooled_backend = [&](const std::string& pool = "pooledapp/postgres/postgres") {
-        Conn console = connect_ok(p.conninfo("pgwicket", "postgres"));
-        Result r(PQexec(console.get(), "SHOW SERVERS"));
-        for (int i = 0; PQresultStatus(r.get()) == PGRES_TUPLES_OK && i < PQntuples(r.get()); ++i)
-            if (std::string(PQgetvalue(r.get(), i, PQfnumber(r.get(), "pool"))) == pool)
-                return std::string(PQgetvalue(r.get(), i, PQfnumber(r.get(), "backend_pid")));
+        for (auto& row : server_rows(p))
+            if (row["pool"] == pool)
+                return row["backend_pid"];
         return std::string();
     };
     std::string prefilled;
